@@ -1,0 +1,141 @@
+"""Regression metrics: coefficient of determination and (root) mean squared error."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ..preprocesses import ArrayLike, preprocess_regression, to_tensor
+
+MultiOutput = Literal["uniform_average", "raw_values"]
+
+
+def prepare_regression(
+    input: ArrayLike, target: ArrayLike, num_outputs: int, ignore_nan: bool, preprocess: bool
+) -> tuple[Tensor, Tensor]:
+    r"""
+    Float64 `(N, num_outputs)` views of `input` and `target`, preprocessed when asked.
+
+    Examples:
+        >>> prepare_regression([1, 2], [1.0, 2.0], 1, True, True)[0].shape
+        torch.Size([2, 1])
+    """
+    if preprocess:
+        input, target = preprocess_regression(input, target, num_outputs=num_outputs, ignore_nan=ignore_nan)
+    input, target = to_tensor(input, "input"), to_tensor(target, "target")
+    if input.shape != target.shape:
+        raise ValueError(f"Shapes of input {tuple(input.shape)} and target {tuple(target.shape)} differ")
+    return input.double().reshape(input.shape[0], -1), target.double().reshape(target.shape[0], -1)
+
+
+def reduce_outputs(scores: Tensor, multioutput: MultiOutput) -> Tensor:
+    r"""
+    Mean over outputs (`"uniform_average"`) or the per-output scores (`"raw_values"`).
+
+    Examples:
+        >>> reduce_outputs(torch.tensor([1.0, 3.0]), "uniform_average")
+        tensor(2.)
+    """
+    if multioutput == "raw_values":
+        return scores
+    if multioutput == "uniform_average":
+        return scores.mean()
+    raise ValueError(f"multioutput must be 'uniform_average' or 'raw_values', but got {multioutput!r}")
+
+
+def r2_score(
+    input: ArrayLike,
+    target: ArrayLike,
+    num_outputs: int = 1,
+    multioutput: MultiOutput = "uniform_average",
+    ignore_nan: bool = True,
+    preprocess: bool = True,
+) -> Tensor:
+    r"""
+    Coefficient of determination (as `sklearn.metrics.r2_score`).
+
+    A constant target gives 1 for a perfect prediction and 0 otherwise (scikit-learn's `force_finite=True`).
+
+    Args:
+        input: Predictions, `(N,)` or `(N, num_outputs)`.
+        target: Targets of the same shape.
+        num_outputs: Number of outputs per sample.
+        multioutput: `"uniform_average"` or `"raw_values"`.
+        ignore_nan: Whether to drop NaN targets.
+        preprocess: Whether to reshape and filter the inputs first.
+
+    Returns:
+        A 0-d float64 tensor, or one score per output with `"raw_values"`.
+
+    Examples:
+        >>> r2_score([2.5, 0.0, 2.0, 8.0], [3.0, -0.5, 2.0, 7.0])
+        tensor(0.9486, dtype=torch.float64)
+    """
+    input, target = prepare_regression(input, target, num_outputs, ignore_nan, preprocess)
+    residual = ((target - input) ** 2).sum(dim=0)
+    total = ((target - target.mean(dim=0)) ** 2).sum(dim=0)
+    constant = torch.where(residual == 0, torch.ones_like(total), torch.zeros_like(total))
+    scores = torch.where(total == 0, constant, 1 - residual / total.clamp(min=torch.finfo(total.dtype).tiny))
+    return reduce_outputs(scores, multioutput)
+
+
+def mse(
+    input: ArrayLike,
+    target: ArrayLike,
+    num_outputs: int = 1,
+    multioutput: MultiOutput = "uniform_average",
+    ignore_nan: bool = True,
+    preprocess: bool = True,
+) -> Tensor:
+    r"""
+    Mean squared error (as `sklearn.metrics.mean_squared_error`).
+
+    Args:
+        input: Predictions, `(N,)` or `(N, num_outputs)`.
+        target: Targets of the same shape.
+        num_outputs: Number of outputs per sample.
+        multioutput: `"uniform_average"` or `"raw_values"`.
+        ignore_nan: Whether to drop NaN targets.
+        preprocess: Whether to reshape and filter the inputs first.
+
+    Returns:
+        A 0-d float64 tensor, or one score per output with `"raw_values"`.
+
+    Examples:
+        >>> mse([2.5, 0.0, 2.0, 8.0], [3.0, -0.5, 2.0, 7.0])
+        tensor(0.3750, dtype=torch.float64)
+    """
+    input, target = prepare_regression(input, target, num_outputs, ignore_nan, preprocess)
+    return reduce_outputs(((input - target) ** 2).mean(dim=0), multioutput)
+
+
+def rmse(
+    input: ArrayLike,
+    target: ArrayLike,
+    num_outputs: int = 1,
+    multioutput: MultiOutput = "uniform_average",
+    ignore_nan: bool = True,
+    preprocess: bool = True,
+) -> Tensor:
+    r"""
+    Root mean squared error (as `sklearn.metrics.root_mean_squared_error`: the root is taken per output).
+
+    Args:
+        input: Predictions, `(N,)` or `(N, num_outputs)`.
+        target: Targets of the same shape.
+        num_outputs: Number of outputs per sample.
+        multioutput: `"uniform_average"` or `"raw_values"`.
+        ignore_nan: Whether to drop NaN targets.
+        preprocess: Whether to reshape and filter the inputs first.
+
+    Returns:
+        A 0-d float64 tensor, or one score per output with `"raw_values"`.
+
+    Examples:
+        >>> rmse([1.0, 2.0], [1.0, 4.0])
+        tensor(1.4142, dtype=torch.float64)
+    """
+    input, target = prepare_regression(input, target, num_outputs, ignore_nan, preprocess)
+    return reduce_outputs(((input - target) ** 2).mean(dim=0).sqrt(), multioutput)

@@ -1,0 +1,365 @@
+"""Dataset-level metrics that need every prediction (AUROC, Spearman, ...), with one shared state.
+
+[`Metrics`][danling.metrics.Metrics] keeps the (detached) predictions and targets of every batch. `update` only
+reshapes and stores them, so it never waits for the device; the metric functions run when a value is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from math import nan
+from typing import Any, Callable
+
+import torch
+from chanfig import FlatDict, NestedDict
+from torch import Tensor
+from torch import distributed as dist
+
+from danling.utils.distributed import all_gather_uneven, get_world_size, is_distributed
+
+from .preprocesses import ArrayLike, flatten_batch
+from .preprocesses import preprocess as default_preprocess
+
+MetricFunc = Callable[..., Any]
+
+
+def _to_python(score: Any) -> Any:
+    """A float for a scalar tensor, a list for a vector one, anything else unchanged."""
+    if isinstance(score, Tensor):
+        return score.item() if score.numel() == 1 else score.tolist()
+    return score
+
+
+def _gather(local: Tensor | None) -> Tensor | None:
+    r"""
+    Concatenate every rank's shard; a rank without data contributes an empty shard.
+
+    Collective when distributed: call on all ranks.
+    """
+    if not is_distributed():
+        return local
+    meta = None if local is None else (tuple(local.shape[1:]), local.dtype, str(local.device))
+    metas: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(metas, meta)
+    known = next((m for m in metas if m is not None), None)
+    if known is None:
+        return None
+    if local is None:
+        trailing, dtype, device = known
+        device = "cpu" if not device.startswith("cuda") or not torch.cuda.is_available() else device
+        local = torch.empty((0, *trailing), dtype=dtype, device=device)
+    return all_gather_uneven(local)
+
+
+class Metrics:
+    r"""
+    Several metric functions computed on the same stored predictions and targets.
+
+    `val`/`value()` score the latest batch of this process; `bat`/`batch()` the latest batch of every process;
+    `avg`/`average()` every batch since the last `reset()` on every process (shards of any size). A metric function
+    that returns a mapping has its entries merged into the result.
+
+    Args:
+        *args: Mappings from name to metric function.
+        preprocess: Called once as `preprocess(input, target)` before the metric functions; `None` skips it.
+            The default drops `ignore_index=-100` and NaN targets.
+        merge_dict: Whether the entries of a mapping returned by a metric are merged at the top level (`True`) or
+            stored as `"{name}.{key}"`.
+        **metrics: Metric functions by name, called as `metric(input, target)`.
+
+    Examples:
+        >>> from danling.metrics.functional import auprc, auroc
+        >>> metrics = Metrics(auroc=auroc, auprc=auprc)
+        >>> metrics.update([0.2, 0.3, 0.5, 0.7], [0, 1, 0, 1])
+        >>> metrics.update([0.1, 0.4, 0.6, 0.8], [0, 0, 1, 0])
+        >>> {k: round(v, 4) for k, v in metrics.value().items()}
+        {'auroc': 0.6667, 'auprc': 0.5}
+        >>> {k: round(v, 4) for k, v in metrics.average().items()}
+        {'auroc': 0.6667, 'auprc': 0.5556}
+        >>> f"{metrics:.4f}"
+        'auroc: 0.6667 (0.6667)\tauprc: 0.5000 (0.5556)'
+    """
+
+    def __init__(
+        self,
+        *args: Mapping[str, MetricFunc],
+        preprocess: Callable[..., tuple[Tensor, Tensor]] | None = default_preprocess,
+        merge_dict: bool = True,
+        **metrics: MetricFunc,
+    ) -> None:
+        self.metrics: FlatDict = FlatDict()
+        for mapping in args:
+            self.metrics.update(mapping)
+        self.metrics.update(metrics)
+        for name, metric in self.metrics.items():
+            if not callable(metric):
+                raise ValueError(f"Metric {name!r} must be callable, but got {type(metric).__name__}")
+        self.preprocess = preprocess
+        self.merge_dict = merge_dict
+        self._input: Tensor | None = None
+        self._target: Tensor | None = None
+        self._inputs: list[Tensor] = []
+        self._targets: list[Tensor] = []
+
+    @torch.no_grad()
+    def update(self, input: ArrayLike, target: ArrayLike) -> None:
+        r"""
+        Store one batch (detached; no device synchronisation).
+
+        Args:
+            input: Predictions (probabilities or logits), shaped like `target` or with one extra class dimension.
+            target: Targets.
+
+        Raises:
+            ValueError: On an empty batch, mismatched shapes, or a class dimension that differs from earlier batches.
+        """
+        input, target = flatten_batch(input, target)
+        if self._inputs and input.shape[1:] != self._inputs[0].shape[1:]:
+            raise ValueError(
+                f"Batch input of shape {tuple(input.shape)} does not match earlier batches of shape "
+                f"(N, {', '.join(map(str, self._inputs[0].shape[1:]))})"
+            )
+        self._input, self._target = input, target
+        self._inputs.append(input)
+        self._targets.append(target)
+
+    def reset(self) -> None:
+        r"""Forget every stored batch."""
+        self._input = self._target = None
+        self._inputs, self._targets = [], []
+
+    @torch.no_grad()
+    def calculate(self, input: Tensor | None, target: Tensor | None) -> FlatDict:
+        r"""
+        Run every metric function on `input` and `target` (preprocessed once); `nan` for each when no data is left.
+
+        Examples:
+            >>> from danling.metrics.functional import accuracy
+            >>> Metrics(acc=accuracy).calculate(torch.tensor([0.9, 0.2]), torch.tensor([1, 1]))
+            FlatDict(
+              ('acc'): 0.5
+            )
+        """
+        if input is not None and target is not None and self.preprocess is not None and target.numel() > 0:
+            input, target = self.preprocess(input, target)
+        if input is None or target is None or target.numel() == 0:
+            return FlatDict({name: nan for name in self.metrics})
+        result = FlatDict()
+        for name, metric in self.metrics.items():
+            score = metric(input, target)
+            if isinstance(score, Mapping):
+                for key, value in score.items():
+                    result[key if self.merge_dict else f"{name}.{key}"] = _to_python(value)
+            else:
+                result[name] = _to_python(score)
+        return result
+
+    def _local_all(self) -> tuple[Tensor | None, Tensor | None]:
+        """Concatenate the stored batches once, so later calls reuse one tensor."""
+        if not self._inputs:
+            return None, None
+        if len(self._inputs) > 1:
+            self._inputs = [torch.cat(self._inputs)]
+            self._targets = [torch.cat(self._targets)]
+        return self._inputs[0], self._targets[0]
+
+    @property
+    def input(self) -> Tensor | None:
+        r"""Predictions of the latest batch on this process."""
+        return self._input
+
+    @property
+    def target(self) -> Tensor | None:
+        r"""Targets of the latest batch on this process."""
+        return self._target
+
+    @property
+    def inputs(self) -> Tensor | None:
+        r"""Predictions of every batch on every process; collective when distributed."""
+        return _gather(self._local_all()[0])
+
+    @property
+    def targets(self) -> Tensor | None:
+        r"""Targets of every batch on every process; collective when distributed."""
+        return _gather(self._local_all()[1])
+
+    def value(self) -> FlatDict:
+        r"""Metrics of the latest batch on this process."""
+        return self.calculate(self._input, self._target)
+
+    def batch(self) -> FlatDict:
+        r"""Metrics of the latest batch of every process; collective when distributed."""
+        return self.calculate(_gather(self._input), _gather(self._target))
+
+    def average(self) -> FlatDict:
+        r"""
+        Metrics of every batch since the last `reset()` on every process.
+
+        Collective when distributed: call on all ranks. Shards may have different sizes.
+        """
+        input, target = self._local_all()
+        return self.calculate(_gather(input), _gather(target))
+
+    @property
+    def val(self) -> FlatDict:
+        r"""Same as [`value`][danling.metrics.Metrics.value]."""
+        return self.value()
+
+    @property
+    def bat(self) -> FlatDict:
+        r"""Same as [`batch`][danling.metrics.Metrics.batch]."""
+        return self.batch()
+
+    @property
+    def avg(self) -> FlatDict:
+        r"""Same as [`average`][danling.metrics.Metrics.average]."""
+        return self.average()
+
+    def __format__(self, format_spec: str) -> str:
+        values, averages = self.value(), self.average()
+        return "\t".join(
+            f"{name}: {_format(values[name], format_spec)} ({_format(averages[name], format_spec)})" for name in values
+        )
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}{tuple(self.metrics.keys())}"
+
+
+def _format(value: Any, format_spec: str) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_format(v, format_spec) for v in value) + "]"
+    return value.__format__(format_spec)
+
+
+class ScoreMetrics(Metrics):
+    r"""
+    [`Metrics`][danling.metrics.Metrics] with one metric singled out as the score used to compare models.
+
+    Args:
+        *args: Mappings from name to metric function.
+        score_name: Name of the scoring metric; defaults to the first metric.
+        best_fn: Picks the best of several scores (`max` by default; `min` for losses).
+        **metrics: Metric functions by name (and `Metrics` keyword options).
+
+    Examples:
+        >>> from danling.metrics.functional import accuracy, auroc
+        >>> metrics = ScoreMetrics(auroc=auroc, acc=accuracy, score_name="acc")
+        >>> metrics.update([0.9, 0.2, 0.7], [1, 0, 0])
+        >>> round(metrics.average_score, 4), metrics.best_fn([0.5, 0.9])
+        (0.6667, 0.9)
+    """
+
+    def __init__(
+        self,
+        *args: Mapping[str, MetricFunc],
+        score_name: str | None = None,
+        best_fn: Callable[[Sequence[float]], float] = max,
+        **metrics: Any,
+    ) -> None:
+        super().__init__(*args, **metrics)
+        if score_name is None:
+            score_name = next(iter(self.metrics.keys()))
+        if score_name not in self.metrics:
+            raise ValueError(f"score_name must be one of {list(self.metrics.keys())}, but got {score_name!r}")
+        self.score_name = score_name
+        self.best_fn = best_fn
+
+    @property
+    def batch_score(self) -> Any:
+        r"""Score of the latest batch of every process; collective when distributed."""
+        return self.batch()[self.score_name]
+
+    @property
+    def average_score(self) -> Any:
+        r"""Score of every batch on every process; collective when distributed."""
+        return self.average()[self.score_name]
+
+    def get_score(self, scope: str) -> Any:
+        r"""Score of `scope`, `"batch"` or `"average"`."""
+        if scope == "batch":
+            return self.batch_score
+        if scope == "average":
+            return self.average_score
+        raise ValueError(f"scope must be 'batch' or 'average', but got {scope!r}")
+
+
+class MultiTaskMetrics(NestedDict):
+    r"""
+    One [`Metrics`][danling.metrics.Metrics] per task, nested by dotted names.
+
+    `update` takes, per task, a mapping `{"input": ..., "target": ...}` or a pair `(input, target)`.
+
+    Examples:
+        >>> from danling.metrics.functional import auroc, pearson
+        >>> metrics = MultiTaskMetrics()
+        >>> metrics["cls"] = Metrics(auroc=auroc)
+        >>> metrics["reg"] = Metrics(pearson=pearson)
+        >>> metrics.update({"cls": {"input": [0.2, 0.8, 0.6], "target": [0, 1, 0]}, "reg": ([1.0, 2.0], [1.0, 3.0])})
+        >>> metrics.average().dict()
+        {'cls': {'auroc': 1.0}, 'reg': {'pearson': 1.0}}
+    """
+
+    def set(self, name: Any, value: Any, convert_mapping: bool | None = None) -> None:  # type: ignore[override]
+        if not isinstance(value, (Metrics, MultiTaskMetrics)):
+            raise ValueError(f"Expected {name!r} to be a Metrics, but got {type(value).__name__}")
+        super().set(name, value, convert_mapping)
+
+    def tasks(self) -> dict[str, Metrics]:
+        r"""Every task's `Metrics`, keyed by dotted name."""
+        return {name: metric for name, metric in self.all_items() if isinstance(metric, Metrics)}
+
+    def update(self, values: Mapping[str, Any]) -> None:  # type: ignore[override]
+        r"""
+        Update each named task.
+
+        Raises:
+            ValueError: For an unknown task or a value that is neither a mapping nor an `(input, target)` pair.
+        """
+        tasks = self.tasks()
+        for name, value in _flatten_tasks(values, tasks).items():
+            if name not in tasks:
+                raise ValueError(f"Metric {name!r} not found; known tasks are {list(tasks)}")
+            if isinstance(value, Mapping):
+                tasks[name].update(**value)
+            elif isinstance(value, Sequence) and len(value) == 2:
+                tasks[name].update(*value)
+            else:
+                raise ValueError(f"Expected {{'input', 'target'}} or a pair for {name!r}, but got {type(value)}")
+
+    def reset(self) -> None:
+        r"""Reset every task."""
+        for metric in self.tasks().values():
+            metric.reset()
+
+    def value(self) -> NestedDict:
+        r"""Latest-batch metrics of every task on this process."""
+        return NestedDict({name: metric.value().dict() for name, metric in self.tasks().items()})
+
+    def average(self) -> NestedDict:
+        r"""Metrics of every task over all batches and processes; collective when distributed."""
+        return NestedDict({name: metric.average().dict() for name, metric in self.tasks().items()})
+
+    @property
+    def val(self) -> NestedDict:
+        r"""Same as [`value`][danling.metrics.MultiTaskMetrics.value]."""
+        return self.value()
+
+    @property
+    def avg(self) -> NestedDict:
+        r"""Same as [`average`][danling.metrics.MultiTaskMetrics.average]."""
+        return self.average()
+
+    def __format__(self, format_spec: str) -> str:
+        return "\n".join(f"{name}: {metric.__format__(format_spec)}" for name, metric in self.tasks().items())
+
+
+def _flatten_tasks(values: Mapping[str, Any], tasks: Mapping[str, Metrics], prefix: str = "") -> dict[str, Any]:
+    """Map dotted task names to their update values, descending into nested mappings of task groups."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if name not in tasks and isinstance(value, Mapping) and any(t.startswith(f"{name}.") for t in tasks):
+            flat.update(_flatten_tasks(value, tasks, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

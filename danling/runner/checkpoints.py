@@ -1,0 +1,158 @@
+"""Checkpoint files: reading them back, writing them durably, and the names of their parts."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from contextlib import suppress
+from typing import Any
+
+from danling.utils.io import load, save
+
+# Stable names of the parts of a checkpoint.
+RUNNER = "runner"
+MODEL = "model"
+EMA = "ema"
+OPTIMIZER = "optimizer"
+SCHEDULER = "scheduler"
+SCALER = "scaler"
+RNG = "rng"
+RESULTS = "results"
+
+CheckpointLike = Mapping | bytes | str | os.PathLike
+
+
+def read_checkpoint(checkpoint: Any, *args: Any, what: str = "checkpoint", **kwargs: Any) -> Mapping:
+    r"""
+    Return a checkpoint as a mapping, loading it first when given a path.
+
+    Args:
+        checkpoint: A path (`str`, `bytes`, `os.PathLike`) or an already loaded mapping.
+        *args: Passed to [`load`][danling.utils.io.load] (e.g. `map_location`).
+        what: Name used in error messages (`"checkpoint"`, `"pretrained"`).
+        **kwargs: Passed to [`load`][danling.utils.io.load].
+
+    Returns:
+        The checkpoint mapping.
+
+    Raises:
+        FileNotFoundError: If the path does not exist.
+        ValueError: If `checkpoint` is neither a path nor a mapping, or the file does not hold a mapping.
+
+    Examples:
+        >>> read_checkpoint({"model": {}})
+        {'model': {}}
+        >>> read_checkpoint(42)
+        Traceback (most recent call last):
+        ValueError: checkpoint is set to 42 (int), but it must be a path (str, bytes, os.PathLike) or a mapping
+    """
+    if isinstance(checkpoint, Mapping):
+        return checkpoint
+    if not isinstance(checkpoint, (str, bytes, os.PathLike)):
+        raise ValueError(
+            f"{what} is set to {checkpoint!r} ({type(checkpoint).__name__}), "
+            "but it must be a path (str, bytes, os.PathLike) or a mapping"
+        )
+    path = os.fsdecode(checkpoint)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} is set to {path!r}, but no such file exists")
+    loaded = load(path, *args, **kwargs)
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"{what} file {path!r} holds a {type(loaded).__name__}, but a checkpoint must be a mapping")
+    return loaded
+
+
+def extract_model_state(checkpoint: Mapping) -> Mapping:
+    r"""
+    Find the model's state dict in a checkpoint, tolerating nesting under `model`/`module` and DDP prefixes.
+
+    Args:
+        checkpoint: A full runner checkpoint, or a bare (possibly DDP-prefixed) state dict.
+
+    Returns:
+        A state dict loadable by the unwrapped model.
+
+    Examples:
+        >>> extract_model_state({"runner": {}, "model": {"module.weight": 1}})
+        {'weight': 1}
+    """
+    state = checkpoint
+    while isinstance(state, Mapping) and (MODEL in state or "module" in state):
+        state = state.get(MODEL, state.get("module"))
+    if state and all(isinstance(key, str) and key.startswith("module.") for key in state):
+        state = {key[len("module.") :]: value for key, value in state.items()}
+    return state
+
+
+def _atomic_link_or_copy(source: str, destination: str) -> None:
+    # A hard link costs no I/O and, since every write replaces the file rather than rewriting it, the link
+    # keeps the content it was made with. Fall back to a copy where links are not supported.
+    directory = os.path.dirname(destination)
+    fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(destination)}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    os.remove(temporary)
+    try:
+        try:
+            os.link(source, temporary)
+        except OSError:
+            shutil.copyfile(source, temporary)
+        os.replace(temporary, destination)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
+
+
+def write_checkpoint(
+    state: Mapping,
+    checkpoint_dir: str,
+    name: str = "latest",
+    epochs: int | None = None,
+    save_interval: int | None = None,
+    best: bool = False,
+) -> str:
+    r"""
+    Write `state` to `checkpoint_dir/{name}.pth` atomically, plus `epoch-{epochs}.pth` and `best.pth` copies.
+
+    Every file is complete or absent: a crash at any instant never leaves a torn checkpoint.
+
+    Args:
+        state: The checkpoint.
+        checkpoint_dir: Directory to write to (must exist).
+        name: File name without extension.
+        epochs: Epoch the checkpoint belongs to.
+        save_interval: Keep `epoch-{epochs}.pth` when `save_interval > 0` and `(epochs + 1) % save_interval == 0`.
+        best: Also make `best.pth`.
+
+    Returns:
+        The path of `{name}.pth`.
+
+    Examples:
+        >>> directory = tempfile.mkdtemp()
+        >>> _ = write_checkpoint({"x": 1}, directory, epochs=1, save_interval=2, best=True)
+        >>> sorted(os.listdir(directory))
+        ['best.pth', 'epoch-1.pth', 'latest.pth']
+    """
+    path = os.path.join(checkpoint_dir, f"{name}.pth")
+    save(state, path)
+    if save_interval is not None and save_interval > 0 and epochs is not None and (epochs + 1) % save_interval == 0:
+        _atomic_link_or_copy(path, os.path.join(checkpoint_dir, f"epoch-{epochs}.pth"))
+    if best and name != "best":
+        _atomic_link_or_copy(path, os.path.join(checkpoint_dir, "best.pth"))
+    return path
+
+
+def find_latest_checkpoint(checkpoint_dir: str) -> str | None:
+    r"""
+    Path of `latest.pth` in `checkpoint_dir`, else of the `epoch-N.pth` with the largest N, else `None`.
+    """
+    latest = os.path.join(checkpoint_dir, "latest.pth")
+    if os.path.isfile(latest):
+        return latest
+    if not os.path.isdir(checkpoint_dir):
+        return None
+    epochs = [(int(m.group(1)), f) for f in os.listdir(checkpoint_dir) if (m := re.fullmatch(r"epoch-(\d+)\.pth", f))]
+    return os.path.join(checkpoint_dir, max(epochs)[1]) if epochs else None

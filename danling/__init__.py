@@ -7,7 +7,7 @@ from . import metrics, optim, runner, utils
 from ._version import __version__
 from .metrics import AverageMeter, AverageMeters
 from .optim import OPTIMIZERS, SCHEDULERS, LRScheduler
-from .runner import BaseRunner, Config
+from .runner import BaseRunner, Config, Runner, TorchRunner
 from .utils import catch, debug, ensure_dir, flexible_decorator, is_json_serializable, load, method_cache, save
 
 __all__ = [
@@ -18,6 +18,8 @@ __all__ = [
     "utils",
     "Config",
     "BaseRunner",
+    "TorchRunner",
+    "Runner",
     "AverageMeter",
     "AverageMeters",
     "OPTIMIZERS",

@@ -15,7 +15,7 @@ from chanfig import FlatDict, NestedDict
 from torch import Tensor
 from torch import distributed as dist
 
-from danling.utils.distributed import all_gather_uneven, get_world_size, is_distributed
+from danling.utils.distributed import all_gather_uneven, communication_device, get_world_size, is_distributed
 
 from .preprocesses import ArrayLike, flatten_batch
 from .preprocesses import preprocess as default_preprocess
@@ -38,16 +38,15 @@ def _gather(local: Tensor | None) -> Tensor | None:
     """
     if not is_distributed():
         return local
-    meta = None if local is None else (tuple(local.shape[1:]), local.dtype, str(local.device))
+    meta = None if local is None else (tuple(local.shape[1:]), local.dtype)
     metas: list[Any] = [None] * get_world_size()
     dist.all_gather_object(metas, meta)
     known = next((m for m in metas if m is not None), None)
     if known is None:
         return None
     if local is None:
-        trailing, dtype, device = known
-        device = "cpu" if not device.startswith("cuda") or not torch.cuda.is_available() else device
-        local = torch.empty((0, *trailing), dtype=dtype, device=device)
+        trailing, dtype = known
+        local = torch.empty((0, *trailing), dtype=dtype, device=communication_device())
     return all_gather_uneven(local)
 
 
@@ -143,7 +142,7 @@ class Metrics:
         if input is not None and target is not None and self.preprocess is not None and target.numel() > 0:
             input, target = self.preprocess(input, target)
         if input is None or target is None or target.numel() == 0:
-            return FlatDict({name: nan for name in self.metrics})
+            return FlatDict(dict.fromkeys(self.metrics, nan))
         result = FlatDict()
         for name, metric in self.metrics.items():
             score = metric(input, target)

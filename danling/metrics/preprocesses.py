@@ -207,7 +207,9 @@ def preprocess_multiclass(
     """
     input, target = preprocess(input, target, ignore_index=ignore_index)
     if input.ndim != 2 or input.shape[-1] != num_classes:
-        raise ValueError(f"Multiclass input must have shape (N, {num_classes}), but got {tuple(input.shape)}")
+        raise ValueError(
+            f"Multiclass input must have shape (N, num_classes={num_classes}), but got {tuple(input.shape)}"
+        )
     _check_finite(input)
     input = input.float() if not input.is_floating_point() else input
     if input.numel() > 0 and bool((input.min() < 0) | (input.max() > 1)):

@@ -2,10 +2,14 @@
 
 from .base_runner import BaseRunner
 from .config import Config
+from .runner import Runner
+from .torch_runner import TorchRunner
 from .utils import RunnerMeta, RunnerMode, on_local_main_process, on_main_process
 
 __all__ = [
     "BaseRunner",
+    "TorchRunner",
+    "Runner",
     "Config",
     "RunnerMeta",
     "RunnerMode",

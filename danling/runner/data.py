@@ -1,0 +1,147 @@
+"""Dataloaders and samplers built from `datasets` and `config.dataloader`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sized
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler, SequentialSampler
+
+# Keys of `config.dataloader` that are DanLing's, not DataLoader arguments.
+SPLIT_INDEPENDENT_KEYS = ("shuffle",)
+
+
+class ShardSampler(Sampler[int]):
+    r"""
+    Contiguous, unpadded shard of a dataset for one rank, for evaluation and inference.
+
+    Unlike `DistributedSampler`, no sample is repeated to even out the shards, so metrics see every sample
+    exactly once, and concatenating the shards in rank order gives the dataset order back.
+
+    Args:
+        length: Number of samples in the dataset.
+        rank: This process's rank.
+        world_size: Number of processes.
+
+    Examples:
+        >>> [list(ShardSampler(5, rank, 2)) for rank in range(2)]
+        [[0, 1, 2], [3, 4]]
+    """
+
+    def __init__(self, length: int, rank: int, world_size: int) -> None:
+        per_rank, remainder = divmod(length, world_size)
+        self.start = rank * per_rank + min(rank, remainder)
+        self.stop = self.start + per_rank + (1 if rank < remainder else 0)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def split_options(dataloader_config: Mapping, split: str, splits: list[str]) -> dict[str, Any]:
+    r"""
+    DataLoader options of `split`: the shared `config.dataloader` keys overlaid with `config.dataloader.<split>`.
+
+    Args:
+        dataloader_config: The `config.dataloader` section (may be empty).
+        split: Split name.
+        splits: All split names (their sections are not shared options).
+
+    Returns:
+        The merged options.
+
+    Examples:
+        >>> split_options({"batch_size": 8, "val": {"batch_size": 64}}, "val", ["train", "val"])
+        {'batch_size': 64}
+    """
+    shared = {key: value for key, value in dataloader_config.items() if key not in splits}
+    specific = dataloader_config.get(split) or {}
+    return {**shared, **dict(specific)}
+
+
+def build_sampler(
+    dataset: Any, train: bool, shuffle: bool, rank: int, world_size: int, seed: int | None
+) -> Sampler | None:
+    r"""
+    Sampler of a split: `DistributedSampler` to train on several processes, an unpadded
+    [`ShardSampler`][danling.runner.data.ShardSampler] to evaluate on several, random or sequential otherwise.
+
+    Args:
+        dataset: The dataset (a `torch.utils.data.IterableDataset` gets no sampler).
+        train: Whether the split is trained on.
+        shuffle: Whether to shuffle.
+        rank: This process's rank.
+        world_size: Number of processes.
+        seed: Seed of the shuffling order (the same on every rank); `None` for unseeded.
+
+    Returns:
+        The sampler, or `None` for iterable datasets.
+    """
+    if isinstance(dataset, torch.utils.data.IterableDataset) or not isinstance(dataset, Sized):
+        return None
+    if world_size > 1 and train:
+        return DistributedSampler(dataset, world_size, rank, shuffle=shuffle, seed=0 if seed is None else seed)
+    if world_size > 1:
+        return ShardSampler(len(dataset), rank, world_size)
+    if shuffle:
+        generator = None
+        if seed is not None:
+            generator = torch.Generator()
+            generator.manual_seed(seed)
+        return RandomSampler(dataset, generator=generator)
+    return SequentialSampler(dataset)
+
+
+def set_sampler_epoch(sampler: Sampler | None, epoch: int, seed: int | None) -> None:
+    r"""
+    Make the shuffling order of `epoch` depend only on `seed` and `epoch`, so a resumed run shuffles as a
+    straight one would.
+
+    Args:
+        sampler: Sampler of the split.
+        epoch: Epoch about to start.
+        seed: Base seed (`None`: leave unseeded samplers alone).
+    """
+    if isinstance(sampler, DistributedSampler):
+        sampler.set_epoch(epoch)
+    elif isinstance(sampler, RandomSampler) and sampler.generator is not None and seed is not None:
+        sampler.generator.manual_seed(seed + epoch)
+
+
+def build_dataloader(dataset: Any, sampler: Sampler | None, options: Mapping, train: bool, pin: bool) -> DataLoader:
+    r"""
+    A `DataLoader` over `dataset` with `options`; `drop_last` only ever applies to train splits.
+
+    Args:
+        dataset: The dataset.
+        sampler: Its sampler (see [`build_sampler`][danling.runner.data.build_sampler]).
+        options: DataLoader keyword arguments from the config.
+        train: Whether the split is trained on.
+        pin: Pin host memory (when the model is on CUDA) for non-blocking copies.
+
+    Returns:
+        The dataloader.
+    """
+    options = {key: value for key, value in options.items() if key not in SPLIT_INDEPENDENT_KEYS}
+    if not train:
+        options["drop_last"] = False
+    options.setdefault("pin_memory", pin)
+    if options.get("num_workers", 0) > 0:
+        options.setdefault("worker_init_fn", seed_worker)
+    return DataLoader(dataset, sampler=sampler, **options)
+
+
+def seed_worker(worker_id: int) -> None:
+    r"""
+    Seed numpy in a DataLoader worker from the seed torch gave the worker (torch already seeds itself and
+    `random`), so augmentation with numpy is reproducible and differs across workers.
+
+    Args:
+        worker_id: Index of the worker (unused: torch's worker seed already includes it).
+    """
+    import numpy as np
+
+    np.random.seed(torch.initial_seed() % 2**32)

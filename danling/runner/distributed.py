@@ -1,0 +1,55 @@
+"""Process group set-up for runners launched with `torchrun`."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import distributed as dist
+
+from danling.utils.distributed import all_reduce, broadcast_object
+
+__all__ = ["init_process_group", "default_backend", "launched_distributed", "all_reduce", "broadcast_object"]
+
+
+def launched_distributed() -> bool:
+    r"""
+    Whether `torchrun` (or another launcher) started several processes (`WORLD_SIZE > 1`).
+
+    Examples:
+        >>> launched_distributed()
+        False
+    """
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def default_backend() -> str:
+    r"""
+    `nccl` when CUDA is available, else `gloo`.
+    """
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init_process_group(backend: str | None = None) -> bool:
+    r"""
+    Initialise the default process group from `torchrun`'s environment, once.
+
+    Reads `WORLD_SIZE`, `RANK`, `LOCAL_RANK`, `MASTER_ADDR` and `MASTER_PORT`; on CUDA, binds this process to
+    GPU `LOCAL_RANK` first. Does nothing in a single process or when a group already exists.
+
+    Args:
+        backend: `nccl`, `gloo`, ... (default: [`default_backend`][danling.runner.distributed.default_backend]).
+
+    Returns:
+        Whether a group is initialised after the call.
+    """
+    if dist.is_initialized():
+        return True
+    if not launched_distributed():
+        return False
+    if backend is None:
+        backend = default_backend()
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend)
+    return True

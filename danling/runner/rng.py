@@ -1,0 +1,69 @@
+"""Random number generator states of Python, numpy and torch, in a form `torch.load(weights_only=True)` accepts."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def get_rng_state() -> dict[str, Any]:
+    r"""
+    Capture the state of every random number generator this process uses.
+
+    Returns:
+        A dict of plain types and tensors (numpy's state is stored as a tensor, so the checkpoint loads with
+        `weights_only=True`).
+
+    Examples:
+        >>> state = get_rng_state()
+        >>> first = torch.rand(1)
+        >>> set_rng_state(state)
+        >>> bool(torch.rand(1) == first)
+        True
+    """
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    r"""
+    Restore a state captured by [`get_rng_state`][danling.runner.rng.get_rng_state].
+
+    Args:
+        state: The captured state; missing generators are left alone.
+    """
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        numpy_state = state["numpy"]
+        keys = numpy_state["keys"].numpy().astype(np.uint32)
+        np.random.set_state(
+            (
+                numpy_state["kind"],
+                keys,
+                numpy_state["position"],
+                numpy_state["has_gauss"],
+                numpy_state["cached_gaussian"],
+            )
+        )
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

@@ -1,0 +1,604 @@
+"""`TorchRunner`: PyTorch training, evaluation and inference loops with DDP, AMP and gradient accumulation."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from itertools import count
+from typing import Any
+
+import torch
+from chanfig import NestedDict
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from danling.utils import distributed as dist_utils
+
+from . import checkpoints as ckpt
+from . import results as res
+from .base_runner import BaseRunner
+from .data import build_dataloader, build_sampler, set_sampler_epoch, split_options
+from .distributed import init_process_group
+from .precision import Precision
+from .rng import get_rng_state, set_rng_state
+from .utils import RunnerMode, to_device
+
+
+class TorchRunner(BaseRunner):
+    r"""
+    Runner for PyTorch: seeding, DDP under `torchrun`, mixed precision, gradient accumulation and clipping,
+    EMA, exact resume, and the train / evaluate / infer loops.
+
+    Subclass it and assign `model`, `criterion`, `optimizer` (and optionally `scheduler`, `ema`, `metrics`) and
+    `datasets.<split>` in `__init__`; then call [`train`][danling.runner.TorchRunner.train].
+    Batches are `(input, target)` pairs or mappings with `input` and `target` keys; override
+    [`train_step`][danling.runner.TorchRunner.train_step] for anything else.
+
+    Config keys used here: `precision` (`"fp16"`, `"bf16"`, `None`), `accum_steps`, `max_grad_norm`,
+    `max_grad_value`, `patience`, `backend`, `device`, `progress_bar`, `dataloader.*` and `dataloader.<split>.*`.
+
+    Examples:
+        >>> import tempfile
+        >>> from torch.utils.data import TensorDataset
+        >>> class Runner(TorchRunner):
+        ...     def __init__(self, config):
+        ...         super().__init__(config)
+        ...         self.datasets.train = TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
+        ...         self.model = nn.Linear(4, 1)
+        ...         self.criterion = nn.MSELoss()
+        ...         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
+        >>> config = {"epoch_end": 2, "log": False, "dir": tempfile.mkdtemp(), "dataloader": {"batch_size": 16}}
+        >>> runner = Runner(config)
+        >>> results = runner.train()
+        >>> runner.steps, sorted(results.keys())
+        (8, [0, 1])
+    """
+
+    model: nn.Module | None = None
+
+    def __init__(self, config: Any) -> None:
+        self._micro_step = 0
+        self._window_length: int | None = None
+        self._steps_since_sync = 0
+        super().__init__(config)
+        self._precision = Precision(self.config.get("precision"), self.device.type)
+
+    # Set-up
+
+    def init_distributed(self) -> None:
+        r"""
+        Join the process group `torchrun` describes (`gloo` on CPU, `nccl` on CUDA, or `config.backend`) and make
+        `timestamp`, ids and seed identical on every rank. Collective.
+        """
+        if not init_process_group(self.config.get("backend")):
+            return
+        agreed = dist_utils.broadcast_object(
+            {
+                "timestamp": self.timestamp,
+                "experiment_id": self.config.get("experiment_id"),
+                "run_id": self.config.get("run_id"),
+                "seed": self.config.get("seed"),
+            }
+        )
+        self.timestamp = agreed.pop("timestamp")
+        for key, value in agreed.items():
+            self.config[key] = value
+
+    def setup(self) -> None:
+        r"""
+        Build the dataloaders, set a default `log_interval`, move the model (and EMA) to `device` and wrap it in
+        `DistributedDataParallel` when distributed.
+        """
+        self.build_dataloaders()
+        if self.config.get("log_interval") is None and self.dataloaders:
+            lengths = [len(loader) for loader in self.dataloaders.values() if hasattr(loader, "__len__")]
+            self.config["log_interval"] = max(max(lengths, default=10) // 10, 1)
+        if self.model is not None:
+            self.model = self.model.to(self.device)
+            if self.distributed and not isinstance(self.model, DistributedDataParallel):
+                device_ids = [self.device.index] if self.device.type == "cuda" else None
+                self.model = DistributedDataParallel(self.model, device_ids=device_ids)
+        if self.ema is not None:
+            self.ema = self.ema.to(self.device)
+        self._begin_accumulation(None)
+
+    def build_dataloaders(self) -> None:
+        r"""
+        Build a dataloader for every dataset without one, from `config.dataloader` and `config.dataloader.<split>`.
+
+        Train splits shuffle (unless `shuffle` says otherwise) and use a `DistributedSampler` when distributed;
+        other splits keep their order and are sharded without padding.
+        """
+        dataloader_config = self.config.get("dataloader") or {}
+        splits = list(self.datasets.keys())
+        try:
+            train_splits = self.train_splits
+        except ValueError:
+            train_splits = []
+        seed = self.config.get("seed")
+        for split, dataset in self.datasets.items():
+            if split in self.dataloaders:
+                continue
+            train = split in train_splits
+            options = split_options(dataloader_config, split, splits)
+            shuffle = options.get("shuffle", train)
+            sampler = self.datasamplers.get(split)
+            if sampler is None:
+                sampler = build_sampler(dataset, train, shuffle, self.rank, self.world_size, seed)
+                self.datasamplers[split] = sampler
+            pin = self.device.type == "cuda"
+            self.dataloaders[split] = build_dataloader(dataset, sampler, options, train, pin)
+
+    # Environment
+
+    @property
+    def device(self) -> torch.device:
+        r"""`config.device`, else `cuda:LOCAL_RANK` when CUDA is available, else CPU."""
+        if self.config.get("device") is not None:
+            return torch.device(self.config["device"])
+        if torch.cuda.is_available():
+            return torch.device("cuda", self.local_rank)
+        return torch.device("cpu")
+
+    def _seed_generators(self, seed: int) -> None:
+        super()._seed_generators(seed)
+        torch.manual_seed(seed)  # seeds CUDA too
+
+    def set_deterministic(self) -> None:
+        r"""
+        Use deterministic algorithms (`torch.use_deterministic_algorithms`), turn cuDNN benchmarking off and set
+        `CUBLAS_WORKSPACE_CONFIG` as CUDA requires.
+        """
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True)
+
+    def unwrap(self, model: Any) -> Any:
+        r"""The model inside `DistributedDataParallel` (and `torch.compile`) wrappers."""
+        while True:
+            if isinstance(model, DistributedDataParallel):
+                model = model.module
+            elif hasattr(model, "_orig_mod"):
+                model = model._orig_mod
+            else:
+                return model
+
+    def reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        r"""Mean of `tensor` over all processes (for logging); a copy, the input is unchanged. Collective."""
+        return dist_utils.all_reduce(tensor, op="mean")
+
+    # Precision and accumulation
+
+    @property
+    def precision(self) -> Precision:
+        r"""The [`Precision`][danling.runner.precision.Precision] chosen from `config.precision`."""
+        return self._precision
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler:
+        r"""The gradient scaler (enabled under `fp16` only)."""
+        return self._precision.scaler
+
+    def autocast(self) -> AbstractContextManager:
+        r"""
+        Context manager running the forward pass in `config.precision` (`torch.autocast`), or a no-op in float32.
+        """
+        return self._precision.autocast()
+
+    def accumulate(self) -> AbstractContextManager:
+        r"""
+        Context manager for one micro-step: `model.no_sync()` on every micro-step but the last of an accumulation
+        window (so DDP all-reduces gradients once per optimizer step), a no-op otherwise. Wrap the forward and
+        the backward ([`advance`][danling.runner.TorchRunner.advance]) in it.
+        """
+        if self._micro_step + 1 < self._window_end() and hasattr(self.model, "no_sync"):
+            return self.model.no_sync()
+        return nullcontext()
+
+    def _window_end(self) -> int:
+        # Micro-step index (exclusive) at which the current accumulation window ends.
+        accum_steps = self._accum_steps
+        end = (self._micro_step // accum_steps + 1) * accum_steps
+        if self._window_length is not None:
+            end = min(end, self._window_length)
+        return end
+
+    def _begin_accumulation(self, length: int | None) -> None:
+        self._accum_steps = self.accum_steps
+        self._max_grad_norm = self.config.get("max_grad_norm")
+        self._max_grad_value = self.config.get("max_grad_value")
+        self._micro_step = 0
+        self._window_length = length
+
+    def advance(self, loss: torch.Tensor) -> None:
+        r"""
+        Backward `loss` and, at the end of each accumulation window, step the optimizer.
+
+        The loss is divided by the window's real size (the last window of an epoch may be short) and scaled
+        under `fp16`. At the window end: unscale, clip (`max_grad_norm`, `max_grad_value`), optimizer step
+        (skipped by the scaler on inf/NaN gradients), zero the gradients, update the EMA, step the scheduler,
+        and count one step in `steps`.
+
+        Args:
+            loss: Loss of the micro-batch.
+        """
+        window_end = self._window_end()
+        window_size = window_end - (self._micro_step // self._accum_steps) * self._accum_steps
+        if window_size != 1:
+            loss = loss / window_size
+        self.scaler.scale(loss).backward()
+        self._micro_step += 1
+        if self._micro_step == window_end:
+            self.optimizer_step()
+
+    def optimizer_step(self) -> None:
+        r"""
+        Clip, step and zero the gradients, then update the EMA and the scheduler, and count the step.
+        """
+        if self._max_grad_norm is not None or self._max_grad_value is not None:
+            self.scaler.unscale_(self.optimizer)
+            parameters = self.unwrap(self.model).parameters()
+            if self._max_grad_value is not None:
+                parameters = list(parameters)
+                nn.utils.clip_grad_value_(parameters, self._max_grad_value)
+            if self._max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(parameters, self._max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update_parameters(self.unwrap(self.model))
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self._steps_since_sync += 1
+
+    @property
+    def steps(self) -> int:
+        r"""Optimizer steps taken so far (stored in `config.steps`)."""
+        return self.config["steps"] + self._steps_since_sync
+
+    @steps.setter
+    def steps(self, steps: int) -> None:
+        self._steps_since_sync = 0
+        self.config["steps"] = steps
+
+    def _sync_steps(self) -> None:
+        # The hot loop counts steps in a plain int; writing the config every step would cost more than the step.
+        if self._steps_since_sync:
+            self.steps = self.steps
+
+    @staticmethod
+    def has_nan_inf_grad(model: nn.Module) -> bool:
+        r"""
+        Whether any gradient of `model` holds NaN or infinity (one device sync).
+
+        Args:
+            model: Module to inspect.
+
+        Returns:
+            `True` if a gradient is not finite.
+        """
+        grads = [p.grad.detach().reshape(-1) for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return False
+        return not bool(torch.isfinite(torch.cat(grads)).all())
+
+    # Loops
+
+    def train(self, train_splits: list[str] | None = None, evaluate_splits: list[str] | None = None) -> NestedDict:
+        r"""
+        Train from `epoch_begin` to `epoch_end` (or until `step_end`): each epoch trains every train split, then
+        evaluates every evaluate split, records and saves the results, saves checkpoints and stops early after
+        `patience` epochs without improvement.
+
+        Args:
+            train_splits: Splits to train on (default: [`train_splits`][danling.runner.BaseRunner.train_splits]).
+            evaluate_splits: Splits to evaluate (default: `evaluate_splits`).
+
+        Returns:
+            All results, `epoch -> split -> metric -> value`.
+
+        Raises:
+            ValueError: If neither `epoch_end` nor `step_end` is set.
+        """
+        train_splits = self.train_splits if train_splits is None else train_splits
+        evaluate_splits = self.evaluate_splits if evaluate_splits is None else evaluate_splits
+        if self.epoch_end is None and self.step_end is None:
+            raise ValueError("train() needs config.epoch_end or config.step_end to know when to stop")
+        epochs = range(self.epoch_begin, self.epoch_end) if self.epoch_end is not None else count(self.epoch_begin)
+        for epoch in epochs:
+            self.epochs = epoch
+            result = NestedDict()
+            for split in train_splits:
+                result[split] = self.train_epoch(split)
+            for split in evaluate_splits:
+                result[split] = self.evaluate_epoch(split)
+            self.append_result(result, index=epoch)
+            self.log(self.format_epoch_result(result))
+            self.save_result()
+            self.save_checkpoint(epochs=epoch)
+            if self._should_stop():
+                break
+        return self.results
+
+    def _should_stop(self) -> bool:
+        if self.step_end is not None and self.steps >= self.step_end:
+            return True
+        patience = self.config.get("patience")
+        if patience is None or not self.results:
+            return False
+        waited = res.epochs_without_improvement(self.scores or {}, self.best_fn)
+        if waited >= patience:
+            self.log(f"stopping early: no improvement in the last {waited} epochs (patience {patience})")
+            return True
+        return False
+
+    def train_epoch(self, split: str = "train") -> NestedDict:
+        r"""
+        Train one epoch on `split` and return its result (losses are sample-weighted means over all ranks).
+
+        Args:
+            split: Split to train on.
+
+        Returns:
+            The epoch's result, `metric -> value`.
+        """
+        loader = self._start_epoch(split, RunnerMode.train)
+        length = len(loader) if hasattr(loader, "__len__") else None
+        self._begin_accumulation(length)
+        log_interval = self.config.get("log_interval")
+        step_end = self.step_end
+        for iteration, data in enumerate(self._iterate(loader, split, length)):
+            self.train_step(self.to_device(data))
+            if log_interval is not None and (iteration + 1) % log_interval == 0:
+                self.step_log(split, iteration, None if length is None else length - 1)
+            if step_end is not None and self.steps >= step_end:
+                break
+        self._flush_accumulation()
+        self._sync_steps()
+        return self.get_epoch_result()
+
+    def _start_epoch(self, split: str, mode: RunnerMode) -> Any:
+        if split not in self.dataloaders:
+            raise KeyError(f"no dataloader for split {split!r}; available splits are {list(self.dataloaders)}")
+        self.mode = mode
+        self.split = split
+        if self.model is not None:
+            self.model.train(mode == RunnerMode.train)
+        self.meters.reset()
+        metrics = self.current_metrics
+        if metrics is not None:
+            metrics.reset()
+        set_sampler_epoch(self.datasamplers.get(split), self.epochs, self.config.get("seed"))
+        return self.dataloaders[split]
+
+    def _flush_accumulation(self) -> None:
+        # A window cut short by `step_end` (or by a loader without a length) still gets its optimizer step, with
+        # the gradients rescaled to the mean over the micro-steps it really had.
+        window_start = (self._micro_step // self._accum_steps) * self._accum_steps
+        pending = self._micro_step - window_start
+        if pending == 0:
+            return
+        if self._window_length is None:
+            for parameter in self.unwrap(self.model).parameters():
+                if parameter.grad is not None:
+                    parameter.grad.mul_(self._accum_steps / pending)
+        self.optimizer_step()
+
+    def train_step(self, data: Any) -> tuple[Any, torch.Tensor]:
+        r"""
+        One micro-step: forward under autocast, loss, meters and metrics, then
+        [`advance`][danling.runner.TorchRunner.advance].
+
+        Args:
+            data: A batch, `(input, target)` or a mapping with `input` and `target`.
+
+        Returns:
+            The predictions and the loss.
+        """
+        input, target = self.unpack(data)
+        with self.accumulate():
+            with self.autocast():
+                pred = self.model(input)
+                loss = self.criterion(pred, target)
+            self.record(pred, target, loss)
+            self.advance(loss)
+        return pred, loss
+
+    def record(self, pred: Any, target: Any, loss: torch.Tensor | None) -> None:
+        r"""
+        Add a batch to the meters (`loss`, weighted by the batch size) and metrics, without a device sync.
+
+        Args:
+            pred: Predictions.
+            target: Targets.
+            loss: The batch's loss, or `None`.
+        """
+        if loss is not None:
+            self.meters.loss.update(loss.detach(), n=_batch_length(target, pred))
+        metrics = self.current_metrics
+        if metrics is not None:
+            metrics.update(pred.detach(), target)
+
+    @staticmethod
+    def unpack(data: Any) -> tuple[Any, Any]:
+        r"""
+        Split a batch into input and target: `(input, target)` sequences or mappings with those keys.
+
+        Raises:
+            ValueError: If the batch has another shape.
+        """
+        if isinstance(data, Mapping):
+            if "input" in data:
+                return data["input"], data.get("target")
+            raise ValueError(f"a mapping batch needs an 'input' key (and usually 'target'); got keys {list(data)}")
+        if isinstance(data, (tuple, list)) and len(data) == 2:
+            return data[0], data[1]
+        raise ValueError(
+            f"cannot split a batch of type {type(data).__name__} into (input, target); "
+            "yield (input, target) pairs or mappings, or override train_step/evaluate_step"
+        )
+
+    def to_device(self, data: Any) -> Any:
+        r"""Move a batch to `device` in the main process (non-blocking from pinned memory on CUDA)."""
+        device = self.device
+        if device.type == "cpu":
+            return data
+        return to_device(data, device, non_blocking=True)
+
+    @torch.inference_mode()
+    def evaluate(self, evaluate_splits: list[str] | None = None) -> NestedDict:
+        r"""
+        Evaluate every split in `evaluate_splits` (default: all evaluate splits).
+
+        Returns:
+            `split -> metric -> value`.
+        """
+        splits = self.evaluate_splits if evaluate_splits is None else evaluate_splits
+        return NestedDict({split: self.evaluate_epoch(split) for split in splits})
+
+    @torch.inference_mode()
+    def evaluate_epoch(self, split: str = "val") -> NestedDict:
+        r"""
+        Evaluate `split` once: no gradients, same autocast as training, every sample counted exactly once.
+
+        Returns:
+            The split's result, `metric -> value`, averaged over all ranks.
+        """
+        loader = self._start_epoch(split, RunnerMode.evaluate)
+        length = len(loader) if hasattr(loader, "__len__") else None
+        log_interval = self.config.get("log_interval")
+        for iteration, data in enumerate(self._iterate(loader, split, length)):
+            self.evaluate_step(self.to_device(data))
+            if log_interval is not None and (iteration + 1) % log_interval == 0:
+                self.step_log(split, iteration, None if length is None else length - 1)
+        return self.get_epoch_result()
+
+    def evaluate_step(self, data: Any) -> tuple[Any, torch.Tensor | None]:
+        r"""
+        One evaluation batch: forward under autocast, loss when a criterion is set, meters and metrics.
+
+        Returns:
+            The predictions and the loss (or `None`).
+        """
+        input, target = self.unpack(data)
+        with self.autocast():
+            # The unwrapped model: DDP would run collectives per batch, and shards may differ by one batch.
+            pred = self.unwrap(self.model)(input)
+            loss = None
+            if self.criterion is not None and target is not None:
+                loss = self.criterion(pred, target)
+        if target is not None:
+            self.record(pred, target, loss)
+        return pred, loss
+
+    @torch.inference_mode()
+    def infer(self, split: str = "infer") -> torch.Tensor:
+        r"""
+        Predictions of the model on `split`, in dataset order, gathered from all ranks.
+
+        Args:
+            split: Split to predict.
+
+        Returns:
+            The predictions concatenated along the first dimension (on CPU).
+        """
+        loader = self._start_epoch(split, RunnerMode.infer)
+        length = len(loader) if hasattr(loader, "__len__") else None
+        model = self.unwrap(self.model)
+        outputs = []
+        for data in self._iterate(loader, split, length):
+            with self.autocast():
+                outputs.append(model(_infer_input(self.to_device(data))).float())
+        predictions = torch.cat(outputs) if outputs else torch.empty(0)
+        return dist_utils.all_gather_uneven(predictions).cpu()
+
+    def _iterate(self, loader: Iterable, split: str, length: int | None) -> Iterable:
+        if not self._show_progress_bar():
+            return loader
+        from tqdm.auto import tqdm
+
+        return tqdm(loader, total=length, desc=f"{self.mode} {split}", leave=False, dynamic_ncols=True)
+
+    def _show_progress_bar(self) -> bool:
+        setting = self.config.get("progress_bar")
+        if not self.is_main_process or setting is False:
+            return False
+        return setting is True or sys.stderr.isatty()
+
+    @property
+    def current_metrics(self) -> Any:
+        r"""`train_metrics` or `evaluate_metrics` for the current mode when set, else `metrics`."""
+        specific = self.train_metrics if self.mode == RunnerMode.train else self.evaluate_metrics
+        return self.metrics if specific is None else specific
+
+    def get_step_result(self) -> NestedDict:
+        r"""Latest batch's meters and metrics; in training, numbers are averaged over ranks (collective)."""
+        result = super().get_step_result()
+        # Only training shards are the same length on every rank, so only there can every rank join the reduce.
+        if self.distributed and self.mode == RunnerMode.train:
+            for key, value in result.all_items():
+                if isinstance(value, (int, float)):
+                    result[key] = float(self.reduce(torch.tensor(float(value), dtype=torch.float64)))
+        if self.mode == RunnerMode.train and self.optimizer is not None:
+            result["lr"] = self.optimizer.param_groups[0]["lr"]
+        return result
+
+    # Checkpoints
+
+    def state_dict(self, cls: Any = dict) -> Mapping:
+        r"""
+        Config (plain types), results, unwrapped model, optimizer, scheduler, grad scaler, EMA and the RNG
+        states of every rank. Collective when distributed (RNG states are gathered).
+        """
+        self._sync_steps()
+        state = dict(super().state_dict())
+        if self.scaler.is_enabled():
+            state[ckpt.SCALER] = self.scaler.state_dict()
+        if self.ema is not None:
+            state[ckpt.EMA] = self.ema.state_dict()
+        rng = get_rng_state()
+        state[ckpt.RNG] = _gather_objects(rng) if self.distributed else [rng]
+        return cls(state)
+
+    def load_state_dict(self, state: Mapping) -> None:
+        r"""
+        Restore everything [`state_dict`][danling.runner.TorchRunner.state_dict] saved, including this rank's
+        RNG state.
+        """
+        super().load_state_dict(state)
+        if ckpt.SCALER in state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state[ckpt.SCALER])
+        if self.ema is not None and ckpt.EMA in state:
+            self.ema.load_state_dict(state[ckpt.EMA])
+        rng_states = state.get(ckpt.RNG)
+        if rng_states:
+            set_rng_state(rng_states[self.rank] if self.rank < len(rng_states) else rng_states[0])
+
+
+def _gather_objects(obj: Any) -> list[Any]:
+    from torch import distributed as dist
+
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def _infer_input(data: Any) -> Any:
+    if isinstance(data, Mapping):
+        return data["input"]
+    if isinstance(data, (tuple, list)) and len(data) in (1, 2):
+        return data[0]
+    return data
+
+
+def _batch_length(target: Any, pred: Any) -> int:
+    for value in (target, pred):
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return value.shape[0]
+        if isinstance(value, (list, tuple)):
+            return len(value)
+    return 1

@@ -1,0 +1,78 @@
+"""Worker for `test_distributed.py`; run with `python -m torch.distributed.run --nproc_per_node=2 ... OUT.json`.
+
+Each rank updates meters and metrics with a shard of a different size; rank 0 writes the synced results and the
+scikit-learn / numpy values on the concatenated data to OUT.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import torch
+from sklearn import metrics as skm
+from torch import distributed as dist
+
+from danling.metrics import AverageMeter, AverageMeters, Metrics, binary_metrics, multiclass_metrics
+from danling.metrics.functional import auroc
+
+SIZES = (37, 61)
+
+
+def shard(data: torch.Tensor, rank: int) -> torch.Tensor:
+    start = sum(SIZES[:rank])
+    return data[start : start + SIZES[rank]]
+
+
+def run(out: str) -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    generator = torch.Generator().manual_seed(0)
+    total = sum(SIZES)
+    logits = torch.randn(total, 4, generator=generator)
+    classes = torch.randint(0, 4, (total,), generator=generator)
+    scores = torch.rand(total, generator=generator)
+    labels = torch.randint(0, 2, (total,), generator=generator)
+    losses = torch.rand(total, generator=generator)
+
+    multiclass, binary, only_rank0 = multiclass_metrics(num_classes=4), binary_metrics(), Metrics(auroc=auroc)
+    local_logits, local_classes = shard(logits, rank), shard(classes, rank)
+    for start in range(0, len(local_logits), 16):  # several uneven batches per rank
+        multiclass.update(local_logits[start : start + 16], local_classes[start : start + 16])
+    binary.update(shard(scores, rank), shard(labels, rank))
+    if rank == 0:
+        only_rank0.update(shard(scores, 0), shard(labels, 0))
+
+    meter, meters = AverageMeter(), AverageMeters()
+    for value in shard(losses, rank):
+        meter.update(value, n=2)
+        meters.update(loss=value)
+    meters[f"rank{rank}"].update(float(rank + 1))  # a meter that exists on one rank only
+
+    result = {
+        "multiclass": multiclass.average().dict(),
+        "binary": binary.average().dict(),
+        "only_rank0": only_rank0.average().dict(),
+        "meter": meter.average(),
+        "meters": meters.average().dict(),
+        "batch_acc": binary.batch()["acc"],
+    }
+    if rank == 0:
+        probs = logits.softmax(-1).numpy()
+        expected = {
+            "multiclass_auroc": skm.roc_auc_score(classes.numpy(), probs, multi_class="ovr"),
+            "multiclass_acc": skm.accuracy_score(classes.numpy(), probs.argmax(1)),
+            "binary_auprc": skm.average_precision_score(labels.numpy(), scores.numpy()),
+            "only_rank0_auroc": skm.roc_auc_score(shard(labels, 0).numpy(), shard(scores, 0).numpy()),
+            "loss": float(np.mean(losses.numpy())),
+            "acc": skm.accuracy_score(labels.numpy(), scores.numpy() >= 0.5),
+        }
+        with open(out, "w") as file:
+            json.dump({"result": result, "expected": expected, "world_size": dist.get_world_size()}, file)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    run(sys.argv[1])

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from danling.metrics import AverageMeter, AverageMeters, MultiTaskAverageMeters
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_weighted_average_matches_numpy(seed: int):
+    rng = np.random.default_rng(seed)
+    values, weights = rng.normal(size=20), rng.integers(1, 9, size=20)
+    meter = AverageMeter()
+    for value, weight in zip(values, weights):
+        meter.update(torch.tensor(value), n=int(weight))
+    assert meter.avg == pytest.approx(np.average(values, weights=weights))
+    assert meter.sum == pytest.approx(float((values * weights).sum()))
+    assert meter.count == weights.sum()
+    assert meter.val == pytest.approx(values[-1])
+
+
+def test_update_with_tensor_never_syncs(no_device_sync):
+    meter = AverageMeter()
+    loss = torch.tensor(2.0, requires_grad=True) * 3
+    for _ in range(3):
+        meter.update(loss, n=2)
+    no_device_sync.undo()
+    assert meter.avg == 6.0
+    assert meter.count == 6
+
+
+def test_update_detaches_from_graph():
+    meter = AverageMeter()
+    meter.update(torch.tensor(1.0, requires_grad=True) * 2)
+    assert not meter._sum.requires_grad
+
+
+def test_mixed_python_and_tensor_values():
+    meter = AverageMeter()
+    meter.update(1.0)
+    meter.update(torch.tensor(3.0), n=3)
+    assert meter.avg == pytest.approx(2.5)
+    assert isinstance(meter.val, float)
+
+
+def test_reset_and_empty_average():
+    meter = AverageMeter()
+    assert math.isnan(meter.avg)
+    meter.update(4.0)
+    meter.reset()
+    assert meter.val == 0
+    assert meter.count == 0
+    assert math.isnan(meter.average())
+
+
+@pytest.mark.parametrize("bad", [torch.ones(3), "1.0", None, True])
+def test_rejects_non_scalars(bad):
+    with pytest.raises(ValueError, match="value"):
+        AverageMeter().update(bad)
+
+
+def test_format_shows_value_and_average():
+    meter = AverageMeter()
+    meter.update(1.0)
+    meter.update(2.0)
+    assert f"{meter:.2f}" == "2.00 (1.50)"
+
+
+def test_state_dict_round_trip():
+    meter = AverageMeter()
+    meter.update(torch.tensor(0.5), n=4)
+    restored = AverageMeter()
+    restored.load_state_dict(meter.state_dict())
+    assert restored.avg == meter.avg
+    assert restored.count == 4
+    assert restored.val == 0.5
+
+
+def test_meters_create_on_first_access():
+    meters = AverageMeters()
+    meters.loss.reset()
+    meters.loss.update(1.0)
+    assert list(meters.keys()) == ["loss"]
+    assert isinstance(meters["loss"], AverageMeter)
+
+
+def test_meters_update_forms_and_weights():
+    meters = AverageMeters()
+    meters.update(loss=1.0, acc=torch.tensor(0.5))
+    meters.update({"loss": 3.0}, acc=1.0, n=3)
+    assert meters.value().dict() == {"loss": 3.0, "acc": 1.0}
+    averages = meters.average()
+    assert averages["loss"] == pytest.approx((1.0 + 9.0) / 4)
+    assert averages["acc"] == pytest.approx((0.5 + 3.0) / 4)
+    assert meters.count.dict() == {"loss": 4, "acc": 4}
+
+
+def test_meters_reject_non_meter_and_bad_values():
+    with pytest.raises(ValueError, match="AverageMeter"):
+        AverageMeters(loss=1.0)
+    with pytest.raises(ValueError, match="scalar"):
+        AverageMeters().update(loss=torch.ones(2))
+    with pytest.raises(ValueError, match="at most one"):
+        AverageMeters().update({"a": 1}, {"b": 2})
+
+
+def test_meters_format_reset_and_state():
+    meters = AverageMeters()
+    meters.update(loss=1.0, acc=0.5)
+    meters.update(loss=2.0, acc=1.0)
+    assert f"{meters:.2f}" == "loss: 2.00 (1.50)\tacc: 1.00 (0.75)"
+    state = meters.state_dict()
+    meters.reset()
+    assert all(math.isnan(v) for v in meters.avg.values())
+    restored = AverageMeters()
+    restored.load_state_dict(state)
+    assert restored.avg.dict() == {"loss": 1.5, "acc": 0.75}
+
+
+def test_multitask_meters_nested_and_dotted():
+    meters = MultiTaskAverageMeters()
+    meters.update({"task1": {"loss": 1.0}, "task2.loss": 2.0})
+    meters.update({"task1": {"loss": 3.0}, "task2": {"loss": 4.0}}, n=3)
+    assert meters.task1.loss.val == 3.0
+    assert meters.value().dict() == {"task1": {"loss": 3.0}, "task2": {"loss": 4.0}}
+    assert meters.average().dict() == {"task1": {"loss": 2.5}, "task2": {"loss": 3.5}}
+    assert f"{meters:.1f}" == "task1.loss: 3.0 (2.5)\ntask2.loss: 4.0 (3.5)"
+    meters.reset()
+    assert math.isnan(meters.average()["task1.loss"])

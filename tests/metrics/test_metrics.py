@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn import metrics as skm
+
+from danling.metrics import MetricMeter, MetricMeters, Metrics, MultiTaskMetrics, ScoreMetrics
+from danling.metrics.functional import accuracy, auprc, auroc, pearson, spearman
+
+
+def batches(seed: int, sizes=(7, 13, 5)):
+    generator = torch.Generator().manual_seed(seed)
+    return [(torch.rand(n, generator=generator), torch.randint(0, 2, (n,), generator=generator)) for n in sizes]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_average_covers_all_batches_and_value_the_last(seed: int):
+    metrics = Metrics(auroc=auroc, auprc=auprc)
+    data = batches(seed)
+    for input, target in data:
+        metrics.update(input, target)
+    inputs = torch.cat([i for i, _ in data]).numpy()
+    targets = torch.cat([t for _, t in data]).numpy()
+    average = metrics.average()
+    assert average["auroc"] == pytest.approx(skm.roc_auc_score(targets, inputs))
+    assert average["auprc"] == pytest.approx(skm.average_precision_score(targets, inputs))
+    last_input, last_target = data[-1]
+    assert metrics.value()["auroc"] == pytest.approx(skm.roc_auc_score(last_target.numpy(), last_input.numpy()))
+    assert metrics.avg.dict() == average.dict()
+
+
+def test_update_never_syncs(no_device_sync):
+    metrics = Metrics(auroc=auroc)
+    for input, target in batches(0):
+        metrics.update(input, target)
+    no_device_sync.undo()
+    assert 0 <= metrics.average()["auroc"] <= 1
+
+
+def test_update_detaches():
+    metrics = Metrics(acc=accuracy)
+    metrics.update(torch.rand(4, requires_grad=True) * 1, torch.tensor([0, 1, 0, 1]))
+    assert not metrics.inputs.requires_grad
+
+
+def test_ignore_index_dropped_by_default_preprocess():
+    metrics = Metrics(acc=accuracy)
+    metrics.update([0.9, 0.8, 0.1], [1, -100, 0])
+    assert metrics.average()["acc"] == 1.0
+
+
+def test_empty_and_reset_give_nan():
+    metrics = Metrics(acc=accuracy)
+    assert math.isnan(metrics.average()["acc"])
+    metrics.update([0.9, 0.1], [1, 0])
+    metrics.reset()
+    assert math.isnan(metrics.value()["acc"])
+    assert math.isnan(metrics.average()["acc"])
+    assert metrics.inputs is None
+
+
+def test_update_rejects_bad_batches():
+    metrics = Metrics(acc=accuracy)
+    with pytest.raises(ValueError, match="Empty"):
+        metrics.update([], [])
+    with pytest.raises(ValueError, match=r"\(3,\)"):
+        metrics.update(torch.rand(3), torch.zeros(4))
+    metrics.update(torch.rand(2, 3), torch.zeros(2))
+    with pytest.raises(ValueError, match=r"\(2, 4\)"):
+        metrics.update(torch.rand(2, 4), torch.zeros(2))
+
+
+def test_dict_results_are_merged_or_prefixed():
+    def both(input, target):
+        return {"pearson": pearson(input, target), "spearman": spearman(input, target)}
+
+    data = ([1.0, 2.0, 3.0, 5.0], [1.0, 3.0, 2.0, 4.0])
+    merged = Metrics(corr=both, preprocess=None)
+    merged.update(*data)
+    assert set(merged.average().keys()) == {"pearson", "spearman"}
+    prefixed = Metrics(corr=both, preprocess=None, merge_dict=False)
+    prefixed.update(*data)
+    assert set(prefixed.average().keys()) == {"corr.pearson", "corr.spearman"}
+
+
+def test_metrics_rejects_non_callables():
+    with pytest.raises(ValueError, match="callable"):
+        Metrics(acc=0.5)
+
+
+def test_score_metrics():
+    metrics = ScoreMetrics(auroc=auroc, acc=accuracy, score_name="acc")
+    metrics.update([0.9, 0.2, 0.7], [1, 0, 0])
+    assert metrics.average_score == pytest.approx(2 / 3)
+    assert metrics.get_score("batch") == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="score_name"):
+        ScoreMetrics(auroc=auroc, score_name="f1")
+
+
+def test_multitask_metrics():
+    metrics = MultiTaskMetrics()
+    metrics["cls"] = Metrics(acc=accuracy)
+    metrics["group.reg"] = Metrics(pearson=pearson)
+    metrics.update({"cls": {"input": [0.9, 0.2], "target": [1, 1]}, "group": {"reg": ([1.0, 2.0, 4.0], [1, 2, 3])}})
+    result = metrics.average()
+    assert result["cls.acc"] == 0.5
+    assert result["group.reg.pearson"] == pytest.approx(np.corrcoef([1, 2, 4], [1, 2, 3])[0, 1])
+    with pytest.raises(ValueError, match="not found"):
+        metrics.update({"missing": ([0.1], [1])})
+    metrics.reset()
+    assert math.isnan(metrics.average()["cls.acc"])
+
+
+def test_metric_meters_weight_batches_by_size():
+    meters = MetricMeters(acc=accuracy)
+    meters.update([0.9, 0.1, 0.8, 0.3], [1, 0, 0, 0])
+    meters.update([0.2, 0.7], [1, -100])
+    meter = MetricMeter(accuracy)
+    meter.update([0.9, 0.1], [1, 1])
+    assert meters.average()["acc"] == pytest.approx(3 / 5)
+    assert meter.avg == 0.5

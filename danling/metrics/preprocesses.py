@@ -109,6 +109,14 @@ def _keep_mask(target: Tensor, ignore_index: int | None, ignore_nan: bool) -> Te
     return mask
 
 
+def _outside(values: Tensor, low: float, high: float) -> bool:
+    """Whether any value lies outside `[low, high]` (one fused min/max pass)."""
+    if values.numel() == 0:
+        return False
+    minimum, maximum = torch.aminmax(values)
+    return bool((minimum < low) | (maximum > high))
+
+
 def _check_finite(input: Tensor) -> None:
     if input.is_floating_point() and not bool(torch.isfinite(input).all()):
         bad = input[~torch.isfinite(input)].flatten()[:5].tolist()
@@ -136,7 +144,7 @@ def preprocess(
     """
     input, target = flatten_batch(input, target)
     mask = _keep_mask(target, ignore_index, ignore_nan)
-    if mask is not None:
+    if mask is not None and not bool(mask.all()):  # boolean indexing copies; skip it when nothing is dropped
         input, target = input[mask], target[mask]
     return input, target
 
@@ -172,10 +180,10 @@ def preprocess_binary(
         raise ValueError(f"Binary input has {input.numel()} scores for {target.numel()} targets")
     _check_finite(input)
     input = input.float() if not input.is_floating_point() else input
-    if threshold_logits and input.numel() > 0 and bool((input.min() < 0) | (input.max() > 1)):
+    if threshold_logits and _outside(input, 0, 1):
         input = input.sigmoid()
     target = target.long()
-    if target.numel() > 0 and bool(((target != 0) & (target != 1)).any()):
+    if _outside(target, 0, 1):
         raise ValueError(f"Binary targets must be 0 or 1, but got values {target.unique().tolist()[:10]}")
     return input, target
 
@@ -212,10 +220,10 @@ def preprocess_multiclass(
         )
     _check_finite(input)
     input = input.float() if not input.is_floating_point() else input
-    if input.numel() > 0 and bool((input.min() < 0) | (input.max() > 1)):
+    if _outside(input, 0, 1):
         input = input.softmax(dim=-1)
     target = target.long()
-    if target.numel() > 0 and bool(((target < 0) | (target >= num_classes)).any()):
+    if _outside(target, 0, num_classes - 1):
         raise ValueError(f"Multiclass targets must lie in [0, {num_classes}), but got {target.unique().tolist()[:10]}")
     return input, target
 
@@ -257,10 +265,11 @@ def preprocess_multilabel(
     mask = _keep_mask(target, ignore_index, ignore_nan=True)
     if mask is not None:
         rows = mask.all(dim=-1)
-        input, target = input[rows], target[rows]
+        if not bool(rows.all()):
+            input, target = input[rows], target[rows]
     _check_finite(input)
     input = input.float() if not input.is_floating_point() else input
-    if input.numel() > 0 and bool((input.min() < 0) | (input.max() > 1)):
+    if _outside(input, 0, 1):
         input = input.sigmoid()
     return input, target.long()
 

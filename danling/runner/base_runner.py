@@ -511,12 +511,13 @@ class BaseRunner(ProgressMixin, metaclass=RunnerMeta):
         return format_result(result, format_spec=format_spec)
 
     def format_step_result(
-        self, result: Mapping, split: str | None, steps: int, length: int, format_spec: str = ".4f"
+        self, result: Mapping, split: str | None, steps: int, length: int | None, format_spec: str = ".4f"
     ) -> str:
         r"""Format a step log line: `"training on train [12/100]\tloss: 0.1234"`."""
         verb = {"train": "training", "evaluate": "evaluating", "infer": "inferring"}[str(self.mode)]
         prefix = f"{verb} on {split} " if split is not None else ""
-        return f"{prefix}[{steps}/{length}]\t{self.format_result(result, format_spec)}"
+        position = f"[{steps}/{length}]" if length is not None else f"[{steps}]"
+        return f"{prefix}{position}\t{self.format_result(result, format_spec)}"
 
     def format_epoch_result(
         self, result: Mapping, epochs: int | None = None, epoch_end: int | None = None, format_spec: str = ".4f"
@@ -529,8 +530,9 @@ class BaseRunner(ProgressMixin, metaclass=RunnerMeta):
 
     def step_log(self, split: str, iteration: int, length: int | None = None) -> NestedDict:
         r"""Log the step result of `split` and write it to TensorBoard when training."""
-        if length is None:
-            length = len(self.dataloaders[split]) - 1
+        loader = self.dataloaders.get(split)
+        if length is None and hasattr(loader, "__len__"):
+            length = len(loader) - 1
         result = self.get_step_result()
         self.log(self.format_step_result(result, split, iteration, length))
         if self.mode == RunnerMode.train:

@@ -194,14 +194,16 @@ class ProgressMixin:
     @property
     def total_steps(self) -> int:
         r"""
-        Optimizer steps in this run: from `step_end`, else epochs times the train loaders' lengths, else epochs
-        times `ceil(ceil(dataset length / world size) / batch size)`; divided by `accum_steps` (rounded up per epoch).
+        Optimizer steps in the whole run (a resumed run included, so schedulers built from it agree with the
+        straight run): `step_end` when set, else `epoch_end` times the optimizer steps of an epoch, from the train
+        loaders' lengths, else from `ceil(ceil(dataset length / world size) / batch size)`, each divided by
+        `accum_steps` and rounded up.
 
         Raises:
             ValueError: If it cannot be inferred.
         """
         if self.step_end is not None:
-            return self.step_end - self.step_begin
+            return self.step_end
         try:
             train_splits = self.train_splits
         except ValueError:
@@ -209,7 +211,7 @@ class ProgressMixin:
         if train_splits and self.epoch_end is not None:
             batches = self._batches_per_epoch(train_splits)
             if batches is not None:
-                return self.total_epochs * sum(ceil(n / self.accum_steps) for n in batches)
+                return self.epoch_end * sum(ceil(n / self.accum_steps) for n in batches)
         raise ValueError("total_steps could not be inferred: set config.step_end, or epoch_end and train datasets")
 
     def _batches_per_epoch(self, splits: list[str]) -> list[int] | None:
@@ -223,6 +225,6 @@ class ProgressMixin:
     @property
     def progress(self) -> float:
         r"""
-        Fraction of the run done: `steps / total_steps`.
+        Fraction of the run done: `steps / total_steps` (also right after a resume).
         """
         return self.steps / self.total_steps

@@ -211,6 +211,8 @@ class TorchRunner(BaseRunner):
         self._max_grad_norm = self.config.get("max_grad_norm")
         self._max_grad_value = self.config.get("max_grad_value")
         self._micro_step = 0
+        self._pending_micro_steps = 0
+        self._window_size = 1
         self._window_length = length
 
     def advance(self, loss: torch.Tensor) -> None:
@@ -227,10 +229,12 @@ class TorchRunner(BaseRunner):
         """
         window_end = self._window_end()
         window_size = window_end - (self._micro_step // self._accum_steps) * self._accum_steps
+        self._window_size = window_size
         if window_size != 1:
             loss = loss / window_size
         self.scaler.scale(loss).backward()
         self._micro_step += 1
+        self._pending_micro_steps += 1
         if self._micro_step == window_end:
             self.optimizer_step()
 
@@ -249,6 +253,7 @@ class TorchRunner(BaseRunner):
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        self._pending_micro_steps = 0
         if self.ema is not None:
             self.ema.update_parameters(self.unwrap(self.model))
         if self.scheduler is not None:
@@ -376,16 +381,15 @@ class TorchRunner(BaseRunner):
         return self.dataloaders[split]
 
     def _flush_accumulation(self) -> None:
-        # A window cut short by `step_end` (or by a loader without a length) still gets its optimizer step, with
-        # the gradients rescaled to the mean over the micro-steps it really had.
-        window_start = (self._micro_step // self._accum_steps) * self._accum_steps
-        pending = self._micro_step - window_start
+        # A window cut short (a loader without a length ends mid-window) still gets its optimizer step, with the
+        # gradients rescaled to the mean over the micro-steps it really had.
+        pending = self._pending_micro_steps
         if pending == 0:
             return
-        if self._window_length is None:
+        if pending != self._window_size:
             for parameter in self.unwrap(self.model).parameters():
                 if parameter.grad is not None:
-                    parameter.grad.mul_(self._accum_steps / pending)
+                    parameter.grad.mul_(self._window_size / pending)
         self.optimizer_step()
 
     def train_step(self, data: Any) -> tuple[Any, torch.Tensor]:

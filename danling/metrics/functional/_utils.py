@@ -67,6 +67,13 @@ def prepare_classification(
     return task, *preprocess_multilabel(input, target, num_labels, ignore_index=ignore_index)
 
 
+def _column_tie_bounds(column: Tensor) -> tuple[Tensor, Tensor]:
+    """Tie bounds of one sorted column from its runs (`unique_consecutive` is a single linear pass)."""
+    _, inverse, counts = torch.unique_consecutive(column, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(dim=0) - 1
+    return (ends - counts + 1)[inverse], ends[inverse]
+
+
 def tie_bounds(sorted_values: Tensor) -> tuple[Tensor, Tensor]:
     r"""
     First and last position of the run of equal values that each element of a sorted column belongs to.
@@ -82,11 +89,12 @@ def tie_bounds(sorted_values: Tensor) -> tuple[Tensor, Tensor]:
         >>> start.flatten().tolist(), end.flatten().tolist()
         ([0, 1, 1, 3], [0, 2, 2, 3])
     """
-    n = sorted_values.shape[0]
+    n, k = sorted_values.shape
+    if k <= 64:  # few columns: one linear run-length pass per column is the cheapest
+        bounds = [_column_tie_bounds(sorted_values[:, i]) for i in range(k)]
+        return torch.stack([b[0] for b in bounds], dim=1), torch.stack([b[1] for b in bounds], dim=1)
     index = torch.arange(n, device=sorted_values.device).unsqueeze(1).expand_as(sorted_values)
     change = sorted_values[1:] != sorted_values[:-1]
-    if bool(change.all()):  # no ties: every run has length one
-        return index, index
     edge = torch.ones_like(change[:1])
     start = torch.where(torch.cat([edge, change]), index, 0).cummax(dim=0).values
     end = torch.where(torch.cat([change, edge]), index, n - 1).flip(0).cummin(dim=0).values.flip(0)

@@ -1,0 +1,66 @@
+"""Small runners and data shared by the TorchRunner tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+import danling as dl
+
+
+def make_data(n: int, seed: int, features: int = 4, classes: int = 3) -> TensorDataset:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, features, generator=generator)
+    y = torch.randint(0, classes, (n,), generator=generator)
+    return TensorDataset(x, y)
+
+
+class DictDataset(Dataset):
+    """Yields mappings with `input` and `target`, to check mapping batches."""
+
+    def __init__(self, base: TensorDataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict:
+        x, y = self.base[index]
+        return {"input": x, "target": y}
+
+
+class ClassifierRunner(dl.TorchRunner):
+    """A linear classifier on synthetic data: 40 train, 13 val samples unless the config says otherwise."""
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        train_size = self.config.get("train_size", 40)
+        self.datasets.train = make_data(train_size, seed=0)
+        self.datasets.val = make_data(self.config.get("val_size", 13), seed=1)
+        torch.manual_seed(0)
+        self.model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+        self.criterion = nn.CrossEntropyLoss()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.config.get("lr", 0.1), momentum=0.9)
+
+
+@pytest.fixture
+def make_runner(tmp_path) -> Callable[..., ClassifierRunner]:
+    """Build a fresh ClassifierRunner (or another class) writing into its own directory under tmp_path."""
+    counter = iter(range(1000))
+
+    def factory(runner_class: type = ClassifierRunner, **config) -> dl.TorchRunner:
+        config.setdefault("log", False)
+        config.setdefault("dir", str(tmp_path / f"run{next(counter)}"))
+        config.setdefault("epoch_end", 2)
+        config.setdefault("dataloader", {"batch_size": 8})
+        return runner_class(config)
+
+    return factory
+
+
+def parameters_of(runner: dl.TorchRunner) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in runner.unwrap(runner.model).parameters()]

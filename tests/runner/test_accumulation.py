@@ -1,0 +1,211 @@
+"""Gradient accumulation, clipping, scheduler and EMA stepping in TorchRunner.advance."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import danling as dl
+
+from .conftest import ClassifierRunner, parameters_of
+
+
+class RegressionRunner(dl.TorchRunner):
+    """Linear regression with plain SGD: one accumulated window must equal one large-batch step."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        generator = torch.Generator().manual_seed(0)
+        size = self.config.get("train_size", 16)
+        self.datasets.train = TensorDataset(torch.randn(size, 3, generator=generator), torch.randn(size, 1))
+        torch.manual_seed(0)
+        self.model = nn.Linear(3, 1)
+        self.criterion = nn.MSELoss()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.5)
+
+
+def large_batch_step(runner: dl.TorchRunner) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    x, y = runner.datasets.train.tensors
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    nn.functional.mse_loss(model(x), y).backward()
+    optimizer.step()
+    return [p.detach() for p in model.parameters()]
+
+
+def count_optimizer_steps(runner: dl.TorchRunner) -> list[int]:
+    calls = [0]
+    step = runner.optimizer.step
+
+    def counting_step(*args, **kwargs):
+        calls[0] += 1
+        return step(*args, **kwargs)
+
+    runner.optimizer.step = counting_step
+    return calls
+
+
+@pytest.mark.parametrize(("accum_steps", "expected_per_epoch"), [(1, 5), (2, 3), (3, 2), (5, 1), (8, 1)])
+def test_one_optimizer_step_per_window_and_a_short_last_window(make_runner, accum_steps, expected_per_epoch):
+    runner = make_runner(accum_steps=accum_steps, epoch_end=2)  # 5 micro-batches per epoch
+    calls = count_optimizer_steps(runner)
+    runner.train(evaluate_splits=[])
+    assert calls[0] == 2 * expected_per_epoch
+    assert runner.steps == 2 * expected_per_epoch
+
+
+@pytest.mark.parametrize(("train_size", "accum_steps"), [(16, 4), (12, 4), (8, 2)])
+def test_accumulated_window_equals_one_large_batch_step(make_runner, train_size, accum_steps):
+    # batch 4: 16 samples with accum 4 is one full window; 12 samples with accum 4 is one short window of 3.
+    runner = make_runner(
+        RegressionRunner, train_size=train_size, accum_steps=accum_steps, epoch_end=1, dataloader={"batch_size": 4}
+    )
+    runner.train(evaluate_splits=[])
+    for ours, reference in zip(parameters_of(runner), large_batch_step(runner)):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+
+
+class UnsizedLoader:
+    """A loader without `__len__`: the runner cannot know where the last window ends."""
+
+    def __init__(self, loader) -> None:
+        self.loader = loader
+        self.batch_size = loader.batch_size
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+def test_window_cut_short_by_an_unsized_loader_is_rescaled(make_runner):
+    runner = make_runner(RegressionRunner, train_size=12, accum_steps=4, epoch_end=1, dataloader={"batch_size": 4})
+    runner.dataloaders.train = UnsizedLoader(runner.dataloaders.train)
+    runner.dataloaders.train.loader.sampler.generator = None
+    runner.train(evaluate_splits=[])
+    assert runner.steps == 1
+    for ours, reference in zip(parameters_of(runner), large_batch_step(runner)):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_total_steps_counts_optimizer_steps(make_runner):
+    runner = make_runner(accum_steps=2, epoch_end=3)
+    assert runner.total_steps == 3 * 3
+    runner.train(evaluate_splits=[])
+    assert runner.steps == runner.total_steps
+
+
+def test_scheduler_steps_once_per_optimizer_step(make_runner):
+    class ScheduledRunner(ClassifierRunner):
+        def __init__(self, config):
+            super().__init__(config)
+            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=1, gamma=0.5)
+
+    runner = make_runner(ScheduledRunner, accum_steps=2, epoch_end=2)
+    runner.train(evaluate_splits=[])
+    assert runner.scheduler.last_epoch == runner.steps == 6
+    assert runner.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**6)
+
+
+class NoSyncProbe(nn.Module):
+    """Stands in for a DDP-wrapped model: records which micro-steps ran under `no_sync`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+        self.in_no_sync = False
+        self.forward_under_no_sync: list[bool] = []
+        self.backward_under_no_sync: list[bool] = []
+        self.linear.weight.register_hook(self._record_backward)
+
+    def _record_backward(self, grad: torch.Tensor) -> torch.Tensor:
+        self.backward_under_no_sync.append(self.in_no_sync)
+        return grad
+
+    @contextmanager
+    def no_sync(self):
+        self.in_no_sync = True
+        try:
+            yield
+        finally:
+            self.in_no_sync = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.forward_under_no_sync.append(self.in_no_sync)
+        return self.linear(x)
+
+
+def test_no_sync_covers_forward_and_backward_of_all_but_the_last_micro_step(make_runner):
+    class ProbeRunner(ClassifierRunner):
+        def __init__(self, config):
+            super().__init__(config)
+            self.model = NoSyncProbe()
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
+
+    runner = make_runner(ProbeRunner, accum_steps=2, epoch_end=1)
+    runner.train(evaluate_splits=[])
+    expected = [True, False, True, False, False]  # windows [0, 1], [2, 3], [4]
+    assert runner.model.forward_under_no_sync == expected
+    assert runner.model.backward_under_no_sync == expected
+
+
+def test_accumulate_on_an_unwrapped_model_is_a_no_op(make_runner):
+    runner = make_runner(accum_steps=4)
+    assert not hasattr(runner.model, "no_sync")
+    with runner.accumulate():
+        loss = runner.criterion(runner.model(torch.randn(2, 4)), torch.tensor([0, 1]))
+        runner.advance(loss)
+    assert runner.steps == 0  # first of four micro-steps: no optimizer step yet
+
+
+def test_clipping_by_norm_bounds_the_update(make_runner):
+    class PlainSGDRunner(ClassifierRunner):
+        def __init__(self, config):
+            super().__init__(config)
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1.0)
+
+    runner = make_runner(PlainSGDRunner, max_grad_norm=1e-3, train_size=8)
+    before = parameters_of(runner)
+    runner.train_epoch("train")
+    delta = torch.cat([(a - b).flatten() for a, b in zip(parameters_of(runner), before)])
+    assert runner.steps == 1
+    assert delta.norm().item() == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_clipping_by_value_bounds_each_gradient(make_runner):
+    class PlainSGDRunner(ClassifierRunner):
+        def __init__(self, config):
+            super().__init__(config)
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1.0)
+
+    runner = make_runner(PlainSGDRunner, max_grad_value=1e-4, train_size=8)
+    before = parameters_of(runner)
+    runner.train_epoch("train")
+    delta = torch.cat([(a - b).flatten() for a, b in zip(parameters_of(runner), before)])
+    assert delta.abs().max().item() == pytest.approx(1e-4, rel=1e-3)
+
+
+def test_ema_is_updated_once_per_optimizer_step(make_runner):
+    class EMARunner(ClassifierRunner):
+        def __init__(self, config):
+            super().__init__(config)
+            self.ema = torch.optim.swa_utils.AveragedModel(
+                self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9)
+            )
+
+    runner = make_runner(EMARunner, accum_steps=2, epoch_end=1)
+    runner.train(evaluate_splits=[])
+    assert int(runner.ema.n_averaged) == runner.steps == 3
+    assert not torch.equal(runner.ema.module[0].weight, runner.model[0].weight)
+
+
+def test_has_nan_inf_grad():
+    model = nn.Linear(2, 1)
+    assert dl.TorchRunner.has_nan_inf_grad(model) is False
+    model(torch.ones(1, 2)).sum().backward()
+    assert dl.TorchRunner.has_nan_inf_grad(model) is False
+    model.weight.grad[0, 0] = float("inf")
+    assert dl.TorchRunner.has_nan_inf_grad(model) is True

@@ -1,0 +1,93 @@
+"""Mixed precision in TorchRunner: autocast really runs, the scaler really scales."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import danling as dl
+from danling.runner.precision import Precision
+
+from .conftest import ClassifierRunner
+
+
+class DtypeProbe(nn.Module):
+    """Records the dtype of its hidden activations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(4, 8)
+        self.out = nn.Linear(8, 3)
+        self.dtypes: list[torch.dtype] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.hidden(x)
+        self.dtypes.append(hidden.dtype)
+        return self.out(hidden)
+
+
+class ProbeRunner(ClassifierRunner):
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = DtypeProbe()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16), (None, torch.float32)]
+)
+def test_forward_runs_in_the_requested_dtype_in_training_and_evaluation(make_runner, precision, dtype):
+    runner = make_runner(ProbeRunner, precision=precision, epoch_end=1)
+    runner.train()
+    assert set(runner.model.dtypes) == {dtype}
+    assert len(runner.model.dtypes) == 5 + 2
+    assert all(p.dtype == torch.float32 for p in runner.model.parameters())  # master weights stay in float32
+
+
+def test_autocast_is_a_real_context_manager(make_runner):
+    runner = make_runner(precision="bf16")
+    with runner.autocast():
+        assert torch.is_autocast_enabled("cpu")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    assert not torch.is_autocast_enabled("cpu")
+
+
+def test_fp16_uses_an_enabled_grad_scaler_saved_in_checkpoints(make_runner):
+    runner = make_runner(precision="fp16", epoch_end=1)
+    assert runner.scaler.is_enabled()
+    assert not make_runner(precision="bf16").scaler.is_enabled()
+    runner.train()
+    checkpoint = torch.load(f"{runner.checkpoint_dir}/latest.pth", weights_only=True)
+    assert "scaler" in checkpoint
+    assert checkpoint["scaler"]["scale"] == runner.scaler.get_scale()
+
+
+def test_fp16_skips_the_step_when_gradients_overflow(make_runner):
+    runner = make_runner(precision="fp16")
+    before = [p.detach().clone() for p in runner.model.parameters()]
+    scale = runner.scaler.get_scale()
+    loss = runner.model(torch.randn(2, 4)).sum() * float("inf")
+    runner.advance(loss)
+    assert all(torch.equal(a, b) for a, b in zip(before, runner.model.parameters()))
+    assert runner.scaler.get_scale() < scale
+    assert runner.steps == 1  # the step was taken (and skipped by the scaler), the window is over
+
+
+@pytest.mark.parametrize("precision", ["fp8", "float64", "amp"])
+def test_unknown_precision_names_the_accepted_values(make_runner, precision):
+    with pytest.raises(ValueError, match=precision) as error:
+        make_runner(precision=precision)
+    assert "bf16" in str(error.value)
+    assert "fp16" in str(error.value)
+
+
+def test_precision_aliases():
+    assert Precision("bfloat16", "cpu").dtype is torch.bfloat16
+    assert Precision("half", "cpu").dtype is torch.float16
+    assert Precision("fp32", "cpu").enabled is False
+    assert Precision(None, "cpu").enabled is False
+
+
+def test_runner_exports():
+    assert dl.TorchRunner.autocast is not dl.BaseRunner.__dict__.get("autocast")

@@ -1,0 +1,101 @@
+"""Exact resume: a run stopped and resumed ends where a straight run ends."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import danling as dl
+
+from .conftest import ClassifierRunner, parameters_of
+
+
+class DropoutRunner(ClassifierRunner):
+    """Shuffling, dropout and a scheduler: everything that makes resume hard."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        torch.manual_seed(0)
+        self.model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=0.01)
+        self.scheduler = dl.optim.SCHEDULERS.build(self.optimizer, total_steps=self.total_steps, type="cosine")
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashingRunner(DropoutRunner):
+    """Dies right after writing the checkpoint of epoch `crash_after`, like a preempted job."""
+
+    def save_checkpoint(self, *args, **kwargs):
+        super().save_checkpoint(*args, **kwargs)
+        if self.epochs == self.config.crash_after:
+            raise Crash
+
+
+@pytest.mark.parametrize("accum_steps", [1, 2])
+def test_two_plus_two_epochs_equal_four_straight(make_runner, accum_steps):
+    straight = make_runner(DropoutRunner, seed=7, epoch_end=4, accum_steps=accum_steps)
+    straight.train()
+
+    first = make_runner(CrashingRunner, seed=7, epoch_end=4, accum_steps=accum_steps, crash_after=1)
+    with pytest.raises(Crash):
+        first.train()
+    latest = os.path.join(first.checkpoint_dir, "latest.pth")
+    resumed = make_runner(DropoutRunner, seed=7, epoch_end=4, accum_steps=accum_steps, checkpoint=latest)
+    assert resumed.epoch_begin == 2
+    assert resumed.steps == first.steps
+    resumed.train()
+
+    assert resumed.steps == straight.steps
+    for ours, reference in zip(parameters_of(resumed), parameters_of(straight)):
+        assert torch.equal(ours, reference)
+    assert list(resumed.results.keys()) == [0, 1, 2, 3]
+    assert resumed.results.dict() == straight.results.dict()
+    assert resumed.best_index == straight.best_index
+
+
+def test_load_checkpoint_restores_optimizer_state_and_results(make_runner):
+    first = make_runner(epoch_end=2)
+    first.train()
+    latest = os.path.join(first.checkpoint_dir, "latest.pth")
+    other = make_runner(epoch_end=4)
+    other.load_checkpoint(latest)
+    assert other.steps == first.steps
+    assert other.epoch_begin == 2
+    assert other.config.checkpoint == latest
+    assert list(other.results.keys()) == [0, 1]
+    momentum = other.optimizer.state[other.optimizer.param_groups[0]["params"][0]]["momentum_buffer"]
+    reference = first.optimizer.state[first.optimizer.param_groups[0]["params"][0]]["momentum_buffer"]
+    assert torch.equal(momentum, reference)
+
+
+def test_best_checkpoint_compares_against_the_whole_run(make_runner):
+    first = make_runner(epoch_end=2)
+    first.train()
+    resumed = make_runner(epoch_end=3, checkpoint=os.path.join(first.checkpoint_dir, "latest.pth"))
+    assert resumed.best_score == first.best_score
+    assert resumed.scores.dict() == first.scores.dict()
+
+
+def test_checkpoint_loads_with_weights_only_and_holds_every_part(make_runner):
+    runner = make_runner(DropoutRunner, seed=1, epoch_end=1)
+    runner.train()
+    checkpoint = torch.load(os.path.join(runner.checkpoint_dir, "latest.pth"), weights_only=True)
+    assert {"runner", "model", "optimizer", "scheduler", "rng", "results"} <= set(checkpoint)
+    assert checkpoint["runner"]["seed"] == 1
+    assert isinstance(checkpoint["rng"], list)
+    assert {"python", "numpy", "torch"} <= set(checkpoint["rng"][0])
+
+
+def test_from_checkpoint_builds_an_equal_runner(make_runner):
+    first = make_runner(epoch_end=1)
+    first.train()
+    restored = ClassifierRunner.from_checkpoint(os.path.join(first.checkpoint_dir, "latest.pth"))
+    assert restored.id == first.id
+    for ours, reference in zip(parameters_of(restored), parameters_of(first)):
+        assert torch.equal(ours, reference)

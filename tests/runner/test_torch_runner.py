@@ -1,0 +1,214 @@
+"""Training, evaluation and inference loops of TorchRunner."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import danling as dl
+
+from .conftest import ClassifierRunner, DictDataset, make_data, parameters_of
+
+
+def full_loss(runner: dl.TorchRunner, dataset) -> float:
+    x, y = dataset.tensors
+    model = runner.unwrap(runner.model)
+    with torch.no_grad():
+        return nn.functional.cross_entropy(model(x), y).item()
+
+
+def test_train_records_every_epoch_and_counts_steps(make_runner):
+    runner = make_runner(epoch_end=3)
+    results = runner.train()
+    assert list(results.keys()) == [0, 1, 2]
+    assert set(results[0].keys()) == {"train", "val"}
+    assert runner.steps == 3 * 5  # ceil(40 / 8) optimizer steps per epoch
+    assert runner.epochs == 2
+
+
+def test_epoch_loss_is_the_sample_weighted_mean_over_every_batch(make_runner):
+    # lr = 0: the model never changes, so the epoch losses must equal the loss over the whole split.
+    runner = make_runner(lr=0.0, epoch_end=1, train_size=42, val_size=13)
+    result = runner.train()[0]
+    assert result["val"]["loss"] == pytest.approx(full_loss(runner, runner.datasets.val), rel=1e-6)
+    assert result["train"]["loss"] == pytest.approx(full_loss(runner, runner.datasets.train), rel=1e-6)
+
+
+def test_drop_last_applies_to_training_only(make_runner):
+    runner = make_runner(lr=0.0, epoch_end=1, train_size=42, dataloader={"batch_size": 8, "drop_last": True})
+    result = runner.train()[0]
+    assert len(runner.dataloaders.train) == 5
+    assert len(runner.dataloaders.val) == 2
+    assert runner.dataloaders.val.drop_last is False
+    assert result["val"]["loss"] == pytest.approx(full_loss(runner, runner.datasets.val), rel=1e-6)
+
+
+def test_mapping_batches_are_supported(make_runner):
+    class MappingRunner(ClassifierRunner):
+        def __init__(self, config):
+            super().__init__(config)
+            self.datasets.train = DictDataset(self.datasets.train)
+            self.datasets.val = DictDataset(self.datasets.val)
+
+    runner = make_runner(MappingRunner, lr=0.0, epoch_end=1)
+    result = runner.train()[0]
+    assert result["val"]["loss"] == pytest.approx(full_loss(runner, runner.datasets.val.base), rel=1e-6)
+
+
+class ModeProbe(nn.Module):
+    """Records whether it ran in training mode and with gradients enabled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+        self.seen: list[tuple[bool, bool]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append((self.training, torch.is_grad_enabled()))
+        return self.linear(x)
+
+
+def test_model_is_in_train_mode_with_grad_only_while_training(make_runner):
+    class ProbeRunner(ClassifierRunner):
+        def __init__(self, config):
+            super().__init__(config)
+            self.model = ModeProbe()
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
+
+    runner = make_runner(ProbeRunner, epoch_end=1)
+    runner.train()
+    seen = runner.model.seen
+    assert seen[:5] == [(True, True)] * 5  # 5 training batches
+    assert seen[5:] == [(False, False)] * 2  # 2 evaluation batches
+    runner.model.seen.clear()
+    runner.evaluate(["val"])
+    assert runner.model.seen == [(False, False)] * 2
+
+
+def test_evaluate_returns_results_per_split_without_training(make_runner):
+    runner = make_runner()
+    before = parameters_of(runner)
+    result = runner.evaluate(["val", "train"])
+    assert set(result.keys()) == {"val", "train"}
+    assert all(torch.equal(a, b) for a, b in zip(before, parameters_of(runner)))
+    assert runner.steps == 0
+
+
+def test_infer_returns_predictions_in_dataset_order(make_runner):
+    runner = make_runner()
+    predictions = runner.infer("val")
+    x, _ = runner.datasets.val.tensors
+    with torch.no_grad():
+        expected = runner.model(x)
+    assert predictions.shape == (13, 3)
+    torch.testing.assert_close(predictions, expected)
+
+
+def test_results_and_checkpoints_are_written(make_runner):
+    runner = make_runner(epoch_end=2, save_interval=1)
+    runner.train()
+    with open(os.path.join(runner.dir, "results.json")) as fp:
+        saved = json.load(fp)
+    assert saved["id"] == runner.id
+    assert sorted(saved["results"].keys()) == ["0", "1"]
+    assert os.path.isfile(os.path.join(runner.dir, "latest.json"))
+    files = set(os.listdir(runner.checkpoint_dir))
+    assert {"latest.pth", "epoch-0.pth", "epoch-1.pth"} <= files
+    checkpoint = torch.load(os.path.join(runner.checkpoint_dir, "latest.pth"), weights_only=True)
+    assert checkpoint["runner"]["epochs"] == 1
+    assert checkpoint["runner"]["steps"] == runner.steps == 10
+
+
+class ScriptedRunner(ClassifierRunner):
+    """Evaluation returns scripted losses, to drive early stopping deterministically."""
+
+    script = [1.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+
+    def evaluate_epoch(self, split="val"):
+        return dl.runner.results.NestedDict({"loss": self.script[self.epochs]})
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(make_runner):
+    runner = make_runner(ScriptedRunner, epoch_end=7, patience=2)
+    results = runner.train()
+    assert list(results.keys()) == [0, 1, 2, 3]
+    assert runner.best_index == 1
+    assert runner.best_score == 0.5
+
+
+def test_step_end_stops_in_the_middle_of_an_epoch(make_runner):
+    runner = make_runner(epoch_end=None, step_end=7)
+    runner.train()
+    assert runner.steps == 7
+    assert list(runner.results.keys()) == [0, 1]
+
+
+def test_train_without_end_is_an_error(make_runner):
+    runner = make_runner(epoch_end=None)
+    with pytest.raises(ValueError, match="epoch_end"):
+        runner.train()
+
+
+def test_dataloaders_shuffle_train_only_and_honour_split_options(make_runner):
+    runner = make_runner(dataloader={"batch_size": 8, "val": {"batch_size": 5}})
+    assert isinstance(runner.dataloaders.train.sampler, torch.utils.data.RandomSampler)
+    assert isinstance(runner.dataloaders.val.sampler, torch.utils.data.SequentialSampler)
+    assert runner.dataloaders.train.batch_size == 8
+    assert runner.dataloaders.val.batch_size == 5
+    unshuffled = make_runner(dataloader={"batch_size": 8, "shuffle": False})
+    assert isinstance(unshuffled.dataloaders.train.sampler, torch.utils.data.SequentialSampler)
+
+
+def test_a_runner_without_datasets_is_valid(make_runner):
+    class EmptyRunner(dl.TorchRunner):
+        pass
+
+    runner = make_runner(EmptyRunner)
+    assert len(runner.dataloaders) == 0
+    assert runner.device.type == "cpu"
+
+
+def test_unknown_batch_shape_is_a_clear_error(make_runner):
+    with pytest.raises(ValueError, match="input"):
+        dl.TorchRunner.unpack({"x": 1})
+    with pytest.raises(ValueError, match="int"):
+        dl.TorchRunner.unpack(3)
+
+
+def test_unknown_split_is_a_clear_error(make_runner):
+    runner = make_runner()
+    with pytest.raises(KeyError, match="test"):
+        runner.evaluate_epoch("test")
+
+
+def test_runner_picks_the_torch_platform(make_runner):
+    class MyRunner(dl.Runner):
+        def __init__(self, config):
+            super().__init__(config)
+            self.model = nn.Linear(2, 2)
+
+    runner = make_runner(MyRunner)
+    assert isinstance(runner, dl.TorchRunner)
+    assert isinstance(runner, MyRunner)
+    assert runner.model.weight.device.type == "cpu"
+    with pytest.raises(ValueError, match="torch"):
+        make_runner(MyRunner, platform="jax")
+
+
+def test_metrics_are_recorded_per_split(make_runner):
+    class MetricRunner(ClassifierRunner):
+        def __init__(self, config):
+            super().__init__(config)
+            self.metrics = dl.metrics.multiclass_metrics(num_classes=3)
+
+    runner = make_runner(MetricRunner, lr=0.0, epoch_end=1)
+    result = runner.train()[0]
+    x, y = runner.datasets.val.tensors
+    with torch.no_grad():
+        accuracy = (runner.model(x).argmax(-1) == y).float().mean().item()
+    assert result["val"]["acc"] == pytest.approx(accuracy)
+    assert "acc" in result["train"]

@@ -11,7 +11,7 @@ from torch import nn
 
 import danling as dl
 
-from .conftest import ClassifierRunner, DictDataset, make_data, parameters_of
+from .conftest import ClassifierRunner, DictDataset, parameters_of
 
 
 def full_loss(runner: dl.TorchRunner, dataset) -> float:

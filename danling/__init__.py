@@ -5,7 +5,7 @@ Subclass a runner, assign `model`, `criterion`, `optimizer` and `datasets` in `_
 
 from . import metrics, optim, runner, utils
 from ._version import __version__
-from .metrics import AverageMeter, AverageMeters
+from .metrics import METRICS, AverageMeter, AverageMeters, MetricMeter, MetricMeters, Metrics, MultiTaskMetrics
 from .optim import OPTIMIZERS, SCHEDULERS, LRScheduler
 from .runner import BaseRunner, Config, Runner, TorchRunner
 from .utils import catch, debug, ensure_dir, flexible_decorator, is_json_serializable, load, method_cache, save
@@ -22,6 +22,11 @@ __all__ = [
     "Runner",
     "AverageMeter",
     "AverageMeters",
+    "MetricMeter",
+    "MetricMeters",
+    "Metrics",
+    "MultiTaskMetrics",
+    "METRICS",
     "OPTIMIZERS",
     "SCHEDULERS",
     "LRScheduler",

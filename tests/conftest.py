@@ -57,7 +57,7 @@ def model_runner_cls() -> type[BaseRunner]:
 
 
 @pytest.fixture
-def make_runner(tmp_path: Path) -> Callable[..., BaseRunner]:
+def new_runner(tmp_path: Path) -> Callable[..., BaseRunner]:
     r"""
     Factory of fresh runners writing into their own directory under `tmp_path`, with logging off by default.
     """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 import logging
 import os
 import random
@@ -201,7 +202,8 @@ class BaseRunner(ProgressMixin, metaclass=RunnerMeta):
         Seed Python's and numpy's random number generators (framework runners also seed theirs).
 
         Args:
-            seed: Base seed; `None` reads `config.seed` (and draws a random one when that is `None` too).
+            seed: Base seed; `None` reads `config.seed`, and when that is `None` too, rank 0 draws one and
+                shares it with every rank (then the call is collective).
             bias: Added to the seed: `None` adds the rank (different augmentation per process), `False`
                 adds nothing, an integer adds itself.
 
@@ -220,7 +222,8 @@ class BaseRunner(ProgressMixin, metaclass=RunnerMeta):
         if seed is None:
             seed = self.config.get("seed")
         if seed is None:
-            seed = random.SystemRandom().randint(0, 2**31 - 1)
+            # Drawn on rank 0 and shared, so that every rank agrees (a collective in that case).
+            seed = dist_utils.broadcast_object(random.SystemRandom().randint(0, 2**31 - 1))
             self.config["seed"] = seed
         if bias is None:
             bias = self.rank
@@ -262,7 +265,7 @@ class BaseRunner(ProgressMixin, metaclass=RunnerMeta):
         Raises:
             ValueError: If neither a factor nor a base batch size is known.
         """
-        if lr_scale_factor is None:
+        if lr_scale_factor is None and batch_size_base is None:
             lr_scale_factor = self.config.get("lr_scale_factor")
         if lr_scale_factor is None:
             if batch_size_base is None:
@@ -345,6 +348,8 @@ class BaseRunner(ProgressMixin, metaclass=RunnerMeta):
         config = dict(loaded.get(ckpt.RUNNER, loaded))
         config.pop("checkpoint", None)
         self.config.merge(config, overwrite=overwrite)
+        if self.config.getattr("auto_run_id", False):
+            self.config.refresh_run_id()
         self.steps = self.step_begin = int(config.get("steps", 0))
         self.epochs = int(config.get("epochs", 0))
         self.epoch_begin = self.epochs + 1
@@ -599,7 +604,7 @@ class BaseRunner(ProgressMixin, metaclass=RunnerMeta):
 
     def dict(self, cls: Callable = dict) -> Mapping:
         r"""The config as a `cls` mapping."""
-        return self.config.dict(cls)
+        return cls(self.config.dict())
 
     def json(self, file: PathStr, main_process_only: bool = True, *args: Any, **kwargs: Any) -> None:
         r"""Write the config to a JSON file (main process only unless told otherwise)."""
@@ -755,6 +760,10 @@ class BaseRunner(ProgressMixin, metaclass=RunnerMeta):
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails: fall through to existing config keys, nothing else.
+        descriptor = inspect.getattr_static(type(self), name, None)
+        if isinstance(descriptor, (property, cached_property)):
+            # A property raised AttributeError itself: let its own message through instead of ours.
+            return descriptor.__get__(self, type(self))
         config = self.__dict__.get("_config")
         if config is not None and not name.startswith("__") and name in config:
             return config[name]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Mapping
 from typing import Any, Optional
 from uuid import UUID, uuid5
 
@@ -140,6 +141,15 @@ class Config(chanfig.Config):
             self["experiment_id"] = get_git_hash() or DEFAULT_EXPERIMENT_ID
         if self.get("run_id") is None:
             self.refresh_run_id()
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> Any:
+        r"""
+        Build a config from a mapping; nested sections become plain chanfig configs, not run configs.
+        """
+        if isinstance(obj, Mapping):
+            return cls(obj)
+        return super().from_dict(obj)
 
     def post(self) -> None:
         r"""

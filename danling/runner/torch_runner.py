@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from itertools import count
@@ -325,6 +326,8 @@ class TorchRunner(BaseRunner):
             self.log(self.format_epoch_result(result))
             self.save_result()
             self.save_checkpoint(epochs=epoch)
+            if self.writer is not None:
+                self.writer.flush()
             if self._should_stop():
                 break
         return self.results
@@ -359,7 +362,7 @@ class TorchRunner(BaseRunner):
         for iteration, data in enumerate(self._iterate(loader, split, length)):
             self.train_step(self.to_device(data))
             if log_interval is not None and (iteration + 1) % log_interval == 0:
-                self.step_log(split, iteration, None if length is None else length - 1)
+                self._log_step(split, iteration, length)
             if step_end is not None and self.steps >= step_end:
                 break
         self._flush_accumulation()
@@ -377,8 +380,18 @@ class TorchRunner(BaseRunner):
         metrics = self.current_metrics
         if metrics is not None:
             metrics.reset()
+        self._last_log = (time.perf_counter(), -1)
+        self._step_time: float | None = None
         set_sampler_epoch(self.datasamplers.get(split), self.epochs, self.config.get("seed"))
         return self.dataloaders[split]
+
+    def _log_step(self, split: str, iteration: int, length: int | None) -> None:
+        # Seconds per batch since the previous log line: measured here, off the hot path.
+        now = time.perf_counter()
+        last_time, last_iteration = self._last_log
+        self._step_time = (now - last_time) / (iteration - last_iteration)
+        self._last_log = (now, iteration)
+        self.step_log(split, iteration, None if length is None else length - 1)
 
     def _flush_accumulation(self) -> None:
         # A window cut short (a loader without a length ends mid-window) still gets its optimizer step, with the
@@ -478,7 +491,7 @@ class TorchRunner(BaseRunner):
         for iteration, data in enumerate(self._iterate(loader, split, length)):
             self.evaluate_step(self.to_device(data))
             if log_interval is not None and (iteration + 1) % log_interval == 0:
-                self.step_log(split, iteration, None if length is None else length - 1)
+                self._log_step(split, iteration, length)
         return self.get_epoch_result()
 
     def evaluate_step(self, data: Any) -> tuple[Any, torch.Tensor | None]:
@@ -549,6 +562,9 @@ class TorchRunner(BaseRunner):
                     result[key] = float(self.reduce(torch.tensor(float(value), dtype=torch.float64)))
         if self.mode == RunnerMode.train and self.optimizer is not None:
             result["lr"] = self.optimizer.param_groups[0]["lr"]
+        step_time = getattr(self, "_step_time", None)
+        if step_time is not None:
+            result["time"] = step_time
         return result
 
     # Checkpoints

@@ -57,6 +57,8 @@ def to_plain(obj: Any) -> Any:
         return obj.tolist()
     if hasattr(obj, "tolist") and hasattr(obj, "dtype"):  # numpy arrays and scalars
         return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
     return obj
 
 

@@ -208,11 +208,6 @@ def test_flat_yaml_and_json_round_trips_keep_the_content() -> None:
         assert restored.run_id == config.run_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Config.from_dict/from_yamls/from_jsons build nested sections as danling Config, "
-    "so every section gains the run defaults (run_name, steps, run_id...)",
-)
 @pytest.mark.parametrize("how", ["yamls", "jsons", "dict"])
 def test_nested_sections_survive_a_round_trip(how: str) -> None:
     config = Config({"optim": {"lr": 1e-3}, "network": {"width": 8}})

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import builtins
+import logging
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from danling.runner import BaseRunner
+from danling.runner.log import close_logger, setup_logger
+from danling.runner.printing import BUILTIN_PRINT, RankAwarePrint
+
+NewRunner = Callable[..., BaseRunner]
+
+
+def test_runner_logs_to_stdout_and_log_file(new_runner: NewRunner, capsys: pytest.CaptureFixture[str]) -> None:
+    root_handlers = list(logging.getLogger().handlers)
+    original_print = builtins.print
+    runner = new_runner(log=True)
+    assert runner.logger is not None
+    assert runner.logger.name == f"danling.runner.{runner.id}"
+    runner.log("hello from the runner")
+    runner.close()
+    assert "hello from the runner" in capsys.readouterr().out
+    assert "hello from the runner" in Path(runner.log_file).read_text()
+    assert logging.getLogger().handlers == root_handlers
+    assert builtins.print is original_print
+
+
+def test_runner_logger_does_not_propagate_to_root(new_runner: NewRunner, caplog: pytest.LogCaptureFixture) -> None:
+    runner = new_runner(log=True)
+    with caplog.at_level(logging.INFO):
+        runner.log("private message")
+    assert "private message" not in caplog.text
+    runner.close()
+
+
+def test_init_logging_twice_does_not_duplicate_handlers(
+    new_runner: NewRunner, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runner = new_runner(log=True)
+    count = len(runner.logger.handlers)
+    runner.init_logging()
+    runner.init_logging()
+    assert len(runner.logger.handlers) == count == 2
+    runner.log("once")
+    assert capsys.readouterr().out.count("once") == 1
+    runner.close()
+    assert Path(runner.log_file).read_text().count("once") == 1
+
+
+def test_log_false_means_no_logger(new_runner: NewRunner, capsys: pytest.CaptureFixture[str]) -> None:
+    runner = new_runner(log=False)
+    assert runner.logger is None
+    runner.log("silent")
+    assert "silent" not in capsys.readouterr().out
+    assert not Path(runner.dir, "run.log").exists()
+
+
+def test_close_removes_the_file_handler(new_runner: NewRunner) -> None:
+    runner = new_runner(log=True)
+    runner.close()
+    assert not runner.logger.handlers
+
+
+def test_print_result(new_runner: NewRunner, capsys: pytest.CaptureFixture[str]) -> None:
+    runner = new_runner(log=True)
+    runner.append_result({"val": {"loss": 0.25}}, index=0)
+    runner.print_result()
+    out = capsys.readouterr().out
+    assert "latest result" in out
+    assert "best result" in out
+    runner.close()
+
+
+def test_init_print_is_idempotent_and_reversible(new_runner: NewRunner, capsys: pytest.CaptureFixture[str]) -> None:
+    runner = new_runner()
+    runner.init_print()
+    installed = builtins.print
+    assert isinstance(installed, RankAwarePrint)
+    runner.init_print()
+    assert builtins.print is installed  # not wrapped twice
+    print("rank zero prints")
+    assert capsys.readouterr().out == "rank zero prints\n"
+    runner.restore_print()
+    assert builtins.print is BUILTIN_PRINT
+
+
+def test_init_print_for_another_rank_hides_unless_forced(
+    new_runner: NewRunner, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runner = new_runner()
+    runner.init_print(process=1)
+    print("hidden")
+    print("forced", force=True)
+    runner.restore_print()
+    assert capsys.readouterr().out == "forced\n"
+
+
+def test_setup_logger_on_other_ranks_only_warns(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    logger = setup_logger("danling.runner.test-rank", str(tmp_path / "x.log"), main_process=False, rank=3)
+    logger.info("info")
+    logger.warning("careful")
+    captured = capsys.readouterr()
+    assert "info" not in captured.err + captured.out
+    assert "[rank 3]" in captured.err
+    assert "careful" in captured.err
+    assert not (tmp_path / "x.log").exists()
+    close_logger(logger)
+    assert not logger.handlers

@@ -103,12 +103,28 @@ class AverageMeter:
             >>> meter.sum, meter.count
             (2.0, 2)
         """
+        if self._update_in_place(value, n):
+            return
         value = _detach_scalar(value, "value")
         n = _detach_scalar(n, "n")
         self._val = value
         self._n = n
         self._sum = self._sum + value * n
         self._count = self._count + n
+
+    def _update_in_place(self, value: Scalar, n: Scalar) -> bool:
+        # The hot path of a training loop (a loss tensor weighted by an int batch size): one in-place add into the
+        # running sum, no new tensors and no sync. Returns False to fall back to the general path.
+        if not isinstance(value, Tensor) or not isinstance(self._sum, Tensor) or isinstance(n, (Tensor, bool)):
+            return False
+        if value.numel() != 1 or self._sum.device != value.device:
+            return False
+        value = value.detach()
+        self._sum.add_(value if value.dim() == 0 else value.reshape(()), alpha=n)
+        self._val = value
+        self._n = n
+        self._count = self._count + n
+        return True
 
     @property
     def val(self) -> Number:

@@ -580,9 +580,9 @@ class BaseRunner(ProgressMixin, metaclass=RunnerMeta):
         header = {"name": self.name, "id": self.id, "timestamp": self.timestamp}
         save({**header, "results": to_plain(self.results)}, os.path.join(self.dir, "results.json"), indent=4)
         latest = {**header, **to_plain(self.latest_result or {})}
-        save(latest, os.path.join(self.dir, "latest.json"), indent=4)
+        latest_path = save(latest, os.path.join(self.dir, "latest.json"), indent=4)
         if self.is_best:
-            save(latest, os.path.join(self.dir, "best.json"), indent=4)
+            ckpt.link_or_copy(latest_path, os.path.join(self.dir, "best.json"))
 
     # I/O
 
@@ -765,7 +765,9 @@ class BaseRunner(ProgressMixin, metaclass=RunnerMeta):
             # A property raised AttributeError itself: let its own message through instead of ours.
             return descriptor.__get__(self, type(self))
         config = self.__dict__.get("_config")
-        if config is not None and not name.startswith("__") and name in config:
+        if name.startswith("_"):  # private names are never config keys; fail fast (hasattr/getattr probes)
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        if config is not None and name in config:
             return config[name]
         keys = list(config.keys()) if config is not None else []
         close = difflib.get_close_matches(name, keys, n=3)

@@ -87,7 +87,14 @@ def extract_model_state(checkpoint: Mapping) -> Mapping:
     return state
 
 
-def _atomic_link_or_copy(source: str, destination: str) -> None:
+def link_or_copy(source: str, destination: str) -> None:
+    r"""
+    Make `destination` hold the content of `source` atomically: a hard link where possible, else a copy.
+
+    Args:
+        source: Existing file.
+        destination: Path to (re)place.
+    """
     # A hard link costs no I/O and, since every write replaces the file rather than rewriting it, the link
     # keeps the content it was made with. Fall back to a copy where links are not supported.
     directory = os.path.dirname(destination)
@@ -139,9 +146,9 @@ def write_checkpoint(
     path = os.path.join(checkpoint_dir, f"{name}.pth")
     save(state, path)
     if save_interval is not None and save_interval > 0 and epochs is not None and (epochs + 1) % save_interval == 0:
-        _atomic_link_or_copy(path, os.path.join(checkpoint_dir, f"epoch-{epochs}.pth"))
+        link_or_copy(path, os.path.join(checkpoint_dir, f"epoch-{epochs}.pth"))
     if best and name != "best":
-        _atomic_link_or_copy(path, os.path.join(checkpoint_dir, "best.pth"))
+        link_or_copy(path, os.path.join(checkpoint_dir, "best.pth"))
     return path
 
 

@@ -58,13 +58,15 @@ class TorchRunner(BaseRunner):
     """
 
     model: nn.Module | None = None
+    _step_time: float | None = None
 
     def __init__(self, config: Any) -> None:
         self._micro_step = 0
         self._window_length: int | None = None
         self._steps_since_sync = 0
         super().__init__(config)
-        self._precision = Precision(self.config.get("precision"), self.device.type)
+        self._device = self._resolve_device()
+        self._precision = Precision(self.config.get("precision"), self._device.type)
 
     # Set-up
 
@@ -136,7 +138,10 @@ class TorchRunner(BaseRunner):
 
     @property
     def device(self) -> torch.device:
-        r"""`config.device`, else `cuda:LOCAL_RANK` when CUDA is available, else CPU."""
+        r"""`config.device`, else `cuda:LOCAL_RANK` when CUDA is available, else CPU (decided at construction)."""
+        return self._device
+
+    def _resolve_device(self) -> torch.device:
         if self.config.get("device") is not None:
             return torch.device(self.config["device"])
         if torch.cuda.is_available():
@@ -381,7 +386,7 @@ class TorchRunner(BaseRunner):
         if metrics is not None:
             metrics.reset()
         self._last_log = (time.perf_counter(), -1)
-        self._step_time: float | None = None
+        self._step_time = None
         set_sampler_epoch(self.datasamplers.get(split), self.epochs, self.config.get("seed"))
         return self.dataloaders[split]
 
@@ -461,7 +466,7 @@ class TorchRunner(BaseRunner):
 
     def to_device(self, data: Any) -> Any:
         r"""Move a batch to `device` in the main process (non-blocking from pinned memory on CUDA)."""
-        device = self.device
+        device = self._device
         if device.type == "cpu":
             return data
         return to_device(data, device, non_blocking=True)
@@ -562,9 +567,8 @@ class TorchRunner(BaseRunner):
                     result[key] = float(self.reduce(torch.tensor(float(value), dtype=torch.float64)))
         if self.mode == RunnerMode.train and self.optimizer is not None:
             result["lr"] = self.optimizer.param_groups[0]["lr"]
-        step_time = getattr(self, "_step_time", None)
-        if step_time is not None:
-            result["time"] = step_time
+        if self._step_time is not None:
+            result["time"] = self._step_time
         return result
 
     # Checkpoints

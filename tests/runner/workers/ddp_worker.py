@@ -53,9 +53,9 @@ class LinearRunner(dl.TorchRunner):
 
 
 def record_writes(run_dir: str) -> list[str]:
-    # Every file the library writes goes through `io._write` (atomic save) or `_atomic_link_or_copy`.
+    # Every file the library writes goes through `io._write` (atomic save) or `link_or_copy`.
     writes: list[str] = []
-    write, link = dl_io._write, ckpt._atomic_link_or_copy
+    write, link = dl_io._write, ckpt.link_or_copy
 
     def recording_write(file: str, writer: Any) -> None:
         writes.append(os.path.relpath(file, run_dir))
@@ -66,7 +66,7 @@ def record_writes(run_dir: str) -> list[str]:
         link(source, destination)
 
     dl_io._write = recording_write
-    ckpt._atomic_link_or_copy = recording_link
+    ckpt.link_or_copy = recording_link
     return writes
 
 

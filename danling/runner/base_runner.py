@@ -777,6 +777,9 @@ class BaseRunner(ProgressMixin, metaclass=RunnerMeta):
     def __setattr__(self, name: str, value: Any) -> None:
         # Precedence: an attribute of the runner (instance or class) stays on the runner; otherwise an existing
         # config key is written; otherwise a new runner attribute is created.
+        if name.startswith("_"):  # private state is never a config key
+            object.__setattr__(self, name, value)
+            return
         config = self.__dict__.get("_config")
         on_runner = name in self.__dict__ or name in type(self)._class_attribute_names
         if on_runner or config is None or name not in config:

@@ -6,6 +6,8 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
+_NULL_CONTEXT = nullcontext()  # reusable and reentrant
+
 # Accepted spellings of each precision; `None` (or any "full" spelling) trains in float32.
 PRECISION_ALIASES = {
     "fp16": torch.float16,
@@ -68,5 +70,5 @@ class Precision:
             The context manager (entered by the caller's `with`).
         """
         if self.dtype is None:
-            return nullcontext()
+            return _NULL_CONTEXT
         return torch.autocast(self.device_type, dtype=self.dtype)

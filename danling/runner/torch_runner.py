@@ -19,12 +19,16 @@ from danling.utils import distributed as dist_utils
 
 from . import checkpoints as ckpt
 from . import results as res
+from .accumulation import AccumulationWindows
 from .base_runner import BaseRunner
 from .data import build_dataloader, build_sampler, set_sampler_epoch, split_options
 from .distributed import init_process_group
 from .precision import Precision
 from .rng import get_rng_state, set_rng_state
 from .utils import RunnerMode, to_device
+
+# One shared no-op context (reusable and reentrant): cheaper than a new nullcontext per micro-step.
+_NULL_CONTEXT = nullcontext()
 
 
 class TorchRunner(BaseRunner):
@@ -61,9 +65,8 @@ class TorchRunner(BaseRunner):
     _step_time: float | None = None
 
     def __init__(self, config: Any) -> None:
-        self._micro_step = 0
-        self._window_length: int | None = None
-        self._steps_since_sync = 0
+        self._windows = AccumulationWindows()
+        self._progress = _StepCounter()
         super().__init__(config)
         self._device = self._resolve_device()
         self._precision = Precision(self.config.get("precision"), self._device.type)
@@ -200,26 +203,17 @@ class TorchRunner(BaseRunner):
         window (so DDP all-reduces gradients once per optimizer step), a no-op otherwise. Wrap the forward and
         the backward ([`advance`][danling.runner.TorchRunner.advance]) in it.
         """
-        if self._micro_step + 1 < self._window_end() and hasattr(self.model, "no_sync"):
+        windows = self._windows
+        if windows.accum_steps > 1 and not windows.is_last() and hasattr(self.model, "no_sync"):
             return self.model.no_sync()
-        return nullcontext()
-
-    def _window_end(self) -> int:
-        # Micro-step index (exclusive) at which the current accumulation window ends.
-        accum_steps = self._accum_steps
-        end = (self._micro_step // accum_steps + 1) * accum_steps
-        if self._window_length is not None:
-            end = min(end, self._window_length)
-        return end
+        return _NULL_CONTEXT
 
     def _begin_accumulation(self, length: int | None) -> None:
-        self._accum_steps = self.accum_steps
+        self._windows = AccumulationWindows(self.accum_steps, length)
+        self._scale_gradients = self._precision.scaler.is_enabled()
+        self._loss_meter = self.meters.loss
         self._max_grad_norm = self.config.get("max_grad_norm")
         self._max_grad_value = self.config.get("max_grad_value")
-        self._micro_step = 0
-        self._pending_micro_steps = 0
-        self._window_size = 1
-        self._window_length = length
 
     def advance(self, loss: torch.Tensor) -> None:
         r"""
@@ -233,52 +227,55 @@ class TorchRunner(BaseRunner):
         Args:
             loss: Loss of the micro-batch.
         """
-        window_end = self._window_end()
-        window_size = window_end - (self._micro_step // self._accum_steps) * self._accum_steps
-        self._window_size = window_size
+        windows = self._windows
+        window_size = windows.size()
         if window_size != 1:
             loss = loss / window_size
-        self.scaler.scale(loss).backward()
-        self._micro_step += 1
-        self._pending_micro_steps += 1
-        if self._micro_step == window_end:
+        if self._scale_gradients:
+            loss = self._precision.scaler.scale(loss)
+        loss.backward()
+        if windows.advance():
             self.optimizer_step()
 
     def optimizer_step(self) -> None:
         r"""
         Clip, step and zero the gradients, then update the EMA and the scheduler, and count the step.
         """
+        scaler = self._precision.scaler
         if self._max_grad_norm is not None or self._max_grad_value is not None:
-            self.scaler.unscale_(self.optimizer)
+            scaler.unscale_(self.optimizer)
             parameters = self.unwrap(self.model).parameters()
             if self._max_grad_value is not None:
                 parameters = list(parameters)
                 nn.utils.clip_grad_value_(parameters, self._max_grad_value)
             if self._max_grad_norm is not None:
                 nn.utils.clip_grad_norm_(parameters, self._max_grad_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if self._scale_gradients:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self._pending_micro_steps = 0
+        self._windows.pending = 0
         if self.ema is not None:
             self.ema.update_parameters(self.unwrap(self.model))
         if self.scheduler is not None:
             self.scheduler.step()
-        self._steps_since_sync += 1
+        self._progress.unsynced += 1
 
     @property
     def steps(self) -> int:
         r"""Optimizer steps taken so far (stored in `config.steps`)."""
-        return self.config["steps"] + self._steps_since_sync
+        return self.config["steps"] + self._progress.unsynced
 
     @steps.setter
     def steps(self, steps: int) -> None:
-        self._steps_since_sync = 0
+        self._progress.unsynced = 0
         self.config["steps"] = steps
 
     def _sync_steps(self) -> None:
-        # The hot loop counts steps in a plain int; writing the config every step would cost more than the step.
-        if self._steps_since_sync:
+        # The hot loop counts steps in a plain slot; writing the config every step would cost more than the step.
+        if self._progress.unsynced:
             self.steps = self.steps
 
     @staticmethod
@@ -382,6 +379,7 @@ class TorchRunner(BaseRunner):
         if self.model is not None:
             self.model.train(mode == RunnerMode.train)
         self.meters.reset()
+        self._loss_meter = self.meters.loss
         metrics = self.current_metrics
         if metrics is not None:
             metrics.reset()
@@ -401,13 +399,16 @@ class TorchRunner(BaseRunner):
     def _flush_accumulation(self) -> None:
         # A window cut short (a loader without a length ends mid-window) still gets its optimizer step, with the
         # gradients rescaled to the mean over the micro-steps it really had.
-        pending = self._pending_micro_steps
+        windows = self._windows
+        pending = windows.pending
         if pending == 0:
             return
-        if pending != self._window_size:
+        # The pending micro-steps were divided by the size their window would have had.
+        window_size = windows.size()
+        if pending != window_size:
             for parameter in self.unwrap(self.model).parameters():
                 if parameter.grad is not None:
-                    parameter.grad.mul_(self._window_size / pending)
+                    parameter.grad.mul_(window_size / pending)
         self.optimizer_step()
 
     def train_step(self, data: Any) -> tuple[Any, torch.Tensor]:
@@ -440,7 +441,7 @@ class TorchRunner(BaseRunner):
             loss: The batch's loss, or `None`.
         """
         if loss is not None:
-            self.meters.loss.update(loss.detach(), n=_batch_length(target, pred))
+            self._loss_meter.update(loss, n=_batch_length(target, pred))
         metrics = self.current_metrics
         if metrics is not None:
             metrics.update(pred.detach(), target)
@@ -601,6 +602,14 @@ class TorchRunner(BaseRunner):
         rng_states = state.get(ckpt.RNG)
         if rng_states:
             set_rng_state(rng_states[self.rank] if self.rank < len(rng_states) else rng_states[0])
+
+
+class _StepCounter:
+    # Optimizer steps not yet written to `config.steps` (a slot: no runner `__setattr__` on the hot path).
+    __slots__ = ("unsynced",)
+
+    def __init__(self) -> None:
+        self.unsynced = 0
 
 
 def _gather_objects(obj: Any) -> list[Any]:

@@ -28,12 +28,27 @@ def test_runner_logs_to_stdout_and_log_file(new_runner: NewRunner, capsys: pytes
     assert builtins.print is original_print
 
 
-def test_runner_logger_does_not_propagate_to_root(new_runner: NewRunner, caplog: pytest.LogCaptureFixture) -> None:
-    runner = new_runner(log=True)
-    with caplog.at_level(logging.INFO):
+class Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_runner_logger_does_not_propagate_to_root(new_runner: NewRunner) -> None:
+    root = logging.getLogger()
+    collect = Collect()
+    root.addHandler(collect)
+    try:
+        runner = new_runner(log=True)
         runner.log("private message")
-    assert "private message" not in caplog.text
-    runner.close()
+        runner.close()
+    finally:
+        root.removeHandler(collect)
+    assert runner.logger.propagate is False
+    assert "private message" not in collect.messages
 
 
 def test_init_logging_twice_does_not_duplicate_handlers(

@@ -16,30 +16,31 @@ from warnings import warn
 from chanfig import FlatDict, NestedDict, Variable
 
 from danling.metrics import AverageMeters
-from danling.utils import cached_ensure_dir, cached_ensure_parent_dir, catch
 from danling.utils import distributed as dist_utils
-from danling.utils.io import PathStr, load, save, to_plain
+from danling.utils.io import to_plain
 
 from . import checkpoints as ckpt
-from . import results as res
 from .config import Config
+from .distributed import ProcessMixin
 from .log import close_logger, create_tensorboard_writer, setup_logger
 from .printing import install_print, restore_print
 from .progress import ProgressMixin
-from .utils import RunnerMeta, RunnerMode, format_result, get_time_str, on_main_process
+from .reporting import ReportingMixin
+from .serialization import SerializationMixin
+from .utils import RunnerMeta, RunnerMode, get_time_str, on_main_process
 
-CHECK_DIR_ACTIONS = ("warn", "raise", "ignore")
 SEED_RANGE = (0, 2**32 - 1)
 
 
-class BaseRunner(ProgressMixin, metaclass=RunnerMeta):
+class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin, metaclass=RunnerMeta):
     r"""
     Base class of DanLing runners: owns the config, progress, results, experiment directory and checkpoints.
 
     Subclass it (usually through [`TorchRunner`][danling.runner.TorchRunner]), assign `model`, `criterion`,
     `optimizer`, `scheduler` and `datasets.<split>` in `__init__`; [`RunnerMeta`][danling.runner.utils.RunnerMeta]
-    then calls `__post_init__`, which seeds, sets up logging and TensorBoard and resumes from
-    `config.checkpoint` when it is set.
+    then calls `__post_init__`, which sets up logging and TensorBoard and resumes from
+    `config.checkpoint` when it is set. `config.seed` is applied in `__init__`, before
+    the subclass builds its model, so the initial weights follow it.
 
     Reading an attribute the runner does not have reads the config (`runner.lr` is `config.lr`); assigning to
     a name that is a config key (and not a runner attribute) writes the config.
@@ -51,15 +52,23 @@ class BaseRunner(ProgressMixin, metaclass=RunnerMeta):
         uuid: UUID5 of `run_uuid` and `id`.
 
     Attributes: Model:
-        model: The model. criterion: The loss function. optimizer: The optimizer. scheduler: The LR scheduler.
+        model: The model.
+        criterion: The loss function.
+        optimizer: The optimizer.
+        scheduler: The learning-rate scheduler.
+        ema: An exponential moving average of the model (e.g. `torch.optim.swa_utils.AveragedModel`).
 
     Attributes: Data:
-        datasets: Split name to dataset. datasamplers: Split name to sampler.
-        dataloaders: Split name to dataloader. split: The split being run.
+        datasets: Split name to dataset.
+        datasamplers: Split name to sampler.
+        dataloaders: Split name to dataloader.
+        split: The split being run.
 
     Attributes: Results:
-        results: `index -> split -> metric -> value`. meters: Running averages (loss...).
-        metrics: Metrics computed on predictions. writer: TensorBoard writer when enabled.
+        results: `index -> split -> metric -> value`.
+        meters: Running averages (the loss...).
+        metrics: Metrics computed on the predictions.
+        writer: TensorBoard writer, when enabled.
 
     Examples:
         >>> import tempfile
@@ -108,6 +117,11 @@ class BaseRunner(ProgressMixin, metaclass=RunnerMeta):
         if self.config.get("checkpoint") is not None:
             self._checkpoint = ckpt.read_checkpoint(self.config["checkpoint"], weights_only=True)
             self.load_config(self._checkpoint)
+        # Seed before the subclass's __init__ builds the model, so that its initial weights follow the seed.
+        if self.config.get("seed") is not None:
+            self.set_seed()
+        if self.config.get("deterministic") is True:
+            self.set_deterministic()
 
     def __post_init__(self) -> None:
         r"""
@@ -119,12 +133,8 @@ class BaseRunner(ProgressMixin, metaclass=RunnerMeta):
 
     def init_environment(self) -> None:
         r"""
-        Seed (when `config.seed` is set), deterministic mode, logging and TensorBoard.
+        Logging and TensorBoard (seeding and deterministic mode happen in `__init__`, before the model is built).
         """
-        if self.config.get("seed") is not None:
-            self.set_seed()
-        if self.config.get("deterministic") is True:
-            self.set_deterministic()
         if self.config.get("log") is True:
             self.init_logging()
         if self.config.get("tensorboard") is True:
@@ -434,263 +444,6 @@ class BaseRunner(ProgressMixin, metaclass=RunnerMeta):
         loaded = ckpt.read_checkpoint(checkpoint, *args, what="pretrained", **kwargs)
         self.unwrap(self.model).load_state_dict(ckpt.extract_model_state(loaded))
 
-    # Results
-
-    def append_result(self, result: Mapping, index: int | None = None) -> None:
-        r"""
-        Add a result (`split -> metric -> value`) at `index` (default: the current epoch), merging if present.
-        """
-        res.append_result(self.results, result, self.epochs if index is None else index)
-
-    def get_step_result(self) -> NestedDict:
-        r"""
-        Values of the meters and metrics on the latest batch.
-        """
-        result = NestedDict(self.meters.value())
-        if self.metrics is not None:
-            result.merge(_flatten_single(self.metrics.value()))
-        return result
-
-    def get_epoch_result(self) -> NestedDict:
-        r"""
-        Averages of the meters and metrics over the epoch (over all processes).
-        """
-        result = NestedDict(self.meters.average())
-        if self.metrics is not None:
-            result.merge(_flatten_single(self.metrics.average()))
-        return result
-
-    @property
-    def best_fn(self) -> Callable:
-        r"""
-        `min` when `score_name` is `"loss"`, else `max`; override for other metrics where lower is better.
-        """
-        return min if self.config.get("score_name", "loss") == "loss" else max
-
-    @property
-    def scores(self) -> NestedDict | None:
-        r"""
-        Score of each result: `results[index][score_split][score_name]`.
-        """
-        if not self.results:
-            return None
-        return res.get_scores(self.results, self.config.get("score_name", "loss"), self.config.get("score_split"))
-
-    @property
-    def best_index(self) -> Any:
-        r"""Index of the best result (ties go to the latest); 0 when there is none."""
-        index = res.best_index(self.scores or {}, self.best_fn)
-        return 0 if index is None else index
-
-    @property
-    def latest_result(self) -> NestedDict | None:
-        r"""Copy of the latest result with its `index`."""
-        return res.latest_result(self.results)
-
-    @property
-    def best_result(self) -> NestedDict | None:
-        r"""Copy of the best result with its `index`."""
-        if not self.results:
-            return None
-        return res.result_at(self.results, res.best_index(self.scores or {}, self.best_fn))
-
-    @property
-    def latest_score(self) -> float | None:
-        r"""Score of the latest result."""
-        scores = self.scores
-        return next(reversed(list(scores.values()))) if scores else None
-
-    @property
-    def best_score(self) -> float | None:
-        r"""Score of the best result."""
-        scores = self.scores
-        return scores[self.best_index] if scores else None
-
-    @property
-    def is_best(self) -> bool:
-        r"""Whether the latest result is the best so far (`True` when there are no results)."""
-        return res.is_best(self.scores or {}, self.best_fn)
-
-    def format_result(self, result: Mapping, format_spec: str = ".4f") -> str:
-        r"""Format a result for humans (see [`format_result`][danling.runner.utils.format_result])."""
-        return format_result(result, format_spec=format_spec)
-
-    def format_step_result(
-        self, result: Mapping, split: str | None, steps: int, length: int | None, format_spec: str = ".4f"
-    ) -> str:
-        r"""Format a step log line: `"training on train [12/100]\tloss: 0.1234"`."""
-        verb = {"train": "training", "evaluate": "evaluating", "infer": "inferring"}[str(self.mode)]
-        prefix = f"{verb} on {split} " if split is not None else ""
-        position = f"[{steps}/{length}]" if length is not None else f"[{steps}]"
-        return f"{prefix}{position}\t{self.format_result(result, format_spec)}"
-
-    def format_epoch_result(
-        self, result: Mapping, epochs: int | None = None, epoch_end: int | None = None, format_spec: str = ".4f"
-    ) -> str:
-        r"""Format an epoch log: `"epoch [3/9]"` followed by the result."""
-        epochs = self.epochs if epochs is None else epochs
-        epoch_end = self.epoch_end if epoch_end is None else epoch_end
-        prefix = f"epoch [{epochs}/{epoch_end - 1}]\n" if epoch_end is not None else f"epoch [{epochs}]\n"
-        return prefix + self.format_result(result, format_spec)
-
-    def step_log(self, split: str, iteration: int, length: int | None = None) -> NestedDict:
-        r"""Log the step result of `split` and write it to TensorBoard when training."""
-        loader = self.dataloaders.get(split)
-        if length is None and hasattr(loader, "__len__"):
-            length = len(loader) - 1
-        result = self.get_step_result()
-        self.log(self.format_step_result(result, split, iteration, length))
-        if self.mode == RunnerMode.train:
-            self.write_result(result, split)
-        return result
-
-    def log(self, message: str, level: int = logging.INFO) -> None:
-        r"""Log `message` through the runner's logger (main process only; no-op when logging is off)."""
-        if self.logger is not None:
-            self.logger.log(level, message)
-
-    def print_result(self) -> None:
-        r"""Log the latest and the best result."""
-        self.log(f"latest result: {self.latest_result}")
-        self.log(f"best result: {self.best_result}")
-
-    def write_result(self, result: Mapping, split: str, steps: int | None = None) -> None:
-        r"""Write every number of `result` to TensorBoard as `{split}/{metric}` at `steps`."""
-        if self.writer is None:
-            return
-        steps = self.steps if steps is None else steps
-        for name, score in NestedDict(result).all_items():
-            name = name.replace(".", "/")
-            if isinstance(score, (list, tuple)):
-                for i, value in enumerate(score):
-                    self.write_score(f"{name}/{i}", value, split, steps)
-            else:
-                self.write_score(name, score, split, steps)
-
-    def write_score(self, name: str, score: float, split: str, steps: int) -> None:
-        r"""Write one scalar to TensorBoard as `{split}/{name}`."""
-        if self.writer is not None:
-            self.writer.add_scalar(f"{split}/{name}", score, steps)
-
-    @on_main_process
-    def save_result(self) -> None:
-        r"""
-        Write `results.json` (every result), `latest.json` and, when the latest is the best, `best.json` in `dir`.
-        """
-        header = {"name": self.name, "id": self.id, "timestamp": self.timestamp}
-        save({**header, "results": to_plain(self.results)}, os.path.join(self.dir, "results.json"), indent=4)
-        latest = {**header, **to_plain(self.latest_result or {})}
-        latest_path = save(latest, os.path.join(self.dir, "latest.json"), indent=4)
-        if self.is_best:
-            ckpt.link_or_copy(latest_path, os.path.join(self.dir, "best.json"))
-
-    # I/O
-
-    @catch(OSError)
-    def save(self, obj: Any, file: PathStr, main_process_only: bool = True, *args: Any, **kwargs: Any) -> PathStr:
-        r"""
-        [`save`][danling.utils.io.save] on the main process only (unless `main_process_only=False`).
-
-        Errors of the file system are logged, not raised (use [`save`][danling.utils.io.save] to raise).
-        """
-        if main_process_only and not self.is_main_process:
-            return file
-        return save(obj, file, *args, **kwargs)
-
-    @staticmethod
-    def load(file: PathStr, *args: Any, **kwargs: Any) -> Any:
-        r"""Same as [`load`][danling.utils.io.load]."""
-        return load(file, *args, **kwargs)
-
-    def dict(self, cls: Callable = dict) -> Mapping:
-        r"""The config as a `cls` mapping."""
-        return cls(self.config.dict())
-
-    def json(self, file: PathStr, main_process_only: bool = True, *args: Any, **kwargs: Any) -> None:
-        r"""Write the config to a JSON file (main process only unless told otherwise)."""
-        if not main_process_only or self.is_main_process:
-            self.config.json(file, *args, **kwargs)
-
-    def jsons(self, *args: Any, **kwargs: Any) -> str:
-        r"""The config as a JSON string."""
-        return self.config.jsons(*args, **kwargs)
-
-    def yaml(self, file: PathStr, main_process_only: bool = True, *args: Any, **kwargs: Any) -> None:
-        r"""Write the config to a YAML file (main process only unless told otherwise)."""
-        if not main_process_only or self.is_main_process:
-            self.config.yaml(file, *args, **kwargs)
-
-    def yamls(self, *args: Any, **kwargs: Any) -> str:
-        r"""The config as a YAML string."""
-        return self.config.yamls(*args, **kwargs)
-
-    @classmethod
-    def from_json(cls, file: PathStr, *args: Any, **kwargs: Any) -> BaseRunner:
-        r"""Build a runner from a JSON config file."""
-        with open(file, encoding="utf-8") as fp:
-            return cls.from_jsons(fp.read(), *args, **kwargs)
-
-    @classmethod
-    def from_jsons(cls, string: str, *args: Any, **kwargs: Any) -> BaseRunner:
-        r"""Build a runner from a JSON config string."""
-        return cls(Config.from_jsons(string, *args, **kwargs))
-
-    @classmethod
-    def from_yaml(cls, file: PathStr, *args: Any, **kwargs: Any) -> BaseRunner:
-        r"""Build a runner from a YAML config file."""
-        with open(file, encoding="utf-8") as fp:
-            return cls.from_yamls(fp.read(), *args, **kwargs)
-
-    @classmethod
-    def from_yamls(cls, string: str, *args: Any, **kwargs: Any) -> BaseRunner:
-        r"""Build a runner from a YAML config string."""
-        return cls(Config.from_yamls(string, *args, **kwargs))
-
-    def check_dir(self, action: str = "warn") -> bool:
-        r"""
-        Whether [`dir`][danling.runner.BaseRunner.dir] is empty; when not, warn, raise or ignore per `action`.
-
-        Args:
-            action: One of `"warn"`, `"raise"`, `"ignore"`.
-
-        Returns:
-            `True` if the directory is empty.
-
-        Raises:
-            ValueError: If `action` is not one of the accepted values.
-            RuntimeError: If the directory is not empty and `action` is `"raise"`.
-        """
-        if action not in CHECK_DIR_ACTIONS:
-            raise ValueError(f"action must be one of {', '.join(CHECK_DIR_ACTIONS)}, but got {action!r}")
-        if not os.listdir(self.dir):
-            return True
-        if action == "warn":
-            warn(f"directory {self.dir!r} is not empty", RuntimeWarning, stacklevel=2)
-        elif action == "raise":
-            raise RuntimeError(f"directory {self.dir!r} is not empty")
-        return False
-
-    @cached_ensure_dir
-    def dir(self) -> str:
-        r"""Directory of the run: `config.dir`, else `project_root/{name}-{id}/{timestamp}`. Created on access."""
-        if self.config.get("dir") is not None:
-            return self.config["dir"]
-        return os.path.join(self.config.get("project_root", "experiments"), f"{self.name}-{self.id}", self.timestamp)
-
-    @cached_ensure_parent_dir
-    def log_file(self) -> str:
-        r"""Log file: `config.log_file`, else `dir/run.log`."""
-        if self.config.get("log_file") is not None:
-            return self.config["log_file"]
-        return os.path.join(self.dir, "run.log")
-
-    @cached_ensure_dir
-    def checkpoint_dir(self) -> str:
-        r"""Checkpoint directory: `config.checkpoint_dir`, else `dir/{checkpoint_dir_name}`. Created on access."""
-        if self.config.get("checkpoint_dir") is not None:
-            return self.config["checkpoint_dir"]
-        return os.path.join(self.dir, self.config.get("checkpoint_dir_name", "checkpoints"))
-
     # Identity
 
     @cached_property
@@ -723,38 +476,6 @@ class BaseRunner(ProgressMixin, metaclass=RunnerMeta):
     def config(self) -> Config:
         r"""The run's [`Config`][danling.runner.Config]."""
         return self._config
-
-    # Processes
-
-    @property
-    def world_size(self) -> int:
-        r"""Number of processes."""
-        return dist_utils.get_world_size()
-
-    @property
-    def rank(self) -> int:
-        r"""Global rank of this process."""
-        return dist_utils.get_rank()
-
-    @property
-    def local_rank(self) -> int:
-        r"""Rank of this process on its node."""
-        return dist_utils.get_local_rank()
-
-    @property
-    def distributed(self) -> bool:
-        r"""Whether more than one process runs."""
-        return self.world_size > 1
-
-    @property
-    def is_main_process(self) -> bool:
-        r"""Whether this is the global main process (rank 0)."""
-        return self.rank == 0
-
-    @property
-    def is_local_main_process(self) -> bool:
-        r"""Whether this is the main process of its node."""
-        return self.local_rank == 0
 
     # Config passthrough
 
@@ -799,8 +520,3 @@ class BaseRunner(ProgressMixin, metaclass=RunnerMeta):
 
 def _shown(key: str) -> bool:
     return not key.startswith("_") and key != "inited"
-
-
-def _flatten_single(result: Mapping) -> dict:
-    # Metrics of a single task come back as {"task": {...}}: lift them so results read result["acc"].
-    return {key: next(iter(v.values())) if isinstance(v, Mapping) and len(v) == 1 else v for key, v in result.items()}

@@ -97,6 +97,8 @@ class Config(chanfig.Config):
         score_name: Metric that scores a result. Defaults to `"loss"` (lower is better).
 
     Attributes: I/O:
+        checkpoint: Checkpoint to resume from (restores the config's progress, the model and every state).
+        pretrained: Checkpoint to take the model weights from (nothing else).
         project_root: Root directory of all experiments. Defaults to `"experiments"`.
         checkpoint_dir_name: Name of the checkpoint directory inside the run directory.
         log: Log to stdout and to `run.log`.
@@ -127,6 +129,9 @@ class Config(chanfig.Config):
 
     score_split: Optional[str] = None
     score_name: str = "loss"
+
+    checkpoint: Optional[str] = None
+    pretrained: Optional[str] = None
 
     project_root: str = "experiments"
     checkpoint_dir_name: str = "checkpoints"

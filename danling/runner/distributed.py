@@ -7,9 +7,17 @@ import os
 import torch
 from torch import distributed as dist
 
+from danling.utils import distributed as dist_utils
 from danling.utils.distributed import all_reduce, broadcast_object
 
-__all__ = ["init_process_group", "default_backend", "launched_distributed", "all_reduce", "broadcast_object"]
+__all__ = [
+    "ProcessMixin",
+    "init_process_group",
+    "default_backend",
+    "launched_distributed",
+    "all_reduce",
+    "broadcast_object",
+]
 
 
 def launched_distributed() -> bool:
@@ -53,3 +61,39 @@ def init_process_group(backend: str | None = None) -> bool:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend)
     return True
+
+
+class ProcessMixin:
+    r"""
+    Where this process stands among the others: world size, ranks and main-process predicates.
+    """
+
+    @property
+    def world_size(self) -> int:
+        r"""Number of processes."""
+        return dist_utils.get_world_size()
+
+    @property
+    def rank(self) -> int:
+        r"""Global rank of this process."""
+        return dist_utils.get_rank()
+
+    @property
+    def local_rank(self) -> int:
+        r"""Rank of this process on its node."""
+        return dist_utils.get_local_rank()
+
+    @property
+    def distributed(self) -> bool:
+        r"""Whether more than one process runs."""
+        return self.world_size > 1
+
+    @property
+    def is_main_process(self) -> bool:
+        r"""Whether this is the global main process (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def is_local_main_process(self) -> bool:
+        r"""Whether this is the main process of its node."""
+        return self.local_rank == 0

@@ -22,9 +22,7 @@ class ProgressMixin:
     _train_splits: list[str] | None = None
     _evaluate_splits: list[str] | None = None
 
-    @property
-    def world_size(self) -> int:  # overridden by runners that know their process group
-        return 1
+    world_size: int  # from ProcessMixin
 
     # Splits
 

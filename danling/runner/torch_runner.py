@@ -6,7 +6,6 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Mapping
-from contextlib import AbstractContextManager, nullcontext
 from itertools import count
 from typing import Any
 
@@ -25,13 +24,11 @@ from .data import build_dataloader, build_sampler, set_sampler_epoch, split_opti
 from .distributed import init_process_group
 from .precision import Precision
 from .rng import get_rng_state, set_rng_state
+from .stepping import OptimizationMixin, StepCounter
 from .utils import RunnerMode, to_device
 
-# One shared no-op context (reusable and reentrant): cheaper than a new nullcontext per micro-step.
-_NULL_CONTEXT = nullcontext()
 
-
-class TorchRunner(BaseRunner):
+class TorchRunner(OptimizationMixin, BaseRunner):
     r"""
     Runner for PyTorch: seeding, DDP under `torchrun`, mixed precision, gradient accumulation and clipping,
     EMA, exact resume, and the train / evaluate / infer loops.
@@ -66,7 +63,7 @@ class TorchRunner(BaseRunner):
 
     def __init__(self, config: Any) -> None:
         self._windows = AccumulationWindows()
-        self._progress = _StepCounter()
+        self._progress = StepCounter()
         super().__init__(config)
         self._device = self._resolve_device()
         self._precision = Precision(self.config.get("precision"), self._device.type)
@@ -179,121 +176,6 @@ class TorchRunner(BaseRunner):
         r"""Mean of `tensor` over all processes (for logging); a copy, the input is unchanged. Collective."""
         return dist_utils.all_reduce(tensor, op="mean")
 
-    # Precision and accumulation
-
-    @property
-    def precision(self) -> Precision:
-        r"""The [`Precision`][danling.runner.precision.Precision] chosen from `config.precision`."""
-        return self._precision
-
-    @property
-    def scaler(self) -> torch.amp.GradScaler:
-        r"""The gradient scaler (enabled under `fp16` only)."""
-        return self._precision.scaler
-
-    def autocast(self) -> AbstractContextManager:
-        r"""
-        Context manager running the forward pass in `config.precision` (`torch.autocast`), or a no-op in float32.
-        """
-        return self._precision.autocast()
-
-    def accumulate(self) -> AbstractContextManager:
-        r"""
-        Context manager for one micro-step: `model.no_sync()` on every micro-step but the last of an accumulation
-        window (so DDP all-reduces gradients once per optimizer step), a no-op otherwise. Wrap the forward and
-        the backward ([`advance`][danling.runner.TorchRunner.advance]) in it.
-        """
-        windows = self._windows
-        if windows.accum_steps > 1 and not windows.is_last() and hasattr(self.model, "no_sync"):
-            return self.model.no_sync()
-        return _NULL_CONTEXT
-
-    def _begin_accumulation(self, length: int | None) -> None:
-        self._windows = AccumulationWindows(self.accum_steps, length)
-        self._scale_gradients = self._precision.scaler.is_enabled()
-        self._loss_meter = self.meters.loss
-        self._max_grad_norm = self.config.get("max_grad_norm")
-        self._max_grad_value = self.config.get("max_grad_value")
-
-    def advance(self, loss: torch.Tensor) -> None:
-        r"""
-        Backward `loss` and, at the end of each accumulation window, step the optimizer.
-
-        The loss is divided by the window's real size (the last window of an epoch may be short) and scaled
-        under `fp16`. At the window end: unscale, clip (`max_grad_norm`, `max_grad_value`), optimizer step
-        (skipped by the scaler on inf/NaN gradients), zero the gradients, update the EMA, step the scheduler,
-        and count one step in `steps`.
-
-        Args:
-            loss: Loss of the micro-batch.
-        """
-        windows = self._windows
-        window_size = windows.size()
-        if window_size != 1:
-            loss = loss / window_size
-        if self._scale_gradients:
-            loss = self._precision.scaler.scale(loss)
-        loss.backward()
-        if windows.advance():
-            self.optimizer_step()
-
-    def optimizer_step(self) -> None:
-        r"""
-        Clip, step and zero the gradients, then update the EMA and the scheduler, and count the step.
-        """
-        scaler = self._precision.scaler
-        if self._max_grad_norm is not None or self._max_grad_value is not None:
-            scaler.unscale_(self.optimizer)
-            parameters = self.unwrap(self.model).parameters()
-            if self._max_grad_value is not None:
-                parameters = list(parameters)
-                nn.utils.clip_grad_value_(parameters, self._max_grad_value)
-            if self._max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(parameters, self._max_grad_norm)
-        if self._scale_gradients:
-            scaler.step(self.optimizer)
-            scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self._windows.pending = 0
-        if self.ema is not None:
-            self.ema.update_parameters(self.unwrap(self.model))
-        if self.scheduler is not None:
-            self.scheduler.step()
-        self._progress.unsynced += 1
-
-    @property
-    def steps(self) -> int:
-        r"""Optimizer steps taken so far (stored in `config.steps`)."""
-        return self.config["steps"] + self._progress.unsynced
-
-    @steps.setter
-    def steps(self, steps: int) -> None:
-        self._progress.unsynced = 0
-        self.config["steps"] = steps
-
-    def _sync_steps(self) -> None:
-        # The hot loop counts steps in a plain slot; writing the config every step would cost more than the step.
-        if self._progress.unsynced:
-            self.steps = self.steps
-
-    @staticmethod
-    def has_nan_inf_grad(model: nn.Module) -> bool:
-        r"""
-        Whether any gradient of `model` holds NaN or infinity (one device sync).
-
-        Args:
-            model: Module to inspect.
-
-        Returns:
-            `True` if a gradient is not finite.
-        """
-        grads = [p.grad.detach().reshape(-1) for p in model.parameters() if p.grad is not None]
-        if not grads:
-            return False
-        return not bool(torch.isfinite(torch.cat(grads)).all())
-
     # Loops
 
     def train(self, train_splits: list[str] | None = None, evaluate_splits: list[str] | None = None) -> NestedDict:
@@ -395,21 +277,6 @@ class TorchRunner(BaseRunner):
         self._step_time = (now - last_time) / (iteration - last_iteration)
         self._last_log = (now, iteration)
         self.step_log(split, iteration, None if length is None else length - 1)
-
-    def _flush_accumulation(self) -> None:
-        # A window cut short (a loader without a length ends mid-window) still gets its optimizer step, with the
-        # gradients rescaled to the mean over the micro-steps it really had.
-        windows = self._windows
-        pending = windows.pending
-        if pending == 0:
-            return
-        # The pending micro-steps were divided by the size their window would have had.
-        window_size = windows.size()
-        if pending != window_size:
-            for parameter in self.unwrap(self.model).parameters():
-                if parameter.grad is not None:
-                    parameter.grad.mul_(window_size / pending)
-        self.optimizer_step()
 
     def train_step(self, data: Any) -> tuple[Any, torch.Tensor]:
         r"""
@@ -602,14 +469,6 @@ class TorchRunner(BaseRunner):
         rng_states = state.get(ckpt.RNG)
         if rng_states:
             set_rng_state(rng_states[self.rank] if self.rank < len(rng_states) else rng_states[0])
-
-
-class _StepCounter:
-    # Optimizer steps not yet written to `config.steps` (a slot: no runner `__setattr__` on the hot path).
-    __slots__ = ("unsynced",)
-
-    def __init__(self) -> None:
-        self.unsynced = 0
 
 
 def _gather_objects(obj: Any) -> list[Any]:

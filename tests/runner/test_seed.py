@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+import danling as dl
+
 from .conftest import parameters_of
 from .test_resume import DropoutRunner
 
@@ -22,6 +24,22 @@ def test_same_seed_gives_bit_identical_parameters(make_runner, num_workers):
     second.train()
     for a, b in zip(parameters_of(first), parameters_of(second)):
         assert torch.equal(a, b)
+
+
+class UnseededModelRunner(dl.TorchRunner):
+    """Builds its model without seeding torch itself: the config's seed must decide the initial weights."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = torch.nn.Linear(4, 3)
+
+
+def test_config_seed_decides_the_initial_weights(make_runner):
+    first = make_runner(UnseededModelRunner, seed=11)
+    second = make_runner(UnseededModelRunner, seed=11)
+    third = make_runner(UnseededModelRunner, seed=12)
+    assert torch.equal(first.model.weight, second.model.weight)
+    assert not torch.equal(first.model.weight, third.model.weight)
 
 
 def test_different_seeds_give_different_parameters(make_runner):

@@ -1,0 +1,185 @@
+"""Results of a runner: recording them, choosing the best, formatting, logging and writing them."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, Callable
+
+from chanfig import NestedDict
+
+from danling.utils.io import save, to_plain
+
+from . import checkpoints as ckpt
+from . import results as res
+from .utils import RunnerMode, format_result, on_main_process
+
+
+class ReportingMixin:
+    r"""
+    Results bookkeeping, formatting and logging of [`BaseRunner`][danling.runner.BaseRunner].
+
+    The pure logic lives in [`danling.runner.results`][danling.runner.results]; these methods bind it to the
+    runner's `results`, `config`, `meters`, `metrics`, `logger` and `writer`.
+    """
+
+    results: NestedDict
+    config: Any
+    meters: Any
+    metrics: Any = None
+    logger: logging.Logger | None = None
+    writer: Any = None
+
+    def append_result(self, result: Mapping, index: int | None = None) -> None:
+        r"""
+        Add a result (`split -> metric -> value`) at `index` (default: the current epoch), merging if present.
+        """
+        res.append_result(self.results, result, self.epochs if index is None else index)
+
+    def get_step_result(self) -> NestedDict:
+        r"""
+        Values of the meters and metrics on the latest batch.
+        """
+        result = NestedDict(self.meters.value())
+        if self.metrics is not None:
+            result.merge(_flatten_single(self.metrics.value()))
+        return result
+
+    def get_epoch_result(self) -> NestedDict:
+        r"""
+        Averages of the meters and metrics over the epoch (over all processes).
+        """
+        result = NestedDict(self.meters.average())
+        if self.metrics is not None:
+            result.merge(_flatten_single(self.metrics.average()))
+        return result
+
+    @property
+    def best_fn(self) -> Callable:
+        r"""
+        `min` when `score_name` is `"loss"`, else `max`; override for other metrics where lower is better.
+        """
+        return min if self.config.get("score_name", "loss") == "loss" else max
+
+    @property
+    def scores(self) -> NestedDict | None:
+        r"""
+        Score of each result: `results[index][score_split][score_name]`.
+        """
+        if not self.results:
+            return None
+        return res.get_scores(self.results, self.config.get("score_name", "loss"), self.config.get("score_split"))
+
+    @property
+    def best_index(self) -> Any:
+        r"""Index of the best result (ties go to the latest); 0 when there is none."""
+        index = res.best_index(self.scores or {}, self.best_fn)
+        return 0 if index is None else index
+
+    @property
+    def latest_result(self) -> NestedDict | None:
+        r"""Copy of the latest result with its `index`."""
+        return res.latest_result(self.results)
+
+    @property
+    def best_result(self) -> NestedDict | None:
+        r"""Copy of the best result with its `index`."""
+        if not self.results:
+            return None
+        return res.result_at(self.results, res.best_index(self.scores or {}, self.best_fn))
+
+    @property
+    def latest_score(self) -> float | None:
+        r"""Score of the latest result."""
+        scores = self.scores
+        return next(reversed(list(scores.values()))) if scores else None
+
+    @property
+    def best_score(self) -> float | None:
+        r"""Score of the best result."""
+        scores = self.scores
+        return scores[self.best_index] if scores else None
+
+    @property
+    def is_best(self) -> bool:
+        r"""Whether the latest result is the best so far (`True` when there are no results)."""
+        return res.is_best(self.scores or {}, self.best_fn)
+
+    def format_result(self, result: Mapping, format_spec: str = ".4f") -> str:
+        r"""Format a result for humans (see [`format_result`][danling.runner.utils.format_result])."""
+        return format_result(result, format_spec=format_spec)
+
+    def format_step_result(
+        self, result: Mapping, split: str | None, steps: int, length: int | None, format_spec: str = ".4f"
+    ) -> str:
+        r"""Format a step log line: `"training on train [12/100]\tloss: 0.1234"`."""
+        verb = {"train": "training", "evaluate": "evaluating", "infer": "inferring"}[str(self.mode)]
+        prefix = f"{verb} on {split} " if split is not None else ""
+        position = f"[{steps}/{length}]" if length is not None else f"[{steps}]"
+        return f"{prefix}{position}\t{self.format_result(result, format_spec)}"
+
+    def format_epoch_result(
+        self, result: Mapping, epochs: int | None = None, epoch_end: int | None = None, format_spec: str = ".4f"
+    ) -> str:
+        r"""Format an epoch log: `"epoch [3/9]"` followed by the result."""
+        epochs = self.epochs if epochs is None else epochs
+        epoch_end = self.epoch_end if epoch_end is None else epoch_end
+        prefix = f"epoch [{epochs}/{epoch_end - 1}]\n" if epoch_end is not None else f"epoch [{epochs}]\n"
+        return prefix + self.format_result(result, format_spec)
+
+    def step_log(self, split: str, iteration: int, length: int | None = None) -> NestedDict:
+        r"""Log the step result of `split` and write it to TensorBoard when training."""
+        loader = self.dataloaders.get(split)
+        if length is None and hasattr(loader, "__len__"):
+            length = len(loader) - 1
+        result = self.get_step_result()
+        self.log(self.format_step_result(result, split, iteration, length))
+        if self.mode == RunnerMode.train:
+            self.write_result(result, split)
+        return result
+
+    def log(self, message: str, level: int = logging.INFO) -> None:
+        r"""Log `message` through the runner's logger (main process only; no-op when logging is off)."""
+        if self.logger is not None:
+            self.logger.log(level, message)
+
+    def print_result(self) -> None:
+        r"""Log the latest and the best result."""
+        self.log(f"latest result: {self.latest_result}")
+        self.log(f"best result: {self.best_result}")
+
+    def write_result(self, result: Mapping, split: str, steps: int | None = None) -> None:
+        r"""Write every number of `result` to TensorBoard as `{split}/{metric}` at `steps`."""
+        if self.writer is None:
+            return
+        steps = self.steps if steps is None else steps
+        for name, score in NestedDict(result).all_items():
+            name = name.replace(".", "/")
+            if isinstance(score, (list, tuple)):
+                for i, value in enumerate(score):
+                    self.write_score(f"{name}/{i}", value, split, steps)
+            else:
+                self.write_score(name, score, split, steps)
+
+    def write_score(self, name: str, score: float, split: str, steps: int) -> None:
+        r"""Write one scalar to TensorBoard as `{split}/{name}`."""
+        if self.writer is not None:
+            self.writer.add_scalar(f"{split}/{name}", score, steps)
+
+    @on_main_process
+    def save_result(self) -> None:
+        r"""
+        Write `results.json` (every result), `latest.json` and, when the latest is the best, `best.json` in `dir`.
+        """
+        header = {"name": self.name, "id": self.id, "timestamp": self.timestamp}
+        save({**header, "results": to_plain(self.results)}, os.path.join(self.dir, "results.json"), indent=4)
+        latest = {**header, **to_plain(self.latest_result or {})}
+        latest_path = save(latest, os.path.join(self.dir, "latest.json"), indent=4)
+        if self.is_best:
+            ckpt.link_or_copy(latest_path, os.path.join(self.dir, "best.json"))
+
+
+def _flatten_single(result: Mapping) -> dict:
+    # Metrics of a single task come back as {"task": {...}}: lift them so results read result["acc"].
+    return {key: next(iter(v.values())) if isinstance(v, Mapping) and len(v) == 1 else v for key, v in result.items()}

@@ -1,0 +1,171 @@
+"""Optimizer stepping of `TorchRunner`: mixed precision, gradient accumulation, clipping, EMA and step counting."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+
+from .accumulation import AccumulationWindows
+from .precision import Precision
+
+# One shared no-op context (reusable and reentrant): cheaper than a new nullcontext per micro-step.
+_NULL_CONTEXT = nullcontext()
+
+
+class StepCounter:
+    r"""
+    Optimizer steps not yet written to `config.steps`: a slotted counter, so the hot loop never goes through the
+    runner's `__setattr__` or the config.
+    """
+
+    __slots__ = ("unsynced",)
+
+    def __init__(self) -> None:
+        self.unsynced = 0
+
+
+class OptimizationMixin:
+    r"""
+    `autocast`, `accumulate`, `advance` and the optimizer step of [`TorchRunner`][danling.runner.TorchRunner].
+    """
+
+    config: Any
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    ema: Any
+    meters: Any
+    _precision: Precision
+    _windows: AccumulationWindows
+    _progress: StepCounter
+
+    @property
+    def precision(self) -> Precision:
+        r"""The [`Precision`][danling.runner.precision.Precision] chosen from `config.precision`."""
+        return self._precision
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler:
+        r"""The gradient scaler (enabled under `fp16` only)."""
+        return self._precision.scaler
+
+    def autocast(self) -> AbstractContextManager:
+        r"""
+        Context manager running the forward pass in `config.precision` (`torch.autocast`), or a no-op in float32.
+        """
+        return self._precision.autocast()
+
+    def accumulate(self) -> AbstractContextManager:
+        r"""
+        Context manager for one micro-step: `model.no_sync()` on every micro-step but the last of an accumulation
+        window (so DDP all-reduces gradients once per optimizer step), a no-op otherwise. Wrap the forward and
+        the backward ([`advance`][danling.runner.TorchRunner.advance]) in it.
+        """
+        windows = self._windows
+        if windows.accum_steps > 1 and not windows.is_last() and hasattr(self.model, "no_sync"):
+            return self.model.no_sync()
+        return _NULL_CONTEXT
+
+    def _begin_accumulation(self, length: int | None) -> None:
+        self._windows = AccumulationWindows(self.accum_steps, length)
+        self._scale_gradients = self._precision.scaler.is_enabled()
+        self._loss_meter = self.meters.loss
+        self._max_grad_norm = self.config.get("max_grad_norm")
+        self._max_grad_value = self.config.get("max_grad_value")
+
+    def advance(self, loss: torch.Tensor) -> None:
+        r"""
+        Backward `loss` and, at the end of each accumulation window, step the optimizer.
+
+        The loss is divided by the window's real size (the last window of an epoch may be short) and scaled
+        under `fp16`. At the window end: unscale, clip (`max_grad_norm`, `max_grad_value`), optimizer step
+        (skipped by the scaler on inf/NaN gradients), zero the gradients, update the EMA, step the scheduler,
+        and count one step in `steps`.
+
+        Args:
+            loss: Loss of the micro-batch.
+        """
+        windows = self._windows
+        window_size = windows.size()
+        if window_size != 1:
+            loss = loss / window_size
+        if self._scale_gradients:
+            loss = self._precision.scaler.scale(loss)
+        loss.backward()
+        if windows.advance():
+            self.optimizer_step()
+
+    def optimizer_step(self) -> None:
+        r"""
+        Clip, step and zero the gradients, then update the EMA and the scheduler, and count the step.
+        """
+        scaler = self._precision.scaler
+        if self._max_grad_norm is not None or self._max_grad_value is not None:
+            scaler.unscale_(self.optimizer)
+            parameters = self.unwrap(self.model).parameters()
+            if self._max_grad_value is not None:
+                parameters = list(parameters)
+                nn.utils.clip_grad_value_(parameters, self._max_grad_value)
+            if self._max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(parameters, self._max_grad_norm)
+        if self._scale_gradients:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._windows.pending = 0
+        if self.ema is not None:
+            self.ema.update_parameters(self.unwrap(self.model))
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self._progress.unsynced += 1
+
+    @property
+    def steps(self) -> int:
+        r"""Optimizer steps taken so far (stored in `config.steps`)."""
+        return self.config["steps"] + self._progress.unsynced
+
+    @steps.setter
+    def steps(self, steps: int) -> None:
+        self._progress.unsynced = 0
+        self.config["steps"] = steps
+
+    def _sync_steps(self) -> None:
+        # The hot loop counts steps in a plain slot; writing the config every step would cost more than the step.
+        if self._progress.unsynced:
+            self.steps = self.steps
+
+    @staticmethod
+    def has_nan_inf_grad(model: nn.Module) -> bool:
+        r"""
+        Whether any gradient of `model` holds NaN or infinity (one device sync).
+
+        Args:
+            model: Module to inspect.
+
+        Returns:
+            `True` if a gradient is not finite.
+        """
+        grads = [p.grad.detach().reshape(-1) for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return False
+        return not bool(torch.isfinite(torch.cat(grads)).all())
+
+    def _flush_accumulation(self) -> None:
+        # A window cut short (a loader without a length ends mid-window) still gets its optimizer step, with the
+        # gradients rescaled to the mean over the micro-steps it really had.
+        windows = self._windows
+        pending = windows.pending
+        if pending == 0:
+            return
+        # The pending micro-steps were divided by the size their window would have had.
+        window_size = windows.size()
+        if pending != window_size:
+            for parameter in self.unwrap(self.model).parameters():
+                if parameter.grad is not None:
+                    parameter.grad.mul_(window_size / pending)
+        self.optimizer_step()

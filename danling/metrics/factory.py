@@ -15,6 +15,20 @@ from .metrics import Metrics
 from .preprocesses import preprocess_binary, preprocess_multiclass, preprocess_multilabel, preprocess_regression
 
 
+def _classification_metrics(task: dict[str, Any], preprocess: Any, **kwargs: Any) -> Metrics:
+    # The five classification metrics of the reference, sharing one preprocessing pass.
+    task = {**task, "preprocess": False}
+    return Metrics(
+        auroc=partial(auroc, **task),
+        auprc=partial(auprc, **task),
+        acc=partial(accuracy, **task),
+        mcc=partial(mcc, **task),
+        f1=partial(f1_score, **task),
+        preprocess=preprocess,
+        **kwargs,
+    )
+
+
 def binary_metrics(ignore_index: int | None = -100, **kwargs: Any) -> Metrics:
     r"""
     `auroc`, `auprc`, `acc`, `mcc` and `f1` of a binary task.
@@ -25,16 +39,8 @@ def binary_metrics(ignore_index: int | None = -100, **kwargs: Any) -> Metrics:
         >>> list(metrics.average().keys())
         ['auroc', 'auprc', 'acc', 'mcc', 'f1']
     """
-    task = {"task": "binary", "preprocess": False}
-    return Metrics(
-        auroc=partial(auroc, **task),
-        auprc=partial(auprc, **task),
-        acc=partial(accuracy, **task),
-        mcc=partial(mcc, **task),
-        f1=partial(f1_score, **task),
-        preprocess=partial(preprocess_binary, ignore_index=ignore_index),
-        **kwargs,
-    )
+    preprocess = partial(preprocess_binary, ignore_index=ignore_index)
+    return _classification_metrics({"task": "binary"}, preprocess, **kwargs)
 
 
 def multiclass_metrics(num_classes: int, ignore_index: int | None = -100, **kwargs: Any) -> Metrics:
@@ -47,16 +53,8 @@ def multiclass_metrics(num_classes: int, ignore_index: int | None = -100, **kwar
         >>> metrics.average()["acc"]
         1.0
     """
-    task = {"task": "multiclass", "num_classes": num_classes, "preprocess": False}
-    return Metrics(
-        auroc=partial(auroc, **task),
-        auprc=partial(auprc, **task),
-        acc=partial(accuracy, **task),
-        mcc=partial(mcc, **task),
-        f1=partial(f1_score, **task),
-        preprocess=partial(preprocess_multiclass, num_classes=num_classes, ignore_index=ignore_index),
-        **kwargs,
-    )
+    preprocess = partial(preprocess_multiclass, num_classes=num_classes, ignore_index=ignore_index)
+    return _classification_metrics({"task": "multiclass", "num_classes": num_classes}, preprocess, **kwargs)
 
 
 def multiclass_metric_meters(num_classes: int, ignore_index: int | None = -100, **kwargs: Any) -> MetricMeters:
@@ -88,16 +86,8 @@ def multilabel_metrics(num_labels: int, ignore_index: int | None = -100, **kwarg
         >>> metrics.average()["acc"]
         1.0
     """
-    task = {"task": "multilabel", "num_labels": num_labels, "preprocess": False}
-    return Metrics(
-        auroc=partial(auroc, **task),
-        auprc=partial(auprc, **task),
-        acc=partial(accuracy, **task),
-        mcc=partial(mcc, **task),
-        f1=partial(f1_score, **task),
-        preprocess=partial(preprocess_multilabel, num_labels=num_labels, ignore_index=ignore_index),
-        **kwargs,
-    )
+    preprocess = partial(preprocess_multilabel, num_labels=num_labels, ignore_index=ignore_index)
+    return _classification_metrics({"task": "multilabel", "num_labels": num_labels}, preprocess, **kwargs)
 
 
 def multilabel_metric_meters(num_labels: int, ignore_index: int | None = -100, **kwargs: Any) -> MetricMeters:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ..preprocesses import ArrayLike
-from ._utils import Average, TaskLike, one_hot, prepare_classification, reduce_scores, tie_bounds
+from ._utils import Average, TaskLike, one_hot, prepare_classification, reduce_scores, sorted_tie_groups, tie_bounds
 
 
 def binary_auprc_columns(scores: Tensor, positives: Tensor) -> Tensor:
@@ -27,13 +27,24 @@ def binary_auprc_columns(scores: Tensor, positives: Tensor) -> Tensor:
         >>> binary_auprc_columns(torch.tensor([[0.1], [0.4], [0.35], [0.8]]), torch.tensor([[0], [0], [1], [1]]))
         tensor([0.8333], dtype=torch.float64)
     """
+    if scores.shape[1] == 1 and scores.shape[0] > 0:
+        return _single_column_auprc(scores[:, 0], positives[:, 0]).reshape(1)
     sorted_scores, order = scores.sort(dim=0, descending=True)
-    positive = positives.gather(0, order).long()
+    positive = positives.bool().gather(0, order).long()  # one-byte gather: several times faster than int64
     true_positives = positive.cumsum(dim=0)
     _, end = tie_bounds(sorted_scores)
     precision = true_positives.gather(0, end).double() / (end + 1)
     num_pos = positive.sum(dim=0)
     total = (precision * positive).sum(dim=0)
+    return torch.where(num_pos == 0, torch.zeros_like(total), total / num_pos.clamp(min=1))
+
+
+def _single_column_auprc(scores: Tensor, positives: Tensor) -> Tensor:
+    # Each tie group's positives count at the precision reached once the whole group is included (descending).
+    ends, cum_positives, group_positives, _ = sorted_tie_groups(scores, positives, descending=True)
+    num_pos = cum_positives[-1]
+    precision = cum_positives.double() / (ends + 1)
+    total = (precision * group_positives).sum()
     return torch.where(num_pos == 0, torch.zeros_like(total), total / num_pos.clamp(min=1))
 
 

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ..preprocesses import ArrayLike
-from ._utils import Average, TaskLike, one_hot, prepare_classification, reduce_scores, tie_bounds
+from ._utils import Average, TaskLike, one_hot, prepare_classification, reduce_scores, sorted_tie_groups, tie_bounds
 
 
 def binary_auroc_columns(scores: Tensor, positives: Tensor) -> Tensor:
@@ -24,14 +24,28 @@ def binary_auroc_columns(scores: Tensor, positives: Tensor) -> Tensor:
         >>> binary_auroc_columns(torch.tensor([[0.1], [0.4], [0.35], [0.8]]), torch.tensor([[0], [0], [1], [1]]))
         tensor([0.7500], dtype=torch.float64)
     """
+    if scores.shape[1] == 1 and scores.shape[0] > 0:
+        return _single_column_auroc(scores[:, 0], positives[:, 0]).reshape(1)
     sorted_scores, order = scores.sort(dim=0)
-    positive = positives.gather(0, order).long()
+    positive = positives.bool().gather(0, order).long()  # one-byte gather: several times faster than int64
     start, end = tie_bounds(sorted_scores)
     # doubled 1-based average ranks stay integral, so the rank sum is exact even for millions of samples
     rank_sum = ((start + end + 2) * positive).sum(dim=0).double() / 2
     num_pos = positive.sum(dim=0).double()
     num_neg = scores.shape[0] - num_pos
     auc = (rank_sum - num_pos * (num_pos + 1) / 2) / (num_pos * num_neg)
+    return torch.where((num_pos == 0) | (num_neg == 0), torch.full_like(auc, float("nan")), auc)
+
+
+def _single_column_auroc(scores: Tensor, positives: Tensor) -> Tensor:
+    # Mann-Whitney over tie groups (ascending): each negative counts the positives above its group, plus half of
+    # the positives tied with it.
+    _, cum_positives, group_positives, group_sizes = sorted_tie_groups(scores, positives, descending=False)
+    num_pos = cum_positives[-1].double()
+    num_neg = scores.numel() - num_pos
+    group_negatives = (group_sizes - group_positives).double()
+    above = num_pos - cum_positives.double() + group_positives.double() / 2
+    auc = (group_negatives * above).sum() / (num_pos * num_neg)
     return torch.where((num_pos == 0) | (num_neg == 0), torch.full_like(auc, float("nan")), auc)
 
 

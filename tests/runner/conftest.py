@@ -19,6 +19,23 @@ def make_data(n: int, seed: int, features: int = 4, classes: int = 3) -> TensorD
     return TensorDataset(x, y)
 
 
+def make_regression_data(n: int, seed: int) -> TensorDataset:
+    generator = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, 4, generator=generator), torch.randn(n, 1, generator=generator))
+
+
+class LinearRegressionRunner(dl.TorchRunner):
+    """Linear regression on synthetic data: 40 train samples (5 batches of 8), 13 val samples (2 batches)."""
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.datasets.train = make_regression_data(40, 0)
+        self.datasets.val = make_regression_data(13, 1)
+        self.model = nn.Linear(4, 1)
+        self.criterion = nn.MSELoss()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.05)
+
+
 class DictDataset(Dataset):
     """Yields mappings with `input` and `target`, to check mapping batches."""
 

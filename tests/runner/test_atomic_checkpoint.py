@@ -18,26 +18,22 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 
 import danling as dl
 from danling.runner.checkpoints import find_latest_checkpoint
+
+from .conftest import make_regression_data
 
 WORKERS = Path(__file__).parent / "workers"
 TEMPORARY = re.compile(r"\.(latest|best)\.pth\..+\.tmp")
 CHECKPOINT_KEYS = {"runner", "model", "optimizer", "scheduler", "rng", "results"}
 
 
-def make_data(n: int, seed: int) -> TensorDataset:
-    generator = torch.Generator().manual_seed(seed)
-    return TensorDataset(torch.randn(n, 4, generator=generator), torch.randn(n, 1, generator=generator))
-
-
 class CheckpointRunner(dl.TorchRunner):
     def __init__(self, config: Any) -> None:
         super().__init__(config)
-        self.datasets.train = make_data(16, 0)
-        self.datasets.val = make_data(8, 1)
+        self.datasets.train = make_regression_data(16, 0)
+        self.datasets.val = make_regression_data(8, 1)
         self.model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
         self.criterion = nn.MSELoss()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9)

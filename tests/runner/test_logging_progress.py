@@ -11,36 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from torch import nn
-from torch.utils.data import TensorDataset
 
-import danling as dl
+from .conftest import LinearRegressionRunner
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 BAR = re.compile(r"\d+%\|")
 
 
-def make_data(n: int, seed: int) -> TensorDataset:
-    generator = torch.Generator().manual_seed(seed)
-    return TensorDataset(torch.randn(n, 4, generator=generator), torch.randn(n, 1, generator=generator))
-
-
-class LogRunner(dl.TorchRunner):
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)
-        self.datasets.train = make_data(40, 0)  # 5 batches of 8
-        self.datasets.val = make_data(13, 1)  # 2 batches of 8
-        self.model = nn.Linear(4, 1)
-        self.criterion = nn.MSELoss()
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.05)
-
-
-def make_runner(tmp_path: Path, **config: Any) -> LogRunner:
+def make_runner(tmp_path: Path, **config: Any) -> LinearRegressionRunner:
     settings: dict[str, Any] = {"dir": str(tmp_path / "run"), "log": False, "seed": 0, "epoch_end": 2}
     settings["dataloader"] = {"batch_size": 8}
     settings.update(config)
-    return LogRunner(settings)
+    return LinearRegressionRunner(settings)
 
 
 # Logs

@@ -29,6 +29,17 @@ def _classification_metrics(task: dict[str, Any], preprocess: Any, **kwargs: Any
     )
 
 
+def _streaming_meters(task: dict[str, Any], preprocess: Any, **kwargs: Any) -> MetricMeters:
+    # `acc` and `f1`, which can be averaged batch by batch, sharing one preprocessing pass.
+    task = {**task, "preprocess": False}
+    return MetricMeters(
+        acc=partial(accuracy, **task),
+        f1=partial(f1_score, **task),
+        preprocess=preprocess,
+        **kwargs,
+    )
+
+
 def binary_metrics(ignore_index: int | None = -100, **kwargs: Any) -> Metrics:
     r"""
     `auroc`, `auprc`, `acc`, `mcc` and `f1` of a binary task.
@@ -67,13 +78,8 @@ def multiclass_metric_meters(num_classes: int, ignore_index: int | None = -100, 
         >>> meters.average()["acc"]
         0.5
     """
-    task = {"task": "multiclass", "num_classes": num_classes, "preprocess": False}
-    return MetricMeters(
-        acc=partial(accuracy, **task),
-        f1=partial(f1_score, **task),
-        preprocess=partial(preprocess_multiclass, num_classes=num_classes, ignore_index=ignore_index),
-        **kwargs,
-    )
+    preprocess = partial(preprocess_multiclass, num_classes=num_classes, ignore_index=ignore_index)
+    return _streaming_meters({"task": "multiclass", "num_classes": num_classes}, preprocess, **kwargs)
 
 
 def multilabel_metrics(num_labels: int, ignore_index: int | None = -100, **kwargs: Any) -> Metrics:
@@ -100,13 +106,8 @@ def multilabel_metric_meters(num_labels: int, ignore_index: int | None = -100, *
         >>> meters.average()["acc"]
         0.5
     """
-    task = {"task": "multilabel", "num_labels": num_labels, "preprocess": False}
-    return MetricMeters(
-        acc=partial(accuracy, **task),
-        f1=partial(f1_score, **task),
-        preprocess=partial(preprocess_multilabel, num_labels=num_labels, ignore_index=ignore_index),
-        **kwargs,
-    )
+    preprocess = partial(preprocess_multilabel, num_labels=num_labels, ignore_index=ignore_index)
+    return _streaming_meters({"task": "multilabel", "num_labels": num_labels}, preprocess, **kwargs)
 
 
 def regression_metrics(num_outputs: int = 1, ignore_nan: bool = True, **kwargs: Any) -> Metrics:

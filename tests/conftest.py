@@ -5,6 +5,11 @@ from __future__ import annotations
 import builtins
 import itertools
 import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Callable
@@ -17,6 +22,8 @@ from danling.runner import BaseRunner
 
 # Environment variables set by `torchrun`; a test that inherits them would think it runs distributed.
 DISTRIBUTED_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT")
+# The checkout under test: children import `danling` from here, not from wherever it is installed.
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -84,3 +91,94 @@ def train_one_step(runner: BaseRunner) -> None:
 def step() -> Callable[[BaseRunner], None]:
     r"""[`train_one_step`][] as a fixture."""
     return train_one_step
+
+
+def free_port() -> int:
+    r"""A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    r"""
+    This process's environment for a child: without `torchrun`'s variables, one thread, this checkout first on
+    `PYTHONPATH`, plus `extra`.
+    """
+    env = {key: value for key, value in os.environ.items() if key not in DISTRIBUTED_ENV}
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env.update(extra or {})
+    return env
+
+
+def run_process(
+    command: list[str], cwd: Path | None = None, timeout: float = 240, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    r"""
+    Run `command` in its own process group and return its result (never raising on a non-zero exit).
+
+    On timeout the whole group is killed (the launcher and every worker it started), then the test fails.
+    """
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=child_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{command} timed out after {timeout} s:\n{stdout[-4000:]}\n{stderr[-4000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def torchrun_command(script: Path | str, *args: str, nproc: int = 2, launcher_args: tuple[str, ...] = ()) -> list[str]:
+    r"""`python -m torch.distributed.run` on `nproc` local processes over 127.0.0.1, running `script args`."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        *(launcher_args or ("--nnodes=1",)),
+        str(script),
+        *args,
+    ]
+
+
+def run_torchrun(
+    script: Path | str,
+    *args: str,
+    nproc: int = 2,
+    cwd: Path | None = None,
+    timeout: float = 240,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    r"""
+    Launch `script` on `nproc` CPU processes (gloo) with `torch.distributed.run`; kill the whole process group
+    on timeout, and fail with the output when `check` and the launch exits non-zero.
+    """
+    result = run_process(torchrun_command(script, *args, nproc=nproc), cwd=cwd, timeout=timeout, env=env)
+    if check:
+        assert result.returncode == 0, f"torchrun failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+@pytest.fixture(scope="session")
+def torchrun() -> Callable[..., subprocess.CompletedProcess]:
+    r"""[`run_torchrun`][] as a fixture (test modules need not import conftest)."""
+    return run_torchrun
+
+
+@pytest.fixture(scope="session")
+def subprocess_run() -> Callable[..., subprocess.CompletedProcess]:
+    r"""[`run_process`][] as a fixture: a child in its own process group, killed whole on timeout."""
+    return run_process

@@ -7,10 +7,7 @@ The scripts run in subprocesses with their working directory in `tmp_path`, so n
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,37 +19,24 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 NOTEBOOKS = sorted((ROOT / "examples" / "notebooks").glob("*.ipynb"))
 SCRIPT_TIMEOUT = 240  # seconds; one epoch takes a few, importing torch and scikit-learn most of the rest
 NOTEBOOK_TIMEOUT = 300
-# Environment variables set by `torchrun`: a script that inherits them would think it runs distributed.
-DISTRIBUTED_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT")
 # One short epoch, written into the given directory, without TensorBoard files or per-batch log lines.
 ONE_EPOCH = ("--epoch_end", "1", "--tensorboard", "false", "--log_interval", "1000")
 
 pytestmark = pytest.mark.slow
 
 
-def child_env() -> dict[str, str]:
-    r"""This process's environment without `torchrun`'s variables, with one thread per process."""
-    env = {key: value for key, value in os.environ.items() if key not in DISTRIBUTED_ENV}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
+@pytest.fixture
+def run(subprocess_run):
+    r"""Run a command in a directory and fail the test with its output when it exits with an error."""
 
+    def run_checked(command: list[str], cwd: Path, timeout: float = SCRIPT_TIMEOUT):
+        result = subprocess_run(command, cwd=cwd, timeout=timeout)
+        assert result.returncode == 0, (
+            f"{command} exited with {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
+        return result
 
-def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    r"""Run `command` in `cwd` and fail the test with its output when it exits with an error."""
-    result = subprocess.run(
-        command, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=SCRIPT_TIMEOUT, check=False
-    )
-    assert result.returncode == 0, (
-        f"{command} exited with {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    )
-    return result
-
-
-def free_port() -> int:
-    r"""A TCP port that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return run_checked
 
 
 def assert_run_dir(run_dir: Path) -> None:
@@ -67,7 +51,7 @@ def test_every_example_is_tested() -> None:
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda path: path.name)
-def test_example_runs_one_epoch(script: Path, tmp_path: Path) -> None:
+def test_example_runs_one_epoch(script: Path, tmp_path: Path, run) -> None:
     run_dir = tmp_path / "run"
     run([sys.executable, str(script), *ONE_EPOCH, "--dir", str(run_dir)], cwd=tmp_path)
     assert_run_dir(run_dir)
@@ -78,28 +62,16 @@ def test_example_runs_one_epoch(script: Path, tmp_path: Path) -> None:
 
 @pytest.mark.distributed
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
-def test_digits_runs_under_torchrun(tmp_path: Path) -> None:
+def test_digits_runs_under_torchrun(tmp_path: Path, torchrun) -> None:
     run_dir = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--nnodes=1",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
-        str(ROOT / "examples" / "digits.py"),
-        *ONE_EPOCH,
-        "--dir",
-        str(run_dir),
-    ]
-    run(command, cwd=tmp_path)
+    script = ROOT / "examples" / "digits.py"
+    torchrun(script, *ONE_EPOCH, "--dir", str(run_dir), cwd=tmp_path, timeout=SCRIPT_TIMEOUT)
     assert_run_dir(run_dir)
     # Only rank 0 writes: one results file, in the given directory and nowhere else.
     assert list(tmp_path.rglob("results.json")) == [run_dir / "results.json"]
 
 
-def test_readme_quick_start_runs(tmp_path: Path) -> None:
+def test_readme_quick_start_runs(tmp_path: Path, run) -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     block = re.search(r"```python\n(.*?)```", readme, flags=re.DOTALL)
     assert block is not None, "README.md has no ```python block"

@@ -7,9 +7,6 @@ The worker (`workers/ddp_worker.py`) runs once per module; every test below read
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,41 +23,11 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
-def run_distributed(script: Path, *args: str, world_size: int = 2) -> subprocess.CompletedProcess:
-    r"""Launch `script` on `world_size` CPU processes with `torch.distributed.run` on 127.0.0.1."""
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={world_size}",
-        "--nnodes=1",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
-        str(script),
-        *args,
-    ]
-    result = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
-    assert result.returncode == 0, f"torchrun failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
-
-
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def ranks(tmp_path_factory: pytest.TempPathFactory, torchrun) -> dict[str, Any]:
     r"""Run the DDP worker once; return each rank's JSON report, tensors and the output directory."""
     out_dir = tmp_path_factory.mktemp("ddp")
-    run_distributed(WORKERS / "ddp_worker.py", str(out_dir))
+    torchrun(WORKERS / "ddp_worker.py", str(out_dir), timeout=LAUNCH_TIMEOUT)
     reports = [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in range(2)]
     tensors = [torch.load(out_dir / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
     return {"reports": reports, "tensors": tensors, "out_dir": out_dir}
@@ -174,14 +141,8 @@ def test_gradient_accumulation_under_ddp(ranks):
         assert torch.allclose(p0, reference, rtol=1e-5, atol=1e-6)
 
 
-def test_accumulate_without_ddp_wrapper(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(WORKERS / "single_worker.py"), str(tmp_path)],
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=LAUNCH_TIMEOUT,
-    )
+def test_accumulate_without_ddp_wrapper(tmp_path, subprocess_run):
+    result = subprocess_run([sys.executable, str(WORKERS / "single_worker.py"), str(tmp_path)], timeout=LAUNCH_TIMEOUT)
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads((tmp_path / "single.json").read_text())
     assert report["world_size"] == 1

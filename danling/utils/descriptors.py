@@ -1,103 +1,154 @@
-"""Decorators and descriptors for path properties whose directory must exist when read."""
+"""Descriptors for path attributes whose directory must exist whenever they are read."""
 
 from __future__ import annotations
 
 import os
-from functools import cached_property, wraps
+from threading import RLock
 from typing import Any, Callable
 
+_MISSING = object()
 
-def ensure_dir(func: Callable[..., str]) -> Callable[..., str]:
+
+def _make_dir(path: str) -> None:
+    os.makedirs(path, exist_ok=True)
+
+
+def _make_parent_dir(path: str) -> None:
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+
+
+class ensure_dir(property):
     r"""
-    Make the directory a function returns exist, and return its absolute path.
+    A read-only attribute holding a directory path: every read creates the directory and returns its absolute path.
 
-    Args:
-        func: Function returning a directory path.
-
-    Returns:
-        The wrapped function.
+    Apply it to a method, like `property`; the method is called on every read.
 
     Examples:
-        >>> import tempfile
-        >>> root = tempfile.mkdtemp()
-        >>> @ensure_dir
-        ... def outputs():
-        ...     return os.path.join(root, "outputs")
-        >>> os.path.isdir(outputs())
+        >>> import os, tempfile
+        >>> class Run:
+        ...     root = tempfile.mkdtemp()
+        ...     @ensure_dir
+        ...     def outputs(self) -> str:
+        ...         return os.path.join(self.root, "outputs")
+        >>> run = Run()
+        >>> os.path.isdir(run.outputs)
+        True
+        >>> os.rmdir(run.outputs)  # reading it again re-creates it
+        >>> os.path.isdir(run.outputs)
         True
     """
 
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> str:
-        path = os.path.abspath(func(*args, **kwargs))
-        os.makedirs(path, exist_ok=True)
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        path = os.path.abspath(super().__get__(instance, owner))
+        _make_dir(path)
         return path
 
-    return wrapper
 
-
-def ensure_parent_dir(func: Callable[..., str]) -> Callable[..., str]:
+class ensure_parent_dir(property):
     r"""
-    Make the parent directory of the file path a function returns exist, and return the absolute path.
-
-    Args:
-        func: Function returning a file path.
-
-    Returns:
-        The wrapped function.
+    A read-only attribute holding a file path: every read creates the file's parent directory.
 
     Examples:
-        >>> import tempfile
-        >>> root = tempfile.mkdtemp()
-        >>> @ensure_parent_dir
-        ... def log_file():
-        ...     return os.path.join(root, "logs", "run.log")
-        >>> os.path.isdir(os.path.dirname(log_file()))
-        True
+        >>> import os, tempfile
+        >>> class Run:
+        ...     root = tempfile.mkdtemp()
+        ...     @ensure_parent_dir
+        ...     def log_file(self) -> str:
+        ...         return os.path.join(self.root, "logs", "run.log")
+        >>> run = Run()
+        >>> os.path.isdir(os.path.dirname(run.log_file)), os.path.exists(run.log_file)
+        (True, False)
     """
 
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> str:
-        path = os.path.abspath(func(*args, **kwargs))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        path = os.path.abspath(super().__get__(instance, owner))
+        _make_parent_dir(path)
         return path
 
-    return wrapper
 
-
-class cached_ensure_dir(cached_property):
+class _CachedPath:
     r"""
-    A `cached_property` holding a directory path that is created (and made absolute) on first access.
+    Data descriptor that computes a path once per instance, then re-runs `prepare` on it at every read.
+
+    The cached value lives in the instance's `__dict__` under the attribute's name; assigning the attribute
+    replaces it and deleting it drops the cache.
+    """
+
+    prepare: Callable[[str], None]
+
+    def __init__(self, func: Callable[[Any], str]) -> None:
+        self.func = func
+        self.name = func.__name__
+        self.__doc__ = func.__doc__
+        self.lock = RLock()
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        cache = instance.__dict__
+        path = cache.get(self.name, _MISSING)
+        if path is _MISSING:
+            with self.lock:
+                path = cache.get(self.name, _MISSING)
+                if path is _MISSING:
+                    path = os.path.abspath(self.func(instance))
+                    cache[self.name] = path
+        self.prepare(path)
+        return path
+
+    def __set__(self, instance: Any, value: str) -> None:
+        instance.__dict__[self.name] = os.path.abspath(value)
+
+    def __delete__(self, instance: Any) -> None:
+        instance.__dict__.pop(self.name, None)
+
+
+class cached_ensure_dir(_CachedPath):
+    r"""
+    Like [`ensure_dir`][danling.utils.descriptors.ensure_dir], but the method runs once per instance.
+
+    The path is cached; the directory is still re-created on every read if it was removed in between.
 
     Examples:
-        >>> import tempfile
+        >>> import os, tempfile
         >>> class Run:
         ...     root = tempfile.mkdtemp()
         ...     @cached_ensure_dir
-        ...     def dir(self):
+        ...     def dir(self) -> str:
         ...         return os.path.join(self.root, "run")
-        >>> os.path.isdir(Run().dir)
+        >>> run = Run()
+        >>> os.rmdir(run.dir)
+        >>> os.path.isdir(run.dir)
         True
     """
 
-    def __init__(self, func: Callable[[Any], str]) -> None:
-        super().__init__(ensure_dir(func))
+    prepare = staticmethod(_make_dir)
 
 
-class cached_ensure_parent_dir(cached_property):
+class cached_ensure_parent_dir(_CachedPath):
     r"""
-    A `cached_property` holding a file path whose parent directory is created on first access.
+    Like [`ensure_parent_dir`][danling.utils.descriptors.ensure_parent_dir], but the method runs once per instance.
 
     Examples:
-        >>> import tempfile
+        >>> import os, tempfile
         >>> class Run:
         ...     root = tempfile.mkdtemp()
         ...     @cached_ensure_parent_dir
-        ...     def log_file(self):
+        ...     def log_file(self) -> str:
         ...         return os.path.join(self.root, "logs", "run.log")
-        >>> os.path.isdir(os.path.dirname(Run().log_file))
+        >>> run = Run()
+        >>> os.rmdir(os.path.dirname(run.log_file))
+        >>> os.path.isdir(os.path.dirname(run.log_file))
         True
     """
 
-    def __init__(self, func: Callable[[Any], str]) -> None:
-        super().__init__(ensure_parent_dir(func))
+    prepare = staticmethod(_make_parent_dir)

@@ -10,53 +10,91 @@ import danling as dl
 from danling.utils import cached_ensure_dir, cached_ensure_parent_dir, debug, ensure_dir, ensure_parent_dir
 
 
-def test_ensure_dir_creates_and_returns_an_absolute_path(tmp_path: Path) -> None:
+class Paths:
+    __test__ = False
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.calls: list[str] = []
+
     @ensure_dir
-    def outputs(name: str) -> str:
-        return os.path.join("out", name)
+    def outputs(self) -> str:
+        self.calls.append("outputs")
+        return os.path.join(self.root, "out")
 
-    path = outputs("a")
-    assert path == str(tmp_path / "out" / "a")  # relative to the working directory
-    assert os.path.isdir(path)
-    assert outputs("a") == path  # existing directory is fine
-    assert dl.ensure_dir is ensure_dir
-
-
-def test_ensure_parent_dir(tmp_path: Path) -> None:
     @ensure_parent_dir
-    def log_file() -> str:
-        return str(tmp_path / "logs" / "deep" / "run.log")
+    def log_file(self) -> str:
+        self.calls.append("log_file")
+        return os.path.join(self.root, "logs", "deep", "run.log")
 
-    path = log_file()
+    @cached_ensure_dir
+    def run_dir(self) -> str:
+        self.calls.append("run_dir")
+        return os.path.join(self.root, "run")
+
+    @cached_ensure_parent_dir
+    def result_file(self) -> str:
+        self.calls.append("result_file")
+        return os.path.join(self.root, "results", "best.json")
+
+
+def test_ensure_dir_is_an_attribute_that_creates_the_directory_on_every_read(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    assert not (tmp_path / "out").exists()
+    assert paths.outputs == str(tmp_path / "out")
+    assert (tmp_path / "out").is_dir()
+    os.rmdir(paths.outputs)
+    assert os.path.isdir(paths.outputs)
+    assert paths.calls.count("outputs") == 3  # not cached: the method runs on every read
+    assert dl.ensure_dir is ensure_dir
+    with pytest.raises(AttributeError):
+        paths.outputs = "elsewhere"
+
+
+def test_ensure_dir_relative_path_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    class Relative:
+        @ensure_dir
+        def temp(self) -> str:
+            return "temp"
+
+    assert Relative().temp == str(tmp_path / "temp")
+    assert (tmp_path / "temp").is_dir()
+
+
+def test_ensure_parent_dir_creates_only_the_parent(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    path = paths.log_file
     assert os.path.isdir(os.path.dirname(path))
     assert not os.path.exists(path)
+    os.rmdir(os.path.dirname(path))
+    assert os.path.isdir(os.path.dirname(paths.log_file))
 
 
-def test_cached_descriptors(tmp_path: Path) -> None:
-    calls = []
-
-    class Run:
-        @cached_ensure_dir
-        def dir(self) -> str:
-            calls.append("dir")
-            return str(tmp_path / "run")
-
-        @cached_ensure_parent_dir
-        def log_file(self) -> str:
-            calls.append("log")
-            return str(tmp_path / "logs" / "run.log")
-
-    run = Run()
+def test_cached_variants_cache_the_path_but_recreate_the_directory(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
     assert not (tmp_path / "run").exists()
-    assert run.dir == str(tmp_path / "run")
+    assert paths.run_dir == str(tmp_path / "run")
     assert (tmp_path / "run").is_dir()
-    assert run.dir == str(tmp_path / "run")
-    assert run.log_file == str(tmp_path / "logs" / "run.log")
-    assert (tmp_path / "logs").is_dir()
-    run.log_file
-    assert calls == ["dir", "log"]
-    assert Run().dir == run.dir
-    assert calls == ["dir", "log", "dir"]
+    os.rmdir(tmp_path / "run")
+    assert os.path.isdir(paths.run_dir)  # the cached path is re-created on the next read
+    parent = os.path.dirname(paths.result_file)
+    os.rmdir(parent)
+    assert os.path.isdir(os.path.dirname(paths.result_file))
+    assert not os.path.exists(paths.result_file)
+    assert paths.calls == ["run_dir", "result_file"]
+    assert Paths(tmp_path).run_dir == paths.run_dir  # the cache is per instance
+
+
+def test_cached_variants_can_be_assigned_and_reset(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    paths.run_dir = str(tmp_path / "custom")
+    assert paths.run_dir == str(tmp_path / "custom")
+    assert (tmp_path / "custom").is_dir()
+    del paths.run_dir
+    assert paths.run_dir == str(tmp_path / "run")
+    assert paths.calls == ["run_dir"]
 
 
 def test_debug_disabled_runs_the_block(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -74,7 +74,7 @@ class LRScheduler(torch_lr_scheduler.LRScheduler):
 
     - ``progress = clip(s / total_steps, 0, 1)`` and ``ratio = strategy(progress)``;
     - ``percentile``: ``lr = base * (final / base) ** ratio`` (geometric interpolation);
-      ``numerical``: ``lr = base + ratio * (final - base)`` (arithmetic interpolation);
+      ``numerical``: ``lr = (1 - ratio) * (base - final) + final`` (arithmetic interpolation);
     - during warmup (``s < warmup_steps``) the lr ramps linearly from ``min_lr`` by ``s / warmup_steps``;
     - during cooldown (the last ``cooldown_steps`` steps) it ramps linearly down to ``min_lr``;
     - the result is never below ``min_lr``.
@@ -205,7 +205,8 @@ class LRScheduler(torch_lr_scheduler.LRScheduler):
         # Geometric interpolation is undefined from a zero base lr; fall back to the arithmetic one there.
         if self.method == "percentile" and base_lr > 0:
             return base_lr * (final_lr / base_lr) ** ratio
-        return base_lr + ratio * (final_lr - base_lr)
+        # This order of operations gives the reference library's numbers to the last bit.
+        return (1 - ratio) * (base_lr - final_lr) + final_lr
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load the scheduler's state, as returned by [`state_dict()`][torch.optim.lr_scheduler.LRScheduler.state_dict].

@@ -63,12 +63,17 @@ def to_tensor(value: ArrayLike, name: str = "input") -> Tensor:
         raise ValueError(f"Cannot convert {name} of type {type(value).__name__} to a tensor: {error}") from error
 
 
+def _squeezed_shape(tensor: Tensor) -> tuple[int, ...]:
+    return tuple(size for size in tensor.shape if size != 1)
+
+
 def flatten_batch(input: ArrayLike, target: ArrayLike) -> tuple[Tensor, Tensor]:
     r"""
     Reshape one batch to `input` of shape `(N,)` or `(N, C)` and `target` of shape `(N,)`, without reading values.
 
-    Same-shaped tensors (binary, multilabel, regression) are flattened to 1-D; an `input` with one more trailing
-    dimension than `target` (multiclass scores) keeps it as `C`.
+    Same-shaped tensors (binary, multilabel, regression) are flattened to 1-D, and so are tensors whose shapes
+    differ only by dimensions of size 1 (an `(N, 1)` prediction of an `(N,)` target); an `input` with one more
+    trailing dimension than `target` (multiclass scores) keeps it as `C`.
 
     Args:
         input: Predictions.
@@ -88,8 +93,8 @@ def flatten_batch(input: ArrayLike, target: ArrayLike) -> tuple[Tensor, Tensor]:
     input, target = to_tensor(input, "input"), to_tensor(target, "target")
     if input.numel() == 0 or target.numel() == 0:
         raise ValueError(f"Empty batch: input shape {tuple(input.shape)}, target shape {tuple(target.shape)}")
-    if input.shape == target.shape:
-        return input.reshape(-1), target.reshape(-1)
+    if input.shape == target.shape or _squeezed_shape(input) == _squeezed_shape(target):
+        return input.reshape(-1), target.reshape(-1)  # a single-output (N, 1) prediction is stored flat
     if input.ndim == target.ndim + 1 and input.shape[:-1] == target.shape:
         return input.reshape(-1, input.shape[-1]), target.reshape(-1)
     raise ValueError(
@@ -127,7 +132,12 @@ def preprocess(
     input: ArrayLike, target: ArrayLike, ignore_index: int | None = -100, ignore_nan: bool = True
 ) -> tuple[Tensor, Tensor]:
     r"""
-    Flatten a batch and drop the samples whose target is `ignore_index` or NaN.
+    Convert a batch to tensors and drop the samples whose target is `ignore_index` or NaN, keeping its shape.
+
+    As in the reference library, nothing is reshaped when nothing is dropped: a nested list `[[0.1, 0.2], [0.3,
+    0.4]]` stays `2x2`. Dropping samples flattens the batch to the kept samples (`(N,)`, or `(N, C)` for an input
+    with one extra trailing class dimension). When `input` and `target` have as many elements, singleton dimensions
+    are squeezed away, so an `(N, 1)` prediction and an `(N,)` target both come back as `(N,)`.
 
     Args:
         input: Predictions, shaped like `target` or with one extra trailing dimension.
@@ -136,15 +146,41 @@ def preprocess(
         ignore_nan: Whether to drop NaN targets.
 
     Returns:
-        `(input, target)` with `input` of shape `(N,)` or `(N, C)` and `target` of shape `(N,)`.
+        `(input, target)`.
+
+    Raises:
+        ValueError: If samples must be dropped but the shapes do not line up.
 
     Examples:
         >>> preprocess([0.1, 0.8, 0.3], [0, -100, 1])
         (tensor([0.1000, 0.3000]), tensor([0, 1]))
+        >>> input, target = preprocess([[0.1, 0.2], [0.3, 0.4]], [[0, 1], [1, 0]])
+        >>> input.shape, target.shape
+        (torch.Size([2, 2]), torch.Size([2, 2]))
+        >>> preprocess([[0.2], [0.9]], [0, 1])[0].shape
+        torch.Size([2])
     """
-    input, target = flatten_batch(input, target)
+    input, target = to_tensor(input, "input"), to_tensor(target, "target")
     mask = _keep_mask(target, ignore_index, ignore_nan)
     if mask is not None and not bool(mask.all()):  # boolean indexing copies; skip it when nothing is dropped
+        if input.shape[: target.ndim] != target.shape:
+            raise ValueError(
+                f"Cannot drop ignored targets: input shape {tuple(input.shape)} does not start with target shape "
+                f"{tuple(target.shape)}"
+            )
+        input, target = input[mask], target[mask]
+    if input.numel() == target.numel() and input.shape != target.shape:
+        input, target = torch.atleast_1d(input.squeeze()), torch.atleast_1d(target.squeeze())
+    return input, target
+
+
+def _flat_preprocess(
+    input: ArrayLike, target: ArrayLike, ignore_index: int | None, ignore_nan: bool = True
+) -> tuple[Tensor, Tensor]:
+    """[`flatten_batch`][danling.metrics.preprocesses.flatten_batch], then drop ignored and NaN targets."""
+    input, target = flatten_batch(input, target)
+    mask = _keep_mask(target, ignore_index, ignore_nan)
+    if mask is not None and not bool(mask.all()):
         input, target = input[mask], target[mask]
     return input, target
 
@@ -174,7 +210,7 @@ def preprocess_binary(
         >>> preprocess_binary([-2.0, 0.0, 3.0], [0, 1, -100])
         (tensor([0.1192, 0.5000]), tensor([0, 1]))
     """
-    input, target = preprocess(input, target, ignore_index=ignore_index)
+    input, target = _flat_preprocess(input, target, ignore_index)
     input = input.reshape(-1)
     if input.shape != target.shape:
         raise ValueError(f"Binary input has {input.numel()} scores for {target.numel()} targets")
@@ -213,7 +249,7 @@ def preprocess_multiclass(
         >>> probs.argmax(-1), target
         (tensor([0, 1]), tensor([0, 1]))
     """
-    input, target = preprocess(input, target, ignore_index=ignore_index)
+    input, target = _flat_preprocess(input, target, ignore_index)
     if input.ndim != 2 or input.shape[-1] != num_classes:
         raise ValueError(
             f"Multiclass input must have shape (N, num_classes={num_classes}), but got {tuple(input.shape)}"

@@ -152,7 +152,12 @@ def test_multi_output_regression(seed: int):
     x, y = torch.tensor(input), torch.tensor(target)
     assert r2_score(x, y, num_outputs=3).item() == pytest.approx(skm.r2_score(target, input))
     assert mse(x, y, num_outputs=3).item() == pytest.approx(skm.mean_squared_error(target, input))
-    assert rmse(x, y, num_outputs=3).item() == pytest.approx(skm.root_mean_squared_error(target, input))
+    # the reference library's rmse: root of the uniformly averaged MSE; scikit-learn's: mean of per-output roots
+    assert rmse(x, y, num_outputs=3).item() == pytest.approx(math.sqrt(skm.mean_squared_error(target, input)))
+    per_output_roots = skm.root_mean_squared_error(target, input)
+    assert rmse(x, y, num_outputs=3, root_per_output=True).item() == pytest.approx(per_output_roots)
+    raw_roots = skm.root_mean_squared_error(target, input, multioutput="raw_values")
+    np.testing.assert_allclose(rmse(x, y, num_outputs=3, multioutput="raw_values").numpy(), raw_roots)
     expected_pearson = np.mean([stats.pearsonr(input[:, i], target[:, i])[0] for i in range(3)])
     assert pearson(x, y, num_outputs=3).item() == pytest.approx(expected_pearson)
     raw = spearman(x, y, num_outputs=3, multioutput="raw_values").numpy()
@@ -163,7 +168,9 @@ def test_multi_output_regression(seed: int):
 def test_degenerate_cases_follow_references():
     scores = torch.tensor([0.1, 0.6, 0.3])
     negatives = torch.tensor([0, 0, 0])
-    assert math.isnan(auroc(scores, negatives).item())  # sklearn: undefined for a single class
+    # a single class: the reference library (torcheval) reports 0.5; `undefined=nan` gives scikit-learn's "undefined"
+    assert auroc(scores, negatives).item() == 0.5
+    assert math.isnan(auroc(scores, negatives, undefined=float("nan")).item())
     assert auprc(scores, negatives).item() == pytest.approx(skm.average_precision_score([0, 0, 0], [0.1, 0.6, 0.3]))
     constant_pred = torch.tensor([0.9, 0.8, 0.7])
     assert mcc(constant_pred, torch.tensor([0, 1, 1])).item() == skm.matthews_corrcoef([0, 1, 1], [1, 1, 1])
@@ -200,3 +207,50 @@ def test_bad_inputs_raise_value_errors():
         auroc(torch.tensor([]), torch.tensor([]))
     with pytest.raises(ValueError, match="Only one of"):
         auroc(torch.rand(4, 2), torch.tensor([0, 1, 0, 1]), num_classes=2, num_labels=2)
+
+
+def test_binary_auroc_with_one_class_left_after_ignore_index_is_one_half():
+    scores = torch.tensor([0.2, 0.7, 0.4, 0.9])
+    target = torch.tensor([1, -100, 1, -100])
+    assert auroc(scores, target, task="binary").item() == 0.5
+    assert math.isnan(auroc(scores, target, task="binary", undefined=float("nan")).item())
+
+
+def absent_class_data(seed: int, num_classes: int = 6, n: int = 40):
+    rng = np.random.default_rng(seed)
+    target = rng.integers(0, num_classes - 2, size=n)  # the last two classes never occur
+    probs = rng.dirichlet(np.ones(num_classes), size=n)
+    return probs, target
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_multiclass_ranking_with_absent_classes_matches_the_reference_macro_average(seed: int):
+    probs, target = absent_class_data(seed)
+    onehot = np.eye(6)[target]
+    present = [skm.roc_auc_score(onehot[:, c], probs[:, c]) for c in range(4)]
+    input, truth = torch.tensor(probs), torch.tensor(target)
+    # an absent class counts 0.5 in the AUROC macro average and 0 in the AUPRC one, as the reference's backend does
+    assert auroc(input, truth, num_classes=6).item() == pytest.approx((sum(present) + 2 * 0.5) / 6)
+    assert auroc(input, truth, num_classes=6, undefined=float("nan")).item() == pytest.approx(np.mean(present))
+    precision = [skm.average_precision_score(onehot[:, c], probs[:, c]) for c in range(4)]
+    assert auprc(input, truth, num_classes=6).item() == pytest.approx(sum(precision) / 6)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_absent_classes_agree_with_torcheval_when_installed(seed: int):
+    tef = pytest.importorskip("torcheval.metrics.functional")
+    probs, target = absent_class_data(seed)
+    input, truth = torch.tensor(probs, dtype=torch.float32), torch.tensor(target)
+    expected_auroc = tef.multiclass_auroc(input, truth, num_classes=6, average="macro")
+    assert auroc(input, truth, num_classes=6).item() == pytest.approx(expected_auroc.item(), abs=1e-6)
+    expected_auprc = tef.multiclass_auprc(input, truth, num_classes=6, average="macro")
+    assert auprc(input, truth, num_classes=6).item() == pytest.approx(expected_auprc.item(), abs=1e-6)
+    negatives = torch.zeros(5, dtype=torch.long)
+    assert auroc(input[:5, 0], negatives, task="binary").item() == tef.binary_auroc(input[:5, 0], negatives).item()
+
+
+def test_multilabel_auroc_label_without_positives_counts_one_half():
+    probs = torch.tensor([[0.9, 0.2], [0.1, 0.8], [0.7, 0.4], [0.3, 0.6]])
+    target = torch.tensor([[1, 0], [0, 0], [1, 0], [0, 0]])
+    assert auroc(probs, target, num_labels=2).item() == pytest.approx((1.0 + 0.5) / 2)
+    assert auroc(probs, target, num_labels=2, undefined=float("nan")).item() == pytest.approx(1.0)

@@ -49,6 +49,54 @@ def test_preprocess_drops_ignore_index_and_nan():
     assert target.tolist() == [1.0, 0.0]
 
 
+def test_preprocess_keeps_the_shape_of_nested_lists():
+    input, target = preprocess([[0.1, 0.2], [0.3, 0.4]], [[0, 1], [1, 0]])
+    assert isinstance(input, torch.Tensor)
+    assert isinstance(target, torch.Tensor)
+    assert input.shape == (2, 2)
+    assert target.shape == (2, 2)
+    assert torch.equal(input, torch.tensor([[0.1, 0.2], [0.3, 0.4]]))
+    assert torch.equal(target, torch.tensor([[0, 1], [1, 0]]))
+
+
+def test_preprocess_keeps_tensors_and_flattens_only_what_it_filters():
+    scores = torch.rand(3, 4)
+    input, target = preprocess(scores, torch.tensor([0, 2, 1]))  # multiclass scores keep their class dimension
+    assert input is scores or torch.equal(input, scores)
+    assert input.shape == (3, 4)
+    assert target.shape == (3,)
+    input, target = preprocess(scores, torch.tensor([0, -100, 1]))
+    assert torch.equal(input, scores[[0, 2]])
+    assert target.tolist() == [0, 1]
+    grid = torch.tensor([[0.1, 0.2], [0.3, 0.4]])
+    input, target = preprocess(grid, torch.tensor([[0, -100], [1, 0]]))
+    assert input.tolist() == pytest.approx([0.1, 0.3, 0.4])
+    assert target.tolist() == [0, 1, 0]
+
+
+def test_preprocess_squeezes_a_single_output_column():
+    input, target = preprocess(torch.tensor([[0.2], [0.9]]), torch.tensor([0, 1]))
+    assert input.shape == (2,)
+    assert target.shape == (2,)
+    input, target = preprocess(torch.tensor([0.7]), torch.tensor([[1]]))
+    assert input.shape == (1,)
+    assert target.shape == (1,)
+
+
+def test_preprocess_rejects_misaligned_shapes_when_filtering():
+    with pytest.raises(ValueError, match="does not start with target shape"):
+        preprocess(torch.rand(2, 3), torch.tensor([0, 1, -100]))
+
+
+def test_flatten_batch_stores_a_single_output_column_flat():
+    input, target = flatten_batch(torch.rand(5, 1), torch.rand(5))
+    assert input.shape == (5,)
+    assert target.shape == (5,)
+    input, target = flatten_batch(torch.rand(5), torch.rand(5, 1))
+    assert input.shape == (5,)
+    assert target.shape == (5,)
+
+
 def test_binary_sigmoid_only_for_logits():
     probs, _ = preprocess_binary([0.2, 0.9], [0, 1])
     assert probs.tolist() == pytest.approx([0.2, 0.9])

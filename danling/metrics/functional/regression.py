@@ -118,17 +118,23 @@ def rmse(
     multioutput: MultiOutput = "uniform_average",
     ignore_nan: bool = True,
     preprocess: bool = True,
+    root_per_output: bool = False,
 ) -> Tensor:
     r"""
-    Root mean squared error (as `sklearn.metrics.root_mean_squared_error`: the root is taken per output).
+    Root mean squared error.
+
+    With several outputs the default is the reference library's: the square root of the MSE averaged uniformly
+    over outputs. `root_per_output=True` averages the per-output RMSEs instead, as
+    `sklearn.metrics.root_mean_squared_error` does. With one output both agree.
 
     Args:
         input: Predictions, `(N,)` or `(N, num_outputs)`.
         target: Targets of the same shape.
         num_outputs: Number of outputs per sample.
-        multioutput: `"uniform_average"` or `"raw_values"`.
+        multioutput: `"uniform_average"` or `"raw_values"` (one RMSE per output).
         ignore_nan: Whether to drop NaN targets.
         preprocess: Whether to reshape and filter the inputs first.
+        root_per_output: Whether `"uniform_average"` averages per-output roots instead of rooting the average.
 
     Returns:
         A 0-d float64 tensor, or one score per output with `"raw_values"`.
@@ -136,6 +142,14 @@ def rmse(
     Examples:
         >>> rmse([1.0, 2.0], [1.0, 4.0])
         tensor(1.4142, dtype=torch.float64)
+        >>> input, target = [[0.0, 0.0], [0.0, 0.0]], [[1.0, 3.0], [1.0, 3.0]]
+        >>> rmse(input, target, num_outputs=2)  # sqrt((1 + 9) / 2)
+        tensor(2.2361, dtype=torch.float64)
+        >>> rmse(input, target, num_outputs=2, root_per_output=True)  # (1 + 3) / 2
+        tensor(2., dtype=torch.float64)
     """
     input, target = prepare_regression(input, target, num_outputs, ignore_nan, preprocess)
-    return reduce_outputs(((input - target) ** 2).mean(dim=0).sqrt(), multioutput)
+    per_output = ((input - target) ** 2).mean(dim=0)
+    if multioutput == "uniform_average" and not root_per_output:
+        return per_output.mean().sqrt()
+    return reduce_outputs(per_output.sqrt(), multioutput)

@@ -7,6 +7,7 @@ reshapes and stores them, so it never waits for the device; the metric functions
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from math import nan
 from typing import Any, Callable
 
@@ -58,12 +59,19 @@ class Metrics:
     `avg`/`average()` every batch since the last `reset()` on every process (shards of any size). A metric function
     that returns a mapping has its entries merged into the result.
 
+    `input`/`target` are the latest batch and `inputs`/`targets` every batch, as the reference library has them:
+    a single-output `(N, 1)` prediction is stored flat, nothing stored reads as `torch.empty(0)`, and under
+    `torch.distributed` each is every rank's data concatenated in rank order. `update` itself never communicates;
+    the gather happens when one of these attributes (or `batch()`/`average()`) is read, so read them on every rank.
+
     Args:
-        *args: Mappings from name to metric function.
+        *args: Mappings from name to metric function, or metric functions (named by their `__name__`).
         preprocess: Called once as `preprocess(input, target)` before the metric functions; `None` skips it.
             The default drops `ignore_index=-100` and NaN targets.
         merge_dict: Whether the entries of a mapping returned by a metric are merged at the top level (`True`) or
             stored as `"{name}.{key}"`.
+        ignore_index: Passed to `preprocess` as `ignore_index=` when given (the reference library's option).
+        ignore_nan: Passed to `preprocess` as `ignore_nan=` when given.
         **metrics: Metric functions by name, called as `metric(input, target)`.
 
     Examples:
@@ -81,24 +89,31 @@ class Metrics:
 
     def __init__(
         self,
-        *args: Mapping[str, MetricFunc],
+        *args: Mapping[str, MetricFunc] | MetricFunc,
         preprocess: Callable[..., tuple[Tensor, Tensor]] | None = default_preprocess,
         merge_dict: bool = True,
+        ignore_index: int | None = None,
+        ignore_nan: bool | None = None,
         **metrics: MetricFunc,
     ) -> None:
         self.metrics: FlatDict = FlatDict()
-        for mapping in args:
-            self.metrics.update(mapping)
+        for arg in args:
+            self.metrics.update(arg if isinstance(arg, Mapping) else {_metric_name(arg): arg})
         self.metrics.update(metrics)
         for name, metric in self.metrics.items():
             if not callable(metric):
                 raise ValueError(f"Metric {name!r} must be callable, but got {type(metric).__name__}")
+        options = {"ignore_index": ignore_index, "ignore_nan": ignore_nan}
+        options = {key: value for key, value in options.items() if value is not None}
+        if preprocess is not None and options:
+            preprocess = partial(preprocess, **options)
         self.preprocess = preprocess
         self.merge_dict = merge_dict
         self._input: Tensor | None = None
         self._target: Tensor | None = None
         self._inputs: list[Tensor] = []
         self._targets: list[Tensor] = []
+        self._gathered_batch: tuple[Tensor | None, Tensor | None] | None = None
 
     @torch.no_grad()
     def update(self, input: ArrayLike, target: ArrayLike) -> None:
@@ -121,11 +136,13 @@ class Metrics:
         self._input, self._target = input, target
         self._inputs.append(input)
         self._targets.append(target)
+        self._gathered_batch = None
 
     def reset(self) -> None:
         r"""Forget every stored batch."""
         self._input = self._target = None
         self._inputs, self._targets = [], []
+        self._gathered_batch = None
 
     @torch.no_grad()
     def calculate(self, input: Tensor | None, target: Tensor | None) -> FlatDict:
@@ -162,25 +179,43 @@ class Metrics:
             self._targets = [torch.cat(self._targets)]
         return self._inputs[0], self._targets[0]
 
-    @property
-    def input(self) -> Tensor | None:
-        r"""Predictions of the latest batch on this process."""
-        return self._input
+    def _latest_batch(self) -> tuple[Tensor | None, Tensor | None]:
+        """The latest batch of every rank, gathered once per `update` (collective when distributed)."""
+        if not is_distributed():
+            return self._input, self._target
+        if self._gathered_batch is None:
+            self._gathered_batch = _gather(self._input), _gather(self._target)
+        return self._gathered_batch
 
     @property
-    def target(self) -> Tensor | None:
-        r"""Targets of the latest batch on this process."""
-        return self._target
+    def input(self) -> Tensor:
+        r"""
+        Predictions of the latest batch; under `torch.distributed` every rank's, in rank order (collective).
+
+        Examples:
+            >>> metrics = Metrics()
+            >>> metrics.input
+            tensor([])
+            >>> metrics.update(torch.tensor([[0.2], [0.9]]), torch.tensor([0, 1]))  # (N, 1) is stored flat
+            >>> metrics.input
+            tensor([0.2000, 0.9000])
+        """
+        return _or_empty(self._latest_batch()[0])
 
     @property
-    def inputs(self) -> Tensor | None:
-        r"""Predictions of every batch on every process; collective when distributed."""
-        return _gather(self._local_all()[0])
+    def target(self) -> Tensor:
+        r"""Targets of the latest batch; under `torch.distributed` every rank's, in rank order (collective)."""
+        return _or_empty(self._latest_batch()[1])
 
     @property
-    def targets(self) -> Tensor | None:
-        r"""Targets of every batch on every process; collective when distributed."""
-        return _gather(self._local_all()[1])
+    def inputs(self) -> Tensor:
+        r"""Predictions of every batch on every process, in rank order; collective when distributed."""
+        return _or_empty(_gather(self._local_all()[0]))
+
+    @property
+    def targets(self) -> Tensor:
+        r"""Targets of every batch on every process, in rank order; collective when distributed."""
+        return _or_empty(_gather(self._local_all()[1]))
 
     def value(self) -> FlatDict:
         r"""Metrics of the latest batch on this process."""
@@ -188,7 +223,7 @@ class Metrics:
 
     def batch(self) -> FlatDict:
         r"""Metrics of the latest batch of every process; collective when distributed."""
-        return self.calculate(_gather(self._input), _gather(self._target))
+        return self.calculate(*self._latest_batch())
 
     def average(self) -> FlatDict:
         r"""
@@ -198,6 +233,10 @@ class Metrics:
         """
         input, target = self._local_all()
         return self.calculate(_gather(input), _gather(target))
+
+    def compute(self) -> FlatDict:
+        r"""Same as [`average`][danling.metrics.Metrics.average] (the reference library's name)."""
+        return self.average()
 
     @property
     def val(self) -> FlatDict:
@@ -222,6 +261,17 @@ class Metrics:
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}{tuple(self.metrics.keys())}"
+
+
+def _or_empty(tensor: Tensor | None) -> Tensor:
+    return torch.empty(0) if tensor is None else tensor
+
+
+def _metric_name(metric: MetricFunc) -> str:
+    name = getattr(metric, "__name__", None)
+    if name is None:
+        raise ValueError(f"A metric given without a name must have a __name__, but {metric!r} has none")
+    return name
 
 
 def _format(value: Any, format_spec: str) -> str:
@@ -258,10 +308,29 @@ class ScoreMetrics(Metrics):
         super().__init__(*args, **metrics)
         if score_name is None:
             score_name = next(iter(self.metrics.keys()))
-        if score_name not in self.metrics:
-            raise ValueError(f"score_name must be one of {list(self.metrics.keys())}, but got {score_name!r}")
         self.score_name = score_name
         self.best_fn = best_fn
+
+    @property
+    def score_name(self) -> str:
+        r"""
+        Name of the scoring metric; assigning a name that is not one of the metrics raises `ValueError`.
+
+        Examples:
+            >>> from danling.metrics.functional import accuracy, auroc
+            >>> metrics = ScoreMetrics(auroc=auroc, acc=accuracy)
+            >>> metrics.score_name = "acc"
+            >>> metrics.score_name = "f1"
+            Traceback (most recent call last):
+            ValueError: score_name must be one of ['auroc', 'acc'], but got 'f1'
+        """
+        return self._score_name
+
+    @score_name.setter
+    def score_name(self, name: str) -> None:
+        if name not in self.metrics:
+            raise ValueError(f"score_name must be one of {list(self.metrics.keys())}, but got {name!r}")
+        self._score_name = name
 
     @property
     def batch_score(self) -> Any:
@@ -274,7 +343,16 @@ class ScoreMetrics(Metrics):
         return self.average()[self.score_name]
 
     def get_score(self, scope: str) -> Any:
-        r"""Score of `scope`, `"batch"` or `"average"`."""
+        r"""
+        Score of `scope`: `"batch"` or `"average"`; anything else raises `ValueError`.
+
+        Examples:
+            >>> from danling.metrics.functional import auroc
+            >>> metrics = ScoreMetrics(auroc=auroc)
+            >>> metrics.get_score("total")
+            Traceback (most recent call last):
+            ValueError: scope must be 'batch' or 'average', but got 'total'
+        """
         if scope == "batch":
             return self.batch_score
         if scope == "average":

@@ -25,6 +25,52 @@ def shard(data: torch.Tensor, rank: int) -> torch.Tensor:
     return data[start : start + SIZES[rank]]
 
 
+COLLECTIVES = ("all_gather", "all_gather_object", "all_reduce", "broadcast", "broadcast_object_list", "barrier")
+
+
+def count_collectives(calls: list[str]) -> None:
+    """Record the name of every collective called through `torch.distributed` from now on."""
+    for name in COLLECTIVES:
+        original = getattr(dist, name)
+
+        def counted(*args, _name=name, _original=original, **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        setattr(dist, name, counted)
+
+
+def latest_batch_check(rank: int) -> dict:
+    """`input`/`target` are the latest batch of every rank in rank order; `update` itself never communicates."""
+    generator = torch.Generator().manual_seed(1)
+    batches = {r: [(torch.rand(n, 1, generator=generator), torch.randint(0, 2, (n,), generator=generator))
+                   for n in (5 + r, 3 + 2 * r)] for r in (0, 1)}  # fmt: skip
+    metrics = Metrics(auroc=auroc)
+    calls: list[str] = []
+    count_collectives(calls)
+    for pred, target in batches[rank]:
+        metrics.update(pred, target)
+    update_calls = len(calls)
+    input, target = metrics.input, metrics.target
+    read_calls = len(calls)
+    _ = (metrics.input, metrics.target)  # a second read reuses the gathered batch
+    expected_input = torch.cat([batches[r][-1][0].view(-1) for r in (0, 1)])
+    expected_target = torch.cat([batches[r][-1][1] for r in (0, 1)])
+    all_input = torch.cat([pred.view(-1) for r in (0, 1) for pred, _ in batches[r]])
+    return {
+        "update_collectives": update_calls,
+        "read_collectives": read_calls - update_calls,
+        "reread_collectives": len(calls) - read_calls,
+        "input_ok": bool(torch.equal(input, expected_input)),
+        "target_ok": bool(torch.equal(target, expected_target)),
+        "input_shape": list(input.shape),
+        "inputs_ok": bool(torch.equal(metrics.inputs, all_input)),
+        "local_value_auroc": metrics.value()["auroc"],
+        "batch_auroc": metrics.batch()["auroc"],
+        "expected_batch_auroc": skm.roc_auc_score(expected_target.numpy(), expected_input.numpy()),
+    }
+
+
 def run(out: str) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -57,6 +103,7 @@ def run(out: str) -> None:
         "meter": meter.average(),
         "meters": meters.average().dict(),
         "batch_acc": binary.batch()["acc"],
+        "latest": latest_batch_check(rank),  # last: it wraps the collectives of `torch.distributed`
     }
     if rank == 0:
         probs = logits.softmax(-1).numpy()

@@ -26,3 +26,12 @@ def test_two_rank_averages_match_single_process(tmp_path: Path, torchrun):
     assert result["meters"]["loss"] == pytest.approx(expected["loss"])
     assert result["meters"]["rank0"] == 1.0
     assert result["meters"]["rank1"] == 2.0
+    latest = result["latest"]  # rank 0's view; rank 1 read the same attributes (the gather is collective)
+    assert latest["update_collectives"] == 0
+    assert latest["read_collectives"] > 0
+    assert latest["reread_collectives"] == 0
+    assert latest["input_ok"]
+    assert latest["target_ok"]
+    assert latest["input_shape"] == [3 + 5]  # rank 0's last batch (3) + rank 1's (5), (N, 1) stored flat
+    assert latest["inputs_ok"]
+    assert latest["batch_auroc"] == pytest.approx(latest["expected_batch_auroc"])

@@ -59,7 +59,46 @@ def test_empty_and_reset_give_nan():
     metrics.reset()
     assert math.isnan(metrics.value()["acc"])
     assert math.isnan(metrics.average()["acc"])
-    assert metrics.inputs is None
+    for stored in (metrics.input, metrics.target, metrics.inputs, metrics.targets):
+        assert torch.equal(stored, torch.empty(0))
+
+
+def test_empty_metrics_hold_empty_tensors():
+    metrics = Metrics()
+    assert torch.equal(metrics.inputs, torch.empty(0))
+    assert torch.equal(metrics.targets, torch.empty(0))
+    assert torch.equal(metrics.input, torch.empty(0))
+    assert torch.equal(metrics.target, torch.empty(0))
+
+
+def test_single_output_column_is_stored_flat():
+    generator = torch.Generator().manual_seed(0)
+    metrics = Metrics(pearson=pearson)
+    preds, targets = [], []
+    for _ in range(3):
+        pred, target = torch.randn(8, 1, generator=generator), torch.randn(8, generator=generator)
+        metrics.update(pred, target)
+        preds.append(pred)
+        targets.append(target)
+        assert metrics.input.shape == (8,)
+        assert metrics.target.shape == (8,)
+        assert torch.equal(metrics.input, pred.view(-1))
+        expected = np.corrcoef(pred.view(-1).numpy(), target.numpy())[0, 1]
+        assert metrics.value()["pearson"] == pytest.approx(expected)
+    assert metrics.inputs.shape == (24,)
+    assert metrics.targets.shape == (24,)
+    assert torch.equal(metrics.inputs, torch.cat(preds).view(-1))
+    assert torch.equal(metrics.targets, torch.cat(targets))
+
+
+def test_reference_constructor_options():
+    metrics = Metrics(auroc, accuracy, ignore_index=-1)  # positional functions named by __name__
+    assert list(metrics.metrics) == ["auroc", "accuracy"]
+    metrics.update([0.9, 0.2, 0.7, 0.4], [1, -1, 0, -1])
+    assert metrics.average()["accuracy"] == pytest.approx(skm.accuracy_score([1, 0], [1, 1]))
+    kept = Metrics(accuracy=accuracy)  # the default still drops -100 only
+    kept.update([0.9, 0.2, 0.7], [1, -100, 0])
+    assert kept.compute()["accuracy"] == pytest.approx(0.5)
 
 
 def test_update_rejects_bad_batches():
@@ -98,6 +137,22 @@ def test_score_metrics():
     assert metrics.get_score("batch") == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="score_name"):
         ScoreMetrics(auroc=auroc, score_name="f1")
+
+
+def test_score_metrics_reject_unknown_scope_and_score_name():
+    metrics = ScoreMetrics(auroc=auroc, auprc=auprc, acc=accuracy)
+    assert metrics.score_name == "auroc"
+    for pred, target in batches(0):
+        metrics.update(pred, target)
+        assert metrics.batch_score == metrics.val["auroc"] == metrics.get_score("batch")
+        assert metrics.average_score == metrics.avg["auroc"] == metrics.get_score("average")
+    with pytest.raises(ValueError, match="'total'"):
+        metrics.get_score("total")
+    with pytest.raises(ValueError, match="'f1'"):
+        metrics.score_name = "f1"
+    assert metrics.score_name == "auroc"
+    metrics.score_name = "acc"
+    assert metrics.get_score("average") == metrics.avg["acc"]
 
 
 def test_multitask_metrics():

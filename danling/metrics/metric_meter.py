@@ -12,11 +12,12 @@ from typing import Any, Callable
 from torch import Tensor
 
 from .average_meter import AverageMeter, AverageMeters
-from .preprocesses import ArrayLike, to_tensor
-from .preprocesses import preprocess as default_preprocess
+from .preprocesses import ArrayLike, bind_options, preprocess_flat, to_tensor
+from .preprocesses import preprocess as preprocess_keeping_shape
 
 MetricFunc = Callable[..., Any]
 Preprocess = Callable[..., tuple[Tensor, Tensor]]
+_DEFAULT: Any = object()  # "preprocess not given", distinct from `None` (skip preprocessing)
 
 
 def _score(metric: MetricFunc, input: Tensor, target: Tensor) -> Any:
@@ -32,8 +33,10 @@ class MetricMeter(AverageMeter):
 
     Args:
         metric: Called as `metric(input, target)`; returns a number or a single-element tensor.
-        preprocess: Called as `preprocess(input, target)` before the metric; `None` skips it. The default drops
-            `ignore_index=-100` and NaN targets, so they do not count towards the batch size.
+        preprocess: Called as `preprocess(input, target)` before the metric; `None` skips it. The default flattens
+            the batch and drops `ignore_index=-100` and NaN targets, so they do not count towards the batch size.
+        ignore_index: Passed to `preprocess` as `ignore_index=` when given (the reference library's option).
+        ignore_nan: Passed to `preprocess` as `ignore_nan=` when given.
 
     Examples:
         >>> from danling.metrics.functional import accuracy
@@ -44,12 +47,18 @@ class MetricMeter(AverageMeter):
         (1.0, 0.8333)
     """
 
-    def __init__(self, metric: MetricFunc, preprocess: Preprocess | None = default_preprocess) -> None:
+    def __init__(
+        self,
+        metric: MetricFunc,
+        preprocess: Preprocess | None = preprocess_flat,
+        ignore_index: int | None = None,
+        ignore_nan: bool | None = None,
+    ) -> None:
         super().__init__()
         if not callable(metric):
             raise ValueError(f"metric must be callable, but got {type(metric).__name__}")
         self.metric = metric
-        self.preprocess = preprocess
+        self.preprocess = bind_options(preprocess, ignore_index, ignore_nan)
 
     def update(self, input: ArrayLike, target: ArrayLike) -> None:  # type: ignore[override]
         r"""
@@ -72,8 +81,13 @@ class MetricMeters(AverageMeters):
     Several [`MetricMeter`][danling.metrics.MetricMeter]s that share one preprocessing step.
 
     Args:
-        *args: Mappings from name to metric function.
-        preprocess: Called once per batch as `preprocess(input, target)`; `None` skips it.
+        *args: Mappings from name to metric function, metric functions (named by their `__name__`), or a
+            [`Metrics`][danling.metrics.Metrics] whose functions (and, unless `preprocess` is given, preprocessing)
+            to stream.
+        preprocess: Called once per batch as `preprocess(input, target)`; `None` skips it. The default flattens the
+            batch and drops `ignore_index=-100` and NaN targets.
+        ignore_index: Passed to `preprocess` as `ignore_index=` when given (the reference library's option).
+        ignore_nan: Passed to `preprocess` as `ignore_nan=` when given.
         **metrics: Metric functions by name.
 
     Examples:
@@ -86,12 +100,29 @@ class MetricMeters(AverageMeters):
     """
 
     def __init__(
-        self, *args: Mapping[str, MetricFunc], preprocess: Preprocess | None = default_preprocess, **metrics: MetricFunc
+        self,
+        *args: Mapping[str, MetricFunc] | MetricFunc | Any,
+        preprocess: Preprocess | None | Any = _DEFAULT,
+        ignore_index: int | None = None,
+        ignore_nan: bool | None = None,
+        **metrics: MetricFunc,
     ) -> None:
+        from .metrics import Metrics  # metrics.py needs nothing from here; import late to keep the modules apart
+
         functions: dict[str, MetricFunc] = {}
-        for mapping in args:
-            functions.update(mapping)
+        for arg in args:
+            if isinstance(arg, Metrics):
+                functions.update(arg.metrics)
+                if preprocess is _DEFAULT and arg.preprocess is not preprocess_keeping_shape:
+                    preprocess = arg.preprocess  # the default of `Metrics` keeps shapes; meters need flat batches
+            elif isinstance(arg, Mapping):
+                functions.update(arg)
+            elif callable(arg):
+                functions[getattr(arg, "__name__", repr(arg))] = arg
+            else:
+                raise ValueError(f"Expected a mapping, a metric function or a Metrics, but got {type(arg).__name__}")
         functions.update(metrics)
+        preprocess = bind_options(preprocess_flat if preprocess is _DEFAULT else preprocess, ignore_index, ignore_nan)
         # the shared preprocess runs once in `update`, so the meters themselves skip it
         super().__init__(**{name: MetricMeter(metric, preprocess=None) for name, metric in functions.items()})
         self.setattr("default_factory", None)  # a meter without a metric function makes no sense here

@@ -7,7 +7,6 @@ reshapes and stores them, so it never waits for the device; the metric functions
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import partial
 from math import nan
 from typing import Any, Callable
 
@@ -18,7 +17,8 @@ from torch import distributed as dist
 
 from danling.utils.distributed import all_gather_uneven, communication_device, get_world_size, is_distributed
 
-from .preprocesses import ArrayLike, flatten_batch
+from .metric_meter import MetricMeters
+from .preprocesses import ArrayLike, bind_options, flatten_batch
 from .preprocesses import preprocess as default_preprocess
 
 MetricFunc = Callable[..., Any]
@@ -65,7 +65,9 @@ class Metrics:
     the gather happens when one of these attributes (or `batch()`/`average()`) is read, so read them on every rank.
 
     Args:
-        *args: Mappings from name to metric function, or metric functions (named by their `__name__`).
+        *args: Mappings from name to metric function, metric functions (named by their `__name__`), or a
+            [`MetricMeters`][danling.metrics.MetricMeters] whose functions (and, unless `preprocess` is given,
+            preprocessing) to use.
         preprocess: Called once as `preprocess(input, target)` before the metric functions; `None` skips it.
             The default drops `ignore_index=-100` and NaN targets.
         merge_dict: Whether the entries of a mapping returned by a metric are merged at the top level (`True`) or
@@ -98,16 +100,19 @@ class Metrics:
     ) -> None:
         self.metrics: FlatDict = FlatDict()
         for arg in args:
-            self.metrics.update(arg if isinstance(arg, Mapping) else {_metric_name(arg): arg})
+            if isinstance(arg, MetricMeters):  # stream-to-store: the same functions and preprocessing
+                self.metrics.update({name: meter.metric for name, meter in arg.items()})
+                if preprocess is default_preprocess:
+                    preprocess = arg.getattr("preprocess", None)
+            elif isinstance(arg, Mapping):
+                self.metrics.update(arg)
+            else:
+                self.metrics.update({_metric_name(arg): arg})
         self.metrics.update(metrics)
         for name, metric in self.metrics.items():
             if not callable(metric):
                 raise ValueError(f"Metric {name!r} must be callable, but got {type(metric).__name__}")
-        options = {"ignore_index": ignore_index, "ignore_nan": ignore_nan}
-        options = {key: value for key, value in options.items() if value is not None}
-        if preprocess is not None and options:
-            preprocess = partial(preprocess, **options)
-        self.preprocess = preprocess
+        self.preprocess = bind_options(preprocess, ignore_index, ignore_nan)
         self.merge_dict = merge_dict
         self._input: Tensor | None = None
         self._target: Tensor | None = None

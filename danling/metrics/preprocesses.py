@@ -11,7 +11,8 @@ Two stages:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, Union
+from functools import partial
+from typing import Any, Callable, Literal, Union
 
 import torch
 from torch import Tensor
@@ -174,15 +175,41 @@ def preprocess(
     return input, target
 
 
-def _flat_preprocess(
-    input: ArrayLike, target: ArrayLike, ignore_index: int | None, ignore_nan: bool = True
+def preprocess_flat(
+    input: ArrayLike, target: ArrayLike, ignore_index: int | None = -100, ignore_nan: bool = True
 ) -> tuple[Tensor, Tensor]:
-    """[`flatten_batch`][danling.metrics.preprocesses.flatten_batch], then drop ignored and NaN targets."""
+    r"""
+    [`flatten_batch`][danling.metrics.preprocesses.flatten_batch], then drop ignored and NaN targets.
+
+    Unlike [`preprocess`][danling.metrics.preprocesses.preprocess], the result is always `(N,)` or `(N, C)`, so
+    its first dimension counts samples; the meters use it to weight batches.
+
+    Examples:
+        >>> preprocess_flat([[0.1, 0.8], [0.3, 0.5]], [[0, -100], [1, 1]])
+        (tensor([0.1000, 0.3000, 0.5000]), tensor([0, 1, 1]))
+    """
     input, target = flatten_batch(input, target)
     mask = _keep_mask(target, ignore_index, ignore_nan)
     if mask is not None and not bool(mask.all()):
         input, target = input[mask], target[mask]
     return input, target
+
+
+def bind_options(
+    preprocess: Callable[..., tuple[Tensor, Tensor]] | None, ignore_index: int | None, ignore_nan: bool | None
+) -> Callable[..., tuple[Tensor, Tensor]] | None:
+    r"""
+    `preprocess` with `ignore_index` / `ignore_nan` bound, for those that are not `None` (the reference's options).
+
+    Examples:
+        >>> bind_options(preprocess, -1, None)([0.2, 0.7], [-1, 1])
+        (tensor([0.7000]), tensor([1]))
+    """
+    options = {"ignore_index": ignore_index, "ignore_nan": ignore_nan}
+    options = {key: value for key, value in options.items() if value is not None}
+    if preprocess is None or not options:
+        return preprocess
+    return partial(preprocess, **options)
 
 
 def preprocess_binary(
@@ -210,7 +237,7 @@ def preprocess_binary(
         >>> preprocess_binary([-2.0, 0.0, 3.0], [0, 1, -100])
         (tensor([0.1192, 0.5000]), tensor([0, 1]))
     """
-    input, target = _flat_preprocess(input, target, ignore_index)
+    input, target = preprocess_flat(input, target, ignore_index)
     input = input.reshape(-1)
     if input.shape != target.shape:
         raise ValueError(f"Binary input has {input.numel()} scores for {target.numel()} targets")
@@ -249,7 +276,7 @@ def preprocess_multiclass(
         >>> probs.argmax(-1), target
         (tensor([0, 1]), tensor([0, 1]))
     """
-    input, target = _flat_preprocess(input, target, ignore_index)
+    input, target = preprocess_flat(input, target, ignore_index)
     if input.ndim != 2 or input.shape[-1] != num_classes:
         raise ValueError(
             f"Multiclass input must have shape (N, num_classes={num_classes}), but got {tuple(input.shape)}"

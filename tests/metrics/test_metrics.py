@@ -8,7 +8,7 @@ import torch
 from sklearn import metrics as skm
 
 from danling.metrics import MetricMeter, MetricMeters, Metrics, MultiTaskMetrics, ScoreMetrics
-from danling.metrics.functional import accuracy, auprc, auroc, pearson, spearman
+from danling.metrics.functional import accuracy, auprc, auroc, f1_score, pearson, spearman
 
 
 def batches(seed: int, sizes=(7, 13, 5)):
@@ -177,3 +177,34 @@ def test_metric_meters_weight_batches_by_size():
     meter.update([0.9, 0.1], [1, 1])
     assert meters.average()["acc"] == pytest.approx(3 / 5)
     assert meter.avg == 0.5
+
+
+def test_metric_meters_weight_token_level_batches_by_kept_samples():
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.rand(2, t, generator=generator), torch.randint(0, 2, (2, t), generator=generator)) for t in (3, 7)
+    ]
+    meters, meter = MetricMeters(acc=accuracy), MetricMeter(accuracy)
+    for scores, labels in batches:
+        meters.update(scores, labels)
+        meter.update(scores, labels)
+    scores = torch.cat([s.reshape(-1) for s, _ in batches]).numpy()
+    labels = torch.cat([t.reshape(-1) for _, t in batches]).numpy()
+    expected = skm.accuracy_score(labels, scores >= 0.5)  # a mean over samples: exact when weighted by samples
+    assert meters.average()["acc"] == pytest.approx(expected)
+    assert meter.avg == pytest.approx(expected)
+
+
+def test_metric_meters_reference_constructor_options():
+    meters = MetricMeters(accuracy, ignore_index=-1)  # positional functions named by __name__
+    meters.update([0.9, 0.2, 0.7, 0.4], [1, -1, 0, -1])
+    assert meters.average()["accuracy"] == pytest.approx(skm.accuracy_score([1, 0], [1, 1]))
+    meter = MetricMeter(accuracy, ignore_index=-1)
+    meter.update([0.9, 0.2, 0.7], [1, -1, 1])
+    assert meter.count == 2
+    assert meter.avg == 1.0
+    streamed = MetricMeters(Metrics(acc=accuracy, f1=f1_score))  # a Metrics' functions, streamed
+    assert list(streamed.keys()) == ["acc", "f1"]
+    stored = Metrics(MetricMeters(acc=accuracy, ignore_index=-1))  # and back, with its preprocessing
+    stored.update([0.9, 0.2, 0.7], [1, -1, 0])
+    assert stored.average()["acc"] == pytest.approx(0.5)

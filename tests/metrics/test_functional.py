@@ -254,3 +254,39 @@ def test_multilabel_auroc_label_without_positives_counts_one_half():
     target = torch.tensor([[1, 0], [0, 0], [1, 0], [0, 0]])
     assert auroc(probs, target, num_labels=2).item() == pytest.approx((1.0 + 0.5) / 2)
     assert auroc(probs, target, num_labels=2, undefined=float("nan")).item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_task_weights_weigh_labels_and_outputs_like_the_reference(seed: int):
+    weights = [0.2, 0.3, 0.5]
+    probs, labels = multilabel_data(seed)
+    input, truth = torch.tensor(probs), torch.tensor(labels)
+    per_label_auroc = [skm.roc_auc_score(labels[:, i], probs[:, i]) for i in range(3)]
+    per_label_auprc = [skm.average_precision_score(labels[:, i], probs[:, i]) for i in range(3)]
+    assert auroc(input, truth, num_labels=3, task_weights=weights).item() == pytest.approx(
+        np.dot(per_label_auroc, weights)
+    )
+    assert auprc(input, truth, num_labels=3, task_weights=torch.tensor(weights)).item() == pytest.approx(
+        np.dot(per_label_auprc, weights)
+    )
+    rng = np.random.default_rng(seed)
+    target = rng.normal(size=(100, 3))
+    prediction = target + rng.normal(scale=0.5, size=(100, 3))
+    x, y = torch.tensor(prediction), torch.tensor(target)
+    expected = {
+        pearson: [stats.pearsonr(prediction[:, i], target[:, i])[0] for i in range(3)],
+        spearman: [stats.spearmanr(prediction[:, i], target[:, i])[0] for i in range(3)],
+        r2_score: skm.r2_score(target, prediction, multioutput="raw_values"),
+        mse: skm.mean_squared_error(target, prediction, multioutput="raw_values"),
+        rmse: skm.root_mean_squared_error(target, prediction, multioutput="raw_values"),
+    }
+    for metric, per_output in expected.items():
+        result = metric(x, y, num_outputs=3, task_weights=weights).item()
+        assert result == pytest.approx(np.dot(per_output, weights)), metric.__name__
+
+
+def test_task_weights_errors_name_the_problem():
+    with pytest.raises(ValueError, match="multilabel"):
+        auroc(torch.tensor([0.2, 0.8]), torch.tensor([0, 1]), task_weights=[1.0])
+    with pytest.raises(ValueError, match="one weight per task"):
+        pearson(torch.rand(10, 2), torch.rand(10, 2), num_outputs=2, task_weights=[1.0, 2.0, 3.0])

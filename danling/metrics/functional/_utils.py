@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal, Optional, Union
 
 import torch
@@ -192,3 +193,24 @@ def reduce_scores(scores: Tensor, average: Average, support: Tensor | None = Non
         defined = ~torch.isnan(scores)
         return (scores.nan_to_num() * weights).sum() / (weights * defined).sum()
     raise ValueError(f"average must be 'macro', 'micro', 'weighted' or None, but got {average!r}")
+
+
+def weight_tasks(scores: Tensor, task_weights: Tensor | Sequence[float]) -> Tensor:
+    r"""
+    Weighted sum of per-task (label or output) scores, `scores @ task_weights`, as the reference library computes it.
+
+    The weights are not normalised: weights that sum to 1 give a weighted mean.
+
+    Raises:
+        ValueError: If there is not one weight per score.
+
+    Examples:
+        >>> weight_tasks(torch.tensor([0.5, 1.0]), [0.25, 0.75])
+        tensor(0.8750, dtype=torch.float64)
+    """
+    weights = torch.as_tensor(task_weights, dtype=torch.float64, device=scores.device)
+    if weights.shape != scores.shape:
+        raise ValueError(
+            f"task_weights must have one weight per task {tuple(scores.shape)}, got {tuple(weights.shape)}"
+        )
+    return scores.double() @ weights

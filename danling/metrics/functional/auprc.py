@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
 from ..preprocesses import ArrayLike
-from ._utils import Average, TaskLike, one_hot, prepare_classification, reduce_scores, sorted_tie_groups, tie_bounds
+from ._utils import (
+    Average,
+    TaskLike,
+    one_hot,
+    prepare_classification,
+    reduce_scores,
+    sorted_tie_groups,
+    tie_bounds,
+    weight_tasks,
+)
 
 
 def binary_auprc_columns(scores: Tensor, positives: Tensor) -> Tensor:
@@ -57,6 +68,7 @@ def auprc(
     average: Average = "macro",
     ignore_index: int | None = -100,
     preprocess: bool = True,
+    task_weights: Tensor | Sequence[float] | None = None,
 ) -> Tensor:
     r"""
     Average precision (as `sklearn.metrics.average_precision_score`).
@@ -73,6 +85,7 @@ def auprc(
         average: `"macro"`, `"weighted"` (by positives), `"micro"` (flattened) or `None` (per class).
         ignore_index: Target value to drop.
         preprocess: Whether to flatten, filter and activate the inputs first.
+        task_weights: Multilabel only: one weight per label; the result is `per_label_scores @ task_weights`.
 
     Returns:
         A 0-d float64 tensor, or per-class scores when `average` is `None`.
@@ -82,9 +95,13 @@ def auprc(
         tensor(0.8333, dtype=torch.float64)
     """
     task, input, target = prepare_classification(input, target, task, num_classes, num_labels, ignore_index, preprocess)
+    if task_weights is not None and task != "multilabel":
+        raise ValueError(f"task_weights weighs the labels of a multilabel task, but the task is {task!r}")
     if task == "binary":
         return binary_auprc_columns(input.reshape(-1, 1), target.reshape(-1, 1))[0]
     positives = one_hot(target, input.shape[-1]) if task == "multiclass" else target.bool()
+    if task_weights is not None:  # the reference's weighting of labels; it takes precedence over `average`
+        return weight_tasks(binary_auprc_columns(input, positives), task_weights)
     if average == "micro":
         return binary_auprc_columns(input.reshape(-1, 1), positives.reshape(-1, 1))[0]
     scores = binary_auprc_columns(input, positives)

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
 from ..preprocesses import ArrayLike
-from ._utils import Average, TaskLike, one_hot, prepare_classification, reduce_scores, sorted_tie_groups, tie_bounds
+from ._utils import (
+    Average,
+    TaskLike,
+    one_hot,
+    prepare_classification,
+    reduce_scores,
+    sorted_tie_groups,
+    tie_bounds,
+    weight_tasks,
+)
 
 UNDEFINED_AUROC = 0.5
 """AUROC of a class whose targets hold a single value, as the reference library's backend (torcheval) reports it."""
@@ -64,6 +75,7 @@ def auroc(
     ignore_index: int | None = -100,
     preprocess: bool = True,
     undefined: float = UNDEFINED_AUROC,
+    task_weights: Tensor | Sequence[float] | None = None,
 ) -> Tensor:
     r"""
     Area under the receiver operating characteristic curve (as `sklearn.metrics.roc_auc_score`).
@@ -83,6 +95,7 @@ def auroc(
         average: `"macro"`, `"weighted"` (by positives), `"micro"` (all pairs flattened) or `None` (per class).
         ignore_index: Target value to drop.
         preprocess: Whether to flatten, filter and activate the inputs first.
+        task_weights: Multilabel only: one weight per label; the result is `per_label_scores @ task_weights`.
         undefined: Score of a class with a single target value; `nan` leaves it out of the macro average.
 
     Returns:
@@ -100,9 +113,13 @@ def auroc(
         tensor(1., dtype=torch.float64)
     """
     task, input, target = prepare_classification(input, target, task, num_classes, num_labels, ignore_index, preprocess)
+    if task_weights is not None and task != "multilabel":
+        raise ValueError(f"task_weights weighs the labels of a multilabel task, but the task is {task!r}")
     if task == "binary":
         return binary_auroc_columns(input.reshape(-1, 1), target.reshape(-1, 1), undefined)[0]
     positives = one_hot(target, input.shape[-1]) if task == "multiclass" else target.bool()
+    if task_weights is not None:  # the reference's weighting of labels; it takes precedence over `average`
+        return weight_tasks(binary_auroc_columns(input, positives, undefined), task_weights)
     if average == "micro":
         return binary_auroc_columns(input.reshape(-1, 1), positives.reshape(-1, 1), undefined)[0]
     scores = binary_auroc_columns(input, positives, undefined)

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from ..preprocesses import ArrayLike
 from ._utils import average_ranks
-from .regression import MultiOutput, prepare_regression, reduce_outputs
+from .regression import MultiOutput, TaskWeights, prepare_regression, reduce_outputs
 
 
 def pearson_columns(input: Tensor, target: Tensor) -> Tensor:
@@ -32,6 +32,7 @@ def pearson(
     multioutput: MultiOutput = "uniform_average",
     ignore_nan: bool = True,
     preprocess: bool = True,
+    task_weights: TaskWeights = None,
 ) -> Tensor:
     r"""
     Pearson correlation coefficient (as `scipy.stats.pearsonr`), per output then averaged.
@@ -43,6 +44,7 @@ def pearson(
         multioutput: `"uniform_average"` or `"raw_values"`.
         ignore_nan: Whether to drop NaN targets.
         preprocess: Whether to reshape and filter the inputs first.
+        task_weights: One weight per output; when given, the result is `per_output_scores @ task_weights`.
 
     Returns:
         A 0-d float64 tensor (`nan` when an output is constant), or one score per output.
@@ -52,7 +54,7 @@ def pearson(
         tensor(0.8000, dtype=torch.float64)
     """
     input, target = prepare_regression(input, target, num_outputs, ignore_nan, preprocess)
-    return reduce_outputs(pearson_columns(input, target), multioutput)
+    return reduce_outputs(pearson_columns(input, target), multioutput, task_weights)
 
 
 def spearman(
@@ -62,6 +64,7 @@ def spearman(
     multioutput: MultiOutput = "uniform_average",
     ignore_nan: bool = True,
     preprocess: bool = True,
+    task_weights: TaskWeights = None,
 ) -> Tensor:
     r"""
     Spearman rank correlation (as `scipy.stats.spearmanr`): Pearson correlation of the average ranks.
@@ -73,6 +76,7 @@ def spearman(
         multioutput: `"uniform_average"` or `"raw_values"`.
         ignore_nan: Whether to drop NaN targets.
         preprocess: Whether to reshape and filter the inputs first.
+        task_weights: One weight per output; when given, the result is `per_output_scores @ task_weights`.
 
     Returns:
         A 0-d float64 tensor (`nan` when an output is constant), or one score per output.
@@ -82,4 +86,4 @@ def spearman(
         tensor(0.9487, dtype=torch.float64)
     """
     input, target = prepare_regression(input, target, num_outputs, ignore_nan, preprocess)
-    return reduce_outputs(pearson_columns(average_ranks(input), average_ranks(target)), multioutput)
+    return reduce_outputs(pearson_columns(average_ranks(input), average_ranks(target)), multioutput, task_weights)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import Literal, Union
 
 import torch
 from torch import Tensor
 
 from ..preprocesses import ArrayLike, preprocess_regression, to_tensor
+from ._utils import weight_tasks
 
 MultiOutput = Literal["uniform_average", "raw_values"]
+TaskWeights = Union[Tensor, Sequence[float], None]
 
 
 def prepare_regression(
@@ -30,14 +33,19 @@ def prepare_regression(
     return input.double().reshape(input.shape[0], -1), target.double().reshape(target.shape[0], -1)
 
 
-def reduce_outputs(scores: Tensor, multioutput: MultiOutput) -> Tensor:
+def reduce_outputs(scores: Tensor, multioutput: MultiOutput, task_weights: TaskWeights = None) -> Tensor:
     r"""
-    Mean over outputs (`"uniform_average"`) or the per-output scores (`"raw_values"`).
+    Mean over outputs (`"uniform_average"`), the per-output scores (`"raw_values"`), or, when `task_weights` is
+    given, the weighted sum `scores @ task_weights` (the reference library's `task_weights`).
 
     Examples:
         >>> reduce_outputs(torch.tensor([1.0, 3.0]), "uniform_average")
         tensor(2.)
+        >>> reduce_outputs(torch.tensor([1.0, 3.0]), "uniform_average", task_weights=[0.5, 0.5])
+        tensor(2., dtype=torch.float64)
     """
+    if task_weights is not None:
+        return weight_tasks(scores, task_weights)
     if multioutput == "raw_values":
         return scores
     if multioutput == "uniform_average":
@@ -52,6 +60,7 @@ def r2_score(
     multioutput: MultiOutput = "uniform_average",
     ignore_nan: bool = True,
     preprocess: bool = True,
+    task_weights: TaskWeights = None,
 ) -> Tensor:
     r"""
     Coefficient of determination (as `sklearn.metrics.r2_score`).
@@ -65,6 +74,7 @@ def r2_score(
         multioutput: `"uniform_average"` or `"raw_values"`.
         ignore_nan: Whether to drop NaN targets.
         preprocess: Whether to reshape and filter the inputs first.
+        task_weights: One weight per output; when given, the result is `per_output_scores @ task_weights`.
 
     Returns:
         A 0-d float64 tensor, or one score per output with `"raw_values"`.
@@ -78,7 +88,7 @@ def r2_score(
     total = ((target - target.mean(dim=0)) ** 2).sum(dim=0)
     constant = torch.where(residual == 0, torch.ones_like(total), torch.zeros_like(total))
     scores = torch.where(total == 0, constant, 1 - residual / total.clamp(min=torch.finfo(total.dtype).tiny))
-    return reduce_outputs(scores, multioutput)
+    return reduce_outputs(scores, multioutput, task_weights)
 
 
 def mse(
@@ -88,6 +98,7 @@ def mse(
     multioutput: MultiOutput = "uniform_average",
     ignore_nan: bool = True,
     preprocess: bool = True,
+    task_weights: TaskWeights = None,
 ) -> Tensor:
     r"""
     Mean squared error (as `sklearn.metrics.mean_squared_error`).
@@ -99,6 +110,7 @@ def mse(
         multioutput: `"uniform_average"` or `"raw_values"`.
         ignore_nan: Whether to drop NaN targets.
         preprocess: Whether to reshape and filter the inputs first.
+        task_weights: One weight per output; when given, the result is `per_output_scores @ task_weights`.
 
     Returns:
         A 0-d float64 tensor, or one score per output with `"raw_values"`.
@@ -108,7 +120,7 @@ def mse(
         tensor(0.3750, dtype=torch.float64)
     """
     input, target = prepare_regression(input, target, num_outputs, ignore_nan, preprocess)
-    return reduce_outputs(((input - target) ** 2).mean(dim=0), multioutput)
+    return reduce_outputs(((input - target) ** 2).mean(dim=0), multioutput, task_weights)
 
 
 def rmse(
@@ -119,6 +131,7 @@ def rmse(
     ignore_nan: bool = True,
     preprocess: bool = True,
     root_per_output: bool = False,
+    task_weights: TaskWeights = None,
 ) -> Tensor:
     r"""
     Root mean squared error.
@@ -134,6 +147,7 @@ def rmse(
         multioutput: `"uniform_average"` or `"raw_values"` (one RMSE per output).
         ignore_nan: Whether to drop NaN targets.
         preprocess: Whether to reshape and filter the inputs first.
+        task_weights: One weight per output; when given, the result is `per_output_scores @ task_weights`.
         root_per_output: Whether `"uniform_average"` averages per-output roots instead of rooting the average.
 
     Returns:
@@ -150,6 +164,6 @@ def rmse(
     """
     input, target = prepare_regression(input, target, num_outputs, ignore_nan, preprocess)
     per_output = ((input - target) ** 2).mean(dim=0)
-    if multioutput == "uniform_average" and not root_per_output:
+    if multioutput == "uniform_average" and not root_per_output and task_weights is None:
         return per_output.mean().sqrt()
-    return reduce_outputs(per_output.sqrt(), multioutput)
+    return reduce_outputs(per_output.sqrt(), multioutput, task_weights)

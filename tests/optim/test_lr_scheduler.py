@@ -314,3 +314,24 @@ def test_load_state_dict_rejects_unknown_strategy() -> None:
 def test_zero_base_lr_does_not_divide_by_zero() -> None:
     scheduler = LRScheduler(make_optimizer([1.0, 0.0]), total_steps=10, min_lr=0.0)
     assert run(scheduler, 10, group=1) == [0.0] * 10
+
+
+def test_subclass_method_adds_a_strategy_as_in_the_reference():
+    class StepScheduler(LRScheduler):
+        def halfway(self, progress: float) -> float:  # no decay, then fully decayed after half the run
+            return 0.0 if progress < 0.5 else 1.0
+
+    scheduler = StepScheduler(
+        make_optimizer(1.0), total_steps=10, strategy="halfway", warmup_steps=0, cooldown_steps=0, method="numerical"
+    )
+    lrs = run(scheduler, 10)
+    assert lrs[:4] == pytest.approx([1.0] * 4)
+    assert lrs[5:] == pytest.approx([0.001] * 5)
+    restored = StepScheduler(make_optimizer(1.0), total_steps=10, strategy="halfway", method="numerical")
+    restored.load_state_dict(scheduler.state_dict())
+    assert restored.strategy == "halfway"
+    assert StepScheduler(make_optimizer(1.0), total_steps=10, strategy="cosine").cosine(0.5) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="halfway"):
+        LRScheduler(make_optimizer(1.0), total_steps=10, strategy="halfway")
+    with pytest.raises(ValueError, match="_private"):
+        StepScheduler(make_optimizer(1.0), total_steps=10, strategy="_private")

@@ -88,7 +88,9 @@ class LRScheduler(torch_lr_scheduler.LRScheduler):
         final_lr_ratio: Final lr as a fraction of each group's base lr. Mutually exclusive with `final_lr`.
         final_lr: Final lr in absolute terms, shared by all param groups. Mutually exclusive with `final_lr_ratio`.
         min_lr: Floor of the lr, and the start/end point of warmup/cooldown. Lowered to `final_lr` if larger.
-        strategy: Decay shape, one of ``"cosine"``, ``"linear"``, ``"constant"`` (case-insensitive).
+        strategy: Decay shape, one of ``"cosine"``, ``"linear"``, ``"constant"`` (case-insensitive), or the name
+            of a public method ``(self, progress) -> ratio`` that a subclass defines (the reference library's way to
+            add a strategy).
         warmup_steps: Number of warmup steps. Defaults to ``total_steps // 20`` (5%).
         cooldown_steps: Number of cooldown steps. Defaults to ``total_steps // 5`` (20%).
         last_epoch: Index of the last step, as in PyTorch schedulers; ``-1`` starts a new schedule.
@@ -140,7 +142,7 @@ class LRScheduler(torch_lr_scheduler.LRScheduler):
         _check_non_negative(final_lr_ratio, "final_lr_ratio")
         _check_non_negative(final_lr, "final_lr")
         _check_non_negative(min_lr, "min_lr")
-        self.strategy = _check_choice(strategy, tuple(STRATEGIES), "strategy")
+        self.strategy = self._check_strategy(strategy)
         if method is None:
             method = "numerical" if final_lr is not None else "percentile"
         self.method = _check_choice(method, METHODS, "method")
@@ -200,13 +202,44 @@ class LRScheduler(torch_lr_scheduler.LRScheduler):
 
     def _decayed_lr(self, base_lr: float, step: int) -> float:
         progress = min(max(step / self.total_steps, 0.0), 1.0)
-        ratio = STRATEGIES[self.strategy](progress)
+        ratio = self._strategy_function(self.strategy)(progress)
         final_lr = self.final_lr if self.final_lr is not None else base_lr * self.final_lr_ratio  # type: ignore[operator]
         # Geometric interpolation is undefined from a zero base lr; fall back to the arithmetic one there.
         if self.method == "percentile" and base_lr > 0:
             return base_lr * (final_lr / base_lr) ** ratio
         # This order of operations gives the reference library's numbers to the last bit.
         return (1 - ratio) * (base_lr - final_lr) + final_lr
+
+    def linear(self, progress: float) -> float:
+        """The ``linear`` strategy: the decay ratio is the progress."""
+        return _linear(progress)
+
+    def cosine(self, progress: float) -> float:
+        """The ``cosine`` strategy: half a cosine period, slow at both ends."""
+        return _cosine(progress)
+
+    def constant(self, progress: float) -> float:
+        """The ``constant`` strategy: no decay."""
+        return _constant(progress)
+
+    def _strategy_function(self, name: str) -> Callable[[float], float] | None:
+        """A public method a subclass defines under `name`, else the built-in strategy, else `None`."""
+        if name.startswith("_"):
+            return None
+        for klass in type(self).__mro__:
+            if klass is LRScheduler:
+                break
+            if callable(vars(klass).get(name)):
+                return getattr(self, name)
+        return STRATEGIES.get(name)
+
+    def _check_strategy(self, strategy: str) -> str:
+        if isinstance(strategy, str) and self._strategy_function(strategy) is not None:
+            return strategy
+        normalized = strategy.lower() if isinstance(strategy, str) else strategy
+        if normalized in STRATEGIES:
+            return normalized
+        raise ValueError(f"Unknown strategy {strategy!r}; expected one of {sorted(STRATEGIES)} or a subclass method")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load the scheduler's state, as returned by [`state_dict()`][torch.optim.lr_scheduler.LRScheduler.state_dict].
@@ -218,7 +251,7 @@ class LRScheduler(torch_lr_scheduler.LRScheduler):
             ValueError: If the state names an unknown strategy or method.
         """
         if "strategy" in state_dict:
-            _check_choice(state_dict["strategy"], tuple(STRATEGIES), "strategy")
+            self._check_strategy(state_dict["strategy"])
         if "method" in state_dict:
             _check_choice(state_dict["method"], METHODS, "method")
         super().load_state_dict(state_dict)

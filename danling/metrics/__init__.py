@@ -21,7 +21,7 @@ from .factory import (
 )
 from .functional import accuracy, auprc, auroc, f1_score, mcc, mse, pearson, r2_score, rmse, spearman
 from .metric_meter import MetricMeter, MetricMeters
-from .metrics import Metrics, MultiTaskMetrics, ScoreMetrics
+from .metrics import Metrics, MultiTaskMetricMeters, MultiTaskMetrics, ScoreMetrics
 from .preprocesses import (
     infer_task,
     preprocess,
@@ -40,6 +40,7 @@ __all__ = [
     "MetricMeters",
     "Metrics",
     "MultiTaskAverageMeters",
+    "MultiTaskMetricMeters",
     "MultiTaskMetrics",
     "ScoreMetrics",
     "accuracy",

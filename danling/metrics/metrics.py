@@ -17,7 +17,7 @@ from torch import distributed as dist
 
 from danling.utils.distributed import all_gather_uneven, communication_device, get_world_size, is_distributed
 
-from .metric_meter import MetricMeters
+from .metric_meter import MetricMeter, MetricMeters
 from .preprocesses import ArrayLike, bind_options, flatten_batch
 from .preprocesses import preprocess as default_preprocess
 
@@ -381,14 +381,21 @@ class MultiTaskMetrics(NestedDict):
         {'cls': {'auroc': 1.0}, 'reg': {'pearson': 1.0}}
     """
 
+    task_types = (Metrics,)  # no annotation: chanfig would turn an annotated attribute into an item
+
     def set(self, name: Any, value: Any, convert_mapping: bool | None = None) -> None:  # type: ignore[override]
-        if not isinstance(value, (Metrics, MultiTaskMetrics)):
-            raise ValueError(f"Expected {name!r} to be a Metrics, but got {type(value).__name__}")
+        value = self._convert(value)
+        if not isinstance(value, (*self.task_types, type(self))):
+            expected = " or ".join(t.__name__ for t in self.task_types)
+            raise ValueError(f"Expected {name!r} to be a {expected}, but got {type(value).__name__}")
         super().set(name, value, convert_mapping)
 
-    def tasks(self) -> dict[str, Metrics]:
-        r"""Every task's `Metrics`, keyed by dotted name."""
-        return {name: metric for name, metric in self.all_items() if isinstance(metric, Metrics)}
+    def _convert(self, value: Any) -> Any:
+        return value
+
+    def tasks(self) -> dict[str, Any]:
+        r"""Every task's metrics, keyed by dotted name."""
+        return {name: metric for name, metric in self.all_items() if isinstance(metric, self.task_types)}
 
     def update(self, values: Mapping[str, Any]) -> None:  # type: ignore[override]
         r"""
@@ -415,11 +422,11 @@ class MultiTaskMetrics(NestedDict):
 
     def value(self) -> NestedDict:
         r"""Latest-batch metrics of every task on this process."""
-        return NestedDict({name: metric.value().dict() for name, metric in self.tasks().items()})
+        return NestedDict({name: _plain(metric.value()) for name, metric in self.tasks().items()})
 
     def average(self) -> NestedDict:
         r"""Metrics of every task over all batches and processes; collective when distributed."""
-        return NestedDict({name: metric.average().dict() for name, metric in self.tasks().items()})
+        return NestedDict({name: _plain(metric.average()) for name, metric in self.tasks().items()})
 
     @property
     def val(self) -> NestedDict:
@@ -433,6 +440,40 @@ class MultiTaskMetrics(NestedDict):
 
     def __format__(self, format_spec: str) -> str:
         return "\n".join(f"{name}: {metric.__format__(format_spec)}" for name, metric in self.tasks().items())
+
+
+class MultiTaskMetricMeters(MultiTaskMetrics):
+    r"""
+    One [`MetricMeters`][danling.metrics.MetricMeters] (or `MetricMeter`) per task, nested by dotted names.
+
+    The streaming counterpart of [`MultiTaskMetrics`][danling.metrics.MultiTaskMetrics], with the same `update`.
+    Assigning a `Metrics` streams its functions; assigning a function makes a `MetricMeter`.
+
+    Examples:
+        >>> from danling.metrics.functional import accuracy
+        >>> meters = MultiTaskMetricMeters()
+        >>> meters["dataset1.cls"] = MetricMeters(acc=accuracy)
+        >>> meters["dataset2"] = accuracy
+        >>> meters.update({"dataset1.cls": {"input": [0.2, 0.4, 0.5, 0.7], "target": [0, 1, 0, 1]},
+        ...                "dataset2": ([0.1, 0.4, 0.6, 0.8], [1, 0, 0, 0])})
+        >>> meters.update({"dataset1": {"cls": ([0.1, 0.4, 0.6, 0.8], [0, 0, 1, 0])},
+        ...                "dataset2": ([0.2, 0.3, 0.5, 0.7], [0, 0, 0, 1])})
+        >>> meters.average().dict()
+        {'dataset1': {'cls': {'acc': 0.625}}, 'dataset2': 0.5}
+    """
+
+    task_types = (MetricMeters, MetricMeter)
+
+    def _convert(self, value: Any) -> Any:
+        if isinstance(value, Metrics):
+            return MetricMeters(value)
+        if callable(value) and not isinstance(value, (Mapping, MetricMeter, MultiTaskMetrics)):
+            return MetricMeter(value)
+        return value
+
+
+def _plain(result: Any) -> Any:
+    return result.dict() if hasattr(result, "dict") else result
 
 
 def _flatten_tasks(values: Mapping[str, Any], tasks: Mapping[str, Metrics], prefix: str = "") -> dict[str, Any]:

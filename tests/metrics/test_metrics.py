@@ -208,3 +208,26 @@ def test_metric_meters_reference_constructor_options():
     stored = Metrics(MetricMeters(acc=accuracy, ignore_index=-1))  # and back, with its preprocessing
     stored.update([0.9, 0.2, 0.7], [1, -1, 0])
     assert stored.average()["acc"] == pytest.approx(0.5)
+
+
+def test_multitask_metric_meters_stream_each_task():
+    from danling.metrics import MultiTaskMetricMeters
+
+    meters = MultiTaskMetricMeters()
+    meters["dataset1.cls"] = MetricMeters(acc=accuracy)
+    meters["dataset2"] = Metrics(acc=accuracy)  # a Metrics is streamed with the same functions
+    meters["dataset3"] = accuracy  # a function becomes a MetricMeter
+    data = {name: batches(seed, sizes=(6, 10)) for seed, name in enumerate(["dataset1.cls", "dataset2", "dataset3"])}
+    for index in range(2):
+        meters.update({name: task_batches[index] for name, task_batches in data.items()})
+    average = meters.average()
+    for name, task_batches in data.items():
+        scores = torch.cat([s for s, _ in task_batches]).numpy()
+        labels = torch.cat([t for _, t in task_batches]).numpy()
+        expected = skm.accuracy_score(labels, scores >= 0.5)
+        value = average[name] if name == "dataset3" else average[name]["acc"]
+        assert value == pytest.approx(expected), name
+    with pytest.raises(ValueError, match="not found"):
+        meters.update({"loss": ([0.1], [0])})
+    with pytest.raises(ValueError, match="MetricMeters"):
+        meters["bad"] = 0.5

@@ -52,16 +52,31 @@ def to_tensor(value: ArrayLike, name: str = "input") -> Tensor:
     r"""
     Convert `value` to a detached tensor (tensors are not copied).
 
+    Rows of different lengths (a ragged nested list, which the reference library turns into a `NestedTensor`) are
+    concatenated, so predictions and targets given row by row stay aligned.
+
     Examples:
         >>> to_tensor([1, 2])
         tensor([1, 2])
+        >>> to_tensor([[0.1, 0.4, 0.6], [0.2]])
+        tensor([0.1000, 0.4000, 0.6000, 0.2000])
     """
     if isinstance(value, Tensor):
         return value.detach()
     try:
         return torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError) as error:
+        if _is_ragged(value):  # rows of different lengths (the reference's nested lists): concatenate them
+            return torch.cat([to_tensor(row, name) for row in value])
         raise ValueError(f"Cannot convert {name} of type {type(value).__name__} to a tensor: {error}") from error
+
+
+def _is_ragged(value: Any) -> bool:
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) > 0
+        and all(isinstance(row, (list, tuple, Tensor)) and len(row) > 0 for row in value)
+    )
 
 
 def _squeezed_shape(tensor: Tensor) -> tuple[int, ...]:

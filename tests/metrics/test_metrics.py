@@ -231,3 +231,12 @@ def test_multitask_metric_meters_stream_each_task():
         meters.update({"loss": ([0.1], [0])})
     with pytest.raises(ValueError, match="MetricMeters"):
         meters["bad"] = 0.5
+
+
+def test_ragged_batches_as_in_the_reference_example():
+    metrics = Metrics(auroc=auroc, auprc=auprc, ignore_index=-100)
+    metrics.update([[0.1, 0.4, 0.6, 0.8], [0.1, 0.4, 0.6]], [[0, -100, 1, 0], [0, -100, 1]])
+    kept_scores, kept_labels = [0.1, 0.6, 0.8, 0.1, 0.6], [0, 1, 0, 0, 1]
+    value = metrics.value()
+    assert value["auroc"] == pytest.approx(skm.roc_auc_score(kept_labels, kept_scores))
+    assert value["auprc"] == pytest.approx(skm.average_precision_score(kept_labels, kept_scores))

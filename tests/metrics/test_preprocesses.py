@@ -137,3 +137,11 @@ def test_regression_reshapes_and_drops_nan_rows():
         preprocess_regression(torch.arange(6.0), torch.arange(6.0), num_outputs=4)
     with pytest.raises(ValueError, match="non-finite"):
         preprocess_regression(torch.tensor([1.0, float("inf")]), torch.tensor([1.0, 2.0]))
+
+
+def test_ragged_nested_lists_are_concatenated_row_by_row():
+    input, target = preprocess([[0.1, 0.4, 0.6, 0.8], [0.1, 0.4, 0.6]], [[0, -100, 1, 0], [0, -100, 1]])
+    assert input.tolist() == pytest.approx([0.1, 0.6, 0.8, 0.1, 0.6])
+    assert target.tolist() == [0, 1, 0, 0, 1]
+    with pytest.raises(ValueError, match="Cannot convert input"):
+        preprocess([[0.1, 0.2], 0.3], [1, 0, 1])

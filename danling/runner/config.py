@@ -95,6 +95,8 @@ class Config(chanfig.Config):
     Attributes: Results:
         score_split: Split whose score selects the best result (`None` to infer: `val`, then `validate`...).
         score_name: Metric that scores a result. Defaults to `"loss"` (lower is better).
+        score_mode: `"min"`, `"max"`, or `None` (default) to infer the direction from `score_name`: lower is
+            better for losses and errors (`loss`, `*_loss`, `mse`, `rmse`, `mae`, `error`, `perplexity`...).
 
     Attributes: I/O:
         checkpoint: Checkpoint to resume from (restores the config's progress, the model and every state).

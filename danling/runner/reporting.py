@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Mapping
 from typing import Any, Callable
+from warnings import warn
 
 from chanfig import NestedDict
 
@@ -28,8 +29,12 @@ class ReportingMixin:
     config: Any
     meters: Any
     metrics: Any = None
+    train_metrics: Any = None
+    evaluate_metrics: Any = None
+    mode: RunnerMode
     logger: logging.Logger | None = None
     writer: Any = None
+    _score_split_warned: bool = False
 
     def append_result(self, result: Mapping, index: int | None = None) -> None:
         r"""
@@ -37,45 +42,93 @@ class ReportingMixin:
         """
         res.append_result(self.results, result, self.epochs if index is None else index)
 
+    @property
+    def current_metrics(self) -> Any:
+        r"""
+        Metrics of the current mode: `train_metrics` when training, `evaluate_metrics` otherwise, each falling
+        back to `metrics`. The loops update these, and the step and epoch results read them.
+        """
+        specific = self.train_metrics if self.mode == RunnerMode.train else self.evaluate_metrics
+        return self.metrics if specific is None else specific
+
     def get_step_result(self) -> NestedDict:
         r"""
-        Values of the meters and metrics on the latest batch.
+        Values of the meters and the current split's metrics on the latest batch.
         """
         result = NestedDict(self.meters.value())
-        if self.metrics is not None:
-            result.merge(_flatten_single(self.metrics.value()))
+        metrics = self.current_metrics
+        if metrics is not None:
+            result.merge(_flatten_single(metrics.value()))
         return result
 
     def get_epoch_result(self) -> NestedDict:
         r"""
-        Averages of the meters and metrics over the epoch (over all processes).
+        Averages of the meters and the current split's metrics over the epoch (over all processes).
         """
         result = NestedDict(self.meters.average())
-        if self.metrics is not None:
-            result.merge(_flatten_single(self.metrics.average()))
+        metrics = self.current_metrics
+        if metrics is not None:
+            result.merge(_flatten_single(metrics.average()))
         return result
+
+    @property
+    def score_mode(self) -> str:
+        r"""
+        `"min"` or `"max"`: `config.score_mode`, else inferred from `score_name` (lower is better for losses and
+        errors such as `loss`, `*_loss`, `mse`, `rmse`, `mae`, `error`, `perplexity`; higher otherwise).
+
+        Raises:
+            ValueError: If `config.score_mode` is not `"min"`, `"max"` or `None`.
+        """
+        return res.resolve_score_mode(self.config.get("score_mode"), self.config.get("score_name", "loss"))
 
     @property
     def best_fn(self) -> Callable:
         r"""
-        `min` when `score_name` is `"loss"`, else `max`; override for other metrics where lower is better.
+        `min` or `max`, following [`score_mode`][danling.runner.BaseRunner.score_mode]; a subclass may override it.
         """
-        return min if self.config.get("score_name", "loss") == "loss" else max
+        return min if self.score_mode == "min" else max
+
+    def describe_score(self) -> str:
+        r"""One line saying how the best result is chosen (logged at the start of `train()`)."""
+        direction = "lower" if self.best_fn is min else "higher" if self.best_fn is max else f"{self.best_fn!r}"
+        split = self.config.get("score_split")
+        where = f"on split {split!r}" if split is not None else "on 'val' (or the fallback split)"
+        return f"best result: {self.config.get('score_name', 'loss')} {where}, {direction} is better"
 
     @property
     def scores(self) -> NestedDict | None:
         r"""
         Score of each result: `results[index][score_split][score_name]`.
+
+        Raises:
+            ValueError: If `config.score_split` names a split that no result has.
         """
         if not self.results:
             return None
-        return res.get_scores(self.results, self.config.get("score_name", "loss"), self.config.get("score_split"))
+        split, fallback = res.check_score_split(self.results, self.config.get("score_split"))
+        if fallback is not None and not self._score_split_warned:
+            self._score_split_warned = True
+            warn(fallback, RuntimeWarning, stacklevel=2)
+            self.log(fallback, logging.WARNING)
+        score_name = self.config.get("score_name", "loss")
+        section = self.results[next(reversed(list(self.results.keys())))].get(split)
+        if isinstance(section, Mapping) and score_name not in section:
+            raise ValueError(
+                f"score_name is {score_name!r}, but the {split!r} result has no such metric; "
+                f"available metrics are {list(section.keys())}"
+            )
+        return res.get_scores(self.results, score_name, split)
 
     @property
     def best_index(self) -> Any:
-        r"""Index of the best result (ties go to the latest); 0 when there is none."""
-        index = res.best_index(self.scores or {}, self.best_fn)
-        return 0 if index is None else index
+        r"""
+        Index of the best result (ties go to the latest; NaN/inf scores never count); 0 when there are no results,
+        `None` when no result has a finite score.
+        """
+        if not self.results:
+            return 0
+        return res.best_index(self.scores or {}, self.best_fn)
 
     @property
     def latest_result(self) -> NestedDict | None:
@@ -87,7 +140,7 @@ class ReportingMixin:
         r"""Copy of the best result with its `index`."""
         if not self.results:
             return None
-        return res.result_at(self.results, res.best_index(self.scores or {}, self.best_fn))
+        return res.result_at(self.results, self.best_index)
 
     @property
     def latest_score(self) -> float | None:
@@ -98,13 +151,19 @@ class ReportingMixin:
     @property
     def best_score(self) -> float | None:
         r"""Score of the best result."""
+        index = self.best_index
         scores = self.scores
-        return scores[self.best_index] if scores else None
+        return scores[index] if scores and index is not None else None
 
     @property
     def is_best(self) -> bool:
-        r"""Whether the latest result is the best so far (`True` when there are no results)."""
-        return res.is_best(self.scores or {}, self.best_fn)
+        r"""
+        Whether the latest result is the best so far: what `best.json`, `best.pth`, `best_index` and
+        `best_result` agree on (`True` when there are no results, `False` for a NaN/inf score).
+        """
+        if not self.results:
+            return True
+        return self.best_index == next(reversed(list(self.results.keys())))
 
     def format_result(self, result: Mapping, format_spec: str = ".4f") -> str:
         r"""Format a result for humans (see [`format_result`][danling.runner.utils.format_result])."""

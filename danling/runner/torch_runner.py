@@ -199,6 +199,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         if self.epoch_end is None and self.step_end is None:
             raise ValueError("train() needs config.epoch_end or config.step_end to know when to stop")
         epochs = range(self.epoch_begin, self.epoch_end) if self.epoch_end is not None else count(self.epoch_begin)
+        self.log(self.describe_score())
         for epoch in epochs:
             self.epochs = epoch
             result = NestedDict()
@@ -418,12 +419,6 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         if not self.is_main_process or setting is False:
             return False
         return setting is True or sys.stderr.isatty()
-
-    @property
-    def current_metrics(self) -> Any:
-        r"""`train_metrics` or `evaluate_metrics` for the current mode when set, else `metrics`."""
-        specific = self.train_metrics if self.mode == RunnerMode.train else self.evaluate_metrics
-        return self.metrics if specific is None else specific
 
     def get_step_result(self) -> NestedDict:
         r"""Latest batch's meters and metrics; in training, numbers are averaged over ranks (collective)."""

@@ -1,0 +1,203 @@
+"""Results a runner reports: per-split metrics, the direction and split of "best", and files that agree."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+
+import pytest
+import torch
+from chanfig import NestedDict
+from sklearn.metrics import accuracy_score, matthews_corrcoef
+
+import danling as dl
+from danling.runner import BaseRunner
+
+from .conftest import ClassifierRunner, LinearRegressionRunner
+
+# Metrics per split
+
+
+def predictions(runner: dl.TorchRunner, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = runner.datasets[split].tensors
+    with torch.no_grad():
+        return runner.model(x).argmax(-1), y
+
+
+class SplitMetricsRunner(ClassifierRunner):
+    """Assigns `metrics`, `train_metrics` and `evaluate_metrics` as `config.assign` lists; records step results."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        for name in self.config.assign:
+            setattr(self, name, dl.metrics.multiclass_metrics(num_classes=3))
+        self.step_checks: list[tuple[float, float]] = []
+
+    def evaluate_step(self, data):
+        pred, loss = super().evaluate_step(data)
+        expected = accuracy_score(data[1], pred.argmax(-1))
+        self.step_checks.append((self.get_step_result()["acc"], expected))
+        return pred, loss
+
+
+@pytest.mark.parametrize(
+    "assign",
+    [["metrics"], ["train_metrics", "evaluate_metrics"], ["metrics", "evaluate_metrics"], ["evaluate_metrics"]],
+)
+def test_each_split_reports_the_metrics_of_its_own_data(make_runner, assign):
+    runner = make_runner(SplitMetricsRunner, assign=assign, lr=0.0, epoch_end=1)
+    result = runner.train()[0]
+    for split in ("train", "val"):
+        pred, target = predictions(runner, split)
+        has_metrics = split == "val" or "metrics" in assign or "train_metrics" in assign
+        if not has_metrics:
+            assert "acc" not in result[split]
+            continue
+        assert result[split]["acc"] == pytest.approx(accuracy_score(target, pred))
+        assert result[split]["mcc"] == pytest.approx(matthews_corrcoef(target, pred), abs=1e-6)
+    if "acc" in result["train"]:
+        assert result["train"]["acc"] != pytest.approx(result["val"]["acc"])  # the two splits really differ
+    assert runner.step_checks
+    for reported, expected in runner.step_checks:
+        assert reported == pytest.approx(expected)
+
+
+# Direction of "best"
+
+
+@pytest.mark.parametrize(
+    ("score_name", "mode"),
+    [("loss", "min"), ("val_loss", "min"), ("rmse", "min"), ("mse", "min"), ("mae", "min"), ("error", "min")]
+    + [("perplexity", "min"), ("acc", "max"), ("auroc", "max"), ("f1", "max"), ("r2", "max")],
+)
+def test_score_mode_is_inferred_from_the_score_name(new_runner, score_name, mode):
+    runner = new_runner(score_name=score_name)
+    assert runner.score_mode == mode
+    assert runner.best_fn is (min if mode == "min" else max)
+
+
+def test_rmse_keeps_the_lowest_epoch_as_best(new_runner):
+    runner = new_runner(score_name="rmse")
+    for index, rmse in enumerate([0.5, 0.3, 0.4]):
+        runner.append_result({"val": {"rmse": rmse}}, index=index)
+    assert (runner.best_index, runner.best_score, runner.is_best) == (1, 0.3, False)
+
+
+def test_score_mode_overrides_the_name(new_runner):
+    runner = new_runner(score_name="rmse", score_mode="max")
+    for index, rmse in enumerate([0.5, 0.3, 0.4]):
+        runner.append_result({"val": {"rmse": rmse}}, index=index)
+    assert runner.best_index == 0
+
+
+def test_unknown_score_mode_names_the_accepted_values(new_runner):
+    runner = new_runner(score_mode="lowest")
+    with pytest.raises(ValueError, match="min.*max.*'lowest'"):
+        runner.best_fn
+
+
+def test_a_subclass_may_still_override_best_fn(new_runner):
+    class Closest(BaseRunner):
+        @property
+        def best_fn(self):
+            return lambda scores, **kwargs: min(scores, key=abs)
+
+    runner = new_runner(cls=Closest, score_name="bias")
+    for index, bias in enumerate([0.5, -0.1, 0.3]):
+        runner.append_result({"val": {"bias": bias}}, index=index)
+    assert runner.best_index == 1
+
+
+class ScriptedRunner(LinearRegressionRunner):
+    """Real training; the val score of each epoch is `config.val_rmse[epoch]`, and each epoch's weights are kept."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.weights: list[torch.Tensor] = []
+
+    def evaluate_epoch(self, split="val"):
+        self.weights.append(self.model.weight.detach().clone())
+        return NestedDict({"rmse": self.config.val_rmse[self.epochs]})
+
+
+def test_best_json_best_pth_best_result_and_best_index_agree(make_runner, tmp_path):
+    runner = make_runner(ScriptedRunner, score_name="rmse", val_rmse=[0.9, 0.2, 0.5, float("nan")], epoch_end=4)
+    runner.train()
+    assert runner.best_index == 1
+    assert runner.best_result["index"] == 1
+    with open(os.path.join(runner.dir, "best.json")) as fp:
+        best = json.load(fp)
+    assert best["index"] == 1
+    assert best["val"]["rmse"] == 0.2
+    state = torch.load(os.path.join(runner.checkpoint_dir, "best.pth"), weights_only=True)
+    assert state["runner"]["epochs"] == 1
+    assert torch.equal(state["model"]["weight"], runner.weights[1])
+
+
+def test_the_direction_is_logged_once_at_the_start_of_train(make_runner):
+    runner = make_runner(LinearRegressionRunner, log=True, score_name="rmse", epoch_end=2)
+    runner.metrics = dl.metrics.regression_metrics()
+    runner.train()
+    runner.close()
+    with open(runner.log_file) as fp:
+        lines = [line for line in fp if "lower is better" in line]
+    assert len(lines) == 1
+    assert "rmse" in lines[0]
+
+
+# Which split scores
+
+
+def test_a_score_split_that_does_not_exist_names_the_available_splits(make_runner):
+    runner = make_runner(score_split="dev")
+    with pytest.raises(ValueError, match=r"'dev'.*\['train', 'val'\]"):
+        runner.train()
+
+
+def test_a_fallback_to_a_test_split_warns_once_about_the_leak(make_runner):
+    class TestSplitRunner(ClassifierRunner):
+        def __init__(self, config):
+            super().__init__(config)
+            self.datasets.test = self.datasets.pop("val")
+
+    runner = make_runner(TestSplitRunner, epoch_end=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runner.train()
+    messages = [str(w.message) for w in caught if "score_split" in str(w.message)]
+    assert len(messages) == 1
+    assert "'test'" in messages[0]
+    assert "leak" in messages[0]
+
+
+def test_a_missing_score_name_is_an_error_not_a_silent_best(make_runner):
+    runner = make_runner(score_name="acc")
+    with pytest.raises(ValueError, match="'acc'.*loss"):
+        runner.train()
+
+
+# Non-finite scores
+
+
+def test_a_nan_score_is_never_best_and_counts_against_patience(make_runner):
+    nan = float("nan")
+    runner = make_runner(ScriptedRunner, val_rmse=[0.5, nan, nan, 0.1, 0.0], score_name="rmse", epoch_end=5)
+    runner.config.patience = 2
+    results = runner.train()
+    assert list(results) == [0, 1, 2]  # two epochs without a finite improvement stop the run
+    assert runner.best_index == 0
+    assert runner.best_score == 0.5
+    assert math.isnan(runner.latest_score)
+    assert runner.is_best is False
+
+
+def test_all_nan_scores_have_no_best(new_runner):
+    runner = new_runner()
+    runner.append_result({"val": {"loss": float("nan")}}, index=0)
+    runner.save_result()
+    assert runner.is_best is False
+    assert runner.best_result is None
+    assert runner.best_score is None
+    assert "best.json" not in os.listdir(runner.dir)

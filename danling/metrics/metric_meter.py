@@ -12,7 +12,7 @@ from typing import Any, Callable
 from torch import Tensor
 
 from .average_meter import AverageMeter, AverageMeters
-from .preprocesses import ArrayLike, bind_options, preprocess_flat, to_tensor
+from .preprocesses import ArrayLike, NonFiniteInputError, bind_options, preprocess_flat, to_tensor, warn_non_finite
 from .preprocesses import preprocess as preprocess_keeping_shape
 
 MetricFunc = Callable[..., Any]
@@ -69,7 +69,12 @@ class MetricMeter(AverageMeter):
             target: Targets.
         """
         if self.preprocess is not None:
-            input, target = self.preprocess(input, target)
+            try:
+                input, target = self.preprocess(input, target)
+            except NonFiniteInputError as error:  # NaN/inf predictions: a NaN score, a warning, no crash
+                warn_non_finite(self, error)
+                super().update(float("nan"), n=len(target))
+                return
         input, target = to_tensor(input, "input"), to_tensor(target, "target")
         if target.shape[0] == 0:
             return
@@ -138,6 +143,12 @@ class MetricMeters(AverageMeters):
         """
         preprocess = self.getattr("preprocess", None)
         if preprocess is not None:
-            input, target = preprocess(input, target)
+            try:
+                input, target = preprocess(input, target)
+            except NonFiniteInputError as error:  # NaN/inf predictions: NaN scores, a warning, no crash
+                warn_non_finite(self, error)
+                for meter in self.values():
+                    AverageMeter.update(meter, float("nan"), n=len(target))
+                return
         for meter in self.values():
             meter.update(input, target)

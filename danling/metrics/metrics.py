@@ -18,7 +18,7 @@ from torch import distributed as dist
 from danling.utils.distributed import all_gather_uneven, communication_device, get_world_size, is_distributed
 
 from .metric_meter import MetricMeter, MetricMeters
-from .preprocesses import ArrayLike, bind_options, flatten_batch
+from .preprocesses import ArrayLike, NonFiniteInputError, bind_options, flatten_batch, warn_non_finite
 from .preprocesses import preprocess as default_preprocess
 
 MetricFunc = Callable[..., Any]
@@ -162,7 +162,11 @@ class Metrics:
             )
         """
         if input is not None and target is not None and self.preprocess is not None and target.numel() > 0:
-            input, target = self.preprocess(input, target)
+            try:
+                input, target = self.preprocess(input, target)
+            except NonFiniteInputError as error:  # NaN/inf predictions: NaN metrics and a warning, no crash
+                warn_non_finite(self, error)
+                return FlatDict(dict.fromkeys(self.metrics, nan))
         if input is None or target is None or target.numel() == 0:
             return FlatDict(dict.fromkeys(self.metrics, nan))
         result = FlatDict()

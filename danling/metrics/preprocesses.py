@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 from typing import Any, Callable, Literal, Union
+from warnings import warn
 
 import torch
 from torch import Tensor
@@ -138,10 +139,28 @@ def _outside(values: Tensor, low: float, high: float) -> bool:
     return bool((minimum < low) | (maximum > high))
 
 
+class NonFiniteInputError(ValueError):
+    r"""Predictions hold NaN or infinity: metric containers catch it and report NaN instead of crashing."""
+
+
 def _check_finite(input: Tensor) -> None:
     if input.is_floating_point() and not bool(torch.isfinite(input).all()):
         bad = input[~torch.isfinite(input)].flatten()[:5].tolist()
-        raise ValueError(f"input of shape {tuple(input.shape)} contains non-finite values, e.g. {bad}")
+        raise NonFiniteInputError(f"input of shape {tuple(input.shape)} contains non-finite values, e.g. {bad}")
+
+
+def warn_non_finite(owner: Any, error: Exception) -> None:
+    r"""
+    Warn, once per metric container `owner`, that non-finite predictions made its metrics NaN.
+
+    Args:
+        owner: The metric container (remembers that it warned).
+        error: The [`NonFiniteInputError`][danling.metrics.preprocesses.NonFiniteInputError] raised.
+    """
+    if getattr(owner, "_warned_non_finite", False):
+        return
+    object.__setattr__(owner, "_warned_non_finite", True)
+    warn(f"{type(owner).__name__}: {error}; the affected metrics are NaN", RuntimeWarning, stacklevel=3)
 
 
 def preprocess(

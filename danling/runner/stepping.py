@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
+from warnings import warn
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from .accumulation import AccumulationWindows
+from .finite import NonFiniteLossGuard
 from .precision import Precision
+
+# A GradScaler scale below this means the fp16 gradients overflow step after step: training has diverged.
+MIN_LOSS_SCALE = 1e-4
 
 # One shared no-op context (reusable and reentrant): cheaper than a new nullcontext per micro-step.
 _NULL_CONTEXT = nullcontext()
@@ -41,6 +48,7 @@ class OptimizationMixin:
     _precision: Precision
     _windows: AccumulationWindows
     _progress: StepCounter
+    _loss_guard: NonFiniteLossGuard
 
     @property
     def precision(self) -> Precision:
@@ -89,6 +97,7 @@ class OptimizationMixin:
             loss: Loss of the micro-batch.
         """
         windows = self._windows
+        self._loss_guard.watch(loss, windows.micro_step)
         window_size = windows.size()
         if window_size != 1:
             loss = loss / window_size
@@ -101,10 +110,18 @@ class OptimizationMixin:
     def optimizer_step(self) -> None:
         r"""
         Clip, step and zero the gradients, then update the EMA and the scheduler, and count the step.
+
+        Under `fp16`, a step whose gradients overflow is skipped by the scaler and neither updates the EMA, nor
+        steps the scheduler, nor counts in `steps`; reading the overflow flag is the synchronisation
+        `GradScaler.step` makes anyway. A scale that falls below `MIN_LOSS_SCALE` is warned about.
         """
         scaler = self._precision.scaler
-        if self._max_grad_norm is not None or self._max_grad_value is not None:
+        clip = self._max_grad_norm is not None or self._max_grad_value is not None
+        skipped = False
+        if self._scale_gradients:
             scaler.unscale_(self.optimizer)
+            skipped = _found_inf(scaler, self.optimizer)
+        if clip and not skipped:
             parameters = self.unwrap(self.model).parameters()
             if self._max_grad_value is not None:
                 parameters = list(parameters)
@@ -118,11 +135,26 @@ class OptimizationMixin:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._windows.pending = 0
+        if skipped:
+            self._skipped_step()
+            return
         if self.ema is not None:
             self.ema.update_parameters(self.unwrap(self.model))
-        if self.scheduler is not None:
+        if self.scheduler is not None and not isinstance(self.scheduler, ReduceLROnPlateau):
             self.scheduler.step()
         self._progress.unsynced += 1
+
+    def _skipped_step(self) -> None:
+        scale = self._precision.scaler.get_scale()
+        if scale < MIN_LOSS_SCALE:
+            message = (
+                f"fp16 loss scale collapsed to {scale:.3g} at step {self.steps + 1}: the gradients overflow step "
+                "after step and the optimizer is not stepping; the run has likely diverged"
+            )
+            warn(message, RuntimeWarning, stacklevel=3)
+            log = getattr(self, "log", None)
+            if log is not None:
+                log(message, logging.WARNING)
 
     @property
     def steps(self) -> int:
@@ -169,3 +201,9 @@ class OptimizationMixin:
                 if parameter.grad is not None:
                     parameter.grad.mul_(window_size / pending)
         self.optimizer_step()
+
+
+def _found_inf(scaler: torch.amp.GradScaler, optimizer: Any) -> bool:
+    # The overflow flags `unscale_` computed: the same values `GradScaler.step` reads to decide to skip.
+    found = scaler._per_optimizer_states[id(optimizer)]["found_inf_per_device"]
+    return any(bool(value.item()) for value in found.values())

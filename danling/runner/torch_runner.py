@@ -22,6 +22,7 @@ from .accumulation import AccumulationWindows
 from .base_runner import BaseRunner
 from .data import build_dataloader, build_sampler, set_sampler_epoch, split_options
 from .distributed import init_process_group
+from .finite import NonFiniteLossGuard
 from .precision import Precision
 from .rng import get_rng_state, set_rng_state
 from .stepping import OptimizationMixin, StepCounter
@@ -64,6 +65,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
     def __init__(self, config: Any) -> None:
         self._windows = AccumulationWindows()
         self._progress = StepCounter()
+        self._loss_guard = NonFiniteLossGuard()
         super().__init__(config)
         self._device = self._resolve_device()
         self._precision = Precision(self.config.get("precision"), self._device.type)
@@ -242,6 +244,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         loader = self._start_epoch(split, RunnerMode.train)
         length = len(loader) if hasattr(loader, "__len__") else None
         self._begin_accumulation(length)
+        self._loss_guard.start(split, self.epochs, self.steps, self.accum_steps)
         log_interval = self.config.get("log_interval")
         step_end = self.step_end
         for iteration, data in enumerate(self._iterate(loader, split, length)):
@@ -252,6 +255,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
                 break
         self._flush_accumulation()
         self._sync_steps()
+        self._loss_guard.check(self.distributed)
         return self.get_epoch_result()
 
     def _start_epoch(self, split: str, mode: RunnerMode) -> Any:
@@ -277,6 +281,8 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         last_time, last_iteration = self._last_log
         self._step_time = (now - last_time) / (iteration - last_iteration)
         self._last_log = (now, iteration)
+        if self.mode == RunnerMode.train:
+            self._loss_guard.check(self.distributed)
         self.step_log(split, iteration, None if length is None else length - 1)
 
     def train_step(self, data: Any) -> tuple[Any, torch.Tensor]:
@@ -440,7 +446,11 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         r"""
         Config (plain types), results, unwrapped model, optimizer, scheduler, grad scaler, EMA and the RNG
         states of every rank. Collective when distributed (RNG states are gathered).
+
+        Raises:
+            FloatingPointError: If the training loss went NaN/inf: such weights are never checkpointed.
         """
+        self._loss_guard.check(self.distributed)
         self._sync_steps()
         state = dict(super().state_dict())
         if self.scaler.is_enabled():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import tempfile
@@ -62,6 +63,45 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
+# How NaN and infinities are spelled in JSON files (bare `NaN`/`Infinity` are not JSON), and back.
+NON_FINITE_STRINGS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def encode_non_finite(obj: Any) -> Any:
+    r"""
+    Replace NaN and infinite floats in nested dicts and lists by the strings `"NaN"`, `"Infinity"`, `"-Infinity"`,
+    so the result is strict JSON.
+
+    Examples:
+        >>> encode_non_finite({"loss": float("nan"), "scores": [1.0, float("-inf")]})
+        {'loss': 'NaN', 'scores': [1.0, '-Infinity']}
+    """
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "NaN" if math.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
+    if isinstance(obj, Mapping):
+        return {key: encode_non_finite(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [encode_non_finite(value) for value in obj]
+    return obj
+
+
+def decode_non_finite(obj: Any) -> Any:
+    r"""
+    Inverse of [`encode_non_finite`][danling.utils.io.encode_non_finite]: the strings become floats again.
+
+    Examples:
+        >>> decode_non_finite({"loss": "NaN", "scores": [1.0, "-Infinity"], "name": "run"})
+        {'loss': nan, 'scores': [1.0, -inf], 'name': 'run'}
+    """
+    if isinstance(obj, str):
+        return NON_FINITE_STRINGS.get(obj, obj)
+    if isinstance(obj, dict):
+        return {key: decode_non_finite(value) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [decode_non_finite(value) for value in obj]
+    return obj
+
+
 def _json_default(obj: Any) -> Any:
     plain = to_plain(obj)
     if plain is obj:
@@ -107,7 +147,8 @@ def save(obj: Any, file: PathStr, *args: Any, **kwargs: Any) -> PathStr:
     r"""
     Save `obj` to `file` in the format named by its extension, atomically and durably.
 
-    Formats: `pth`/`pt` (`torch.save`), `npy` (`numpy.save`), `npz` (`numpy.savez` of a mapping), `json`,
+    Formats: `pth`/`pt` (`torch.save`), `npy` (`numpy.save`), `npz` (`numpy.savez` of a mapping), `json` (strict:
+    NaN and infinities are written as the strings `"NaN"`, `"Infinity"`, `"-Infinity"`, and `load` reads them back),
     `yaml`/`yml` (`yaml.safe_dump`), `pkl`/`pickle`. Extra arguments go to the underlying writer
     (e.g. `indent=4` for json).
 
@@ -139,6 +180,8 @@ def save(obj: Any, file: PathStr, *args: Any, **kwargs: Any) -> PathStr:
         _write(path, _numpy_writer(obj, extension, *args, **kwargs))
     elif extension in JSON_EXTENSIONS:
         kwargs.setdefault("default", _json_default)
+        kwargs.setdefault("allow_nan", False)
+        obj = encode_non_finite(to_plain(obj))
         _write(path, _text_writer(lambda fp: json.dump(obj, fp, *args, **kwargs)))
     elif extension in YAML_EXTENSIONS:
         import yaml
@@ -204,7 +247,7 @@ def load(file: PathStr, *args: Any, **kwargs: Any) -> Any:
         return np.load(file, *args, **kwargs)
     if extension in JSON_EXTENSIONS:
         with open(file, encoding="utf-8") as fp:
-            return json.load(fp, *args, **kwargs)
+            return decode_non_finite(json.load(fp, *args, **kwargs))
     if extension in YAML_EXTENSIONS:
         import yaml
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-import danling as dl
 from danling.runner.precision import Precision
 
 from .conftest import ClassifierRunner
@@ -65,13 +64,31 @@ def test_fp16_uses_an_enabled_grad_scaler_saved_in_checkpoints(make_runner):
 
 def test_fp16_skips_the_step_when_gradients_overflow(make_runner):
     runner = make_runner(precision="fp16")
+    runner.scheduler = torch.optim.lr_scheduler.StepLR(runner.optimizer, step_size=1, gamma=0.5)
+    runner.ema = torch.optim.swa_utils.AveragedModel(runner.model)
     before = [p.detach().clone() for p in runner.model.parameters()]
     scale = runner.scaler.get_scale()
-    loss = runner.model(torch.randn(2, 4)).sum() * float("inf")
+    # A finite loss whose scaled gradients overflow in float32: the scaler skips the step.
+    loss = runner.model(torch.randn(2, 4)).sum() * 1e36
     runner.advance(loss)
     assert all(torch.equal(a, b) for a, b in zip(before, runner.model.parameters()))
     assert runner.scaler.get_scale() < scale
-    assert runner.steps == 1  # the step was taken (and skipped by the scaler), the window is over
+    assert runner.steps == 0  # a skipped step is not a step
+    assert runner.scheduler.last_epoch == 0
+    assert runner.optimizer.param_groups[0]["lr"] == 0.1
+    assert int(runner.ema.n_averaged) == 0
+    runner.advance(runner.model(torch.randn(2, 4)).sum())
+    assert runner.steps == 1
+    assert runner.scheduler.last_epoch == 1
+    assert int(runner.ema.n_averaged) == 1
+
+
+def test_a_collapsing_fp16_scale_warns_naming_the_step(make_runner):
+    runner = make_runner(precision="fp16")
+    runner.scaler.scale(torch.ones(()))  # the scaler creates its scale lazily
+    runner.scaler.update(new_scale=1.5e-4)
+    with pytest.warns(RuntimeWarning, match="scale collapsed.*step 1"):
+        runner.advance(runner.model(torch.randn(2, 4)).sum() * float("inf"))
 
 
 @pytest.mark.parametrize("precision", ["fp8", "float64", "amp"])
@@ -87,7 +104,3 @@ def test_precision_aliases():
     assert Precision("half", "cpu").dtype is torch.float16
     assert Precision("fp32", "cpu").enabled is False
     assert Precision(None, "cpu").enabled is False
-
-
-def test_runner_exports():
-    assert dl.TorchRunner.autocast is not dl.BaseRunner.__dict__.get("autocast")

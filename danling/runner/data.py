@@ -145,3 +145,69 @@ def seed_worker(worker_id: int) -> None:
     import numpy as np
 
     np.random.seed(torch.initial_seed() % 2**32)
+
+
+def build_evaluation_loader(loader: DataLoader, rank: int, world_size: int) -> DataLoader:
+    r"""
+    A loader that visits every sample of `loader`'s dataset exactly once, in order, sharded without padding:
+    what evaluating a train split needs (its own loader shuffles, pads shards and may drop the last batch).
+
+    Args:
+        loader: The train loader.
+        rank: This process's rank.
+        world_size: Number of processes.
+
+    Returns:
+        A loader with the same dataset, batch size, workers and collate function.
+
+    Examples:
+        >>> from torch.utils.data import TensorDataset
+        >>> train = DataLoader(TensorDataset(torch.arange(5)), batch_size=2, shuffle=True, drop_last=True)
+        >>> [batch[0].tolist() for batch in build_evaluation_loader(train, rank=0, world_size=1)]
+        [[0, 1], [2, 3], [4]]
+    """
+    dataset = loader.dataset
+    sampler = build_sampler(dataset, False, False, rank, world_size, None)
+    return DataLoader(
+        dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        worker_init_fn=loader.worker_init_fn,
+        drop_last=False,
+    )
+
+
+def is_sharded_for_training(loader: Any) -> bool:
+    r"""Whether `loader` pads, shuffles or drops samples (a `DistributedSampler` or `drop_last`)."""
+    return isinstance(getattr(loader, "sampler", None), DistributedSampler) or bool(getattr(loader, "drop_last", False))
+
+
+def loader_length(loader: Any) -> int | None:
+    r"""
+    Number of batches of `loader`, or `None` when it has no length (an `IterableDataset` without `__len__`).
+
+    Examples:
+        >>> loader_length([1, 2, 3]), loader_length(iter([1, 2]))
+        (3, None)
+    """
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def describe_loader(loader: Any) -> str:
+    r"""
+    Samples, batch size and `drop_last` of a loader, for error messages.
+
+    Examples:
+        >>> describe_loader(DataLoader(list(range(5)), batch_size=8, drop_last=True))
+        '5 samples, batch_size 8, drop_last True'
+    """
+    dataset = getattr(loader, "dataset", None)
+    samples = f"{len(dataset)} samples" if isinstance(dataset, Sized) else "an iterable dataset"
+    batch_size, drop_last = getattr(loader, "batch_size", None), getattr(loader, "drop_last", None)
+    return f"{samples}, batch_size {batch_size}, drop_last {drop_last}"

@@ -14,6 +14,7 @@ from danling.utils.io import save, to_plain
 
 from . import checkpoints as ckpt
 from . import results as res
+from .data import loader_length
 from .utils import RunnerMode, format_result, on_main_process
 
 
@@ -190,8 +191,9 @@ class ReportingMixin:
     def step_log(self, split: str, iteration: int, length: int | None = None) -> NestedDict:
         r"""Log the step result of `split` and write it to TensorBoard when training."""
         loader = self.dataloaders.get(split)
-        if length is None and hasattr(loader, "__len__"):
-            length = len(loader) - 1
+        if length is None and loader is not None:
+            batches = loader_length(loader)  # None for an iterable dataset without a length
+            length = None if batches is None else batches - 1
         result = self.get_step_result()
         self.log(self.format_step_result(result, split, iteration, length))
         if self.mode == RunnerMode.train:

@@ -189,17 +189,20 @@ class OptimizationMixin:
 
     def _flush_accumulation(self) -> None:
         # A window cut short (a loader without a length ends mid-window) still gets its optimizer step, with the
-        # gradients rescaled to the mean over the micro-steps it really had.
+        # gradients rescaled to the mean over the micro-steps it really had. Its micro-steps all ran under
+        # `no_sync`, so under DDP the gradients are averaged across ranks here, or the replicas would diverge.
         windows = self._windows
         pending = windows.pending
         if pending == 0:
             return
         # The pending micro-steps were divided by the size their window would have had.
         window_size = windows.size()
+        parameters = [p for p in self.unwrap(self.model).parameters() if p.grad is not None]
         if pending != window_size:
-            for parameter in self.unwrap(self.model).parameters():
-                if parameter.grad is not None:
-                    parameter.grad.mul_(window_size / pending)
+            for parameter in parameters:
+                parameter.grad.mul_(window_size / pending)
+        if windows.accum_steps > 1 and hasattr(self.model, "no_sync"):
+            _average_across_ranks([parameter.grad for parameter in parameters])
         self.optimizer_step()
 
 
@@ -207,3 +210,18 @@ def _found_inf(scaler: torch.amp.GradScaler, optimizer: Any) -> bool:
     # The overflow flags `unscale_` computed: the same values `GradScaler.step` reads to decide to skip.
     found = scaler._per_optimizer_states[id(optimizer)]["found_inf_per_device"]
     return any(bool(value.item()) for value in found.values())
+
+
+def _average_across_ranks(tensors: list[torch.Tensor]) -> None:
+    # In place, as DDP's own all-reduce would have: one flattened all-reduce for all the gradients.
+    from torch import distributed as dist
+
+    if not tensors or not (dist.is_available() and dist.is_initialized()):
+        return
+    flat = torch.cat([tensor.reshape(-1) for tensor in tensors])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for tensor in tensors:
+        tensor.copy_(flat[offset : offset + tensor.numel()].view_as(tensor))
+        offset += tensor.numel()

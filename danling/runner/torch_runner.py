@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 from itertools import count
 from typing import Any
 
@@ -20,9 +20,19 @@ from . import checkpoints as ckpt
 from . import results as res
 from .accumulation import AccumulationWindows
 from .base_runner import BaseRunner
-from .data import build_dataloader, build_sampler, set_sampler_epoch, split_options
+from .data import (
+    build_dataloader,
+    build_evaluation_loader,
+    build_sampler,
+    describe_loader,
+    is_sharded_for_training,
+    loader_length,
+    set_sampler_epoch,
+    split_options,
+)
 from .distributed import init_process_group
 from .finite import NonFiniteLossGuard
+from .inference import gather_predictions, inference_loader
 from .precision import Precision
 from .rng import get_rng_state, set_rng_state
 from .stepping import OptimizationMixin, StepCounter
@@ -66,6 +76,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         self._windows = AccumulationWindows()
         self._progress = StepCounter()
         self._loss_guard = NonFiniteLossGuard()
+        self._evaluation_loaders: dict[str, Any] = {}
         super().__init__(config)
         self._device = self._resolve_device()
         self._precision = Precision(self.config.get("precision"), self._device.type)
@@ -98,7 +109,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         """
         self.build_dataloaders()
         if self.config.get("log_interval") is None and self.dataloaders:
-            lengths = [len(loader) for loader in self.dataloaders.values() if hasattr(loader, "__len__")]
+            lengths = [n for n in map(loader_length, self.dataloaders.values()) if n is not None]
             self.config["log_interval"] = max(max(lengths, default=10) // 10, 1)
         if self.model is not None:
             self.model = self.model.to(self.device)
@@ -126,6 +137,8 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         for split, dataset in self.datasets.items():
             if split in self.dataloaders:
                 continue
+            if isinstance(dataset, Sized) and len(dataset) == 0:
+                raise ValueError(f"the dataset of split {split!r} is empty (0 samples)")
             train = split in train_splits
             options = split_options(dataloader_config, split, splits)
             shuffle = options.get("shuffle", train)
@@ -242,7 +255,12 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             The epoch's result, `metric -> value`.
         """
         loader = self._start_epoch(split, RunnerMode.train)
-        length = len(loader) if hasattr(loader, "__len__") else None
+        length = loader_length(loader)
+        if length == 0:
+            raise ValueError(
+                f"split {split!r} has no batches to train on ({describe_loader(loader)}); "
+                "add data, lower dataloader.batch_size or set dataloader.drop_last=False"
+            )
         self._begin_accumulation(length)
         self._loss_guard.start(split, self.epochs, self.steps, self.accum_steps)
         log_interval = self.config.get("log_interval")
@@ -258,9 +276,10 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         self._loss_guard.check(self.distributed)
         return self.get_epoch_result()
 
-    def _start_epoch(self, split: str, mode: RunnerMode) -> Any:
-        if split not in self.dataloaders:
-            raise KeyError(f"no dataloader for split {split!r}; available splits are {list(self.dataloaders)}")
+    def _start_epoch(self, split: str, mode: RunnerMode, loader: Any = None) -> Any:
+        own = loader is None
+        if own:
+            loader = self._loader(split, mode)
         self.mode = mode
         self.split = split
         if self.model is not None:
@@ -272,8 +291,27 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             metrics.reset()
         self._last_log = (time.perf_counter(), -1)
         self._step_time = None
-        set_sampler_epoch(self.datasamplers.get(split), self.epochs, self.config.get("seed"))
-        return self.dataloaders[split]
+        if own and mode == RunnerMode.train:
+            set_sampler_epoch(self.datasamplers.get(split), self.epochs, self.config.get("seed"))
+        return loader
+
+    def _loader(self, split: str, mode: RunnerMode) -> Any:
+        # Dataloaders of datasets assigned after construction are built on first use. Evaluating a train split
+        # uses an ordered, unpadded loader that keeps the last batch, so each sample counts exactly once.
+        if split not in self.dataloaders and split in self.datasets:
+            self.build_dataloaders()
+        if split not in self.dataloaders:
+            available = sorted(set(self.dataloaders) | set(self.datasets))
+            raise KeyError(f"no dataloader or dataset for split {split!r}; available splits are {available}")
+        loader = self.dataloaders[split]
+        dataset = getattr(loader, "dataset", None)
+        if isinstance(dataset, Sized) and len(dataset) == 0:
+            raise ValueError(f"the dataset of split {split!r} is empty (0 samples)")
+        if mode == RunnerMode.train or not is_sharded_for_training(loader):
+            return loader
+        if split not in self._evaluation_loaders:
+            self._evaluation_loaders[split] = build_evaluation_loader(loader, self.rank, self.world_size)
+        return self._evaluation_loaders[split]
 
     def _log_step(self, split: str, iteration: int, length: int | None) -> None:
         # Seconds per batch since the previous log line: measured here, off the hot path.
@@ -297,6 +335,11 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             The predictions and the loss.
         """
         input, target = self.unpack(data)
+        if target is None:
+            raise ValueError(
+                f"training needs a target, but the batch has none (mapping keys: {list(data)}); "
+                "add a 'target' key or override train_step"
+            )
         with self.accumulate():
             with self.autocast():
                 pred = self.model(input)
@@ -366,7 +409,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             The split's result, `metric -> value`, averaged over all ranks.
         """
         loader = self._start_epoch(split, RunnerMode.evaluate)
-        length = len(loader) if hasattr(loader, "__len__") else None
+        length = loader_length(loader)
         log_interval = self.config.get("log_interval")
         for iteration, data in enumerate(self._iterate(loader, split, length)):
             self.evaluate_step(self.to_device(data))
@@ -393,25 +436,32 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         return pred, loss
 
     @torch.inference_mode()
-    def infer(self, split: str = "infer") -> torch.Tensor:
+    def infer(self, data: Any = "infer") -> torch.Tensor:
         r"""
-        Predictions of the model on `split`, in dataset order, gathered from all ranks.
+        Predictions of the model, in dataset order, gathered from all ranks.
 
         Args:
-            split: Split to predict.
+            data: A split name, or a dataset, a `DataLoader` or a tensor (its rows are the samples); datasets and
+                tensors are batched with `config.dataloader` (overlaid with `config.dataloader.infer`).
 
         Returns:
             The predictions concatenated along the first dimension (on CPU).
         """
-        loader = self._start_epoch(split, RunnerMode.infer)
-        length = len(loader) if hasattr(loader, "__len__") else None
+        if isinstance(data, str):
+            loader = self._start_epoch(data, RunnerMode.infer)
+            split = data
+        else:
+            options = self.config.get("dataloader")
+            pin = self.device.type == "cuda"
+            split = "infer"
+            loader = inference_loader(data, options, self.rank, self.world_size, pin)
+            loader = self._start_epoch(split, RunnerMode.infer, loader)
         model = self.unwrap(self.model)
         outputs = []
-        for data in self._iterate(loader, split, length):
+        for batch in self._iterate(loader, split, loader_length(loader)):
             with self.autocast():
-                outputs.append(model(_infer_input(self.to_device(data))).float())
-        predictions = torch.cat(outputs) if outputs else torch.empty(0)
-        return dist_utils.all_gather_uneven(predictions).cpu()
+                outputs.append(model(_infer_input(self.to_device(batch))).float())
+        return gather_predictions(outputs, self.distributed)
 
     def _iterate(self, loader: Iterable, split: str, length: int | None) -> Iterable:
         if not self._show_progress_bar():

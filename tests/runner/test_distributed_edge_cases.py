@@ -1,0 +1,47 @@
+"""
+Data edge cases under DDP (two `torchrun` processes on gloo): short accumulation windows keep the replicas
+identical, evaluating a train split counts each sample once, and `infer` works with an empty shard.
+
+The worker (`workers/edge_worker.py`) runs once per module; the tests read what each rank saved.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+WORKER = Path(__file__).parent / "workers" / "edge_worker.py"
+
+pytestmark = [
+    pytest.mark.distributed,
+    pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available"),
+]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory, torchrun) -> list[dict[str, Any]]:
+    out_dir = tmp_path_factory.mktemp("ddp-edge")
+    torchrun(WORKER, str(out_dir), timeout=240)
+    return [torch.load(out_dir / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+
+
+@pytest.mark.parametrize("data", ["map_window", "stream_window"])
+def test_a_short_last_accumulation_window_keeps_the_replicas_identical(ranks, data):
+    for rank0, rank1 in zip(ranks[0][data], ranks[1][data]):
+        torch.testing.assert_close(rank0, rank1, rtol=0, atol=0)
+
+
+def test_evaluating_the_train_split_counts_each_sample_once(ranks):
+    for report in ranks:
+        assert report["evaluate"]["count"] == 37
+        assert report["evaluate"]["loss"] == pytest.approx(report["evaluate"]["expected_loss"], rel=1e-5)
+
+
+def test_infer_gathers_every_row_in_order_even_with_an_empty_shard(ranks):
+    for report in ranks:
+        evaluate = report["evaluate"]
+        torch.testing.assert_close(evaluate["single"], evaluate["expected_rows"][:1])
+        torch.testing.assert_close(evaluate["rows"], evaluate["expected_rows"])

@@ -25,6 +25,10 @@ RESULTS = "results"
 CheckpointLike = Mapping | bytes | str | os.PathLike
 
 
+class CheckpointIsADirectoryError(IsADirectoryError, ValueError):
+    r"""A checkpoint path names a directory: an `IsADirectoryError` that is also a `ValueError` (a bad value)."""
+
+
 def read_checkpoint(checkpoint: Any, *args: Any, what: str = "checkpoint", **kwargs: Any) -> Mapping:
     r"""
     Return a checkpoint as a mapping, loading it first when given a path.
@@ -40,6 +44,7 @@ def read_checkpoint(checkpoint: Any, *args: Any, what: str = "checkpoint", **kwa
 
     Raises:
         FileNotFoundError: If the path does not exist.
+        IsADirectoryError: If the path is a directory (also a `ValueError`).
         ValueError: If `checkpoint` is neither a path nor a mapping, or the file does not hold a mapping.
 
     Examples:
@@ -57,6 +62,11 @@ def read_checkpoint(checkpoint: Any, *args: Any, what: str = "checkpoint", **kwa
             "but it must be a path (str, bytes, os.PathLike) or a mapping"
         )
     path = os.fsdecode(checkpoint)
+    if os.path.isdir(path):
+        raise CheckpointIsADirectoryError(
+            f"{what} is set to {path!r}, which is a directory; give a checkpoint file such as "
+            f"{os.path.join(path, 'latest.pth')!r}"
+        )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} is set to {path!r}, but no such file exists")
     loaded = load(path, *args, **kwargs)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from math import ceil
 from typing import Any
 
 from chanfig import FlatDict
+
+from .data import loader_length, split_options
 
 
 class ProgressMixin:
@@ -194,8 +197,9 @@ class ProgressMixin:
         r"""
         Optimizer steps in the whole run (a resumed run included, so schedulers built from it agree with the
         straight run): `step_end` when set, else `epoch_end` times the optimizer steps of an epoch, from the train
-        loaders' lengths, else from `ceil(ceil(dataset length / world size) / batch size)`, each divided by
-        `accum_steps` and rounded up.
+        loaders' lengths, else from `ceil(dataset length / world size)` samples per rank batched with the split's
+        own `dataloader.<split>.batch_size` (rounded down with `drop_last`, up otherwise), each divided by
+        `accum_steps` and rounded up. Right in `__init__` too, before the dataloaders exist.
 
         Raises:
             ValueError: If it cannot be inferred.
@@ -214,10 +218,18 @@ class ProgressMixin:
 
     def _batches_per_epoch(self, splits: list[str]) -> list[int] | None:
         if all(split in self.dataloaders for split in splits):
-            return [len(self.dataloaders[split]) for split in splits]
-        if all(split in self.datasets for split in splits):
-            per_rank = [ceil(len(self.datasets[split]) / self.world_size) for split in splits]
-            return [ceil(n / self.batch_size) for n in per_rank]
+            lengths = [loader_length(self.dataloaders[split]) for split in splits]
+            return None if None in lengths else lengths
+        if all(isinstance(self.datasets.get(split), Sized) for split in splits):
+            dataloader_config = self.config.get("dataloader") or {}
+            names = list(self.datasets.keys())
+            batches = []
+            for split in splits:
+                options = split_options(dataloader_config, split, names)
+                per_rank = ceil(len(self.datasets[split]) / self.world_size)  # DistributedSampler pads
+                batch_size = options.get("batch_size", 1)  # DataLoader's default
+                batches.append(per_rank // batch_size if options.get("drop_last") else ceil(per_rank / batch_size))
+            return batches
         return None
 
     @property

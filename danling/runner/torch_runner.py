@@ -13,6 +13,7 @@ import torch
 from chanfig import NestedDict
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from danling.utils import distributed as dist_utils
 
@@ -199,6 +200,10 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         evaluates every evaluate split, records and saves the results, saves checkpoints and stops early after
         `patience` epochs without improvement.
 
+        Training stops at exactly `step_end` optimizer steps (a run that already reached it trains nothing more);
+        the epoch it cuts short is marked `partial: True` in its result. A `ReduceLROnPlateau` scheduler is
+        stepped once per epoch with the epoch's score; other schedulers once per optimizer step.
+
         Args:
             train_splits: Splits to train on (default: [`train_splits`][danling.runner.BaseRunner.train_splits]).
             evaluate_splits: Splits to evaluate (default: `evaluate_splits`).
@@ -207,22 +212,34 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             All results, `epoch -> split -> metric -> value`.
 
         Raises:
-            ValueError: If neither `epoch_end` nor `step_end` is set.
+            ValueError: If neither `epoch_end` nor `step_end` is set, or `epoch_end < epoch_begin`.
         """
         train_splits = self.train_splits if train_splits is None else train_splits
         evaluate_splits = self.evaluate_splits if evaluate_splits is None else evaluate_splits
         if self.epoch_end is None and self.step_end is None:
             raise ValueError("train() needs config.epoch_end or config.step_end to know when to stop")
+        if self.epoch_end is not None and self.epoch_end < self.epoch_begin:
+            raise ValueError(
+                f"epoch_end ({self.epoch_end}) is before epoch_begin ({self.epoch_begin}): nothing to train"
+            )
         epochs = range(self.epoch_begin, self.epoch_end) if self.epoch_end is not None else count(self.epoch_begin)
         self.log(self.describe_score())
         for epoch in epochs:
+            if self._step_end_reached():
+                self.log(f"step_end ({self.step_end}) already reached at step {self.steps}: nothing left to train")
+                break
             self.epochs = epoch
             result = NestedDict()
             for split in train_splits:
+                if self._step_end_reached():
+                    break
                 result[split] = self.train_epoch(split)
+                if result[split].get("partial"):
+                    result["partial"] = True
             for split in evaluate_splits:
                 result[split] = self.evaluate_epoch(split)
             self.append_result(result, index=epoch)
+            self._step_plateau_scheduler()
             self.log(self.format_epoch_result(result))
             self.save_result()
             self.save_checkpoint(epochs=epoch)
@@ -232,8 +249,16 @@ class TorchRunner(OptimizationMixin, BaseRunner):
                 break
         return self.results
 
+    def _step_end_reached(self) -> bool:
+        return self.step_end is not None and self.steps >= self.step_end
+
+    def _step_plateau_scheduler(self) -> None:
+        # ReduceLROnPlateau follows the epoch's score, not the optimizer steps (see `optimizer_step`).
+        if isinstance(self.scheduler, ReduceLROnPlateau) and self.latest_score is not None:
+            self.scheduler.step(self.latest_score)
+
     def _should_stop(self) -> bool:
-        if self.step_end is not None and self.steps >= self.step_end:
+        if self._step_end_reached():
             return True
         patience = self.config.get("patience")
         if patience is None or not self.results:
@@ -252,7 +277,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             split: Split to train on.
 
         Returns:
-            The epoch's result, `metric -> value`.
+            The epoch's result, `metric -> value`, with `partial: True` when `step_end` cut the epoch short.
         """
         loader = self._start_epoch(split, RunnerMode.train)
         length = loader_length(loader)
@@ -265,16 +290,21 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         self._loss_guard.start(split, self.epochs, self.steps, self.accum_steps)
         log_interval = self.config.get("log_interval")
         step_end = self.step_end
+        partial = False
         for iteration, data in enumerate(self._iterate(loader, split, length)):
             self.train_step(self.to_device(data))
             if log_interval is not None and (iteration + 1) % log_interval == 0:
                 self._log_step(split, iteration, length)
             if step_end is not None and self.steps >= step_end:
+                partial = length is not None and iteration + 1 < length
                 break
         self._flush_accumulation()
         self._sync_steps()
         self._loss_guard.check(self.distributed)
-        return self.get_epoch_result()
+        result = self.get_epoch_result()
+        if partial:  # cut short by step_end
+            result["partial"] = True
+        return result
 
     def _start_epoch(self, split: str, mode: RunnerMode, loader: Any = None) -> Any:
         own = loader is None

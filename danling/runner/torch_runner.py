@@ -216,28 +216,14 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         """
         train_splits = self.train_splits if train_splits is None else train_splits
         evaluate_splits = self.evaluate_splits if evaluate_splits is None else evaluate_splits
-        if self.epoch_end is None and self.step_end is None:
-            raise ValueError("train() needs config.epoch_end or config.step_end to know when to stop")
-        if self.epoch_end is not None and self.epoch_end < self.epoch_begin:
-            raise ValueError(
-                f"epoch_end ({self.epoch_end}) is before epoch_begin ({self.epoch_begin}): nothing to train"
-            )
-        epochs = range(self.epoch_begin, self.epoch_end) if self.epoch_end is not None else count(self.epoch_begin)
+        epochs = self._epochs_to_run()
         self.log(self.describe_score())
         for epoch in epochs:
             if self._step_end_reached():
                 self.log(f"step_end ({self.step_end}) already reached at step {self.steps}: nothing left to train")
                 break
             self.epochs = epoch
-            result = NestedDict()
-            for split in train_splits:
-                if self._step_end_reached():
-                    break
-                result[split] = self.train_epoch(split)
-                if result[split].get("partial"):
-                    result["partial"] = True
-            for split in evaluate_splits:
-                result[split] = self.evaluate_epoch(split)
+            result = self._run_epoch(train_splits, evaluate_splits)
             self.append_result(result, index=epoch)
             self._step_plateau_scheduler()
             self.log(self.format_epoch_result(result))
@@ -248,6 +234,29 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             if self._should_stop():
                 break
         return self.results
+
+    def _epochs_to_run(self) -> Iterable[int]:
+        if self.epoch_end is None and self.step_end is None:
+            raise ValueError("train() needs config.epoch_end or config.step_end to know when to stop")
+        if self.epoch_end is None:
+            return count(self.epoch_begin)
+        if self.epoch_end < self.epoch_begin:
+            raise ValueError(
+                f"epoch_end ({self.epoch_end}) is before epoch_begin ({self.epoch_begin}): nothing to train"
+            )
+        return range(self.epoch_begin, self.epoch_end)
+
+    def _run_epoch(self, train_splits: list[str], evaluate_splits: list[str]) -> NestedDict:
+        result = NestedDict()
+        for split in train_splits:
+            if self._step_end_reached():
+                break
+            result[split] = self.train_epoch(split)
+            if result[split].get("partial"):
+                result["partial"] = True
+        for split in evaluate_splits:
+            result[split] = self.evaluate_epoch(split)
+        return result
 
     def _step_end_reached(self) -> bool:
         return self.step_end is not None and self.steps >= self.step_end

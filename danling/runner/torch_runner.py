@@ -36,7 +36,7 @@ from .finite import NonFiniteLossGuard
 from .inference import gather_predictions, inference_loader
 from .precision import Precision
 from .rng import get_rng_state, set_rng_state
-from .stepping import OptimizationMixin, StepCounter
+from .stepping import OptimizationMixin
 from .utils import RunnerMode, to_device
 
 
@@ -75,7 +75,6 @@ class TorchRunner(OptimizationMixin, BaseRunner):
 
     def __init__(self, config: Any) -> None:
         self._windows = AccumulationWindows()
-        self._progress = StepCounter()
         self._loss_guard = NonFiniteLossGuard()
         self._evaluation_loaders: dict[str, Any] = {}
         super().__init__(config)
@@ -308,7 +307,6 @@ class TorchRunner(OptimizationMixin, BaseRunner):
                 partial = length is not None and iteration + 1 < length
                 break
         self._flush_accumulation()
-        self._sync_steps()
         self._loss_guard.check(self.distributed)
         result = self.get_epoch_result()
         if partial:  # cut short by step_end
@@ -540,7 +538,6 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             FloatingPointError: If the training loss went NaN/inf: such weights are never checkpointed.
         """
         self._loss_guard.check(self.distributed)
-        self._sync_steps()
         state = dict(super().state_dict())
         if self.scaler.is_enabled():
             state[ckpt.SCALER] = self.scaler.state_dict()

@@ -109,13 +109,34 @@ def _json_default(obj: Any) -> Any:
     return plain
 
 
+def current_umask() -> int:
+    r"""
+    The process's file-mode creation mask, read without changing it where the platform allows.
+
+    Examples:
+        >>> 0 <= current_umask() <= 0o777
+        True
+    """
+    with suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as fp:
+        for line in fp:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    umask = os.umask(0o022)  # no other way to read it: set and restore at once
+    os.umask(umask)
+    return umask
+
+
 def _write(file: str, writer: Callable[[str], None]) -> None:
     # Write to a temporary file in the same directory, make it durable, then atomically rename it over the
     # target: a crash at any instant leaves either the old file or the new one, never a torn file.
+    # mkstemp creates the file 0600; the result gets the mode any new file would (0644 under umask 022).
     directory = os.path.dirname(os.path.abspath(file))
     fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(file)}.", suffix=".tmp", dir=directory)
-    os.close(fd)
     try:
+        try:
+            os.fchmod(fd, 0o666 & ~current_umask())
+        finally:
+            os.close(fd)
         writer(temporary)
         fd = os.open(temporary, os.O_RDONLY)
         try:

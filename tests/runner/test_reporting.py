@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import warnings
 
 import pytest
@@ -201,3 +202,18 @@ def test_all_nan_scores_have_no_best(new_runner):
     assert runner.best_result is None
     assert runner.best_score is None
     assert "best.json" not in os.listdir(runner.dir)
+
+
+def test_the_files_a_runner_writes_follow_the_umask(make_runner):
+    previous = os.umask(0o022)
+    try:
+        runner = make_runner(epoch_end=2, save_interval=1)
+        runner.train()
+    finally:
+        os.umask(previous)
+    files = [os.path.join(root, name) for root, _, names in os.walk(runner.dir) for name in names]
+    assert {"results.json", "latest.json", "best.json", "latest.pth", "best.pth", "epoch-1.pth"} <= {
+        os.path.basename(path) for path in files
+    }
+    for path in files:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o644, path

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -180,3 +181,15 @@ def test_is_json_serializable(obj: object, expected: bool) -> None:
 def test_top_level_exports() -> None:
     assert dl.save is io.save
     assert dl.load is io.load
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+@pytest.mark.parametrize("name", ["a.json", "a.yaml", "a.pth", "a.pkl", "a.npy"])
+def test_saved_files_get_the_mode_the_umask_gives_a_new_file(tmp_path, umask, mode, name):
+    previous = os.umask(umask)
+    try:
+        obj = np.zeros(2) if name.endswith(".npy") else {"a": 1}
+        path = save(obj, str(tmp_path / name))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(path).st_mode) == mode

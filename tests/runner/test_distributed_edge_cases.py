@@ -1,6 +1,7 @@
 """
 Data edge cases under DDP (two `torchrun` processes on gloo): short accumulation windows keep the replicas
-identical, evaluating a train split counts each sample once, and `infer` works with an empty shard.
+identical, evaluating a train split counts each sample once, `infer` works with an empty shard, and a NaN loss on
+one rank stops every rank together.
 
 The worker (`workers/edge_worker.py`) runs once per module; the tests read what each rank saved.
 """
@@ -45,3 +46,8 @@ def test_infer_gathers_every_row_in_order_even_with_an_empty_shard(ranks):
         evaluate = report["evaluate"]
         torch.testing.assert_close(evaluate["single"], evaluate["expected_rows"][:1])
         torch.testing.assert_close(evaluate["rows"], evaluate["expected_rows"])
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_at_the_same_step(ranks):
+    for report in ranks:
+        assert "non-finite training loss on split 'train' at epoch 0, step 2 (batch 1" in report["nan"]

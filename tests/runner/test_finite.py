@@ -100,3 +100,23 @@ def test_results_json_with_a_nan_score_is_valid_json(new_runner):
     assert "NaN" not in text.replace('"NaN"', "")
     assert math.isnan(load(os.path.join(runner.dir, "results.json"))["results"]["1"]["val"]["loss"])
     assert load(os.path.join(runner.dir, "best.json"))["index"] == 0
+
+
+def test_the_training_step_never_waits_for_the_device(make_runner, monkeypatch):
+    runner = make_runner(PoisonedRunner, poison_epoch=0, poison_batch=1, epoch_end=1)
+    runner._start_epoch("train", runner.mode)
+    runner._begin_accumulation(None)
+    runner._loss_guard.start("train", epoch=0, steps=0, accum_steps=1)
+    batches = list(runner.dataloaders.train)[:3]
+
+    def forbidden(self, *args, **kwargs):
+        raise AssertionError("host-device synchronisation")
+
+    with monkeypatch.context() as patch:
+        for name in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy", "cpu"):
+            patch.setattr(torch.Tensor, name, forbidden)
+        for batch in batches:  # batch 1 is poisoned: noted on the device, not read
+            runner.train_step(batch)
+    assert runner.steps == 3
+    with pytest.raises(FloatingPointError, match="batch 1"):
+        runner._loss_guard.check()

@@ -4,7 +4,8 @@ Two-process DDP worker for `tests/runner/test_distributed_edge_cases.py`: data e
     python -m torch.distributed.run --nproc_per_node=2 ... tests/runner/workers/edge_worker.py OUT_DIR
 
 Each rank writes `OUT_DIR/rank{RANK}.pt`: the parameters after an epoch whose length is not a multiple of
-`accum_steps` (map-style and iterable data), the evaluation of the train split, and `infer` outputs.
+`accum_steps` (map-style and iterable data), the evaluation of the train split, `infer` outputs, and the
+error each rank raised when one rank's loss went NaN.
 """
 
 from __future__ import annotations
@@ -94,12 +95,34 @@ def evaluate_train(out_dir: str) -> dict[str, Any]:
     }
 
 
+class PoisonedRunner(Runner):
+    """Rank 1's loss of batch 1 is NaN; rank 0's losses stay finite until the NaN reaches the weights."""
+
+    def advance(self, loss: torch.Tensor) -> None:
+        if dist.get_rank() == 1 and self._windows.micro_step == 1:
+            loss = loss * float("nan")
+        super().advance(loss)
+
+
+def nan_on_one_rank(out_dir: str) -> str:
+    # The check at the log step after batch 1 is collective: both ranks stop there together.
+    config = {"dir": os.path.join(out_dir, "nan"), "log": False, "epoch_end": 1, "train_size": 40}
+    config.update(log_interval=2, dataloader={"batch_size": BATCH_SIZE})
+    runner = PoisonedRunner(config)
+    try:
+        runner.train(evaluate_splits=[])
+    except FloatingPointError as error:
+        return str(error)
+    return "no error"
+
+
 def main() -> None:
     out_dir = sys.argv[1]
     report = {
         "map_window": short_window(out_dir, stream=False),
         "stream_window": short_window(out_dir, stream=True),
         "evaluate": evaluate_train(out_dir),
+        "nan": nan_on_one_rank(out_dir),
     }
     torch.save(report, os.path.join(out_dir, f"rank{dist.get_rank()}.pt"))
     dist.barrier()

@@ -181,8 +181,12 @@ def build_evaluation_loader(loader: DataLoader, rank: int, world_size: int) -> D
 
 
 def is_sharded_for_training(loader: Any) -> bool:
-    r"""Whether `loader` pads, shuffles or drops samples (a `DistributedSampler` or `drop_last`)."""
-    return isinstance(getattr(loader, "sampler", None), DistributedSampler) or bool(getattr(loader, "drop_last", False))
+    r"""
+    Whether `loader` shuffles, pads or drops samples (`RandomSampler`, `DistributedSampler` or `drop_last`):
+    then evaluating or predicting needs [`build_evaluation_loader`][danling.runner.data.build_evaluation_loader].
+    """
+    sampler = getattr(loader, "sampler", None)
+    return isinstance(sampler, (DistributedSampler, RandomSampler)) or bool(getattr(loader, "drop_last", False))
 
 
 def loader_length(loader: Any) -> int | None:

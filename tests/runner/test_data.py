@@ -129,3 +129,10 @@ def test_a_mapping_batch_without_target_is_a_clear_error_in_training(make_runner
 
     with pytest.raises(ValueError, match=r"target.*\['input'\]"):
         make_runner(NoTargetRunner).train()
+
+
+def test_infer_on_a_shuffled_train_split_is_in_dataset_order(make_runner):
+    runner = make_runner(LinearRegressionRunner, seed=0)
+    x = runner.datasets.train.tensors[0]
+    with torch.no_grad():
+        torch.testing.assert_close(runner.infer("train"), runner.model(x))

@@ -215,3 +215,19 @@ def describe_loader(loader: Any) -> str:
     samples = f"{len(dataset)} samples" if isinstance(dataset, Sized) else "an iterable dataset"
     batch_size, drop_last = getattr(loader, "batch_size", None), getattr(loader, "drop_last", None)
     return f"{samples}, batch_size {batch_size}, drop_last {drop_last}"
+
+
+def check_not_empty(split: str, dataset: Any) -> None:
+    r"""
+    Raise when the dataset of `split` has no samples (a dataset without a length passes).
+
+    Raises:
+        ValueError: Naming the split.
+
+    Examples:
+        >>> check_not_empty("val", [])
+        Traceback (most recent call last):
+        ValueError: the dataset of split 'val' is empty (0 samples)
+    """
+    if isinstance(dataset, Sized) and len(dataset) == 0:
+        raise ValueError(f"the dataset of split {split!r} is empty (0 samples)")

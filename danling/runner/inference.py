@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -62,3 +63,19 @@ def gather_predictions(outputs: list[torch.Tensor], distributed: bool) -> torch.
         shape, dtype = known[0]
         local = torch.empty((0, *shape), dtype=dtype, device=dist_utils.communication_device())
     return dist_utils.all_gather_uneven(local).cpu()
+
+
+def infer_input(data: Any) -> Any:
+    r"""
+    The model input of a batch: `input` of a mapping, the first element of an `(input,)` or `(input, target)`
+    sequence, else the batch itself.
+
+    Examples:
+        >>> infer_input({"input": 1, "target": 2}), infer_input((1, 2)), infer_input(3)
+        (1, 1, 3)
+    """
+    if isinstance(data, Mapping):
+        return data["input"]
+    if isinstance(data, (tuple, list)) and len(data) in (1, 2):
+        return data[0]
+    return data

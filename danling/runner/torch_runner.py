@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sized
+from collections.abc import Iterable, Mapping
 from itertools import count
 from typing import Any
 
@@ -25,6 +25,7 @@ from .data import (
     build_dataloader,
     build_evaluation_loader,
     build_sampler,
+    check_not_empty,
     describe_loader,
     is_sharded_for_training,
     loader_length,
@@ -33,7 +34,7 @@ from .data import (
 )
 from .distributed import init_process_group
 from .finite import NonFiniteLossGuard
-from .inference import gather_predictions, inference_loader
+from .inference import gather_predictions, infer_input, inference_loader
 from .precision import Precision
 from .rng import get_rng_state, set_rng_state
 from .stepping import OptimizationMixin
@@ -137,8 +138,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         for split, dataset in self.datasets.items():
             if split in self.dataloaders:
                 continue
-            if isinstance(dataset, Sized) and len(dataset) == 0:
-                raise ValueError(f"the dataset of split {split!r} is empty (0 samples)")
+            check_not_empty(split, dataset)
             train = split in train_splits
             options = split_options(dataloader_config, split, splits)
             shuffle = options.get("shuffle", train)
@@ -341,9 +341,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             available = sorted(set(self.dataloaders) | set(self.datasets))
             raise KeyError(f"no dataloader or dataset for split {split!r}; available splits are {available}")
         loader = self.dataloaders[split]
-        dataset = getattr(loader, "dataset", None)
-        if isinstance(dataset, Sized) and len(dataset) == 0:
-            raise ValueError(f"the dataset of split {split!r} is empty (0 samples)")
+        check_not_empty(split, getattr(loader, "dataset", None))
         if mode == RunnerMode.train or not is_sharded_for_training(loader):
             return loader
         if split not in self._evaluation_loaders:
@@ -497,7 +495,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         outputs = []
         for batch in self._iterate(loader, split, loader_length(loader)):
             with self.autocast():
-                outputs.append(model(_infer_input(self.to_device(batch))).float())
+                outputs.append(model(infer_input(self.to_device(batch))).float())
         return gather_predictions(outputs, self.distributed)
 
     def _iterate(self, loader: Iterable, split: str, length: int | None) -> Iterable:
@@ -568,14 +566,6 @@ def _gather_objects(obj: Any) -> list[Any]:
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
-
-
-def _infer_input(data: Any) -> Any:
-    if isinstance(data, Mapping):
-        return data["input"]
-    if isinstance(data, (tuple, list)) and len(data) in (1, 2):
-        return data[0]
-    return data
 
 
 def _batch_length(target: Any, pred: Any) -> int:

@@ -90,6 +90,19 @@ class ReportingMixin:
         """
         return min if self.score_mode == "min" else max
 
+    def check_score_split(self, splits: list[str]) -> None:
+        r"""
+        Fail fast when `config.score_split` is neither one of `splits` (those a run is about to produce) nor in
+        the results so far.
+
+        Raises:
+            ValueError: Naming the value and the available splits.
+        """
+        split = self.config.get("score_split")
+        available = list(dict.fromkeys([*splits, *res.result_splits(self.results)]))
+        if split is not None and split not in available:
+            raise ValueError(f"score_split is {split!r}, but there is no such split; available splits are {available}")
+
     def describe_score(self) -> str:
         r"""One line saying how the best result is chosen (logged at the start of `train()`)."""
         direction = "lower" if self.best_fn is min else "higher" if self.best_fn is max else f"{self.best_fn!r}"

@@ -216,6 +216,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         train_splits = self.train_splits if train_splits is None else train_splits
         evaluate_splits = self.evaluate_splits if evaluate_splits is None else evaluate_splits
         epochs = self._epochs_to_run()
+        self.check_score_split([*train_splits, *evaluate_splits])
         self.log(self.describe_score())
         for epoch in epochs:
             if self._step_end_reached():

@@ -155,6 +155,10 @@ def test_a_score_split_that_does_not_exist_names_the_available_splits(make_runne
     runner = make_runner(score_split="dev")
     with pytest.raises(ValueError, match=r"'dev'.*\['train', 'val'\]"):
         runner.train()
+    assert runner.steps == 0  # checked before any training
+    runner.append_result({"train": {"loss": 1.0}}, index=0)
+    with pytest.raises(ValueError, match=r"'dev'.*\['train'\]"):
+        runner.best_result
 
 
 def test_a_fallback_to_a_test_split_warns_once_about_the_leak(make_runner):

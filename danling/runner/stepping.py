@@ -46,6 +46,38 @@ def count_step(config: Any) -> None:
     config.__dict__["steps"] = steps + 1  # chanfig mirrors keys as attributes for fast reads
 
 
+class StepProbe:
+    r"""
+    Notes, through an optimizer post-step hook, whether `optimizer.step()` ran: `GradScaler.step` does not call
+    it for a step it skips, so the runner knows without reading the device.
+
+    Examples:
+        >>> optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        >>> probe = StepProbe()
+        >>> probe.attach(optimizer)
+        >>> probe.stepped, (optimizer.step(), probe.stepped)[1]
+        (False, True)
+    """
+
+    __slots__ = ("__weakref__", "handle", "optimizer", "stepped")
+
+    def __init__(self) -> None:
+        self.optimizer: Any = None
+        self.handle: Any = None
+        self.stepped = False
+
+    def attach(self, optimizer: Any) -> None:
+        r"""Watch `optimizer` (and stop watching the previous one)."""
+        if self.handle is not None:
+            self.handle.remove()
+        self.optimizer = optimizer
+        self.handle = optimizer.register_step_post_hook(self._note)
+        self.stepped = False
+
+    def _note(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self.stepped = True
+
+
 class OptimizationMixin:
     r"""
     `autocast`, `accumulate`, `advance` and the optimizer step of [`TorchRunner`][danling.runner.TorchRunner].
@@ -60,6 +92,7 @@ class OptimizationMixin:
     _precision: Precision
     _windows: AccumulationWindows
     _loss_guard: NonFiniteLossGuard
+    _step_probe: StepProbe
 
     @property
     def precision(self) -> Precision:
@@ -123,25 +156,23 @@ class OptimizationMixin:
         Clip, step and zero the gradients, then update the EMA and the scheduler, and count the step.
 
         Under `fp16`, a step whose gradients overflow is skipped by the scaler and neither updates the EMA, nor
-        steps the scheduler, nor counts in `steps`; reading the overflow flag is the synchronisation
-        `GradScaler.step` makes anyway. A scale that falls below `MIN_LOSS_SCALE` is warned about.
+        steps the scheduler, nor counts in `steps`. The runner learns that the optimizer did not step from an
+        optimizer post-step hook, after the synchronisation `GradScaler.step` makes anyway: no extra one. (An
+        optimizer that unscales inside its own step, `fused=True`, never tells the host: for it the overflow
+        flag is read, one synchronisation per optimizer step.) A scale below `MIN_LOSS_SCALE` is warned about.
         """
         scaler = self._precision.scaler
-        clip = self._max_grad_norm is not None or self._max_grad_value is not None
-        skipped = False
-        if self._scale_gradients:
+        if self._max_grad_norm is not None or self._max_grad_value is not None:
             scaler.unscale_(self.optimizer)
-            skipped = _found_inf(scaler, self.optimizer)
-        if clip and not skipped:
             parameters = self.unwrap(self.model).parameters()
             if self._max_grad_value is not None:
                 parameters = list(parameters)
                 nn.utils.clip_grad_value_(parameters, self._max_grad_value)
             if self._max_grad_norm is not None:
                 nn.utils.clip_grad_norm_(parameters, self._max_grad_norm)
+        skipped = False
         if self._scale_gradients:
-            scaler.step(self.optimizer)
-            scaler.update()
+            skipped = self._scaled_step(scaler)
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -154,6 +185,21 @@ class OptimizationMixin:
         if self.scheduler is not None and not isinstance(self.scheduler, ReduceLROnPlateau):
             self.scheduler.step()
         count_step(self.config)
+
+    def _scaled_step(self, scaler: torch.amp.GradScaler) -> bool:
+        # Returns whether the scaler skipped the step.
+        probe, optimizer = self._step_probe, self.optimizer
+        observable = hasattr(optimizer, "register_step_post_hook")
+        if observable and probe.optimizer is not optimizer:
+            probe.attach(optimizer)
+        probe.stepped = False
+        scaler.step(optimizer)
+        if not observable or getattr(optimizer, "_step_supports_amp_scaling", False):
+            skipped = _found_inf(scaler, optimizer)  # its step ran (or is unobservable): read the flag
+        else:
+            skipped = not probe.stepped
+        scaler.update()
+        return skipped
 
     def _skipped_step(self) -> None:
         scale = self._precision.scaler.get_scale()

@@ -37,7 +37,7 @@ from .finite import NonFiniteLossGuard
 from .inference import gather_predictions, infer_input, inference_loader
 from .precision import Precision
 from .rng import get_rng_state, set_rng_state
-from .stepping import OptimizationMixin
+from .stepping import OptimizationMixin, StepProbe
 from .utils import RunnerMode, to_device
 
 
@@ -77,6 +77,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
     def __init__(self, config: Any) -> None:
         self._windows = AccumulationWindows()
         self._loss_guard = NonFiniteLossGuard()
+        self._step_probe = StepProbe()
         self._evaluation_loaders: dict[str, Any] = {}
         super().__init__(config)
         self._device = self._resolve_device()

@@ -83,6 +83,40 @@ def test_fp16_skips_the_step_when_gradients_overflow(make_runner):
     assert int(runner.ema.n_averaged) == 1
 
 
+def count_item_calls(monkeypatch, action) -> int:
+    calls = []
+    item = torch.Tensor.item
+
+    def counting_item(self):
+        calls.append(1)
+        return item(self)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.Tensor, "item", counting_item)
+        action()
+    return len(calls)
+
+
+def test_detecting_skipped_fp16_steps_adds_no_synchronisation(make_runner, monkeypatch):
+    runner = make_runner(precision="fp16")
+    runner.scheduler = torch.optim.lr_scheduler.StepLR(runner.optimizer, step_size=1, gamma=0.5)
+    x = torch.randn(2, 4)
+    scaler = torch.amp.GradScaler("cpu")
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def by_hand():  # the loop one would write: scale, backward, step, update
+        scaler.scale(model(x).sum()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    def with_the_runner():
+        runner.advance(runner.model(x).sum())
+
+    assert count_item_calls(monkeypatch, with_the_runner) == count_item_calls(monkeypatch, by_hand)
+    assert runner.steps == 1
+
+
 def test_a_collapsing_fp16_scale_warns_naming_the_step(make_runner):
     runner = make_runner(precision="fp16")
     runner.scaler.scale(torch.ones(()))  # the scaler creates its scale lazily

@@ -12,9 +12,11 @@ class NonFiniteLossGuard:
     r"""
     Remembers, on the loss's device, the first micro-step of an epoch whose loss was NaN or infinite.
 
-    [`watch`][danling.runner.finite.NonFiniteLossGuard.watch] is a couple of tiny device operations and never
-    synchronises; [`check`][danling.runner.finite.NonFiniteLossGuard.check] reads the flag (one synchronisation)
-    and is called at log steps, at the end of an epoch and before a checkpoint is written.
+    [`watch`][danling.runner.finite.NonFiniteLossGuard.watch] only keeps a reference to the detached loss (no
+    device work, no synchronisation); every `FOLD` losses, and at each
+    [`check`][danling.runner.finite.NonFiniteLossGuard.check], they are tested together in a few device
+    operations. `check` reads the result (one synchronisation); the runner calls it at log steps, at the end of
+    an epoch and before a checkpoint is written.
 
     Examples:
         >>> guard = NonFiniteLossGuard()
@@ -26,9 +28,13 @@ class NonFiniteLossGuard:
         FloatingPointError: non-finite training loss on split 'train' at epoch 0, step 12 (batch 1 of the epoch); ...
     """
 
-    __slots__ = ("accum_steps", "epoch", "first_bad", "split", "steps")
+    FOLD = 256  # losses kept before they are tested on the device (bounds the memory the references take)
+
+    __slots__ = ("accum_steps", "epoch", "first_bad", "pending", "pending_start", "split", "steps")
 
     def __init__(self) -> None:
+        self.pending: list[torch.Tensor] = []
+        self.pending_start = 0
         self.first_bad: torch.Tensor | None = None
         self.split: str | None = None
         self.epoch = 0
@@ -37,19 +43,26 @@ class NonFiniteLossGuard:
 
     def start(self, split: str, epoch: int, steps: int, accum_steps: int) -> None:
         r"""Start watching an epoch of `split` that begins after optimizer step `steps`."""
-        self.first_bad = None
+        self.pending, self.pending_start, self.first_bad = [], 0, None
         self.split, self.epoch, self.steps, self.accum_steps = split, epoch, steps, accum_steps
 
     def watch(self, loss: torch.Tensor, micro_step: int) -> None:
-        r"""Note whether `loss` (of micro-step `micro_step` of the epoch) is finite; no synchronisation."""
-        bad = ~torch.isfinite(loss.detach())
-        if bad.dim():
-            bad = bad.any()
-        first = self.first_bad
-        if first is None:
-            self.first_bad = torch.where(bad, micro_step, -1)
-        else:
-            self.first_bad = torch.where(bad & (first < 0), micro_step, first)
+        r"""Keep `loss` (of micro-step `micro_step` of the epoch) to test later; no device work."""
+        pending = self.pending
+        if not pending:
+            self.pending_start = micro_step
+        pending.append(loss.detach() if loss.dim() == 0 else loss.detach().sum())
+        if len(pending) >= self.FOLD:
+            self.fold()
+
+    def fold(self) -> None:
+        r"""Test the kept losses on the device and merge the first bad micro-step into `first_bad`."""
+        if not self.pending:
+            return
+        bad = ~torch.isfinite(torch.stack(self.pending))
+        first = torch.where(bad.any(), bad.to(torch.uint8).argmax() + self.pending_start, -1)
+        self.first_bad = first if self.first_bad is None else torch.where(self.first_bad >= 0, self.first_bad, first)
+        self.pending = []
 
     def check(self, distributed: bool = False) -> None:
         r"""
@@ -58,6 +71,7 @@ class NonFiniteLossGuard:
         Raises:
             FloatingPointError: Naming the split, the epoch and the optimizer step.
         """
+        self.fold()
         first = self.first_bad
         if first is None and not distributed:
             return

@@ -48,13 +48,22 @@ def test_a_nan_training_loss_stops_at_the_next_log_step(make_runner):
     assert len(seen) == 2  # detected at the log step after the NaN, not at the end of the epoch
 
 
-def test_the_guard_watches_without_reading_the_device():
+@pytest.mark.parametrize("bad", [[5], [NonFiniteLossGuard.FOLD + 1], [7, NonFiniteLossGuard.FOLD + 2]])
+def test_the_guard_finds_the_first_bad_step_without_reading_the_device(monkeypatch, bad):
     guard = NonFiniteLossGuard()
-    guard.start("train", epoch=0, steps=0, accum_steps=1)
-    for micro_step, value in enumerate([1.0, float("inf"), float("nan")]):
-        guard.watch(torch.tensor(value), micro_step)
-        assert isinstance(guard.first_bad, torch.Tensor)  # a device tensor, never a Python bool
-    with pytest.raises(FloatingPointError, match="step 2 \\(batch 1"):
+    guard.start("train", epoch=3, steps=100, accum_steps=2)
+    losses = [torch.tensor(float("nan") if i in bad else 0.5) for i in range(NonFiniteLossGuard.FOLD + 5)]
+
+    def forbidden(self, *args, **kwargs):
+        raise AssertionError("host-device synchronisation")
+
+    with monkeypatch.context() as patch:
+        for name in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy", "cpu"):
+            patch.setattr(torch.Tensor, name, forbidden)
+        for micro_step, loss in enumerate(losses):  # folds once on the way, on the device
+            guard.watch(loss, micro_step)
+    step = 100 + bad[0] // 2 + 1
+    with pytest.raises(FloatingPointError, match=rf"epoch 3, step {step} \(batch {bad[0]} "):
         guard.check()
 
 

@@ -42,6 +42,13 @@ class SplitMetricsRunner(ClassifierRunner):
         self.step_checks.append((self.get_step_result()["acc"], expected))
         return pred, loss
 
+    def train_step(self, data):
+        pred, loss = super().train_step(data)
+        if "metrics" in self.config.assign or "train_metrics" in self.config.assign:
+            expected = accuracy_score(data[1], pred.detach().argmax(-1))
+            self.step_checks.append((self.get_step_result()["acc"], expected))
+        return pred, loss
+
 
 @pytest.mark.parametrize(
     "assign",

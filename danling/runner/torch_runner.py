@@ -373,10 +373,8 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         """
         input, target = self.unpack(data)
         if target is None:
-            raise ValueError(
-                f"training needs a target, but the batch has none (mapping keys: {list(data)}); "
-                "add a 'target' key or override train_step"
-            )
+            got = f"mapping keys: {list(data)}" if isinstance(data, Mapping) else "its target is None"
+            raise ValueError(f"training needs a target, but the batch has none ({got}); add one or override train_step")
         with self.accumulate():
             with self.autocast():
                 pred = self.model(input)

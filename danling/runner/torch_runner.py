@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Iterable, Mapping
 from itertools import count
 from typing import Any
@@ -25,6 +24,7 @@ from .distributed import init_process_group
 from .precision import Precision
 from .rng import get_rng_state, set_rng_state
 from .stepping import OptimizationMixin, StepCounter
+from .telemetry import Telemetry
 from .utils import RunnerMode, to_device
 
 
@@ -59,7 +59,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
     """
 
     model: nn.Module | None = None
-    _step_time: float | None = None
+    _bar: Any = None
 
     def __init__(self, config: Any) -> None:
         self._windows = AccumulationWindows()
@@ -67,6 +67,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         super().__init__(config)
         self._device = self._resolve_device()
         self._precision = Precision(self.config.get("precision"), self._device.type)
+        self.telemetry = Telemetry(self._device, self.world_size)
 
     # Set-up
 
@@ -199,6 +200,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         if self.epoch_end is None and self.step_end is None:
             raise ValueError("train() needs config.epoch_end or config.step_end to know when to stop")
         epochs = range(self.epoch_begin, self.epoch_end) if self.epoch_end is not None else count(self.epoch_begin)
+        self.announce("train")
         for epoch in epochs:
             self.epochs = epoch
             result = NestedDict()
@@ -207,6 +209,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             for split in evaluate_splits:
                 result[split] = self.evaluate_epoch(split)
             self.append_result(result, index=epoch)
+            self.write_epoch_result(result)
             self.log(self.format_epoch_result(result))
             self.save_result()
             self.save_checkpoint(epochs=epoch)
@@ -214,6 +217,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
                 self.writer.flush()
             if self._should_stop():
                 break
+        self.write_hparams()
         return self.results
 
     def _should_stop(self) -> bool:
@@ -243,9 +247,10 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         self._begin_accumulation(length)
         log_interval = self.config.get("log_interval")
         step_end = self.step_end
-        for iteration, data in enumerate(self._iterate(loader, split, length)):
+        first = self.telemetry.batches_before + 1  # log steps count batches over the run, not per epoch
+        for iteration, data in enumerate(self._iterate(loader, split, length), first):
             self.train_step(self.to_device(data))
-            if log_interval is not None and (iteration + 1) % log_interval == 0:
+            if log_interval is not None and iteration % log_interval == 0:
                 self._log_step(split, iteration, length)
             if step_end is not None and self.steps >= step_end:
                 break
@@ -265,18 +270,16 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         metrics = self.current_metrics
         if metrics is not None:
             metrics.reset()
-        self._last_log = (time.perf_counter(), -1)
-        self._step_time = None
+        self.telemetry.start_epoch(mode, self.steps)
         set_sampler_epoch(self.datasamplers.get(split), self.epochs, self.config.get("seed"))
         return self.dataloaders[split]
 
     def _log_step(self, split: str, iteration: int, length: int | None) -> None:
-        # Seconds per batch since the previous log line: measured here, off the hot path.
-        now = time.perf_counter()
-        last_time, last_iteration = self._last_log
-        self._step_time = (now - last_time) / (iteration - last_iteration)
-        self._last_log = (now, iteration)
-        self.step_log(split, iteration, None if length is None else length - 1)
+        # `iteration` counts batches over the run; the line shows the position in the epoch.
+        position = self.telemetry.batches - 1
+        result = self.step_log(split, position, None if length is None else length - 1)
+        if self._bar is not None:
+            self._bar.set_postfix_str(self.format_bar_postfix(result), refresh=False)
 
     def train_step(self, data: Any) -> tuple[Any, torch.Tensor]:
         r"""
@@ -348,7 +351,10 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             `split -> metric -> value`.
         """
         splits = self.evaluate_splits if evaluate_splits is None else evaluate_splits
-        return NestedDict({split: self.evaluate_epoch(split) for split in splits})
+        self.announce("evaluate")
+        result = NestedDict({split: self.evaluate_epoch(split) for split in splits})
+        self.write_epoch_result(result)
+        return result
 
     @torch.inference_mode()
     def evaluate_epoch(self, split: str = "val") -> NestedDict:
@@ -361,9 +367,10 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         loader = self._start_epoch(split, RunnerMode.evaluate)
         length = len(loader) if hasattr(loader, "__len__") else None
         log_interval = self.config.get("log_interval")
-        for iteration, data in enumerate(self._iterate(loader, split, length)):
+        first = self.telemetry.batches_before + 1
+        for iteration, data in enumerate(self._iterate(loader, split, length), first):
             self.evaluate_step(self.to_device(data))
-            if log_interval is not None and (iteration + 1) % log_interval == 0:
+            if log_interval is not None and iteration % log_interval == 0:
                 self._log_step(split, iteration, length)
         return self.get_epoch_result()
 
@@ -407,11 +414,15 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         return dist_utils.all_gather_uneven(predictions).cpu()
 
     def _iterate(self, loader: Iterable, split: str, length: int | None) -> Iterable:
+        batches = self.telemetry.iterate(loader)
+        self._bar = None
         if not self._show_progress_bar():
-            return loader
+            return batches
         from tqdm.auto import tqdm
 
-        return tqdm(loader, total=length, desc=f"{self.mode} {split}", leave=False, dynamic_ncols=True)
+        desc = split if split == str(self.mode) else f"{self.mode} {split}"
+        self._bar = tqdm(batches, total=length, desc=desc, leave=False, dynamic_ncols=True)
+        return self._bar
 
     def _show_progress_bar(self) -> bool:
         setting = self.config.get("progress_bar")
@@ -435,8 +446,19 @@ class TorchRunner(OptimizationMixin, BaseRunner):
                     result[key] = float(self.reduce(torch.tensor(float(value), dtype=torch.float64)))
         if self.mode == RunnerMode.train and self.optimizer is not None:
             result["lr"] = self.optimizer.param_groups[0]["lr"]
-        if self._step_time is not None:
-            result["time"] = self._step_time
+        result.update(self.telemetry.step_stats(self.steps if self.mode == RunnerMode.train else None))
+        return result
+
+    def get_epoch_result(self) -> NestedDict:
+        r"""
+        The epoch's meters and metrics, the learning rate at its end (training), and its
+        [telemetry][danling.runner.telemetry.Telemetry.epoch_stats]: `samples_per_s`, `epoch_time`, `data_time`,
+        `compute_time` (and `tokens_per_s`, `peak_memory_mib` when known).
+        """
+        result = super().get_epoch_result()
+        if self.mode == RunnerMode.train and self.optimizer is not None:
+            result["lr"] = self.optimizer.param_groups[0]["lr"]
+        result.update(self.telemetry.epoch_stats())
         return result
 
     # Checkpoints

@@ -138,7 +138,7 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         explicit = self.config.get("dir")
         root = self.config.get("project_root", "experiments")
         planned = explicit if explicit is not None else os.path.join(root, f"{self.name}-{self.id}", self.timestamp)
-        guard = RunDirGuard(planned, owns_parent=explicit is None)
+        guard = RunDirGuard(planned)
         try:
             self.init_environment()
             self.setup()

@@ -38,32 +38,40 @@ def write_config_file(config: Mapping, directory: str, name: str = "config.yaml"
 
 class RunDirGuard:
     r"""
-    Remembers whether a run directory existed before a start, and removes it when the start fails.
+    Remembers which folders of a run directory's path exist before a start, and removes the ones the start made
+    when it fails (the run directory with its content, the folders above it only when left empty).
 
     Args:
         path: The run directory the start will use.
-        owns_parent: Whether the parent folder (`{name}-{id}`) was made for this run and may go when empty.
 
     Examples:
         >>> import tempfile
         >>> root = tempfile.mkdtemp()
-        >>> guard = RunDirGuard(os.path.join(root, "name-id", "stamp"), owns_parent=True)
-        >>> os.makedirs(os.path.join(root, "name-id", "stamp"))
+        >>> guard = RunDirGuard(os.path.join(root, "experiments", "name-id", "stamp"))
+        >>> os.makedirs(os.path.join(root, "experiments", "name-id", "stamp"))
         >>> guard.discard()
         >>> os.listdir(root)
         []
     """
 
-    def __init__(self, path: str, owns_parent: bool) -> None:
-        self.path = path
-        self.owns_parent = owns_parent
-        self.existed = os.path.exists(path)
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        missing = []
+        folder = self.path
+        while not os.path.exists(folder):
+            missing.append(folder)
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                break
+            folder = parent
+        self.missing = missing  # the run directory first, then the folders above it
 
     def discard(self) -> None:
-        r"""Remove the directory (and its parent when made for it and now empty), unless it existed before."""
-        if self.existed or not os.path.isdir(self.path):
+        r"""Remove what the start created: the run directory, then each folder above it that is left empty."""
+        if not self.missing or not os.path.isdir(self.path):
             return
         shutil.rmtree(self.path, ignore_errors=True)
-        parent = os.path.dirname(os.path.normpath(self.path))
-        if self.owns_parent and os.path.isdir(parent) and not os.listdir(parent):
-            os.rmdir(parent)
+        for folder in self.missing[1:]:
+            if not os.path.isdir(folder) or os.listdir(folder):
+                return
+            os.rmdir(folder)

@@ -118,7 +118,8 @@ class Telemetry:
             self.batches += 1
             self.samples += batch_length(batch)
             if isinstance(batch, Mapping) and "num_tokens" in batch:
-                self.tokens = self.tokens + batch["num_tokens"]
+                tokens = batch["num_tokens"]
+                self.tokens = self.tokens + (tokens.sum() if isinstance(tokens, torch.Tensor) else tokens)
             yield batch
 
     def step_stats(self, steps: int | None = None) -> dict[str, float]:
@@ -209,7 +210,7 @@ def batch_length(batch: Any) -> int:
 
 def _as_number(value: Any) -> float:
     if isinstance(value, torch.Tensor):
-        return float(value.sum())  # read at log steps and epoch ends only
+        return float(value)  # read at log steps and epoch ends only
     return float(value)
 
 

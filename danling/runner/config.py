@@ -209,7 +209,7 @@ class Config(chanfig.Config):
     def parse(  # type: ignore[override]
         self,
         args: Iterable[str] | None = None,
-        default_config: str | None = None,
+        default_config: str | None = "config",
         no_default_config_action: str = "ignore",
         boot: bool = True,
         strict: bool = False,
@@ -217,14 +217,15 @@ class Config(chanfig.Config):
         r"""
         Apply command-line flags (`--optim.lr 0.01`), optionally on top of a config file, then run `post()`.
 
-        With `default_config="config"`, `--config exp.yaml` names a YAML or JSON file whose values override the
-        class defaults; the other flags override the file. Without the flag, the defaults are used (set
-        `no_default_config_action="raise"` to require it). A flag that is not a key of the config but is close
-        to one (`--precison` for `precision`) is an error; a new key far from every known one is accepted.
+        `--config exp.yaml` names a YAML or JSON file whose values override the class defaults; the other flags
+        override the file. Without the flag, the defaults are used (set `no_default_config_action="raise"` to
+        require it). `default_config` renames the flag (`None` turns it off). A flag that is not a key of the config
+        but is close to one (`--precison` for `precision`) is an error; a new key far from every known one is
+        accepted.
 
         Args:
             args: Command-line arguments (default: `sys.argv[1:]`).
-            default_config: Name of the flag that carries a config file (e.g. `"config"`).
+            default_config: Name of the flag that carries a config file (`None`: no such flag).
             no_default_config_action: What to do when that flag is absent: `"ignore"`, `"warn"` or `"raise"`.
             boot: Run `post()` afterwards (chanfig's `boot`).
             strict: Accept only keys the config already has.

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from danling.utils import distributed as dist_utils
+
 # Metrics that only mean something over a whole dataset: left out of step lines and step scalars, where they would
 # be computed on one batch, and kept for the epoch result.
 DATASET_LEVEL_METRICS = frozenset({"auroc", "auprc", "pearson", "spearman"})
@@ -46,7 +48,8 @@ class Telemetry:
     [`iterate`][danling.runner.telemetry.Telemetry.iterate] wraps a loader and times each fetch;
     [`step_stats`][danling.runner.telemetry.Telemetry.step_stats] (at log steps) and
     [`epoch_stats`][danling.runner.telemetry.Telemetry.epoch_stats] (at epoch ends) turn the counters into numbers.
-    Rates count the samples of every process, assuming equal shards (`world_size` times this process's samples).
+    Step rates estimate the samples of every process as `world_size` times this process's (no collective at log
+    steps); epoch numbers are exact (see [`epoch_stats`][danling.runner.telemetry.Telemetry.epoch_stats]).
     A mapping batch with a `num_tokens` entry (an integer or a tensor) also gives tokens per second.
 
     Args:
@@ -151,22 +154,44 @@ class Telemetry:
         The epoch's `samples_per_s`, `tokens_per_s` (when known), `epoch_time`, `data_time` (waiting for batches),
         `compute_time` (the rest) in seconds, and `peak_memory_mib` on CUDA. Adds the epoch's batches to the run's.
 
+        When distributed, samples and tokens are summed over the processes, times averaged and peak memory is the
+        largest of any process, so every process gets the same numbers (one small collective per epoch).
+
         Returns:
             The numbers, ready to merge into the epoch result.
         """
-        epoch_time = max(time.perf_counter() - self.epoch_start, 1e-9)
-        stats = {"samples_per_s": self.samples * self.world_size / epoch_time}
-        tokens = _as_number(self.tokens)
+        local_time = max(time.perf_counter() - self.epoch_start, 1e-9)
+        numbers = [float(self.samples), _as_number(self.tokens), local_time, self.data_time]
+        samples, tokens, epoch_time, data_time = _sum_and_average(numbers, distributed=dist_utils.is_distributed())
+        stats = {"samples_per_s": samples / epoch_time}
         if tokens:
-            stats["tokens_per_s"] = tokens * self.world_size / epoch_time
+            stats["tokens_per_s"] = tokens / epoch_time
         stats["epoch_time"] = epoch_time
-        stats["data_time"] = self.data_time
-        stats["compute_time"] = max(epoch_time - self.data_time, 0.0)
+        stats["data_time"] = data_time
+        stats["compute_time"] = max(epoch_time - data_time, 0.0)
         if self.device.type == "cuda":
-            stats["peak_memory_mib"] = torch.cuda.max_memory_allocated(self.device) / MIB
+            stats["peak_memory_mib"] = _peak_memory(self.device) / MIB
         self.run_batches[self.mode] = self.batches_before + self.batches
         self.batches = 0
         return stats
+
+
+def _sum_and_average(numbers: list[float], distributed: bool) -> list[float]:
+    # Counts (samples, tokens) summed over processes, times (the rest) averaged.
+    if not distributed:
+        return numbers
+    totals = dist_utils.all_reduce(torch.tensor(numbers, dtype=torch.float64), op="sum").tolist()
+    world_size = dist_utils.get_world_size()
+    return totals[:2] + [value / world_size for value in totals[2:]]
+
+
+def _peak_memory(device: torch.device) -> float:
+    peak = torch.tensor(float(torch.cuda.max_memory_allocated(device)), device=device)
+    if dist_utils.is_distributed():
+        from torch import distributed as dist
+
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    return float(peak)
 
 
 def without_telemetry(results: Mapping) -> dict:

@@ -287,9 +287,9 @@ def test_new_keys_far_from_known_ones_are_accepted():
 def test_yaml_recipe_with_and_without_config_file(tmp_path, recwarn):
     path = tmp_path / "exp.yaml"
     path.write_text("epoch_end: 9\noptim:\n  lr: 0.01\nprecision: bf16\n")
-    plain = RecipeConfig().parse([], default_config="config")
+    plain = RecipeConfig().parse([])
     assert (plain.epoch_end, plain.optim.lr) == (5, 1e-3)
-    from_file = RecipeConfig().parse(["--config", str(path)], default_config="config")
+    from_file = RecipeConfig().parse(["--config", str(path)])
     assert (from_file.epoch_end, from_file.optim.lr, from_file.precision) == (9, 0.01, "bf16")
     overridden = RecipeConfig().parse(["--config", str(path), "--optim.lr", "0.5"], default_config="config")
     assert (overridden.epoch_end, overridden.optim.lr) == (9, 0.5)
@@ -305,3 +305,12 @@ def test_yaml_recipe_can_require_the_file():
 def test_missing_config_file_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         RecipeConfig().parse(["--config", str(tmp_path / "missing.yaml")], default_config="config")
+
+
+def test_the_config_flag_can_be_renamed_or_turned_off(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("epoch_end: 9\n")
+    assert RecipeConfig().parse(["--experiment", str(path)], default_config="experiment").epoch_end == 9
+    plain = RecipeConfig().parse(["--config", str(path)], default_config=None)
+    assert plain.epoch_end == 5
+    assert plain.config == str(path)  # just a key then

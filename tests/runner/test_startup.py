@@ -44,7 +44,7 @@ def test_config_yaml_reruns_the_same_run(tmp_path):
     assert "steps" not in content
     assert "epochs" not in content
 
-    rerun = RecipeConfig().parse(["--config", str(path)], default_config="config")
+    rerun = RecipeConfig().parse(["--config", str(path)])
     assert rerun.run_id == runner.config.run_id
     assert rerun.run_name == "width16"
     assert rerun.network.width == 16

@@ -77,7 +77,8 @@ def test_step_rates_cover_the_batches_since_the_last_log():
     assert second["s_per_step"] > 0
     stats = telemetry.epoch_stats()
     assert telemetry.run_batches == {"train": 6}
-    assert stats["samples_per_s"] * stats["epoch_time"] == pytest.approx(6 * 4 * 2)
+    # Epoch numbers are exact: summed over the processes of a process group (here: none, this process only).
+    assert stats["samples_per_s"] * stats["epoch_time"] == pytest.approx(6 * 4)
 
 
 def test_step_lines_format():

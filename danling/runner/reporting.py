@@ -120,7 +120,8 @@ class ReportingMixin:
         self, result: Mapping, split: str | None, steps: int, length: int | None, format_spec: str = ".4f"
     ) -> str:
         r"""
-        Format a step log line: `"training on train [12/99]\tloss: 0.1234\tlr: 3.2e-04\tsamples/s: 812.5..."`.
+        Format a step log line, e.g. `training on train [12/99]`, then tab-separated `loss: 0.1234`,
+        `lr: 3.2e-04`, `samples/s: 812.5` and `time: 0.012 s/step`.
 
         Dataset-level metrics (AUROC, AUPRC, Pearson, Spearman), meaningless on one batch, are left out: they are
         in the epoch line.
@@ -128,7 +129,7 @@ class ReportingMixin:
         verb = {"train": "training", "evaluate": "evaluating", "infer": "inferring"}[str(self.mode)]
         prefix = f"{verb} on {split} " if split is not None else ""
         position = f"[{steps}/{length}]" if length is not None else f"[{steps}]"
-        return f"{prefix}{position}\t{self.format_result(step_view(result), format_spec)}"
+        return f"{prefix}{position}\t{format_result(display_values(step_view(result), format_spec, step=True))}"
 
     def format_bar_postfix(self, result: Mapping) -> str:
         r"""

@@ -19,12 +19,14 @@ from danling.utils import distributed as dist_utils
 DATASET_LEVEL_METRICS = frozenset({"auroc", "auprc", "pearson", "spearman"})
 
 # How step-line keys are shown, and with which format.
-DISPLAY_NAMES = {"samples_per_s": "samples/s", "tokens_per_s": "tokens/s", "s_per_step": "s/step"}
+DISPLAY_NAMES = {"samples_per_s": "samples/s", "tokens_per_s": "tokens/s"}
+# Units shown after a value in step lines: `time` there is seconds per optimizer step.
+STEP_UNITS = {"time": " s/step"}
 FORMATS = {
     "lr": ".1e",
     "samples_per_s": ".1f",
     "tokens_per_s": ".1f",
-    "s_per_step": ".3f",
+    "time": ".3f",
     "epoch_time": ".2f",
     "data_time": ".2f",
     "compute_time": ".2f",
@@ -33,7 +35,7 @@ FORMATS = {
 
 # Keys the telemetry adds to epoch results: measurements of the machine, which differ between identical runs.
 TELEMETRY_KEYS = frozenset(
-    {"samples_per_s", "tokens_per_s", "s_per_step", "epoch_time", "data_time", "compute_time", "peak_memory_mib"}
+    {"samples_per_s", "tokens_per_s", "time", "epoch_time", "data_time", "compute_time", "peak_memory_mib"}
 )
 
 # Number of bytes in a mebibyte, for peak memory.
@@ -128,7 +130,7 @@ class Telemetry:
     def step_stats(self, steps: int | None = None) -> dict[str, float]:
         r"""
         Rates since the previous call (or the start of the epoch): `samples_per_s`, `tokens_per_s` when known, and
-        `s_per_step`, seconds per optimizer step when `steps` advanced, else per batch.
+        `time`, seconds per optimizer step when `steps` advanced, else per batch.
 
         Args:
             steps: Optimizer steps taken so far (`None` outside training).
@@ -145,7 +147,7 @@ class Telemetry:
         stats = {"samples_per_s": (self.samples - last_samples) * self.world_size / elapsed}
         if tokens:
             stats["tokens_per_s"] = (tokens - last_tokens) * self.world_size / elapsed
-        stats["s_per_step"] = elapsed / per
+        stats["time"] = elapsed / per
         self._last = (now, self.batches, self.samples, tokens, last_steps if steps is None else steps)
         return stats
 
@@ -266,16 +268,16 @@ def format_step_values(values: Mapping[str, Any], format_spec: str = ".4f") -> s
     Tab-separated `name: value` pairs of a step line: the learning rate as `3.2e-04`, throughput as `samples/s`.
 
     Examples:
-        >>> format_step_values({"loss": 0.25, "lr": 3.2e-4, "samples_per_s": 1234.56, "s_per_step": 0.0123})
-        'loss: 0.2500\tlr: 3.2e-04\tsamples/s: 1234.6\ts/step: 0.012'
+        >>> format_step_values({"loss": 0.25, "lr": 3.2e-4, "samples_per_s": 1234.56, "time": 0.0123})
+        'loss: 0.2500\tlr: 3.2e-04\tsamples/s: 1234.6\ttime: 0.012 s/step'
     """
-    return "\t".join(f"{name}: {value}" for name, value in display_values(values, format_spec).items())
+    return "\t".join(f"{name}: {value}" for name, value in display_values(values, format_spec, step=True).items())
 
 
-def display_values(result: Mapping, format_spec: str = ".4f") -> dict[str, Any]:
+def display_values(result: Mapping, format_spec: str = ".4f", step: bool = False) -> dict[str, Any]:
     r"""
-    A copy of a (nested) result for humans: telemetry keys renamed (`samples/s`, `s/step`) and every number
-    formatted as a string, the learning rate in scientific notation.
+    A copy of a (nested) result for humans: throughput keys renamed (`samples/s`) and every number formatted as a
+    string, the learning rate in scientific notation; in step lines (`step=True`) `time` reads `0.012 s/step`.
 
     Examples:
         >>> display_values({"val": {"loss": 0.5, "samples_per_s": 12.0}, "lr": 1e-3})
@@ -284,9 +286,10 @@ def display_values(result: Mapping, format_spec: str = ".4f") -> dict[str, Any]:
     shown: dict[str, Any] = {}
     for name, value in result.items():
         if isinstance(value, Mapping):
-            shown[name] = display_values(value, format_spec)
+            shown[name] = display_values(value, format_spec, step)
         else:
-            shown[DISPLAY_NAMES.get(name, name)] = _format_number(value, FORMATS.get(name, format_spec))
+            unit = STEP_UNITS.get(name, "") if step else ""
+            shown[DISPLAY_NAMES.get(name, name)] = _format_number(value, FORMATS.get(name, format_spec)) + unit
     return shown
 
 

@@ -47,7 +47,7 @@ def test_step_and_epoch_logs(tmp_path, capsys, log_interval, train_logs, val_log
         assert re.search(r"\tloss: \d+\.\d{4}", line), line
         assert re.search(r"\blr: 5\.0e-02\b", line), line
         assert re.search(r"\bsamples/s: \d+\.\d\b", line), line
-        assert re.search(r"\bs/step: \d+\.\d{3}\b", line), line
+        assert re.search(r"\btime: \d+\.\d{3} s/step\b", line), line
     for line in val_lines:
         assert "loss: " in line
         assert "lr: " not in line

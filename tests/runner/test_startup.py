@@ -97,6 +97,12 @@ def test_a_bad_config_leaves_no_run_directory(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_failure_in_setup_leaves_no_run_directory(tmp_path):
+    with pytest.raises(ValueError, match="batch_size"):
+        ClassifierRunner({"log": True, "tensorboard": True, "dataloader": {"batch_size": 0}})
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_failed_start_keeps_a_directory_that_existed(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

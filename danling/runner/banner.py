@@ -47,7 +47,7 @@ def config_changes(before: Mapping, after: Mapping, ignored: frozenset[str] = PR
         ignored: Top-level keys to leave out (progress and I/O locations).
 
     Examples:
-        >>> config_changes({"lr": 0.1, "steps": 5, "seed": 1}, {"lr": 0.2, "steps": 9, "seed": 1, "ema": True})
+        >>> config_changes({"lr": 0.1, "steps": 5}, {"lr": 0.2, "steps": 9, "ema": True, "precision": None})
         ['lr: 0.1 -> 0.2', 'ema: -> True']
     """
     old, new = flatten(to_plain(dict(before))), flatten(to_plain(dict(after)))
@@ -56,7 +56,8 @@ def config_changes(before: Mapping, after: Mapping, ignored: frozenset[str] = PR
         if key.split(".", 1)[0] in ignored:
             continue
         if key not in old:
-            changes.append(f"{key}: -> {_short(value)}")
+            if value is not None:  # a key added since (e.g. by a newer version) at its empty default is no change
+                changes.append(f"{key}: -> {_short(value)}")
         elif old[key] != value:
             changes.append(f"{key}: {_short(old[key])} -> {_short(value)}")
     return changes
@@ -118,8 +119,11 @@ def banner_lines(runner: Any, mode: str) -> list[str]:
     lines.append(_score_line(runner))
     resume = getattr(runner, "resume_record", None)
     if resume is not None:
-        where = f"at epoch {runner.epoch_begin}, step {runner.step_begin}"
-        lines.append(f"resumed from {resume.get('file') or 'a checkpoint'} {where}")
+        file = resume.get("file") or "a checkpoint"
+        if mode == "train":
+            lines.append(f"resumed from {file} at epoch {runner.epoch_begin}, step {runner.step_begin}")
+        else:
+            lines.append(f"evaluating {file}, saved at epoch {runner.epochs}, step {runner.steps}")
         changes = resume.get("changes") or []
         lines.append("changed since the checkpoint: " + (", ".join(changes) if changes else "nothing"))
     differences = non_defaults(config)

@@ -139,7 +139,7 @@ def test_evaluating_a_checkpoint_writes_a_new_directory(tmp_path, how):
     assert Path(evaluator.dir) != Path(trained.dir)
     assert len(list(Path(evaluator.dir).glob(EVENTS))) == 1
     assert (Path(evaluator.dir) / "config.yaml").is_file()
-    assert f"resumed from {best}" in (Path(evaluator.dir) / "run.log").read_text()
+    assert f"evaluating {best}, saved at epoch" in (Path(evaluator.dir) / "run.log").read_text()
 
 
 def test_evaluating_with_log_and_tensorboard_off_writes_nothing(tmp_path):

@@ -92,3 +92,39 @@ def test_peak_memory_on_cuda(tmp_path):
     runner = SlowRunner({"dir": str(tmp_path / "run"), "log": False, "epoch_end": 1, "dataloader": {"batch_size": 4}})
     result = runner.train()[0]
     assert result["train"]["peak_memory_mib"] > 0
+
+
+class CountingRunner(dl.TorchRunner):
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        n = self.config.n
+        generator = torch.Generator().manual_seed(0)
+        self.datasets.train = torch.utils.data.TensorDataset(torch.randn(n, 4, generator=generator), torch.randn(n, 1))
+        self.model = nn.Linear(4, 1)
+        self.criterion = nn.MSELoss()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3)
+
+
+def reads_of_tensor_values(tmp_path, monkeypatch, n: int) -> int:
+    runner = CountingRunner(
+        {"n": n, "dir": str(tmp_path / f"run{n}"), "log": True, "tensorboard": True, "epoch_end": 1}
+        | {"log_interval": 1000, "dataloader": {"batch_size": 4}}
+    )
+    calls = []
+    for name in ("item", "__float__", "__bool__", "tolist", "cpu"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    runner.train_epoch("train")
+    monkeypatch.undo()
+    runner.close()
+    return len(calls)
+
+
+def test_no_reads_of_tensor_values_per_step(tmp_path, monkeypatch):
+    # A host-device sync reads a tensor's value: as many reads for 16 batches as for 4 means none per step.
+    assert reads_of_tensor_values(tmp_path, monkeypatch, 16) == reads_of_tensor_values(tmp_path, monkeypatch, 64)

@@ -6,6 +6,7 @@ import difflib
 import json
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 from uuid import UUID, uuid5
@@ -253,7 +254,10 @@ class Config(chanfig.Config):
             else:
                 _missing_config_file(default_config, no_default_config_action)
         check_typos(args, self)
-        return super().parse(args, boot=boot, strict=strict)
+        with warnings.catch_warnings():
+            # chanfig warns about every unknown flag near a known one; the real typos were stopped just above.
+            warnings.filterwarnings("ignore", message="Unrecognized argument", category=RuntimeWarning)
+            return super().parse(args, boot=boot, strict=strict)
 
     def post(self) -> None:
         r"""
@@ -322,14 +326,34 @@ def check_typos(args: Iterable[str], config: Mapping, cutoff: float = TYPO_CUTOF
         if not flag.startswith("--") or flag == "--":
             continue
         key = flag[2:].split("=", 1)[0].replace("-", "_")
-        if key in known or any(name.startswith(key + ".") for name in known):
-            continue
-        close = difflib.get_close_matches(key, known, n=1, cutoff=cutoff)
-        if close:
+        closest = _closest_key(key, known, cutoff)
+        if closest is not None:
             raise ValueError(
-                f"unknown config key {key!r} (from --{key}); did you mean {close[0]!r}? "
+                f"unknown config key {key!r} (from --{key}); did you mean {closest!r}? "
                 f"Declare {key!r} on your Config if it is a new key."
             )
+
+
+def _closest_key(key: str, known: set[str], cutoff: float) -> str | None:
+    # Walk the dotted key level by level: the first part that is not known is compared with its siblings only,
+    # so `--optim.lrr` suggests `optim.lr` while `--dataloader.val.batch_size` (a new section) is accepted.
+    prefixes = {".".join(name.split(".")[: i + 1]) for name in known for i in range(name.count(".") + 1)}
+    parts = key.split(".")
+    for depth in range(len(parts)):
+        path = ".".join(parts[: depth + 1])
+        if path in prefixes:
+            continue
+        parent = ".".join(parts[:depth])
+        siblings = {
+            name.split(".")[depth]
+            for name in prefixes
+            if name.count(".") == depth and (depth == 0 or name.startswith(parent + "."))
+        }
+        close = difflib.get_close_matches(parts[depth], siblings, n=1, cutoff=cutoff)
+        if not close:
+            return None
+        return ".".join([*parts[:depth], close[0], *parts[depth + 1 :]])
+    return None
 
 
 def _pop_flag(args: list[str], name: str) -> tuple[list[str], str | None]:
@@ -362,8 +386,6 @@ def _missing_config_file(name: str, action: str) -> None:
     if action == "raise":
         raise RuntimeError(f"--{name} is required: pass --{name} path/to/config.yaml")
     if action == "warn":
-        from warnings import warn
-
-        warn(message, RuntimeWarning, stacklevel=3)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
     elif action != "ignore":
         raise ValueError(f"no_default_config_action must be one of 'ignore', 'warn', 'raise', but got {action!r}")

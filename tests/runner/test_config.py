@@ -268,20 +268,30 @@ def test_typed_defaults_are_declared():
 
 @pytest.mark.parametrize(
     ("flag", "closest"),
-    [("--precison", "precision"), ("--accum-step", "accum_steps"), ("--max_grad_nrom", "max_grad_norm")],
+    [
+        ("--precison", "precision"),
+        ("--accum-step", "accum_steps"),
+        ("--max_grad_nrom", "max_grad_norm"),
+        ("--optim.lrr", "optim.lr"),
+        ("--optm.lr", "optim.lr"),
+    ],
 )
 def test_a_typo_stops_with_the_closest_key(flag, closest):
-    config = Config()
+    config = Config({"optim": {"lr": 0.1}, "dataloader": {"batch_size": 8}})
     with pytest.raises(ValueError, match=rf"did you mean '{closest}'") as error:
         config.parse([flag, "1"])
     assert flag.lstrip("-").replace("-", "_") in str(error.value)
     assert config.precision is None  # nothing was applied
 
 
-def test_new_keys_far_from_known_ones_are_accepted():
-    config = Config().parse(["--hidden_width", "64", "--optim.lr", "0.1", "--optim.momentum", "0.9"])
+def test_new_keys_far_from_known_ones_are_accepted(recwarn):
+    config = Config({"optim": {"lr": 0.1}, "dataloader": {"batch_size": 8}})
+    config.parse(["--hidden_width", "64", "--optim.momentum", "0.9", "--optim.eps", "1e-8"])
+    config.parse(["--dataloader.val.batch_size", "16", "--dataloader.num_workers", "0"])
     assert config.hidden_width == 64
-    assert config.optim.lr == 0.1
+    assert config.optim.momentum == 0.9
+    assert config.dataloader.val.batch_size == 16
+    assert [str(warning.message) for warning in recwarn] == []
 
 
 def test_yaml_recipe_with_and_without_config_file(tmp_path, recwarn):

@@ -4,6 +4,7 @@ Run:
     python examples/digits.py
     python examples/digits.py --epoch_end 5 --optim.lr 0.01
     torchrun --nproc_per_node=2 examples/digits.py
+    python examples/digits.py --config <run dir>/config.yaml   # rerun a run
 
 Reaches about 96% validation accuracy in a few seconds on a laptop CPU. The run directory (printed at the end)
 holds `run.log`, `results.json`, `best.json`, TensorBoard event files and `checkpoints/{latest,best}.pth`.

@@ -20,16 +20,20 @@ from danling.utils import distributed as dist_utils
 from danling.utils.io import to_plain
 
 from . import checkpoints as ckpt
+from .banner import config_changes
 from .config import Config
 from .distributed import ProcessMixin
-from .log import close_logger, create_tensorboard_writer, setup_logger
+from .log import close_logger, create_logger, create_tensorboard_writer
 from .printing import install_print, restore_print
 from .progress import ProgressMixin
 from .reporting import ReportingMixin
 from .serialization import SerializationMixin
+from .startup import RunDirGuard
 from .utils import RunnerMeta, RunnerMode, get_time_str, on_main_process
 
 SEED_RANGE = (0, 2**32 - 1)
+# Where a run writes: never taken from a checkpoint, so that resuming or evaluating a run writes a new directory.
+RUN_LOCATION_KEYS = ("dir", "log_file", "checkpoint_dir")
 
 
 class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin, metaclass=RunnerMeta):
@@ -96,6 +100,7 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
     evaluate_metrics: Any = None
     logger: logging.Logger | None = None
     writer: Any = None
+    resume_record: dict | None = None
 
     def __init__(self, config: Config | Mapping) -> None:
         self.timestamp = get_time_str()
@@ -126,10 +131,23 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
     def __post_init__(self) -> None:
         r"""
         Called by the metaclass after the subclass's `__init__`: environment, set-up, then resume.
+
+        A failure here (a missing `pretrained` file, a bad config) closes the log and TensorBoard files and
+        removes the run directory this start created, so a failed start leaves nothing behind.
         """
-        self.init_environment()
-        self.setup()
-        self.init_resume()
+        explicit = self.config.get("dir")
+        root = self.config.get("project_root", "experiments")
+        planned = explicit if explicit is not None else os.path.join(root, f"{self.name}-{self.id}", self.timestamp)
+        guard = RunDirGuard(planned)
+        try:
+            self.init_environment()
+            self.setup()
+            self.init_resume()
+        except BaseException:
+            self.close()
+            if self.is_main_process:
+                guard.discard()
+            raise
 
     def init_environment(self) -> None:
         r"""
@@ -166,9 +184,12 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         r"""
         Log to stdout and to [`log_file`][danling.runner.BaseRunner.log_file] (main process only).
 
-        The logger is the runner's own (`danling.runner.<id>`): the root logger and `print` are left alone.
+        The logger belongs to this runner object (named `danling.runner.<id>` but not registered globally), so two
+        runners with the same id write to their own files; the root logger and `print` are left alone.
         """
-        self.logger = setup_logger(f"danling.runner.{self.id}", self.log_file, main_process=True)
+        if self.logger is not None:
+            close_logger(self.logger)
+        self.logger = create_logger(f"danling.runner.{self.id}", self.log_file, main_process=True)
 
     def init_print(self, process: int = 0) -> None:
         r"""
@@ -357,6 +378,10 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         loaded = ckpt.read_checkpoint(checkpoint, *args, **kwargs)
         config = dict(loaded.get(ckpt.RUNNER, loaded))
         config.pop("checkpoint", None)
+        for key in RUN_LOCATION_KEYS:
+            config.pop(key, None)
+        file = os.fsdecode(checkpoint) if not isinstance(checkpoint, Mapping) else self.config.get("checkpoint")
+        self.resume_record = {"file": file, "changes": config_changes(config, self.config)}
         self.config.merge(config, overwrite=overwrite)
         if self.config.getattr("auto_run_id", False):
             self.config.refresh_run_id()
@@ -421,9 +446,12 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         if ckpt.RUNNER not in loaded:
             raise ValueError(f"checkpoint has no {ckpt.RUNNER!r} config (keys: {list(loaded.keys())})")
         config = dict(loaded[ckpt.RUNNER])
-        config.pop("checkpoint", None)
+        for key in ("checkpoint", *RUN_LOCATION_KEYS):
+            config.pop(key, None)
         runner = cls(config)
         runner.load_checkpoint(loaded)
+        if not isinstance(checkpoint, Mapping):
+            runner.resume_record = {**(runner.resume_record or {}), "file": os.fsdecode(checkpoint)}
         return runner
 
     def load_pretrained(self, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import subprocess
-from collections.abc import Mapping
+import sys
+import warnings
+from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 from uuid import UUID, uuid5
 
@@ -38,8 +41,18 @@ VOLATILE_KEYS = frozenset(
         "project_root",
         "progress_bar",
         "debug",
+        "config",
+        "device",
+        "backend",
+        "dist_timeout",
+        "save_steps",
+        "keep_checkpoints",
+        "async_save",
     }
 )
+
+# How close an unknown command-line key must be to a known one (difflib ratio) to be reported as its typo.
+TYPO_CUTOFF = 0.8
 
 
 def get_git_hash(short: bool = True) -> str | None:
@@ -105,8 +118,28 @@ class Config(chanfig.Config):
         checkpoint_dir_name: Name of the checkpoint directory inside the run directory.
         log: Log to stdout and to `run.log`.
         tensorboard: Write TensorBoard event files.
-        log_interval: Log every this many steps (`None` for a default).
+        log_interval: Log every this many batches (`None`: about ten lines per epoch).
         save_interval: Keep an `epoch-N.pth` copy every this many epochs (`None` to keep none).
+        save_steps: Also save `latest.pth` every this many optimizer steps (`None`: at epoch ends only).
+        keep_checkpoints: Number of `epoch-N.pth` copies to keep (`None` keeps all).
+        auto_resume: Resume from the latest checkpoint of the run when there is one.
+        async_save: Write checkpoints in the background.
+        progress_bar: Show a progress bar (`None`: only on an interactive terminal).
+
+    Attributes: Training:
+        precision: `"fp16"`, `"bf16"` or `None` (float32).
+        accum_steps: Micro-batches per optimizer step.
+        max_grad_norm: Clip gradients to this total norm (`None`: no clipping).
+        max_grad_value: Clip gradients to this absolute value (`None`: no clipping).
+        patience: Stop after this many epochs without improvement (`None`: never).
+        score_mode: `"min"`, `"max"` or `None` (decide from `score_name`).
+        compile: Compile the model with `torch.compile`.
+        strategy: Parallelism strategy (`None`: DDP when distributed).
+
+    Attributes: Environment:
+        device: Device to run on (`None`: `cuda:LOCAL_RANK` when available, else CPU).
+        backend: `torch.distributed` backend (`None`: `nccl` on CUDA, else `gloo`).
+        dist_timeout: Timeout of collectives, in seconds (`None`: PyTorch's default).
 
     Examples:
         >>> config = Config({"optim": {"lr": 1e-3}})
@@ -131,6 +164,19 @@ class Config(chanfig.Config):
 
     score_split: Optional[str] = None
     score_name: str = "loss"
+    score_mode: Optional[str] = None
+
+    precision: Optional[str] = None
+    accum_steps: int = 1
+    max_grad_norm: Optional[float] = None
+    max_grad_value: Optional[float] = None
+    patience: Optional[int] = None
+    compile: bool = False
+    strategy: Optional[str] = None
+
+    device: Optional[str] = None
+    backend: Optional[str] = None
+    dist_timeout: Optional[float] = None
 
     checkpoint: Optional[str] = None
     pretrained: Optional[str] = None
@@ -141,6 +187,11 @@ class Config(chanfig.Config):
     tensorboard: bool = False
     log_interval: Optional[int] = None
     save_interval: Optional[int] = None
+    save_steps: Optional[int] = None
+    keep_checkpoints: Optional[int] = None
+    auto_resume: bool = False
+    async_save: bool = False
+    progress_bar: Optional[bool] = None
 
     def __post_init__(self, *args: Any, **kwargs: Any) -> None:
         super().__post_init__(*args, **kwargs)
@@ -157,6 +208,58 @@ class Config(chanfig.Config):
         if isinstance(obj, Mapping):
             return cls(obj)
         return super().from_dict(obj)
+
+    def parse(  # type: ignore[override]
+        self,
+        args: Iterable[str] | None = None,
+        default_config: str | None = "config",
+        no_default_config_action: str = "ignore",
+        boot: bool = True,
+        strict: bool = False,
+    ) -> Config:
+        r"""
+        Apply command-line flags (`--optim.lr 0.01`), optionally on top of a config file, then run `post()`.
+
+        `--config exp.yaml` names a YAML or JSON file whose values override the class defaults; the other flags
+        override the file. Without the flag, the defaults are used (set `no_default_config_action="raise"` to
+        require it). `default_config` renames the flag (`None` turns it off). A flag that is not a key of the config
+        but is close to one (`--precison` for `precision`) is an error; a new key far from every known one is
+        accepted.
+
+        Args:
+            args: Command-line arguments (default: `sys.argv[1:]`).
+            default_config: Name of the flag that carries a config file (`None`: no such flag).
+            no_default_config_action: What to do when that flag is absent: `"ignore"`, `"warn"` or `"raise"`.
+            boot: Run `post()` afterwards (chanfig's `boot`).
+            strict: Accept only keys the config already has.
+
+        Returns:
+            The config itself.
+
+        Raises:
+            ValueError: If a flag looks like a typo of a known key, or `no_default_config_action` is unknown.
+            FileNotFoundError: If the config file does not exist.
+            RuntimeError: If the config-file flag is absent and `no_default_config_action` is `"raise"`.
+
+        Examples:
+            >>> Config().parse(["--accum_steps", "2", "--progress_bar", "false"]).accum_steps
+            2
+            >>> Config().parse(["--precison", "bf16"])
+            Traceback (most recent call last):
+            ValueError: unknown config key 'precison' (from --precison); did you mean 'precision'? ...
+        """
+        args = list(sys.argv[1:] if args is None else args)
+        if default_config is not None:
+            args, path = _pop_flag(args, default_config)
+            if path is not None:
+                self.merge(_read_config_file(path))
+            else:
+                _missing_config_file(default_config, no_default_config_action)
+        check_typos(args, self)
+        with warnings.catch_warnings():
+            # chanfig warns about every unknown flag near a known one; the real typos were stopped just above.
+            warnings.filterwarnings("ignore", message="Unrecognized argument", category=RuntimeWarning)
+            return super().parse(args, boot=boot, strict=strict)
 
     def post(self) -> None:
         r"""
@@ -200,3 +303,91 @@ class Config(chanfig.Config):
 
     def __hash__(self) -> int:
         return int(self.run_uuid.hex, 16)
+
+
+def check_typos(args: Iterable[str], config: Mapping, cutoff: float = TYPO_CUTOFF) -> None:
+    r"""
+    Raise on a command-line flag that is not a key of `config` but close to one (a typo that would be ignored).
+
+    Args:
+        args: Command-line arguments.
+        config: The config whose keys (nested ones dotted) are known.
+        cutoff: Similarity (0 to 1, `difflib`) from which an unknown key counts as a typo.
+
+    Raises:
+        ValueError: Naming the flag and the closest known key.
+
+    Examples:
+        >>> check_typos(["--lr", "0.1", "--accum_steps", "2"], Config())
+        >>> check_typos(["--acum_steps=2"], Config())
+        Traceback (most recent call last):
+        ValueError: unknown config key 'acum_steps' (from --acum_steps); did you mean 'accum_steps'? ...
+    """
+    known = set(config.all_keys()) if hasattr(config, "all_keys") else set(config)
+    for flag in args:
+        if not flag.startswith("--") or flag == "--":
+            continue
+        key = flag[2:].split("=", 1)[0].replace("-", "_")
+        closest = _closest_key(key, known, cutoff)
+        if closest is not None:
+            raise ValueError(
+                f"unknown config key {key!r} (from --{key}); did you mean {closest!r}? "
+                f"Declare {key!r} on your Config if it is a new key."
+            )
+
+
+def _closest_key(key: str, known: set[str], cutoff: float) -> str | None:
+    # Walk the dotted key level by level: the first part that is not known is compared with its siblings only,
+    # so `--optim.lrr` suggests `optim.lr` while `--dataloader.val.batch_size` (a new section) is accepted.
+    prefixes = {".".join(name.split(".")[: i + 1]) for name in known for i in range(name.count(".") + 1)}
+    parts = key.split(".")
+    for depth in range(len(parts)):
+        path = ".".join(parts[: depth + 1])
+        if path in prefixes:
+            continue
+        parent = ".".join(parts[:depth])
+        siblings = {
+            name.split(".")[depth]
+            for name in prefixes
+            if name.count(".") == depth and (depth == 0 or name.startswith(parent + "."))
+        }
+        close = difflib.get_close_matches(parts[depth], siblings, n=1, cutoff=cutoff)
+        if not close:
+            return None
+        return ".".join([*parts[:depth], close[0], *parts[depth + 1 :]])
+    return None
+
+
+def _pop_flag(args: list[str], name: str) -> tuple[list[str], str | None]:
+    # Remove `--name value` or `--name=value` from args; return the rest and the value.
+    rest: list[str] = []
+    value = None
+    iterator = iter(args)
+    for arg in iterator:
+        flag = arg.replace("-", "_") if arg.startswith("--") else arg
+        if flag == f"__{name}":
+            value = next(iterator, None)
+        elif flag.startswith(f"__{name}="):
+            value = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return rest, value
+
+
+def _read_config_file(path: str) -> Mapping:
+    from danling.utils.io import load
+
+    content = load(path)
+    if not isinstance(content, Mapping):
+        raise ValueError(f"config file {path!r} holds a {type(content).__name__}, not a mapping of keys to values")
+    return content
+
+
+def _missing_config_file(name: str, action: str) -> None:
+    message = f"no --{name} file given; using the defaults"
+    if action == "raise":
+        raise RuntimeError(f"--{name} is required: pass --{name} path/to/config.yaml")
+    if action == "warn":
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    elif action != "ignore":
+        raise ValueError(f"no_default_config_action must be one of 'ignore', 'warn', 'raise', but got {action!r}")

@@ -1,4 +1,7 @@
-"""Runner logging: a per-run logger writing to stdout and a log file on the main process only."""
+"""Runner logging: a logger owned by each runner, writing to stdout and a log file on the main process only.
+
+Lines to stdout go through `tqdm.write` once tqdm is loaded, so they never cut a progress bar in half.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,35 @@ from typing import Any
 # stacking duplicates.
 _HANDLER_MARK = "_danling_handler"
 FORMAT = "%(asctime)s [%(levelname)s] %(name)s: %(message)s"
+
+
+class BarSafeStreamHandler(logging.StreamHandler):
+    r"""
+    A `StreamHandler` that writes through `tqdm.write` when tqdm is loaded: progress bars are cleared, the line is
+    written, and the bars are drawn again below it.
+
+    Examples:
+        >>> import io
+        >>> stream = io.StringIO()
+        >>> logger = logging.Logger("danling.doctest.bar")
+        >>> logger.addHandler(BarSafeStreamHandler(stream))
+        >>> logger.warning("hello")
+        >>> stream.getvalue()
+        'hello\n'
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm = sys.modules.get("tqdm")
+        if tqdm is None:
+            super().emit(record)
+            return
+        try:
+            tqdm.tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except RecursionError:  # pragma: no cover - as logging.StreamHandler does
+            raise
+        except Exception:
+            self.handleError(record)
 
 
 def _install(logger: logging.Logger, handler: logging.Handler, level: int) -> None:
@@ -54,14 +86,51 @@ def setup_logger(name: str, log_file: str | None, main_process: bool = True, ran
         1
         >>> close_logger(logger)
     """
-    logger = logging.getLogger(name)
+    return configure_logger(logging.getLogger(name), log_file, main_process, rank)
+
+
+def create_logger(name: str, log_file: str | None, main_process: bool = True, rank: int = 0) -> logging.Logger:
+    r"""
+    A new logger that belongs to its caller alone: not registered under `name`, so two runners with the same id
+    in one process each write to their own `log_file`.
+
+    Configured as [`setup_logger`][danling.runner.log.setup_logger] does; close it with
+    [`close_logger`][danling.runner.log.close_logger].
+
+    Args:
+        name: Name shown in the log lines.
+        log_file: File to append to (main process only); `None` for none.
+        main_process: Whether this is the process that logs.
+        rank: Rank shown in messages of the other processes.
+
+    Returns:
+        The logger.
+
+    Examples:
+        >>> first, second = create_logger("danling.same", None), create_logger("danling.same", None)
+        >>> first is not second and first.name == second.name
+        True
+        >>> close_logger(first), close_logger(second)
+        (None, None)
+    """
+    return configure_logger(logging.Logger(name), log_file, main_process, rank)
+
+
+def configure_logger(logger: logging.Logger, log_file: str | None, main_process: bool, rank: int) -> logging.Logger:
+    r"""
+    Give `logger` DanLing's handlers, replacing the ones it installed before (see
+    [`setup_logger`][danling.runner.log.setup_logger]).
+
+    Returns:
+        The logger.
+    """
     close_logger(logger)
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
     if main_process:
-        _install(logger, logging.StreamHandler(sys.stdout), logging.INFO)
+        _install(logger, BarSafeStreamHandler(sys.stdout), logging.INFO)
         if log_file is not None:
-            _install(logger, logging.FileHandler(log_file, mode="a", encoding="utf-8"), logging.DEBUG)
+            _install(logger, logging.FileHandler(log_file, mode="a", encoding="utf-8", delay=True), logging.DEBUG)
     else:
         handler = logging.StreamHandler(sys.stderr)
         _install(logger, handler, logging.WARNING)

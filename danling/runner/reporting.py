@@ -14,7 +14,10 @@ from danling.utils.io import save, to_plain
 
 from . import checkpoints as ckpt
 from . import results as res
+from .banner import log_banner
 from .data import loader_length
+from .startup import write_config_file
+from .telemetry import display_values, hparam_values, step_view, write_hparams, write_scalars
 from .utils import RunnerMode, format_result, on_main_process
 
 
@@ -103,13 +106,6 @@ class ReportingMixin:
         if split is not None and split not in available:
             raise ValueError(f"score_split is {split!r}, but there is no such split; available splits are {available}")
 
-    def describe_score(self) -> str:
-        r"""One line saying how the best result is chosen (logged at the start of `train()`)."""
-        direction = "lower" if self.best_fn is min else "higher" if self.best_fn is max else f"{self.best_fn!r}"
-        split = self.config.get("score_split")
-        where = f"on split {split!r}" if split is not None else "on 'val' (or the fallback split)"
-        return f"best result: {self.config.get('score_name', 'loss')} {where}, {direction} is better"
-
     @property
     def scores(self) -> NestedDict | None:
         r"""
@@ -180,17 +176,37 @@ class ReportingMixin:
         return self.best_index == next(reversed(list(self.results.keys())))
 
     def format_result(self, result: Mapping, format_spec: str = ".4f") -> str:
-        r"""Format a result for humans (see [`format_result`][danling.runner.utils.format_result])."""
-        return format_result(result, format_spec=format_spec)
+        r"""
+        Format a result for humans (see [`format_result`][danling.runner.utils.format_result]); the learning rate
+        reads `3.2e-04` and throughput `samples/s`.
+        """
+        return format_result(display_values(result, format_spec), format_spec=format_spec)
 
     def format_step_result(
         self, result: Mapping, split: str | None, steps: int, length: int | None, format_spec: str = ".4f"
     ) -> str:
-        r"""Format a step log line: `"training on train [12/100]\tloss: 0.1234"`."""
+        r"""
+        Format a step log line, e.g. `training on train [12/99]`, then tab-separated `loss: 0.1234`,
+        `lr: 3.2e-04`, `samples/s: 812.5` and `time: 0.012 s/step`.
+
+        Dataset-level metrics (AUROC, AUPRC, Pearson, Spearman), meaningless on one batch, are left out: they are
+        in the epoch line.
+        """
         verb = {"train": "training", "evaluate": "evaluating", "infer": "inferring"}[str(self.mode)]
         prefix = f"{verb} on {split} " if split is not None else ""
         position = f"[{steps}/{length}]" if length is not None else f"[{steps}]"
-        return f"{prefix}{position}\t{self.format_result(result, format_spec)}"
+        return f"{prefix}{position}\t{format_result(display_values(step_view(result), format_spec, step=True))}"
+
+    def format_bar_postfix(self, result: Mapping) -> str:
+        r"""
+        What the progress bar shows after a log step: the loss and the throughput.
+
+        Examples:
+            >>> ReportingMixin().format_bar_postfix({"loss": 0.123456, "acc": 0.5, "samples_per_s": 1000.0})
+            'loss=0.1235, samples/s=1000.0'
+        """
+        shown = display_values({key: result[key] for key in ("loss", "samples_per_s") if key in result})
+        return ", ".join(f"{key}={value}" for key, value in shown.items())
 
     def format_epoch_result(
         self, result: Mapping, epochs: int | None = None, epoch_end: int | None = None, format_spec: str = ".4f"
@@ -202,7 +218,10 @@ class ReportingMixin:
         return prefix + self.format_result(result, format_spec)
 
     def step_log(self, split: str, iteration: int, length: int | None = None) -> NestedDict:
-        r"""Log the step result of `split` and write it to TensorBoard when training."""
+        r"""
+        Log the step result of `split` and, when training, write it to TensorBoard as `{split}/step/{metric}` at
+        the global step (dataset-level metrics left out).
+        """
         loader = self.dataloaders.get(split)
         if length is None and loader is not None:
             batches = loader_length(loader)  # None for an iterable dataset without a length
@@ -210,7 +229,7 @@ class ReportingMixin:
         result = self.get_step_result()
         self.log(self.format_step_result(result, split, iteration, length))
         if self.mode == RunnerMode.train:
-            self.write_result(result, split)
+            write_scalars(self.writer, step_view(result), f"{split}/step", self.steps)
         return result
 
     def log(self, message: str, level: int = logging.INFO) -> None:
@@ -240,6 +259,53 @@ class ReportingMixin:
         r"""Write one scalar to TensorBoard as `{split}/{name}`."""
         if self.writer is not None:
             self.writer.add_scalar(f"{split}/{name}", score, steps)
+
+    def write_epoch_result(self, result: Mapping) -> None:
+        r"""
+        Write every split's epoch result to TensorBoard as `{split}/{metric}` (`val/acc`, `train/loss`, `train/lr`,
+        `train/samples_per_s`...), at the global step: the same x-axis as the step scalars (`{split}/step/...`).
+        """
+        for split, split_result in result.items():
+            if isinstance(split_result, Mapping):
+                write_scalars(self.writer, split_result, split, self.steps)
+        if self.writer is not None:
+            self.writer.flush()
+
+    def write_hparams(self) -> None:
+        r"""
+        Write the hyper-parameters and the best score (`hparams/best_{score_name}`) to TensorBoard's hparams view.
+        """
+        if self.writer is None or self.best_score is None:
+            return
+        metric = {f"hparams/best_{self.config.get('score_name', 'loss')}": float(self.best_score)}
+        write_hparams(self.writer, hparam_values(to_plain(self.config.dict())), metric, self.steps)
+        self.writer.flush()
+
+    def announce(self, mode: str) -> None:
+        r"""
+        At the start of `train`/`evaluate`: log the [start banner][danling.runner.banner.banner_lines] and write
+        [`config.yaml`][danling.runner.BaseRunner.write_config] (main process only; an evaluation with `log` and
+        `tensorboard` off writes no file).
+
+        Args:
+            mode: `train` or `evaluate`.
+        """
+        if not self.is_main_process:
+            return
+        log_banner(self, mode)
+        if mode == "train" or self.logger is not None or self.writer is not None:
+            self.write_config()
+
+    @on_main_process
+    def write_config(self) -> str:
+        r"""
+        Write the config to `dir/config.yaml` (atomically, safe-loadable YAML) without progress counters, so that
+        `python train.py --config <dir>/config.yaml` reruns the run with the same hyper-parameters and id.
+
+        Returns:
+            The path written.
+        """
+        return write_config_file(self.config, self.dir)
 
     @on_main_process
     def save_result(self) -> None:

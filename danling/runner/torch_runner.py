@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Iterable, Mapping
 from itertools import count
 from typing import Any
@@ -38,6 +37,7 @@ from .inference import gather_predictions, infer_input, inference_loader
 from .precision import Precision
 from .rng import get_rng_state, set_rng_state
 from .stepping import OptimizationMixin, StepProbe
+from .telemetry import Telemetry
 from .utils import RunnerMode, to_device
 
 
@@ -72,7 +72,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
     """
 
     model: nn.Module | None = None
-    _step_time: float | None = None
+    _bar: Any = None
 
     def __init__(self, config: Any) -> None:
         self._windows = AccumulationWindows()
@@ -82,6 +82,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         super().__init__(config)
         self._device = self._resolve_device()
         self._precision = Precision(self.config.get("precision"), self._device.type)
+        self.telemetry = Telemetry(self._device, self.world_size)
 
     # Set-up
 
@@ -218,7 +219,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         evaluate_splits = self.evaluate_splits if evaluate_splits is None else evaluate_splits
         epochs = self._epochs_to_run()
         self.check_score_split([*train_splits, *evaluate_splits])
-        self.log(self.describe_score())
+        self.announce("train")
         for epoch in epochs:
             if self._step_end_reached():
                 self.log(f"step_end ({self.step_end}) already reached at step {self.steps}: nothing left to train")
@@ -227,6 +228,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             result = self._run_epoch(train_splits, evaluate_splits)
             self.append_result(result, index=epoch)
             self._step_plateau_scheduler()
+            self.write_epoch_result(result)
             self.log(self.format_epoch_result(result))
             self.save_result()
             self.save_checkpoint(epochs=epoch)
@@ -234,6 +236,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
                 self.writer.flush()
             if self._should_stop():
                 break
+        self.write_hparams()
         return self.results
 
     def _epochs_to_run(self) -> Iterable[int]:
@@ -301,12 +304,13 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         log_interval = self.config.get("log_interval")
         step_end = self.step_end
         partial = False
-        for iteration, data in enumerate(self._iterate(loader, split, length)):
+        first = self.telemetry.batches_before + 1  # log steps count batches over the run, not per epoch
+        for iteration, data in enumerate(self._iterate(loader, split, length), first):
             self.train_step(self.to_device(data))
-            if log_interval is not None and (iteration + 1) % log_interval == 0:
+            if log_interval is not None and iteration % log_interval == 0:
                 self._log_step(split, iteration, length)
             if step_end is not None and self.steps >= step_end:
-                partial = length is not None and iteration + 1 < length
+                partial = length is not None and iteration - first + 1 < length
                 break
         self._flush_accumulation()
         self._loss_guard.check(self.distributed)
@@ -328,8 +332,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         metrics = self.current_metrics
         if metrics is not None:
             metrics.reset()
-        self._last_log = (time.perf_counter(), -1)
-        self._step_time = None
+        self.telemetry.start_epoch(mode, self.steps)
         if own and mode == RunnerMode.train:
             set_sampler_epoch(self.datasamplers.get(split), self.epochs, self.config.get("seed"))
         return loader
@@ -351,14 +354,13 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         return self._evaluation_loaders[split]
 
     def _log_step(self, split: str, iteration: int, length: int | None) -> None:
-        # Seconds per batch since the previous log line: measured here, off the hot path.
-        now = time.perf_counter()
-        last_time, last_iteration = self._last_log
-        self._step_time = (now - last_time) / (iteration - last_iteration)
-        self._last_log = (now, iteration)
+        # `iteration` counts batches over the run; the line shows the position in the epoch.
         if self.mode == RunnerMode.train:
             self._loss_guard.check(self.distributed)
-        self.step_log(split, iteration, None if length is None else length - 1)
+        position = self.telemetry.batches - 1
+        result = self.step_log(split, position, None if length is None else length - 1)
+        if self._bar is not None:
+            self._bar.set_postfix_str(self.format_bar_postfix(result), refresh=False)
 
     def train_step(self, data: Any) -> tuple[Any, torch.Tensor]:
         r"""
@@ -433,7 +435,10 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             `split -> metric -> value`.
         """
         splits = self.evaluate_splits if evaluate_splits is None else evaluate_splits
-        return NestedDict({split: self.evaluate_epoch(split) for split in splits})
+        self.announce("evaluate")
+        result = NestedDict({split: self.evaluate_epoch(split) for split in splits})
+        self.write_epoch_result(result)
+        return result
 
     @torch.inference_mode()
     def evaluate_epoch(self, split: str = "val") -> NestedDict:
@@ -446,9 +451,10 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         loader = self._start_epoch(split, RunnerMode.evaluate)
         length = loader_length(loader)
         log_interval = self.config.get("log_interval")
-        for iteration, data in enumerate(self._iterate(loader, split, length)):
+        first = self.telemetry.batches_before + 1
+        for iteration, data in enumerate(self._iterate(loader, split, length), first):
             self.evaluate_step(self.to_device(data))
-            if log_interval is not None and (iteration + 1) % log_interval == 0:
+            if log_interval is not None and iteration % log_interval == 0:
                 self._log_step(split, iteration, length)
         return self.get_epoch_result()
 
@@ -499,11 +505,15 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         return gather_predictions(outputs, self.distributed)
 
     def _iterate(self, loader: Iterable, split: str, length: int | None) -> Iterable:
+        batches = self.telemetry.iterate(loader)
+        self._bar = None
         if not self._show_progress_bar():
-            return loader
+            return batches
         from tqdm.auto import tqdm
 
-        return tqdm(loader, total=length, desc=f"{self.mode} {split}", leave=False, dynamic_ncols=True)
+        desc = split if split == str(self.mode) else f"{self.mode} {split}"
+        self._bar = tqdm(batches, total=length, desc=desc, leave=False, dynamic_ncols=True)
+        return self._bar
 
     def _show_progress_bar(self) -> bool:
         setting = self.config.get("progress_bar")
@@ -521,8 +531,19 @@ class TorchRunner(OptimizationMixin, BaseRunner):
                     result[key] = float(self.reduce(torch.tensor(float(value), dtype=torch.float64)))
         if self.mode == RunnerMode.train and self.optimizer is not None:
             result["lr"] = self.optimizer.param_groups[0]["lr"]
-        if self._step_time is not None:
-            result["time"] = self._step_time
+        result.update(self.telemetry.step_stats(self.steps if self.mode == RunnerMode.train else None))
+        return result
+
+    def get_epoch_result(self) -> NestedDict:
+        r"""
+        The epoch's meters and metrics, the learning rate at its end (training), and its
+        [telemetry][danling.runner.telemetry.Telemetry.epoch_stats]: `samples_per_s`, `epoch_time`, `data_time`,
+        `compute_time` (and `tokens_per_s`, `peak_memory_mib` when known).
+        """
+        result = super().get_epoch_result()
+        if self.mode == RunnerMode.train and self.optimizer is not None:
+            result["lr"] = self.optimizer.param_groups[0]["lr"]
+        result.update(self.telemetry.epoch_stats())
         return result
 
     # Checkpoints

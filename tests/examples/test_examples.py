@@ -7,6 +7,7 @@ The scripts run in subprocesses with their working directory in `tmp_path`, so n
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -58,6 +59,23 @@ def test_example_runs_one_epoch(script: Path, tmp_path: Path, run) -> None:
     checkpoint = torch.load(run_dir / "checkpoints" / "latest.pth", weights_only=True)
     assert checkpoint["runner"]["epochs"] == 0
     assert checkpoint["runner"]["steps"] > 0
+
+
+def test_digits_reruns_from_its_config_yaml(tmp_path: Path, run) -> None:
+    import yaml
+
+    script = ROOT / "examples" / "digits.py"
+    first, second = tmp_path / "first", tmp_path / "second"
+    run([sys.executable, str(script), *ONE_EPOCH, "--optim.lr", "0.02", "--dir", str(first)], cwd=tmp_path)
+    config = yaml.safe_load((first / "config.yaml").read_text())
+    assert config["optim"]["lr"] == 0.02
+    run([sys.executable, str(script), "--config", str(first / "config.yaml"), "--dir", str(second)], cwd=tmp_path)
+    rerun = yaml.safe_load((second / "config.yaml").read_text())
+    assert rerun["run_id"] == config["run_id"]
+    assert {k: v for k, v in rerun.items() if k != "dir"} == {k: v for k, v in config.items() if k != "dir"}
+    first_results = json.loads((first / "results.json").read_text())["results"]
+    second_results = json.loads((second / "results.json").read_text())["results"]
+    assert first_results["0"]["val"]["acc"] == second_results["0"]["val"]["acc"]  # same seed, same numbers
 
 
 @pytest.mark.distributed

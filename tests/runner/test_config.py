@@ -218,3 +218,109 @@ def test_nested_sections_survive_a_round_trip(how: str) -> None:
     }[how]()
     assert restored.optim.dict() == {"lr": 1e-3}
     assert restored.dict() == config.dict()
+
+
+# Typed keys, typos and the YAML recipe of `parse`
+
+
+class RecipeConfig(Config):
+    epoch_end: int = 5
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.optim.lr = 1e-3
+
+
+@pytest.mark.parametrize(
+    ("args", "key", "expected"),
+    [
+        (["--progress_bar", "false"], "progress_bar", False),
+        (["--progress_bar", "True"], "progress_bar", True),
+        (["--accum_steps", "2"], "accum_steps", 2),
+        (["--max_grad_norm", "1"], "max_grad_norm", 1.0),
+        (["--max_grad_value", "0.5"], "max_grad_value", 0.5),
+        (["--patience", "3"], "patience", 3),
+        (["--precision", "bf16"], "precision", "bf16"),
+        (["--score_mode", "min"], "score_mode", "min"),
+        (["--save_steps", "10"], "save_steps", 10),
+        (["--keep_checkpoints", "2"], "keep_checkpoints", 2),
+        (["--auto_resume", "false"], "auto_resume", False),
+        (["--compile", "false"], "compile", False),
+        (["--async_save", "true"], "async_save", True),
+        (["--log_interval", "4"], "log_interval", 4),
+        (["--device", "cpu"], "device", "cpu"),
+        (["--backend", "gloo"], "backend", "gloo"),
+    ],
+)
+def test_declared_keys_parse_to_their_types(args, key, expected):
+    value = Config().parse(args)[key]
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+def test_typed_defaults_are_declared():
+    config = Config()
+    assert config.accum_steps == 1
+    assert config.progress_bar is None
+    assert config.precision is None
+    assert config.auto_resume is False
+
+
+@pytest.mark.parametrize(
+    ("flag", "closest"),
+    [
+        ("--precison", "precision"),
+        ("--accum-step", "accum_steps"),
+        ("--max_grad_nrom", "max_grad_norm"),
+        ("--optim.lrr", "optim.lr"),
+        ("--optm.lr", "optim.lr"),
+    ],
+)
+def test_a_typo_stops_with_the_closest_key(flag, closest):
+    config = Config({"optim": {"lr": 0.1}, "dataloader": {"batch_size": 8}})
+    with pytest.raises(ValueError, match=rf"did you mean '{closest}'") as error:
+        config.parse([flag, "1"])
+    assert flag.lstrip("-").replace("-", "_") in str(error.value)
+    assert config.precision is None  # nothing was applied
+
+
+def test_new_keys_far_from_known_ones_are_accepted(recwarn):
+    config = Config({"optim": {"lr": 0.1}, "dataloader": {"batch_size": 8}})
+    config.parse(["--hidden_width", "64", "--optim.momentum", "0.9", "--optim.eps", "1e-8"])
+    config.parse(["--dataloader.val.batch_size", "16", "--dataloader.num_workers", "0"])
+    assert config.hidden_width == 64
+    assert config.optim.momentum == 0.9
+    assert config.dataloader.val.batch_size == 16
+    assert [str(warning.message) for warning in recwarn] == []
+
+
+def test_yaml_recipe_with_and_without_config_file(tmp_path, recwarn):
+    path = tmp_path / "exp.yaml"
+    path.write_text("epoch_end: 9\noptim:\n  lr: 0.01\nprecision: bf16\n")
+    plain = RecipeConfig().parse([])
+    assert (plain.epoch_end, plain.optim.lr) == (5, 1e-3)
+    from_file = RecipeConfig().parse(["--config", str(path)])
+    assert (from_file.epoch_end, from_file.optim.lr, from_file.precision) == (9, 0.01, "bf16")
+    overridden = RecipeConfig().parse(["--config", str(path), "--optim.lr", "0.5"], default_config="config")
+    assert (overridden.epoch_end, overridden.optim.lr) == (9, 0.5)
+    assert "config" not in overridden  # the file's path is not a hyper-parameter
+    assert [str(warning.message) for warning in recwarn] == []
+
+
+def test_yaml_recipe_can_require_the_file():
+    with pytest.raises(RuntimeError, match="--config is required"):
+        RecipeConfig().parse([], default_config="config", no_default_config_action="raise")
+
+
+def test_missing_config_file_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        RecipeConfig().parse(["--config", str(tmp_path / "missing.yaml")], default_config="config")
+
+
+def test_the_config_flag_can_be_renamed_or_turned_off(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("epoch_end: 9\n")
+    assert RecipeConfig().parse(["--experiment", str(path)], default_config="experiment").epoch_end == 9
+    plain = RecipeConfig().parse(["--config", str(path)], default_config=None)
+    assert plain.epoch_end == 5
+    assert plain.config == str(path)  # just a key then

@@ -101,8 +101,16 @@ def test_only_rank_zero_logs_and_writes_tensorboard(ranks):
 
 def test_epoch_losses_are_identical_across_ranks(ranks):
     rank0, rank1 = ranks["reports"]
-    assert rank0["results"] == rank1["results"]
+    assert rank0["results"] == rank1["results"]  # timings included: summed or averaged over the ranks
     assert sorted(rank0["results"]) == ["0", "1"]
+
+
+def test_epoch_throughput_counts_the_samples_of_every_rank(ranks):
+    results = ranks["reports"][0]["results"]["0"]
+    for split, samples in (("train", 64), ("val", 37)):
+        result = results[split]
+        assert result["samples_per_s"] * result["epoch_time"] == pytest.approx(samples, rel=1e-6)
+        assert result["data_time"] + result["compute_time"] == pytest.approx(result["epoch_time"])
 
 
 def test_evaluation_loss_is_the_sample_weighted_mean_over_all_ranks(ranks):

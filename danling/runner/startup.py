@@ -1,0 +1,77 @@
+"""Start-up of a run on disk: `config.yaml`, and no trace of a start that failed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+
+from danling.utils.io import save, to_plain
+
+# Progress keys left out of `config.yaml`: rerunning it starts a run afresh.
+PROGRESS_KEYS = frozenset({"steps", "epochs", "step_begin", "epoch_begin", "results"})
+
+
+def write_config_file(config: Mapping, directory: str, name: str = "config.yaml") -> str:
+    r"""
+    Write a config as safe-loadable YAML, atomically, without its progress counters.
+
+    Args:
+        config: The config (chanfig configs and plain mappings alike).
+        directory: Where to write.
+        name: File name.
+
+    Returns:
+        The path written.
+
+    Examples:
+        >>> import tempfile, yaml
+        >>> path = write_config_file({"optim": {"lr": 0.1}, "steps": 7}, tempfile.mkdtemp())
+        >>> with open(path) as fp:
+        ...     yaml.safe_load(fp)
+        {'optim': {'lr': 0.1}}
+    """
+    plain = to_plain(config.dict() if hasattr(config, "dict") else dict(config))
+    content = {key: value for key, value in plain.items() if key not in PROGRESS_KEYS}
+    return save(content, os.path.join(directory, name), sort_keys=False)
+
+
+class RunDirGuard:
+    r"""
+    Remembers which folders of a run directory's path exist before a start, and removes the ones the start made
+    when it fails (the run directory with its content, the folders above it only when left empty).
+
+    Args:
+        path: The run directory the start will use.
+
+    Examples:
+        >>> import tempfile
+        >>> root = tempfile.mkdtemp()
+        >>> guard = RunDirGuard(os.path.join(root, "experiments", "name-id", "stamp"))
+        >>> os.makedirs(os.path.join(root, "experiments", "name-id", "stamp"))
+        >>> guard.discard()
+        >>> os.listdir(root)
+        []
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        missing = []
+        folder = self.path
+        while not os.path.exists(folder):
+            missing.append(folder)
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                break
+            folder = parent
+        self.missing = missing  # the run directory first, then the folders above it
+
+    def discard(self) -> None:
+        r"""Remove what the start created: the run directory, then each folder above it that is left empty."""
+        if not self.missing or not os.path.isdir(self.path):
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+        for folder in self.missing[1:]:
+            if not os.path.isdir(folder) or os.listdir(folder):
+                return
+            os.rmdir(folder)

@@ -21,12 +21,14 @@ from danling.utils.io import to_plain
 
 from . import checkpoints as ckpt
 from .banner import config_changes
+from .checkpointing import CheckpointManager, checkpoint_dir_of, find_run_checkpoint
 from .config import Config
 from .distributed import ProcessMixin
 from .log import close_logger, create_logger, create_tensorboard_writer
 from .printing import install_print, restore_print
 from .progress import ProgressMixin
 from .reporting import ReportingMixin
+from .resumption import merge_saved_config
 from .serialization import SerializationMixin
 from .startup import RunDirGuard
 from .utils import RunnerMeta, RunnerMode, get_time_str, on_main_process
@@ -117,8 +119,12 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         if config.getattr("auto_run_id", False):
             config.refresh_run_id()
         self._config = config
+        self._config_overrides: list[tuple[str, Any, Any]] = []
+        self._resume_notes: list[str] = []
         self.init_distributed()
         self.inited = True
+        if self.config.get("auto_resume") is True and self.config.get("checkpoint") is None:
+            self._discover_checkpoint()
         if self.config.get("checkpoint") is not None:
             self._checkpoint = ckpt.read_checkpoint(self.config["checkpoint"], weights_only=True)
             self.load_config(self._checkpoint)
@@ -141,6 +147,10 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         guard = RunDirGuard(planned)
         try:
             self.init_environment()
+            for note in self._resume_notes:
+                self.log(note, logging.WARNING if note.startswith("auto_resume skips") else logging.INFO)
+            if self.is_main_process and os.path.isdir(self._checkpoint_dir_path()):
+                CheckpointManager(self._checkpoint_dir_path()).remove_temporaries()  # left by killed saves
             self.setup()
             self.init_resume()
         except BaseException:
@@ -343,11 +353,14 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
 
     def save_checkpoint(self, name: str = "latest", epochs: int | None = None, save_best: bool = True) -> None:
         r"""
-        Write [`state_dict`][danling.runner.BaseRunner.state_dict] to `checkpoint_dir/{name}.pth`, atomically.
+        Write [`state_dict`][danling.runner.BaseRunner.state_dict] to `checkpoint_dir/{name}.pth`, atomically,
+        with a manifest holding its SHA-256 (see [`CheckpointManager`][danling.runner.checkpointing.CheckpointManager]).
 
-        Also keeps `epoch-{epochs}.pth` every `save_interval` epochs and `best.pth` when the latest result is
-        the best. Call it on all processes (the state may need a collective); only the main process writes.
-        A failed write raises.
+        A `latest` save also keeps a step-stamped copy `step-{steps}.pth` (the newest `keep_checkpoints`, default
+        2, survive); `epoch-{epochs}.pth` is kept every `save_interval` epochs and `best.pth` when the latest
+        result is the best. No collective: calling it on the main process only works under `torchrun` (other
+        ranks' random states are then not in the checkpoint; the training loop gathers them before it saves).
+        Only the main process writes. A failed write raises an `OSError` naming the file and the free space.
 
         Args:
             name: File name without extension.
@@ -358,16 +371,66 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         if not self.is_main_process:
             return
         epochs = self.epochs if epochs is None else epochs
-        best = save_best and self.is_best
-        ckpt.write_checkpoint(state, self.checkpoint_dir, name, epochs, self.config.get("save_interval"), best)
+        interval = self.config.get("save_interval")
+        epoch_copy = interval is not None and interval > 0 and (epochs + 1) % interval == 0
+        self._commit_checkpoint(state, name, epochs, save_best and self.is_best, epoch_copy)
+
+    def _commit_checkpoint(self, state: Mapping, name: str, epochs: int, best: bool, epoch_copy: bool) -> str:
+        keep = self.config.get("keep_checkpoints")
+        keep = 2 if keep is None else keep
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+            raise ValueError(f"keep_checkpoints must be a non-negative integer (default 2), but got {keep!r}")
+        steps = int(state.get(ckpt.RUNNER, {}).get("steps", self.config.get("steps", 0)))
+        return self.checkpoint_manager.save(
+            state, name, steps=steps, epochs=epochs, best=best, keep=keep, epoch_copy=epoch_copy
+        )
+
+    @cached_property
+    def checkpoint_manager(self) -> CheckpointManager:
+        r"""
+        The [`CheckpointManager`][danling.runner.checkpointing.CheckpointManager] of
+        [`checkpoint_dir`][danling.runner.BaseRunner.checkpoint_dir]: naming, verification, retention.
+        """
+        return CheckpointManager(self.checkpoint_dir)
+
+    def _checkpoint_dir_path(self) -> str:
+        # Where `checkpoint_dir` points, without creating it.
+        return checkpoint_dir_of(self.config, f"{self.name}-{self.id}", self.timestamp)
+
+    def _discover_checkpoint(self) -> None:
+        # `auto_resume`: rank 0 looks for the newest valid checkpoint of this run; every rank adopts its answer.
+        found = None
+        if self.is_main_process:
+            found = self._find_resumable()
+        found = dist_utils.broadcast_object(found) if self.distributed else found
+        self._resume_notes.extend(found["notes"])
+        if found["path"] is None:
+            self._resume_notes.append("auto_resume: no checkpoint of this run found; starting fresh")
+            return
+        self._resume_notes.append(f"auto_resume: resuming from {found['path']}")
+        self.config["checkpoint"] = found["path"]
+        if self.config.get("dir") is None and self.config.get("checkpoint_dir") is None:
+            # Continue in the launch directory the checkpoint belongs to: one run, one directory.
+            self.timestamp = os.path.basename(os.path.dirname(os.path.dirname(found["path"])))
+
+    def _find_resumable(self) -> dict[str, Any]:
+        notes: list[str] = []
+        path = find_run_checkpoint(self.config, f"{self.name}-{self.id}", warn=notes.append)
+        for note in notes:
+            warn(note, RuntimeWarning, stacklevel=4)
+        return {"path": path, "notes": notes}
 
     def load_config(self, checkpoint: ckpt.CheckpointLike, overwrite: bool = False, *args: Any, **kwargs: Any) -> None:
         r"""
-        Merge the config of a checkpoint into this runner's config and continue its progress.
+        Restore the config of a checkpoint into this runner's config and continue its progress.
+
+        Keys the user set (a value other than the default, from the command line or code) win over the
+        checkpoint's; each such override is logged with both values. Keys left at their default take the
+        checkpoint's value (seed, `epoch_end`, `step_end`, score settings, precision, accumulation...).
 
         Args:
             checkpoint: Checkpoint or its path.
-            overwrite: Let the checkpoint's values replace keys this config already has.
+            overwrite: Let every value of the checkpoint replace this config's.
             *args: Passed to [`load`][danling.utils.io.load].
             **kwargs: Passed to [`load`][danling.utils.io.load].
 
@@ -382,7 +445,14 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
             config.pop(key, None)
         file = os.fsdecode(checkpoint) if not isinstance(checkpoint, Mapping) else self.config.get("checkpoint")
         self.resume_record = {"file": file, "changes": config_changes(config, self.config)}
-        self.config.merge(config, overwrite=overwrite)
+        if overwrite:
+            self.config.merge(config, overwrite=True)
+        else:
+            for key, saved, kept in merge_saved_config(self.config, config):
+                note = f"config.{key} overrides the checkpoint: it was {saved!r} there, now {kept!r}"
+                if note not in self._resume_notes:
+                    self._resume_notes.append(note)
+                    self.log(note)
         if self.config.getattr("auto_run_id", False):
             self.config.refresh_run_id()
         self.steps = self.step_begin = int(config.get("steps", 0))

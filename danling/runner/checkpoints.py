@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from contextlib import suppress
 from typing import Any
 
-from danling.utils.io import load, save
+from .checkpointing import read_verified
 
 # Stable names of the parts of a checkpoint.
 RUNNER = "runner"
@@ -31,7 +31,10 @@ class CheckpointIsADirectoryError(IsADirectoryError, ValueError):
 
 def read_checkpoint(checkpoint: Any, *args: Any, what: str = "checkpoint", **kwargs: Any) -> Mapping:
     r"""
-    Return a checkpoint as a mapping, loading it first when given a path.
+    Return a checkpoint as a mapping, verifying and loading it first when given a path.
+
+    A path is verified against its manifest (or its zip CRCs) before it is loaded, see
+    [`verify_checkpoint`][danling.runner.checkpointing.verify_checkpoint].
 
     Args:
         checkpoint: A path (`str`, `bytes`, `os.PathLike`) or an already loaded mapping.
@@ -45,6 +48,7 @@ def read_checkpoint(checkpoint: Any, *args: Any, what: str = "checkpoint", **kwa
     Raises:
         FileNotFoundError: If the path does not exist.
         IsADirectoryError: If the path is a directory (also a `ValueError`).
+        CheckpointError: If the file is corrupt, truncated or cannot be read (a `ValueError`; names the file).
         ValueError: If `checkpoint` is neither a path nor a mapping, or the file does not hold a mapping.
 
     Examples:
@@ -69,7 +73,9 @@ def read_checkpoint(checkpoint: Any, *args: Any, what: str = "checkpoint", **kwa
         )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} is set to {path!r}, but no such file exists")
-    loaded = load(path, *args, **kwargs)
+    if args:  # `map_location` given positionally
+        kwargs["map_location"] = args[0]
+    loaded = read_verified(path, **kwargs)
     if not isinstance(loaded, Mapping):
         raise ValueError(f"{what} file {path!r} holds a {type(loaded).__name__}, but a checkpoint must be a mapping")
     return loaded
@@ -121,45 +127,6 @@ def link_or_copy(source: str, destination: str) -> None:
         with suppress(FileNotFoundError):
             os.remove(temporary)
         raise
-
-
-def write_checkpoint(
-    state: Mapping,
-    checkpoint_dir: str,
-    name: str = "latest",
-    epochs: int | None = None,
-    save_interval: int | None = None,
-    best: bool = False,
-) -> str:
-    r"""
-    Write `state` to `checkpoint_dir/{name}.pth` atomically, plus `epoch-{epochs}.pth` and `best.pth` copies.
-
-    Every file is complete or absent: a crash at any instant never leaves a torn checkpoint.
-
-    Args:
-        state: The checkpoint.
-        checkpoint_dir: Directory to write to (must exist).
-        name: File name without extension.
-        epochs: Epoch the checkpoint belongs to.
-        save_interval: Keep `epoch-{epochs}.pth` when `save_interval > 0` and `(epochs + 1) % save_interval == 0`.
-        best: Also make `best.pth`.
-
-    Returns:
-        The path of `{name}.pth`.
-
-    Examples:
-        >>> directory = tempfile.mkdtemp()
-        >>> _ = write_checkpoint({"x": 1}, directory, epochs=1, save_interval=2, best=True)
-        >>> sorted(os.listdir(directory))
-        ['best.pth', 'epoch-1.pth', 'latest.pth']
-    """
-    path = os.path.join(checkpoint_dir, f"{name}.pth")
-    save(state, path)
-    if save_interval is not None and save_interval > 0 and epochs is not None and (epochs + 1) % save_interval == 0:
-        link_or_copy(path, os.path.join(checkpoint_dir, f"epoch-{epochs}.pth"))
-    if best and name != "best":
-        link_or_copy(path, os.path.join(checkpoint_dir, "best.pth"))
-    return path
 
 
 def find_latest_checkpoint(checkpoint_dir: str) -> str | None:

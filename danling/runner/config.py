@@ -33,6 +33,10 @@ VOLATILE_KEYS = frozenset(
         "log",
         "log_interval",
         "save_interval",
+        "save_steps",
+        "keep_checkpoints",
+        "dist_timeout",
+        "preemption_signals",
         "tensorboard",
         "dir",
         "log_file",
@@ -44,9 +48,6 @@ VOLATILE_KEYS = frozenset(
         "config",
         "device",
         "backend",
-        "dist_timeout",
-        "save_steps",
-        "keep_checkpoints",
         "async_save",
     }
 )
@@ -121,8 +122,8 @@ class Config(chanfig.Config):
         log_interval: Log every this many batches (`None`: about ten lines per epoch).
         save_interval: Keep an `epoch-N.pth` copy every this many epochs (`None` to keep none).
         save_steps: Also save `latest.pth` every this many optimizer steps (`None`: at epoch ends only).
-        keep_checkpoints: Number of `epoch-N.pth` copies to keep (`None` keeps all).
-        auto_resume: Resume from the latest checkpoint of the run when there is one.
+        keep_checkpoints: Step-stamped `step-N.pth` copies kept besides `latest.pth`/`best.pth` (`None`: 2).
+        auto_resume: Continue the newest valid checkpoint of the same run (name and id) when launched again.
         async_save: Write checkpoints in the background.
         progress_bar: Show a progress bar (`None`: only on an interactive terminal).
 

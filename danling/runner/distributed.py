@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 from torch import distributed as dist
@@ -38,7 +39,30 @@ def default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def init_process_group(backend: str | None = None) -> bool:
+def process_group_timeout(seconds: object) -> timedelta | None:
+    r"""
+    `config.dist_timeout` (seconds) as the `timeout` of `init_process_group`; `None` keeps torch's default.
+
+    Raises:
+        ValueError: If it is not a positive number of seconds.
+
+    Examples:
+        >>> process_group_timeout(10)
+        datetime.timedelta(seconds=10)
+        >>> process_group_timeout(0)
+        Traceback (most recent call last):
+        ValueError: dist_timeout must be a positive number of seconds (or None for torch's default), but got 0
+    """
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise ValueError(
+            f"dist_timeout must be a positive number of seconds (or None for torch's default), but got {seconds!r}"
+        )
+    return timedelta(seconds=seconds)
+
+
+def init_process_group(backend: str | None = None, timeout: float | None = None) -> bool:
     r"""
     Initialise the default process group from `torchrun`'s environment, once.
 
@@ -47,10 +71,13 @@ def init_process_group(backend: str | None = None) -> bool:
 
     Args:
         backend: `nccl`, `gloo`, ... (default: [`default_backend`][danling.runner.distributed.default_backend]).
+        timeout: Seconds a collective may wait before the job fails with an error (`config.dist_timeout`);
+            `None` keeps torch's default (30 minutes on gloo, 10 on nccl).
 
     Returns:
         Whether a group is initialised after the call.
     """
+    delta = process_group_timeout(timeout)
     if dist.is_initialized():
         return True
     if not launched_distributed():
@@ -59,7 +86,10 @@ def init_process_group(backend: str | None = None) -> bool:
         backend = default_backend()
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend)
+    if delta is None:
+        dist.init_process_group(backend=backend)
+    else:
+        dist.init_process_group(backend=backend, timeout=delta)
     return True
 
 

@@ -35,10 +35,11 @@ from .distributed import init_process_group
 from .finite import NonFiniteLossGuard
 from .inference import gather_predictions, infer_input, inference_loader
 from .precision import Precision
-from .rng import get_rng_state, set_rng_state
+from .recovery import Recovery
 from .stepping import OptimizationMixin, StepProbe
 from .telemetry import Telemetry
 from .utils import RunnerMode, to_device
+from .verification import ResumeCheck, verify_resume
 
 
 class TorchRunner(OptimizationMixin, BaseRunner):
@@ -79,6 +80,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         self._loss_guard = NonFiniteLossGuard()
         self._step_probe = StepProbe()
         self._evaluation_loaders: dict[str, Any] = {}
+        self._recovery = Recovery(self)
         super().__init__(config)
         self._device = self._resolve_device()
         self._precision = Precision(self.config.get("precision"), self._device.type)
@@ -89,9 +91,10 @@ class TorchRunner(OptimizationMixin, BaseRunner):
     def init_distributed(self) -> None:
         r"""
         Join the process group `torchrun` describes (`gloo` on CPU, `nccl` on CUDA, or `config.backend`) and make
-        `timestamp`, ids and seed identical on every rank. Collective.
+        `timestamp`, ids and seed identical on every rank. `config.dist_timeout` (seconds) bounds how long a
+        collective waits for a hung rank before the job fails with an error. Collective.
         """
-        if not init_process_group(self.config.get("backend")):
+        if not init_process_group(self.config.get("backend"), self.config.get("dist_timeout")):
             return
         agreed = dist_utils.broadcast_object(
             {
@@ -220,22 +223,27 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         epochs = self._epochs_to_run()
         self.check_score_split([*train_splits, *evaluate_splits])
         self.announce("train")
-        for epoch in epochs:
-            if self._step_end_reached():
-                self.log(f"step_end ({self.step_end}) already reached at step {self.steps}: nothing left to train")
-                break
-            self.epochs = epoch
-            result = self._run_epoch(train_splits, evaluate_splits)
-            self.append_result(result, index=epoch)
-            self._step_plateau_scheduler()
-            self.write_epoch_result(result)
-            self.log(self.format_epoch_result(result))
-            self.save_result()
-            self.save_checkpoint(epochs=epoch)
-            if self.writer is not None:
-                self.writer.flush()
-            if self._should_stop():
-                break
+        recovery = self._recovery
+        with recovery.catch_preemption(), recovery.explain_timeouts():
+            for epoch in epochs:
+                if self._step_end_reached():
+                    self.log(f"step_end ({self.step_end}) already reached at step {self.steps}: nothing left to train")
+                    break
+                self.epochs = epoch
+                result = self._run_epoch(train_splits, evaluate_splits)
+                self.append_result(result, index=epoch)
+                self._step_plateau_scheduler()
+                self.write_epoch_result(result)
+                self.log(self.format_epoch_result(result))
+                # Commit order: the checkpoint first, then the JSON files that describe it.
+                recovery.end_of_epoch()
+                self.save_checkpoint(epochs=epoch)
+                self.save_result()
+                if self.writer is not None:
+                    self.writer.flush()
+                recovery.stop_if_preempted()
+                if self._should_stop():
+                    break
         self.write_hparams()
         return self.results
 
@@ -251,13 +259,8 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         return range(self.epoch_begin, self.epoch_end)
 
     def _run_epoch(self, train_splits: list[str], evaluate_splits: list[str]) -> NestedDict:
-        result = NestedDict()
-        for split in train_splits:
-            if self._step_end_reached():
-                break
-            result[split] = self.train_epoch(split)
-            if result[split].get("partial"):
-                result["partial"] = True
+        # Train splits a mid-epoch checkpoint had finished keep their results (see `Recovery.train_splits`).
+        result = self._recovery.train_splits(train_splits, self.train_epoch, self._step_end_reached)
         for split in evaluate_splits:
             result[split] = self.evaluate_epoch(split)
         return result
@@ -301,16 +304,22 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             )
         self._begin_accumulation(length)
         self._loss_guard.start(split, self.epochs, self.steps, self.accum_steps)
+        batches, start = self._recovery.enter_epoch(split, loader)
         log_interval = self.config.get("log_interval")
         step_end = self.step_end
         partial = False
         first = self.telemetry.batches_before + 1  # log steps count batches over the run, not per epoch
-        for iteration, data in enumerate(self._iterate(loader, split, length), first):
+        at_boundary = self._recovery.boundary_hook()
+        stepped = self.steps
+        for iteration, data in enumerate(self._iterate(batches, split, length), first):
             self.train_step(self.to_device(data))
             if log_interval is not None and iteration % log_interval == 0:
                 self._log_step(split, iteration, length)
+            if at_boundary is not None and self.steps != stepped:
+                at_boundary(split, start + iteration - first + 1, length)  # batches of this epoch so far
+                stepped = self.steps
             if step_end is not None and self.steps >= step_end:
-                partial = length is not None and iteration - first + 1 < length
+                partial = length is not None and start + iteration - first + 1 < length
                 break
         self._flush_accumulation()
         self._loss_guard.check(self.distributed)
@@ -318,6 +327,30 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         if partial:  # cut short by step_end
             result["partial"] = True
         return result
+
+    def save_position(self, split: str, batches: int) -> None:
+        r"""
+        Save `latest.pth` in the middle of a training epoch, after `batches` micro-batches of `split` (an
+        optimizer-step boundary): resuming from it continues with the next batch. Collective when distributed
+        (every rank's random state, meters and metrics are gathered).
+
+        Args:
+            split: The train split running.
+            batches: Micro-batches of it consumed so far.
+        """
+        state = self._recovery.mid_epoch_state(split, batches)
+        if self.is_main_process:
+            self._commit_checkpoint(state, "latest", self.epochs, best=False, epoch_copy=False)
+
+    def verify_resume(self, steps: int = 2, split: str | None = None) -> ResumeCheck:
+        r"""
+        Check that this training script resumes bit for bit: see
+        [`verify_resume`][danling.runner.verification.verify_resume]. Trains this runner; call it on a fresh one.
+
+        Returns:
+            A [`ResumeCheck`][danling.runner.verification.ResumeCheck]: `check.ok`, `check.mismatches`.
+        """
+        return verify_resume(self, steps, split)
 
     def _start_epoch(self, split: str, mode: RunnerMode, loader: Any = None) -> Any:
         own = loader is None
@@ -550,20 +583,23 @@ class TorchRunner(OptimizationMixin, BaseRunner):
 
     def state_dict(self, cls: Any = dict) -> Mapping:
         r"""
-        Config (plain types), results, unwrapped model, optimizer, scheduler, grad scaler, EMA and the RNG
-        states of every rank. Collective when distributed (RNG states are gathered).
+        Config (plain types), results, unwrapped model, optimizer, scheduler, grad scaler, EMA, the RNG states and
+        the position in the epoch (`position`: world size, epoch, split and batch of a mid-epoch checkpoint, the
+        training plan).
+
+        No collective: the RNG states of every rank are there when the training loop gathered them just before
+        (it does for every checkpoint it saves); otherwise only this rank's.
 
         Raises:
             FloatingPointError: If the training loss went NaN/inf: such weights are never checkpointed.
         """
-        self._loss_guard.check(self.distributed)
+        self._loss_guard.check(False)  # this rank's losses: no collective (the loop checks all ranks first)
         state = dict(super().state_dict())
         if self.scaler.is_enabled():
             state[ckpt.SCALER] = self.scaler.state_dict()
         if self.ema is not None:
             state[ckpt.EMA] = self.ema.state_dict()
-        rng = get_rng_state()
-        state[ckpt.RNG] = _gather_objects(rng) if self.distributed else [rng]
+        self._recovery.add_to(state)
         return cls(state)
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -576,17 +612,16 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             self.scaler.load_state_dict(state[ckpt.SCALER])
         if self.ema is not None and ckpt.EMA in state:
             self.ema.load_state_dict(state[ckpt.EMA])
-        rng_states = state.get(ckpt.RNG)
-        if rng_states:
-            set_rng_state(rng_states[self.rank] if self.rank < len(rng_states) else rng_states[0])
+        self._recovery.restore(state)
 
-
-def _gather_objects(obj: Any) -> list[Any]:
-    from torch import distributed as dist
-
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, obj)
-    return gathered
+    def load_checkpoint(self, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> None:
+        r"""
+        Restore a checkpoint (see [`BaseRunner.load_checkpoint`][danling.runner.BaseRunner.load_checkpoint]); a
+        mid-epoch checkpoint makes [`train`][danling.runner.TorchRunner.train] continue its epoch at the next
+        batch. Warns when the training plan (`epoch_end`, `step_end`, dataset lengths) differs from the saved one.
+        """
+        super().load_checkpoint(checkpoint, *args, **kwargs)
+        self._recovery.after_load()
 
 
 def _batch_length(target: Any, pred: Any) -> int:

@@ -20,13 +20,15 @@ import torch
 from torch import nn
 
 import danling as dl
+from danling.runner.checkpointing import find_resumable, verify_checkpoint
 from danling.runner.checkpoints import find_latest_checkpoint
 
 from .conftest import make_regression_data
 
 WORKERS = Path(__file__).parent / "workers"
-TEMPORARY = re.compile(r"\.(latest|best)\.pth\..+\.tmp")
-CHECKPOINT_KEYS = {"runner", "model", "optimizer", "scheduler", "rng", "results"}
+TEMPORARY = re.compile(r"\.(latest|best|step-\d+)\.pth(\.manifest\.json)?\..+\.tmp")
+VISIBLE = re.compile(r"(latest|best|step-\d+)\.pth(\.manifest\.json)?")
+CHECKPOINT_KEYS = {"runner", "model", "optimizer", "scheduler", "rng", "results", "position"}
 
 
 class CheckpointRunner(dl.TorchRunner):
@@ -71,8 +73,9 @@ def check_killed_checkpoint_dir(checkpoint_dir: Path, shapes: dict[str, torch.Si
     latest = checkpoint_dir / "latest.pth"
     names = os.listdir(checkpoint_dir)
     visible = sorted(name for name in names if not name.startswith("."))
-    assert set(visible) <= {"latest.pth", "best.pth"}, visible
+    assert all(VISIBLE.fullmatch(name) for name in visible), visible
     assert "latest.pth" in visible
+    verify_checkpoint(latest)  # a kill at any instant leaves a file its manifest accepts
     for name in names:
         if name.startswith("."):
             assert TEMPORARY.fullmatch(name), name  # hidden leftovers of the interrupted write only
@@ -124,11 +127,23 @@ def test_sigkill_during_saves_never_tears_latest(tmp_path):
         saver.stdin.close()
         saver.wait(timeout=30)
     assert max(counters) > 1, f"the kills never interrupted a rewrite of latest.pth: {counters}"
+    # auto_resume's search finds a valid checkpoint in every killed directory.
+    for kill in range(6):
+        found = find_resumable([str(tmp_path / f"kill{kill}" / "checkpoints")])
+        assert found is not None
+        verify_checkpoint(found)
     # A fresh runner resumes from what a killed process left.
     runner = SaverRunner({"dir": str(tmp_path / "resume"), "log": False})
     runner.load_checkpoint(str(tmp_path / "kill5" / "checkpoints" / "latest.pth"))
     assert runner.steps == counters[-1]
     assert all(torch.all(p == counters[-1]) for p in runner.model.parameters())
+    # The next save in a killed directory removes the temporary files the kills left.
+    leftovers = [name for kill in range(6) for name in os.listdir(tmp_path / f"kill{kill}" / "checkpoints")]
+    for kill in range(6):
+        SaverRunner({"dir": str(tmp_path / f"kill{kill}"), "log": False}).save_checkpoint()
+        names = os.listdir(tmp_path / f"kill{kill}" / "checkpoints")
+        assert not [name for name in names if name.startswith(".")], names
+    print(f"hidden leftovers before the next save: {sum(name.startswith('.') for name in leftovers)}")
 
 
 # Failures
@@ -147,10 +162,14 @@ def test_failed_save_raises_and_keeps_previous_checkpoint(tmp_path, monkeypatch)
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match="No space left") as raised:
         runner.save_checkpoint()
+    assert str(checkpoint_dir / "latest.pth") in str(raised.value)
+    assert "MiB free" in str(raised.value)
     monkeypatch.undo()
-    assert sorted(os.listdir(checkpoint_dir)) == ["best.pth", "latest.pth"]  # the temporary file is removed
+    names = sorted(os.listdir(checkpoint_dir))
+    assert [name for name in names if name.endswith(".pth")] == ["best.pth", "latest.pth", "step-0.pth"], names
+    assert not [name for name in names if name.startswith(".")], names  # the temporary file is removed
     for name in ("latest.pth", "best.pth"):
         saved = torch.load(checkpoint_dir / name, weights_only=True)["model"]
         assert saved.keys() == before.keys()
@@ -202,7 +221,7 @@ def test_named_checkpoint_is_not_latest(tmp_path):
     runner = make_runner(tmp_path)
     runner.append_result({"val": {"loss": 1.0}}, index=0)
     runner.save_checkpoint(name="manual", save_best=False)
-    assert sorted(os.listdir(runner.checkpoint_dir)) == ["manual.pth"]
+    assert sorted(os.listdir(runner.checkpoint_dir)) == ["manual.pth", "manual.pth.manifest.json"]
 
 
 # Contents

@@ -1,0 +1,24 @@
+"""Checkpoint policy of a runner: formats, verified commits, retention, discovery for `auto_resume`."""
+
+from .discovery import checkpoint_dir_of, find_resumable, find_run_checkpoint, run_checkpoint_dirs
+from .formats import CheckpointFormat, TorchFileFormat, sha256_file, zip_problem
+from .manager import CheckpointManager, read_verified
+from .manifest import CheckpointError, checkpoint_problem, manifest_path, read_manifest, verify_checkpoint
+
+__all__ = [
+    "CheckpointManager",
+    "CheckpointFormat",
+    "TorchFileFormat",
+    "CheckpointError",
+    "verify_checkpoint",
+    "checkpoint_problem",
+    "read_verified",
+    "read_manifest",
+    "manifest_path",
+    "sha256_file",
+    "zip_problem",
+    "find_resumable",
+    "find_run_checkpoint",
+    "checkpoint_dir_of",
+    "run_checkpoint_dirs",
+]

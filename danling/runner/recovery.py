@@ -1,0 +1,301 @@
+"""`Recovery`: what a training loop needs to survive interruptions, held by `TorchRunner` (composition).
+
+It knows where the loop is inside an epoch, gathers every rank's state before a checkpoint, replays a resumed
+epoch up to its saved batch, turns preemption signals into a save-and-stop at a step boundary, and checks a
+loaded checkpoint against the current world size and plan.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Callable
+from warnings import warn
+
+import torch
+from chanfig import NestedDict
+
+from danling.utils.io import to_plain
+
+from .preemption import DEFAULT_SIGNALS, Preempted, PreemptionHandler
+from .resumption import (
+    POSITION,
+    RANKS,
+    EpochPosition,
+    ResumePoint,
+    gather_to_main,
+    load_metrics_state,
+    metrics_state,
+    plan_changes,
+    resume_point,
+    seed_derived_stream,
+)
+from .rng import get_rng_state, set_rng_state
+
+
+class Recovery:
+    r"""
+    Interruption handling of one [`TorchRunner`][danling.runner.TorchRunner]: position, resume, preemption.
+
+    Args:
+        runner: The runner it serves (read for its config, ranks, meters and loop state).
+    """
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+        self.position = EpochPosition()
+        self.collected: list[dict[str, Any]] | None = None
+        self.resume: ResumePoint | None = None
+        self.saved_plan: Mapping | None = None
+        self.preemption: PreemptionHandler | None = None
+
+    # Around the loop
+
+    def catch_preemption(self) -> PreemptionHandler:
+        r"""A handler of `config.preemption_signals`, installed for the duration of a `with` block."""
+        runner = self.runner
+        signals = runner.config.get("preemption_signals", DEFAULT_SIGNALS)
+        grace = runner.config.get("dist_timeout") if runner.distributed else None
+        device = runner.device if runner.distributed and torch.distributed.get_backend() == "nccl" else "cpu"
+        self.preemption = PreemptionHandler(signals, device, grace)
+        return self.preemption
+
+    @contextmanager
+    def explain_timeouts(self) -> Iterator[None]:
+        r"""Log a collective that timed out (`dist_timeout`) as what it means: another rank hung or died."""
+        try:
+            yield
+        except RuntimeError as error:
+            runner = self.runner
+            if runner.distributed and "timed out" in str(error).lower():
+                runner.log(
+                    f"rank {runner.rank}: a collective timed out after {runner.config.get('dist_timeout')} s "
+                    f"(dist_timeout): another rank is hung or dead; stopping at step {runner.steps}",
+                    logging.ERROR,
+                )
+            raise
+
+    def train_splits(
+        self, splits: list[str], train_epoch: Callable[[str], NestedDict], done: Callable[[], bool]
+    ) -> NestedDict:
+        r"""
+        Train `splits` for the current epoch (until `done()`); splits a mid-epoch checkpoint had finished keep
+        their results. A split cut short by `step_end` marks the result `partial`.
+        """
+        resume = self.resume if self.resume is not None and self.resume.epoch == self.runner.epochs else None
+        self.resume = resume
+        self.position.finished = dict(resume.finished) if resume is not None else {}
+        result = NestedDict()
+        for split in splits:
+            if split in self.position.finished:
+                result[split] = NestedDict(self.position.finished[split])
+                continue
+            if done():
+                break
+            result[split] = train_epoch(split)
+            if result[split].get("partial"):
+                result["partial"] = True
+            self.position.finished[split] = to_plain(result[split])
+        self.resume = None
+        return result
+
+    def end_of_epoch(self) -> None:
+        r"""
+        Check every rank's training losses and gather every rank's state for the epoch's checkpoint. Collective
+        when distributed.
+        """
+        self.runner._loss_guard.check(self.runner.distributed)
+        self.collected = gather_to_main(self.rank_state(mid_epoch=False))
+
+    def stop_if_preempted(self) -> None:
+        r"""After the epoch's checkpoint: stop when any rank was signalled. Collective when distributed."""
+        if self.preemption is not None and self.preemption.active and self.preemption.should_stop():
+            self.exit_preempted()
+
+    # Inside an epoch
+
+    def enter_epoch(self, split: str, loader: Any) -> tuple[Iterable, int]:
+        r"""
+        Start `split`'s epoch: note the random state its loader starts from; when resuming into it, replay the
+        loader from the saved state up to the saved batch and restore meters, metrics, window and random state.
+
+        Returns:
+            The batches to iterate and the index of the first one.
+        """
+        runner = self.runner
+        resume = self.resume if self.resume is not None and self.resume.split == split else None
+        if resume is None:
+            self.position.epoch_rng = get_rng_state()
+            return loader, 0
+        self.resume = None
+        self.position.epoch_rng = resume.epoch_rng
+        if resume.epoch_rng is not None:
+            set_rng_state(resume.epoch_rng)
+        iterator = fast_forward(iter(loader), resume.batches, split)
+        if resume.meters is not None:
+            runner.meters.load_state_dict(resume.meters)
+            runner._loss_meter = runner.meters.loss
+        load_metrics_state(runner.current_metrics, resume.metrics)
+        runner._windows.micro_step = resume.batches
+        if resume.rng is not None:
+            set_rng_state(resume.rng)
+        runner.log(f"resuming epoch {runner.epochs} of {split} at batch {resume.batches}")
+        return iterator, resume.batches
+
+    def boundary_hook(self) -> Callable[[str, int, int | None], None] | None:
+        r"""
+        What to do at each optimizer-step boundary (`save_steps`, preemption), or `None` when nothing is needed.
+
+        Raises:
+            ValueError: If `save_steps` is not a positive integer or `None`.
+        """
+        runner = self.runner
+        save_steps = runner.config.get("save_steps")
+        invalid = isinstance(save_steps, bool) or not isinstance(save_steps, int) or save_steps < 1
+        if save_steps is not None and invalid:
+            raise ValueError(f"save_steps must be a positive integer (None: no mid-epoch saves), got {save_steps!r}")
+        preemption = self.preemption if self.preemption is not None and self.preemption.active else None
+        if save_steps is None and preemption is None:
+            return None
+
+        def at_boundary(split: str, batches: int, length: int | None) -> None:
+            stop = preemption is not None and preemption.should_stop()
+            due = save_steps is not None and runner.steps % save_steps == 0 and (length is None or batches < length)
+            if stop or due:
+                runner.save_position(split, batches)
+            if stop:
+                self.exit_preempted()
+
+        return at_boundary
+
+    def mid_epoch_state(self, split: str, batches: int) -> Mapping:
+        r"""The checkpoint after `batches` micro-batches of `split`. Collective when distributed."""
+        self.runner._loss_guard.check(self.runner.distributed)  # never checkpoint non-finite weights
+        self.position.split, self.position.batches = split, batches
+        try:
+            self.collected = gather_to_main(self.rank_state(mid_epoch=True))
+            return self.runner.state_dict()
+        finally:
+            self.position.split, self.position.batches = None, 0
+
+    def exit_preempted(self) -> None:
+        r"""Log why the run stops, then raise [`Preempted`][danling.runner.preemption.Preempted]."""
+        runner, handler = self.runner, self.preemption
+        signum = handler.received if handler is not None and handler.received is not None else 15
+        name = handler.signal_name if handler is not None else "a signal"
+        latest = os.path.join(runner.checkpoint_dir, "latest.pth")
+        runner.log(
+            f"preempted by {name}: stopped at step {runner.steps} of epoch {runner.epochs}, saved {latest}; "
+            f"exiting with status {128 + signum}"
+        )
+        if runner.writer is not None:
+            runner.writer.flush()
+        raise Preempted(signum)
+
+    # Checkpoint contents
+
+    def rank_state(self, mid_epoch: bool) -> dict[str, Any]:
+        r"""This rank's part of a checkpoint: its random state, and in mid-epoch its loader state and meters."""
+        state: dict[str, Any] = {"rng": get_rng_state()}
+        if mid_epoch:
+            state["epoch_rng"] = self.position.epoch_rng
+            state["meters"] = self.runner.meters.state_dict()
+            state["metrics"] = metrics_state(self.runner.current_metrics)
+        return state
+
+    def plan(self) -> dict[str, Any]:
+        r"""The training plan: `epoch_end`, `step_end`, world size and the length of each train dataset."""
+        runner = self.runner
+        lengths = {}
+        for split in runner.train_splits if runner.datasets else []:
+            dataset = runner.datasets.get(split)
+            if dataset is not None and hasattr(dataset, "__len__"):
+                lengths[split] = len(dataset)
+        plan = {"epoch_end": runner.epoch_end, "step_end": runner.step_end, "world_size": runner.world_size}
+        plan["train_lengths"] = lengths
+        return plan
+
+    def add_to(self, state: dict[str, Any]) -> None:
+        r"""Put the `rng` of every rank gathered (else this rank's) and the `position` into a checkpoint."""
+        position = self.position
+        ranks, self.collected = self.collected, None
+        if ranks is None:
+            ranks = [self.rank_state(mid_epoch=position.split is not None)]
+        state["rng"] = [rank["rng"] for rank in ranks]
+        saved = {"world_size": self.runner.world_size, "epoch": self.runner.epochs, "split": position.split}
+        saved.update(batches=position.batches, plan=self.plan())
+        if position.split is not None:
+            saved["finished"] = to_plain(position.finished)
+            saved[RANKS] = [{key: value for key, value in rank.items() if key != "rng"} for rank in ranks]
+        state[POSITION] = saved
+
+    def restore(self, state: Mapping) -> None:
+        r"""
+        Take this rank's random state and resume point from a checkpoint.
+
+        Raises:
+            ValueError: If a mid-epoch checkpoint was saved on another world size.
+        """
+        runner = self.runner
+        position = state.get(POSITION) or {}
+        rng_states = state.get("rng") or []
+        saved_world = int(position.get("world_size", len(rng_states) or 1))
+        self.resume = resume_point(state, runner.rank)
+        if saved_world != runner.world_size:
+            if self.resume is not None:
+                raise ValueError(
+                    f"the checkpoint was saved in the middle of epoch {self.resume.epoch} with world_size "
+                    f"{saved_world}, but this run has world_size {runner.world_size}: the data shards differ, so the "
+                    "epoch cannot continue exactly; resume on the same world size or from an epoch-boundary checkpoint"
+                )
+            message = f"resuming a checkpoint saved with world_size {saved_world} on world_size {runner.world_size}"
+            warn(message, RuntimeWarning, stacklevel=4)
+            runner.log(message, logging.WARNING)
+        if runner.rank < len(rng_states):
+            set_rng_state(rng_states[runner.rank])
+        elif rng_states:
+            seed_derived_stream(rng_states[0], runner.rank)
+        self.saved_plan = position.get("plan")
+
+    def after_load(self) -> None:
+        r"""Continue a mid-epoch checkpoint's epoch, and warn when the plan differs from the saved one."""
+        runner = self.runner
+        if self.resume is not None:
+            runner.epoch_begin = self.resume.epoch
+        changes = plan_changes(self.saved_plan, self.plan())
+        if changes:
+            try:
+                total_steps: int | None = runner.total_steps
+            except ValueError:
+                total_steps = None
+            message = (
+                f"the training plan changed since the checkpoint ({'; '.join(changes)}): total_steps is now "
+                f"{total_steps}. A scheduler keeps the state it was saved with: rebuild it for the new plan after "
+                "loading if its schedule depends on the length of the run"
+            )
+            warn(message, RuntimeWarning, stacklevel=4)
+            runner.log(message, logging.WARNING)
+
+
+def fast_forward(iterator: Iterator, batches: int, split: str) -> Iterator:
+    r"""
+    Consume the first `batches` batches of `iterator` (replaying the loader, workers and their seeds included).
+
+    Raises:
+        ValueError: If the loader has fewer batches than the checkpoint had consumed.
+
+    Examples:
+        >>> list(fast_forward(iter(range(5)), 3, "train"))
+        [3, 4]
+    """
+    for index in range(batches):
+        try:
+            next(iterator)
+        except StopIteration:
+            raise ValueError(
+                f"cannot resume {split!r} at batch {batches}: its loader now has only {index} batches "
+                "(the dataset or batch size changed since the checkpoint)"
+            ) from None
+    return iterator

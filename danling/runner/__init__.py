@@ -2,6 +2,7 @@
 
 from .base_runner import BaseRunner
 from .config import Config
+from .ema import ExponentialMovingAverage
 from .runner import Runner
 from .torch_runner import TorchRunner
 from .utils import RunnerMeta, RunnerMode, on_local_main_process, on_main_process
@@ -11,6 +12,7 @@ __all__ = [
     "TorchRunner",
     "Runner",
     "Config",
+    "ExponentialMovingAverage",
     "RunnerMeta",
     "RunnerMode",
     "on_main_process",

@@ -93,6 +93,7 @@ class OptimizationMixin:
     _windows: AccumulationWindows
     _loss_guard: NonFiniteLossGuard
     _step_probe: StepProbe
+    _parallel: Any
 
     @property
     def precision(self) -> Precision:
@@ -117,8 +118,8 @@ class OptimizationMixin:
         the backward ([`advance`][danling.runner.TorchRunner.advance]) in it.
         """
         windows = self._windows
-        if windows.accum_steps > 1 and not windows.is_last() and hasattr(self.model, "no_sync"):
-            return self.model.no_sync()
+        if windows.accum_steps > 1 and not windows.is_last():
+            return self._parallel.no_sync(self.model)
         return _NULL_CONTEXT
 
     def _begin_accumulation(self, length: int | None) -> None:

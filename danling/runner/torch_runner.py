@@ -34,6 +34,7 @@ from .data import (
 from .distributed import init_process_group
 from .finite import NonFiniteLossGuard
 from .inference import gather_predictions, infer_input, inference_loader
+from .parallel import build_parallelism, evaluation_context
 from .precision import Precision
 from .recovery import Recovery
 from .stepping import OptimizationMixin, StepProbe
@@ -85,6 +86,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         self._device = self._resolve_device()
         self._precision = Precision(self.config.get("precision"), self._device.type)
         self.telemetry = Telemetry(self._device, self.world_size)
+        self._parallel = build_parallelism(self.config, self._precision.dtype)
 
     # Set-up
 
@@ -110,20 +112,18 @@ class TorchRunner(OptimizationMixin, BaseRunner):
 
     def setup(self) -> None:
         r"""
-        Build the dataloaders, set a default `log_interval`, move the model (and EMA) to `device` and wrap it in
-        `DistributedDataParallel` when distributed.
+        Build the dataloaders, set a default `log_interval`, move the model (and EMA) to `device` and let the
+        parallelism policy (`config.strategy`, `config.compile`) compile it and wrap it in
+        `DistributedDataParallel` or shard it with FSDP2 when distributed.
         """
         self.build_dataloaders()
         if self.config.get("log_interval") is None and self.dataloaders:
             lengths = [n for n in map(loader_length, self.dataloaders.values()) if n is not None]
             self.config["log_interval"] = max(max(lengths, default=10) // 10, 1)
         if self.model is not None:
-            self.model = self.model.to(self.device)
-            if self.distributed and not isinstance(self.model, DistributedDataParallel):
-                device_ids = [self.device.index] if self.device.type == "cuda" else None
-                self.model = DistributedDataParallel(self.model, device_ids=device_ids)
+            self.model = self._parallel.wrap(self.model.to(self.device), self.device, self.optimizer)
         if self.ema is not None:
-            self.ema = self.ema.to(self.device)
+            self.ema = self._parallel.wrap_ema(self.ema.to(self.device))
         self._begin_accumulation(None)
 
     def build_dataloaders(self) -> None:
@@ -459,7 +459,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             return data
         return to_device(data, device, non_blocking=True)
 
-    @torch.inference_mode()
+    @evaluation_context
     def evaluate(self, evaluate_splits: list[str] | None = None) -> NestedDict:
         r"""
         Evaluate every split in `evaluate_splits` (default: all evaluate splits).
@@ -473,7 +473,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         self.write_epoch_result(result)
         return result
 
-    @torch.inference_mode()
+    @evaluation_context
     def evaluate_epoch(self, split: str = "val") -> NestedDict:
         r"""
         Evaluate `split` once: no gradients, same autocast as training, every sample counted exactly once.
@@ -500,8 +500,8 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         """
         input, target = self.unpack(data)
         with self.autocast():
-            # The unwrapped model: DDP would run collectives per batch, and shards may differ by one batch.
-            pred = self.unwrap(self.model)(input)
+            # Without DDP (its collectives per batch would hang on shards that differ by a batch), still compiled.
+            pred = self._parallel.evaluation_module(self.model)(input)
             loss = None
             if self.criterion is not None and target is not None:
                 loss = self.criterion(pred, target)
@@ -509,7 +509,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             self.record(pred, target, loss)
         return pred, loss
 
-    @torch.inference_mode()
+    @evaluation_context
     def infer(self, data: Any = "infer") -> torch.Tensor:
         r"""
         Predictions of the model, in dataset order, gathered from all ranks.
@@ -530,7 +530,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             split = "infer"
             loader = inference_loader(data, options, self.rank, self.world_size, pin)
             loader = self._start_epoch(split, RunnerMode.infer, loader)
-        model = self.unwrap(self.model)
+        model = self._parallel.evaluation_module(self.model)
         outputs = []
         for batch in self._iterate(loader, split, loader_length(loader)):
             with self.autocast():
@@ -599,6 +599,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             state[ckpt.SCALER] = self.scaler.state_dict()
         if self.ema is not None:
             state[ckpt.EMA] = self.ema.state_dict()
+        self._parallel.export_state(state, self.model, self.optimizer, self.ema)
         self._recovery.add_to(state)
         return cls(state)
 
@@ -607,6 +608,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         Restore everything [`state_dict`][danling.runner.TorchRunner.state_dict] saved, including this rank's
         RNG state.
         """
+        state = self._parallel.import_state(state, self.model, self.optimizer, self.ema)
         super().load_state_dict(state)
         if ckpt.SCALER in state and self.scaler.is_enabled():
             self.scaler.load_state_dict(state[ckpt.SCALER])

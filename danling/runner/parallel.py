@@ -146,7 +146,9 @@ class DataParallel:
         return torch.compile(model, **self.compile_options)
 
     def wrap_ema(self, ema: nn.Module) -> nn.Module:
-        r"""The EMA model as it is: under DDP every rank updates its own full copy identically."""
+        r"""The EMA model, made equal to rank 0's (each rank then updates its full copy identically). Collective."""
+        if _multi_process():
+            broadcast_from_rank0(ema)
         return ema
 
     def no_sync(self, model: nn.Module) -> AbstractContextManager:
@@ -171,6 +173,10 @@ class DataParallel:
     def import_state(self, state: Mapping, model: Any, optimizer: Any, ema: Any) -> Mapping:
         r"""Load sharded parts of a checkpoint; returns what the ordinary loading code still has to load."""
         return state
+
+    def load_model_state(self, model: nn.Module, state: Mapping) -> None:
+        r"""Load a full (unsharded, clean-named) model state dict into the wrapped `model`."""
+        _unwrapped(model).load_state_dict(state)
 
 
 class FullyShardedDataParallel(DataParallel):
@@ -219,6 +225,7 @@ class FullyShardedDataParallel(DataParallel):
         if not _multi_process():
             return self._compile(model)
         names = {id(parameter): name for name, parameter in model.named_parameters()}
+        broadcast_from_rank0(model)  # as DDP does: every rank starts from the model rank 0 built
         self._shard(model, device)
         self.sharded = True
         if optimizer is not None:
@@ -241,6 +248,7 @@ class FullyShardedDataParallel(DataParallel):
         r"""Shard the EMA copy like the model, so its update is local to each rank's shards."""
         if not self.sharded:
             return ema
+        broadcast_from_rank0(ema)
         inner = ema.module if isinstance(getattr(ema, "module", None), nn.Module) else ema
         self._shard(inner, next(inner.parameters()).device)
         return ema
@@ -302,6 +310,15 @@ class FullyShardedDataParallel(DataParallel):
             set_model_state_dict(ema, state[ckpt.EMA], options=options)
             state[ckpt.EMA] = ema.state_dict()
         return state
+
+    def load_model_state(self, model: nn.Module, state: Mapping) -> None:
+        r"""Shard a full model state dict into the sharded `model` (every rank passes the full state)."""
+        if not self.sharded:
+            super().load_model_state(model, state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(_orig_module(model), state, options=StateDictOptions(full_state_dict=True))
 
 
 def shard_targets(model: nn.Module, class_names: Sequence[str] | None) -> list[nn.Module]:
@@ -374,8 +391,24 @@ def _reshard(modules: list[nn.Module]) -> None:
         module.set_reshard_after_forward(module is not modules[0], recurse=False)
 
 
+def broadcast_from_rank0(module: nn.Module) -> None:
+    r"""
+    Overwrite `module`'s parameters and buffers with rank 0's, in place (a no-op in a single process). Collective.
+    """
+    if not _multi_process():
+        return
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.device.type != "meta":
+                dist.broadcast(tensor, src=0)
+
+
 def _multi_process() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    return _orig_module(DataParallel.evaluation_module(model))
 
 
 def _orig_module(model: nn.Module) -> nn.Module:

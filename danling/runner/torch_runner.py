@@ -625,6 +625,13 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         super().load_checkpoint(checkpoint, *args, **kwargs)
         self._recovery.after_load()
 
+    def load_pretrained(self, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> None:
+        r"""[`BaseRunner.load_pretrained`][danling.runner.BaseRunner.load_pretrained], sharding under `fsdp`."""
+        if self.model is None:
+            raise ValueError("cannot load pretrained weights before the model is set: assign self.model first")
+        loaded = ckpt.read_checkpoint(checkpoint, *args, what="pretrained", **kwargs)
+        self._parallel.load_model_state(self.model, ckpt.extract_model_state(loaded))
+
 
 def _batch_length(target: Any, pred: Any) -> int:
     for value in (target, pred):

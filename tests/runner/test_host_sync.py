@@ -9,6 +9,7 @@ under a `TorchFunctionMode` that records calls reading a tensor's value on the h
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import danling as dl
 from danling.runner import ExponentialMovingAverage
 
 _spec = importlib.util.spec_from_file_location("host_sync", Path(__file__).parent / "workers" / "host_sync.py")
-host_sync = importlib.util.module_from_spec(_spec)
+host_sync = sys.modules.setdefault("host_sync", importlib.util.module_from_spec(_spec))  # Dynamo imports it by name
 _spec.loader.exec_module(host_sync)
 HostSyncCounter = host_sync.HostSyncCounter
 

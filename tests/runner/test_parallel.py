@@ -71,7 +71,16 @@ def test_fsdp_reduces_gradients_once_per_optimizer_step(report):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("run", ["ddp-fp32", "fsdp-fp32", "ddp-bf16", "fsdp-bf16"])
+def test_fsdp_with_compile_matches_ddp(report):
+    ddp, compiled = report["ddp-fp32"], report["fsdp-compiled"]
+    assert compiled["wrapped"] == "OptimizedModule"
+    assert compiled["sharded_blocks"] == 3
+    assert_states_close(compiled["model"], ddp["model"], 1e-5)
+    torch.testing.assert_close(compiled["infer"], ddp["infer"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("run", ["ddp-fp32", "fsdp-fp32", "ddp-bf16", "fsdp-bf16", "fsdp-compiled"])
 def test_training_steps_make_no_host_sync_under_either_strategy(report, run):
     assert report[run]["syncs"] == []
 

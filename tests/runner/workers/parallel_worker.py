@@ -30,7 +30,7 @@ from danling.utils.io import to_plain
 
 def load_host_sync_counter() -> type:
     spec = importlib.util.spec_from_file_location("host_sync", Path(__file__).with_name("host_sync.py"))
-    module = importlib.util.module_from_spec(spec)
+    module = sys.modules.setdefault("host_sync", importlib.util.module_from_spec(spec))
     spec.loader.exec_module(module)
     return module.HostSyncCounter
 
@@ -148,6 +148,10 @@ def main() -> None:
                 report["pretrained"] = pretrained.state_dict()["model"]
                 pretrained.close()
             runner.close()
+    # Sharded and compiled (aot_eager: Dynamo and AOTAutograd without a C++ toolchain).
+    compiled = config_for(out_dir, "fsdp-compiled", "fsdp", None, compile={"backend": "aot_eager"})
+    runner, report["fsdp-compiled"] = train(compiled)
+    runner.close()
     if dist.get_rank() == 0:
         torch.save(report, os.path.join(out_dir, "report.pt"))
     dist.barrier()

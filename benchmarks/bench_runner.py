@@ -67,7 +67,16 @@ def make_model():
     return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10))
 
 
-def run_loop(epochs: int, samples: int) -> dict:
+# Scenario -> runner config; the hand-written loop does the same by hand (see `run_loop`).
+SCENARIOS = {
+    "fp32": {},
+    "accum": {"accum_steps": 4},
+    "bf16": {"precision": "bf16"},
+    "fp16": {"precision": "fp16"},
+}
+
+
+def run_loop(epochs: int, samples: int, scenario: str = "fp32") -> dict:
     import torch
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
@@ -78,6 +87,9 @@ def run_loop(epochs: int, samples: int) -> dict:
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     loader = DataLoader(TensorDataset(x, y), batch_size=BATCH_SIZE, shuffle=True)
+    accum_steps = SCENARIOS[scenario].get("accum_steps", 1)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(scenario)
+    scaler = torch.amp.GradScaler("cpu", enabled=dtype is torch.float16)
     model.train()
     steps = 0
     losses = []
@@ -85,22 +97,28 @@ def run_loop(epochs: int, samples: int) -> dict:
     for _ in range(epochs):
         loss_sum = torch.zeros((), dtype=torch.float64)
         count = 0
-        for input, target in loader:
-            pred = model(input)
-            loss = criterion(pred, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        for index, (input, target) in enumerate(loader):
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+                pred = model(input)
+                loss = criterion(pred, target)
+            if accum_steps > 1:
+                scaler.scale(loss / accum_steps).backward()
+            else:
+                scaler.scale(loss).backward()
+            if (index + 1) % accum_steps == 0:
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                steps += 1
             loss_sum.add_(loss.detach(), alpha=target.shape[0])
             count += target.shape[0]
-            steps += 1
         losses.append(loss_sum.item() / count)
     seconds, cpu = perf_counter() - start, process_time() - cpu_start
-    result = {"steps": steps, "seconds": seconds, "train_seconds": seconds, "loss": losses[-1]}
-    return {**result, "cpu_seconds": cpu, "train_cpu_seconds": cpu}
+    result = {"steps": steps, "batches": epochs * len(loader), "seconds": seconds, "train_seconds": seconds}
+    return {**result, "cpu_seconds": cpu, "train_cpu_seconds": cpu, "loss": losses[-1]}
 
 
-def build_runner(epochs: int, samples: int, directory: str):
+def build_runner(epochs: int, samples: int, directory: str, scenario: str = "fp32"):
     import torch
     from torch import nn
     from torch.utils.data import TensorDataset
@@ -127,37 +145,39 @@ def build_runner(epochs: int, samples: int, directory: str):
     x, y = make_data(samples)
     torch.manual_seed(MODEL_SEED)
     config = {"dir": directory, "epoch_end": epochs, "dataloader": {"batch_size": BATCH_SIZE}}
-    return BenchRunner(config, x, y)
+    return BenchRunner({**config, **SCENARIOS[scenario]}, x, y)
 
 
-def run_runner(epochs: int, samples: int) -> dict:
+def run_runner(epochs: int, samples: int, scenario: str = "fp32") -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-runner-") as directory:
-        runner = build_runner(epochs, samples, directory)
+        runner = build_runner(epochs, samples, directory, scenario)
         start, cpu_start = perf_counter(), process_time()
         results = runner.train()
         seconds, cpu = perf_counter() - start, process_time() - cpu_start
         steps = runner.steps
+        batches = epochs * len(runner.dataloaders.train)
         runner.close()
-    result = {"steps": steps, "seconds": seconds, "train_seconds": runner.train_epoch_seconds}
+    result = {"steps": steps, "batches": batches, "seconds": seconds, "train_seconds": runner.train_epoch_seconds}
     result.update(cpu_seconds=cpu, train_cpu_seconds=runner.train_epoch_cpu_seconds)
     return {**result, "loss": results[epochs - 1]["train"]["loss"]}
 
 
-def worker(variant: str, epochs: int, samples: int, result_file: str) -> None:
+def worker(variant: str, epochs: int, samples: int, result_file: str, scenario: str) -> None:
     import torch
 
     torch.set_num_threads(1)
-    result = run_loop(epochs, samples) if variant == "loop" else run_runner(epochs, samples)
+    run = run_loop if variant == "loop" else run_runner
+    result = run(epochs, samples, scenario)
     with open(result_file, "w", encoding="utf-8") as fp:
         json.dump(result, fp)
 
 
-def spawn(variant: str, epochs: int, samples: int) -> dict:
+def spawn(variant: str, epochs: int, samples: int, scenario: str = "fp32") -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-runner-ipc-") as directory:
         result_file = os.path.join(directory, "result.json")
         stderr_file = os.path.join(directory, "stderr.txt")
         command = [sys.executable, os.path.abspath(__file__), "--worker", variant, "--result-file", result_file]
-        command += ["--epochs", str(epochs), "--samples", str(samples)]
+        command += ["--epochs", str(epochs), "--samples", str(samples), "--scenario", scenario]
         with open(stderr_file, "w", encoding="utf-8") as stderr:
             code = subprocess.call(command, stdout=subprocess.DEVNULL, stderr=stderr)
         if code != 0:
@@ -168,7 +188,8 @@ def spawn(variant: str, epochs: int, samples: int) -> dict:
 
 
 def us_per_step(result: dict, key: str = "seconds") -> float:
-    return result[key] / result["steps"] * 1e6
+    # Per batch (micro-step): with accumulation an optimizer step spans several.
+    return result[key] / result["batches"] * 1e6
 
 
 COLUMNS = (
@@ -187,43 +208,53 @@ RATIOS = (
 )
 
 
-def benchmark(rounds: int, epochs: int, samples: int) -> None:
+def benchmark(rounds: int, epochs: int, samples: int, scenarios: list[str]) -> None:
     print(f"tiny MLP, batch {BATCH_SIZE}, {samples} samples, {epochs} epochs, 1 thread, {rounds} rounds (A/B/A/B...)")
-    print("us/step: A = hand-written loop, B full = runner.train(), B train = train-only (no per-epoch writes);")
+    print("us/batch: A = hand-written loop, B full = runner.train(), B train = train-only (no per-epoch writes);")
     print("wall clock (perf_counter) and CPU time of the process (process_time, less sensitive to other load)")
+    print(f"scenarios, interleaved within each round: {', '.join(scenarios)}")
     names = "".join(f"{name:>12}" for name, _, _ in COLUMNS)
-    print(f"{'round':>5}{names}{'B/A full':>10}{'B/A train':>10}  final loss A / B")
-    rows = []
+    print(f"{'scenario':>8}{'round':>6}{names}{'B/A full':>10}{'B/A train':>10}  final loss A / B")
+    rows: dict[str, list[list[float]]] = {scenario: [] for scenario in scenarios}
     for index in range(rounds):
-        results = {"loop": spawn("loop", epochs, samples), "runner": spawn("runner", epochs, samples)}
-        if results["loop"]["steps"] != results["runner"]["steps"]:
-            raise RuntimeError(f"step counts differ: {results['loop']['steps']} and {results['runner']['steps']}")
-        row = [us_per_step(results[variant], key) for _, variant, key in COLUMNS]
-        rows.append(row)
-        cells = "".join(f"{value:>12.1f}" for value in row)
-        losses = f"{results['loop']['loss']:.6f} / {results['runner']['loss']:.6f}"
-        print(f"{index:>5}{cells}{row[1] / row[0]:>10.3f}{row[2] / row[0]:>10.3f}  {losses}", flush=True)
+        for scenario in scenarios:
+            results = {variant: spawn(variant, epochs, samples, scenario) for variant in ("loop", "runner")}
+            if results["loop"]["steps"] != results["runner"]["steps"]:
+                raise RuntimeError(f"step counts differ: {results['loop']['steps']} and {results['runner']['steps']}")
+            row = [us_per_step(results[variant], key) for _, variant, key in COLUMNS]
+            rows[scenario].append(row)
+            cells = "".join(f"{value:>12.1f}" for value in row)
+            losses = f"{results['loop']['loss']:.6f} / {results['runner']['loss']:.6f}"
+            ratios = f"{row[1] / row[0]:>10.3f}{row[2] / row[0]:>10.3f}"
+            print(f"{scenario:>8}{index:>6}{cells}{ratios}  {losses}", flush=True)
+    for scenario in scenarios:
+        summarise(scenario, rows[scenario])
+
+
+def summarise(scenario: str, rows: list[list[float]]) -> None:
     medians = "; ".join(
         f"{name} {statistics.median(row[i] for row in rows):.1f}" for i, (name, _, _) in enumerate(COLUMNS)
     )
-    print(f"median us/step: {medians}")
+    print(f"[{scenario}] median us/batch: {medians}")
     for label, numerator, denominator in RATIOS:
         ratio = statistics.median(row[numerator] / row[denominator] for row in rows)
         verdict = "PASS" if ratio <= TARGET else "FAIL"
         best = min(row[numerator] for row in rows) / min(row[denominator] for row in rows)
+        extra = statistics.median(row[numerator] - row[denominator] for row in rows)
         print(
-            f"median of per-round B/A, {label}: {ratio:.3f} (target <= {TARGET:.2f}) {verdict}; min B/min A {best:.3f}"
+            f"[{scenario}] median of per-round B/A, {label}: {ratio:.3f} (target <= {TARGET:.2f}) {verdict}; "
+            f"min B/min A {best:.3f}; median B-A {extra:+.1f} us/batch"
         )
 
 
-def profile(epochs: int, samples: int) -> None:
+def profile(epochs: int, samples: int, scenario: str) -> None:
     import torch
 
     torch.set_num_threads(1)
     with contextlib.ExitStack() as stack:
         directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-runner-"))
         stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
-        runner = build_runner(epochs, samples, directory)
+        runner = build_runner(epochs, samples, directory, scenario)
         profiler = cProfile.Profile()
         profiler.enable()
         runner.train()
@@ -237,18 +268,25 @@ def profile(epochs: int, samples: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7, help="interleaved A/B rounds (default 7)")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=tuple(SCENARIOS),
+        help="fp32, accum (accum_steps=4), bf16 or fp16 (with the grad scaler); repeat for several (default: all)",
+    )
     parser.add_argument("--epochs", type=int, default=EPOCHS, help=argparse.SUPPRESS)
     parser.add_argument("--samples", type=int, default=SAMPLES, help=argparse.SUPPRESS)
     parser.add_argument("--profile", action="store_true", help="profile the runner variant once with cProfile")
     parser.add_argument("--worker", choices=("loop", "runner"), help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    scenarios = args.scenario or list(SCENARIOS)
     if args.worker is not None:
-        worker(args.worker, args.epochs, args.samples, args.result_file)
+        worker(args.worker, args.epochs, args.samples, args.result_file, scenarios[0])
     elif args.profile:
-        profile(args.epochs, args.samples)
+        profile(args.epochs, args.samples, scenarios[0])
     else:
-        benchmark(args.rounds, args.epochs, args.samples)
+        benchmark(args.rounds, args.epochs, args.samples, scenarios)
 
 
 if __name__ == "__main__":

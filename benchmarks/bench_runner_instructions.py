@@ -7,8 +7,8 @@ for `TorchRunner.train_epoch` (logging on at the default interval), and prints t
 and their ratio. Target: <= 1.05. It takes several minutes (callgrind runs Python ~50x slower).
 
 Usage:
-    python benchmarks/bench_runner_instructions.py              # 3 epochs (768 steps)
-    python benchmarks/bench_runner_instructions.py --epochs 1
+    python benchmarks/bench_runner_instructions.py              # 3 epochs (768 steps), fp32
+    python benchmarks/bench_runner_instructions.py --epochs 1 --scenario bf16   # also: accum, fp16
 """
 
 from __future__ import annotations
@@ -32,7 +32,11 @@ from torch.utils.data import DataLoader, TensorDataset
 import danling as dl
 
 torch.set_num_threads(1)
-mode, epochs = sys.argv[1], int(sys.argv[2])
+mode, epochs, scenario = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+scenarios = {"fp32": {}, "accum": {"accum_steps": 4}, "bf16": {"precision": "bf16"}, "fp16": {"precision": "fp16"}}
+options = scenarios[scenario]
+accum_steps = options.get("accum_steps", 1)
+dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(scenario)
 generator = torch.Generator().manual_seed(1234)
 dataset = TensorDataset(torch.randn(8192, 32, generator=generator), torch.randint(0, 10, (8192,), generator=generator))
 
@@ -52,7 +56,8 @@ class Runner(dl.TorchRunner):
 
 sys.stdout = io.StringIO()
 if mode == "runner":
-    runner = Runner({"dir": tempfile.mkdtemp(), "epoch_end": epochs, "dataloader": {"batch_size": 32}})
+    config = {"dir": tempfile.mkdtemp(), "epoch_end": epochs, "dataloader": {"batch_size": 32}, **options}
+    runner = Runner(config)
     for epoch in range(epochs):
         runner.epochs = epoch
         runner.train_epoch("train")
@@ -60,23 +65,27 @@ else:
     model, criterion = mlp(), nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     loader = DataLoader(dataset, batch_size=32, shuffle=True)
+    scaler = torch.amp.GradScaler("cpu", enabled=dtype is torch.float16)
     for epoch in range(epochs):
         total = torch.zeros((), dtype=torch.float64)
-        for x, y in loader:
-            loss = criterion(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        for index, (x, y) in enumerate(loader):
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+                loss = criterion(model(x), y)
+            scaler.scale(loss / accum_steps if accum_steps > 1 else loss).backward()
+            if (index + 1) % accum_steps == 0:
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
             total.add_(loss.detach(), alpha=len(y))
         total.item()
 """
 
 
-def count_instructions(script: str, mode: str, epochs: int) -> int:
+def count_instructions(script: str, mode: str, epochs: int, scenario: str) -> int:
     with tempfile.TemporaryDirectory() as directory:
         out = os.path.join(directory, "callgrind.out")
         command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, script, mode]
-        completed = subprocess.run([*command, str(epochs)], capture_output=True, text=True, check=True)
+        completed = subprocess.run([*command, str(epochs), scenario], capture_output=True, text=True, check=True)
     match = re.search(r"Collected : (\d+)", completed.stderr)
     if match is None:
         raise RuntimeError(f"callgrind printed no instruction count:\n{completed.stderr[-2000:]}")
@@ -86,20 +95,28 @@ def count_instructions(script: str, mode: str, epochs: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument(
+        "--scenario",
+        default="fp32",
+        choices=("fp32", "accum", "bf16", "fp16"),
+        help="fp32, accum (accum_steps=4), bf16 autocast or fp16 autocast with the grad scaler (default fp32)",
+    )
     args = parser.parse_args()
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fp:
         fp.write(WORKLOAD)
     runs = [(mode, epochs) for mode in ("loop", "runner") for epochs in (0, args.epochs)]
     try:
         with ThreadPoolExecutor(max_workers=2) as pool:
-            counts = dict(zip(runs, pool.map(lambda run: count_instructions(fp.name, *run), runs)))
+            counted = pool.map(lambda run: count_instructions(fp.name, *run, args.scenario), runs)
+            counts = dict(zip(runs, counted))
     finally:
         os.remove(fp.name)
     steps = args.epochs * STEPS_PER_EPOCH
     per_step = {mode: (counts[(mode, args.epochs)] - counts[(mode, 0)]) / steps for mode in ("loop", "runner")}
     ratio = per_step["runner"] / per_step["loop"]
-    print(f"instructions per step over {steps} steps: loop {per_step['loop']:,.0f}, runner {per_step['runner']:,.0f}")
-    print(f"runner / loop: {ratio:.3f} (target <= {TARGET}) {'PASS' if ratio <= TARGET else 'FAIL'}")
+    print(f"[{args.scenario}] instructions per batch over {steps} batches: loop {per_step['loop']:,.0f}, ", end="")
+    print(f"runner {per_step['runner']:,.0f}")
+    print(f"[{args.scenario}] runner / loop: {ratio:.3f} (target <= {TARGET}) {'PASS' if ratio <= TARGET else 'FAIL'}")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ class TorchRunner(OptimizationMixin, BaseRunner):
     [`train_step`][danling.runner.TorchRunner.train_step] for anything else.
 
     Config keys used here: `precision` (`"fp16"`, `"bf16"`, `None`), `accum_steps`, `max_grad_norm`,
-    `max_grad_value`, `patience`, `backend`, `device`, `progress_bar`, `dataloader.*` and `dataloader.<split>.*`.
+    `max_grad_value`, `patience`, `backend`, `device`, `progress_bar`, `strategy` (`"ddp"`, `"fsdp"`),
+    `fsdp.shard_modules`, `compile`, `dataloader.*` and `dataloader.<split>.*`.
 
     Examples:
         >>> import tempfile

@@ -122,3 +122,23 @@ def test_averaged_model_would_sync_where_ours_does_not(make_config):
         runner.train()
     assert len(runner.counter.calls) >= 6
     assert {name for name, _ in runner.counter.calls} <= {"__bool__", "item", "is_nonzero"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("config", [{}, {"precision": "bf16", "accum_steps": 4, "max_grad_norm": 0.5}])
+def test_cuda_training_steps_pass_sync_debug_mode_error(make_config, config):
+    # On CUDA, torch itself raises on every synchronising call made while the debug mode is "error".
+    class StrictRunner(CountingRunner):
+        def _counted(self, function: Any, *args: Any) -> Any:
+            previous = torch.cuda.get_sync_debug_mode()
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                return super()._counted(function, *args)
+            finally:
+                torch.cuda.set_sync_debug_mode(previous)
+
+    runner = StrictRunner(make_config(device="cuda", **config))
+    with runner.counter:
+        runner.train()
+    assert runner.counted_steps == 12
+    assert runner.counter.calls == [], runner.counter.report()

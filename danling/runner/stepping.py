@@ -113,12 +113,14 @@ class OptimizationMixin:
 
     def accumulate(self) -> AbstractContextManager:
         r"""
-        Context manager for one micro-step: `model.no_sync()` on every micro-step but the last of an accumulation
-        window (so DDP all-reduces gradients once per optimizer step), a no-op otherwise. Wrap the forward and
-        the backward ([`advance`][danling.runner.TorchRunner.advance]) in it.
+        Context manager for one micro-step: `model.no_sync()` (or FSDP2's equivalent) on every micro-step but the
+        last of an accumulation window (so gradients are reduced once per optimizer step), a no-op otherwise. With
+        a loader without a length every micro-step synchronises, since a window may end with the epoch. Wrap the
+        forward and the backward ([`advance`][danling.runner.TorchRunner.advance]) in it.
         """
         windows = self._windows
-        if windows.accum_steps > 1 and not windows.is_last():
+        # Only where the window's end is known: a window an unsized loader cuts short must still reduce its grads.
+        if windows.accum_steps > 1 and windows.length is not None and not windows.is_last():
             return self._parallel.no_sync(self.model)
         return _NULL_CONTEXT
 

@@ -148,3 +148,54 @@ def test_shard_modules_match_class_names_and_unknown_names_fail():
     assert shard_targets(model, None) == [model[0], model[2]]
     with pytest.raises(ValueError, match=r"\['Layer'\], which match no submodule; the model has \[.*'Block'"):
         shard_targets(model, ["Block", "Layer"])
+
+
+class NoSyncRecorder(nn.Module):
+    """Stands in for a DDP/FSDP model: records whether each forward ran with gradient synchronisation off."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+        self.syncing = True
+        self.forward_synced: list[bool] = []
+
+    def no_sync(self) -> Any:
+        recorder = self
+
+        class Context:
+            def __enter__(self) -> None:
+                recorder.syncing = False
+
+            def __exit__(self, *exc: Any) -> None:
+                recorder.syncing = True
+
+        return Context()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.forward_synced.append(self.syncing)
+        return self.linear(x)
+
+
+class UnsizedLoader:
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Any:
+        return iter(self.loader)
+
+
+def test_unsized_loader_synchronises_every_micro_step(make_runner):
+    # 5 batches in windows of 2, length unknown: the last window is cut short by the epoch, so skipping the sync
+    # on its micro-step would leave unreduced gradients for the flush step.
+    runner = make_runner(accum_steps=2, epoch_end=1)
+    runner.model = NoSyncRecorder()
+    runner.optimizer = torch.optim.SGD(runner.model.parameters(), lr=0.1)
+    runner.dataloaders.train = UnsizedLoader(runner.dataloaders.train)
+    runner.train(evaluate_splits=[])
+    assert runner.model.forward_synced == [True] * 5
+    assert runner.steps == 3
+    sized = make_runner(accum_steps=2, epoch_end=1)
+    sized.model = NoSyncRecorder()
+    sized.optimizer = torch.optim.SGD(sized.model.parameters(), lr=0.1)
+    sized.train(evaluate_splits=[])
+    assert sized.model.forward_synced == [False, True, False, True, True]

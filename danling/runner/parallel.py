@@ -240,7 +240,7 @@ class FullyShardedDataParallel(DataParallel):
         options: dict[str, Any] = {"mesh": mesh}
         if self.precision_dtype is not None:
             options["mp_policy"] = MixedPrecisionPolicy(param_dtype=self.precision_dtype, reduce_dtype=torch.float32)
-        for block in shard_targets(model, self.shard_modules):
+        for block in reversed(shard_targets(model, self.shard_modules)):  # FSDP2 shards nested modules bottom-up
             fully_shard(block, **options)
         fully_shard(model, **options)
 
@@ -250,7 +250,9 @@ class FullyShardedDataParallel(DataParallel):
             return ema
         broadcast_from_rank0(ema)
         inner = ema.module if isinstance(getattr(ema, "module", None), nn.Module) else ema
-        self._shard(inner, next(inner.parameters()).device)
+        parameter = next(inner.parameters(), None) if isinstance(inner, nn.Module) else None
+        if parameter is not None:
+            self._shard(inner, parameter.device)
         return ema
 
     def no_sync(self, model: nn.Module) -> AbstractContextManager:
@@ -323,8 +325,8 @@ class FullyShardedDataParallel(DataParallel):
 
 def shard_targets(model: nn.Module, class_names: Sequence[str] | None) -> list[nn.Module]:
     r"""
-    The submodules to shard separately, outermost first (nested matches are sharded too, inner first is not
-    required by FSDP2).
+    The submodules to shard separately, in `model.modules()` order (outer before inner; they are sharded in
+    reverse, inner first, as FSDP2 requires for nested modules).
 
     Args:
         model: The model.
@@ -418,6 +420,11 @@ def _orig_module(model: nn.Module) -> nn.Module:
 def _rebind_optimizer(optimizer: Any, names: dict[int, str], parameters: dict[str, nn.Parameter]) -> None:
     # fully_shard replaces every parameter by a sharded one: the optimizer must step the new ones.
     for group in optimizer.param_groups:
+        if any(id(parameter) not in names for parameter in group["params"]):
+            raise ValueError(
+                "under strategy 'fsdp' the optimizer may only hold parameters of the model (they are sharded and "
+                "saved with it); register other learnable tensors as parameters of the model, or use strategy 'ddp'"
+            )
         group["params"] = [parameters[names[id(parameter)]] for parameter in group["params"]]
 
 

@@ -118,6 +118,9 @@ class DataParallel:
     """
 
     name = "ddp"
+    # Whether gradients left unreduced by `no_sync` in a window cut short by the epoch can be averaged afterwards
+    # (DDP: an all-reduce at the flush); when not, unsized loaders synchronise every micro-step.
+    reduces_cut_windows = True
 
     def __init__(self, compile_options: dict[str, Any] | None = None) -> None:
         self.compile_options = compile_options
@@ -201,6 +204,7 @@ class FullyShardedDataParallel(DataParallel):
     """
 
     name = "fsdp"
+    reduces_cut_windows = False
 
     def __init__(
         self,

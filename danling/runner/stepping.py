@@ -114,14 +114,15 @@ class OptimizationMixin:
     def accumulate(self) -> AbstractContextManager:
         r"""
         Context manager for one micro-step: `model.no_sync()` (or FSDP2's equivalent) on every micro-step but the
-        last of an accumulation window (so gradients are reduced once per optimizer step), a no-op otherwise. With
-        a loader without a length every micro-step synchronises, since a window may end with the epoch. Wrap the
-        forward and the backward ([`advance`][danling.runner.TorchRunner.advance]) in it.
+        last of an accumulation window (so gradients are reduced once per optimizer step), a no-op otherwise.
+        Under FSDP2 with a loader without a length every micro-step synchronises, since a window may end with the
+        epoch and its sharded gradients could not be reduced afterwards. Wrap the forward and the backward
+        ([`advance`][danling.runner.TorchRunner.advance]) in it.
         """
         windows = self._windows
-        # Only where the window's end is known: a window an unsized loader cuts short must still reduce its grads.
-        if windows.accum_steps > 1 and windows.length is not None and not windows.is_last():
-            return self._parallel.no_sync(self.model)
+        parallel = self._parallel
+        if windows.accum_steps > 1 and not windows.is_last() and (windows.length or parallel.reduces_cut_windows):
+            return parallel.no_sync(self.model)
         return _NULL_CONTEXT
 
     def _begin_accumulation(self, length: int | None) -> None:

@@ -55,7 +55,7 @@ def build_parallelism(config: Mapping, precision_dtype: torch.dtype | None = Non
     name = "ddp" if strategy is None else str(strategy).lower()
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; accepted values are {', '.join(map(repr, STRATEGIES))}")
-    compile_options = compile_arguments(config.get("compile"))
+    compile_options = compile_arguments(config.get("compile"), config.get("compile_options"))
     if name == "ddp":
         return DataParallel(compile_options)
     if precision_dtype is torch.float16:
@@ -67,24 +67,31 @@ def build_parallelism(config: Mapping, precision_dtype: torch.dtype | None = Non
     return FullyShardedDataParallel(compile_options, fsdp_options.get("shard_modules"), precision_dtype)
 
 
-def compile_arguments(setting: Any) -> dict[str, Any] | None:
+def compile_arguments(setting: Any, options: Mapping | None = None) -> dict[str, Any] | None:
     r"""
-    Keyword arguments of `torch.compile` from `config.compile`: `None`/`False` (off), `True` (defaults) or a
-    mapping (e.g. `{"mode": "max-autotune", "backend": "inductor"}`).
+    Keyword arguments of `torch.compile` from `config.compile` (`None`/`False`: off, `True`: on) and
+    `config.compile_options` (a mapping such as `{"mode": "max-autotune", "backend": "aot_eager"}`).
+
+    `compile` is declared a boolean in [`Config`][danling.runner.Config], so options live in their own key. A
+    mapping given as `compile` itself (possible with a plain mapping config) is read as the options.
 
     Raises:
-        ValueError: If `setting` is of another type.
+        ValueError: If `setting` is of another type, or `options` is not a mapping.
 
     Examples:
-        >>> compile_arguments(None), compile_arguments(True), compile_arguments({"backend": "eager"})
+        >>> compile_arguments(None), compile_arguments(True), compile_arguments(True, {"backend": "eager"})
         (None, {}, {'backend': 'eager'})
+        >>> compile_arguments(False, {"backend": "eager"}) is None
+        True
     """
+    if options is not None and not isinstance(options, Mapping):
+        raise ValueError(f"compile_options is set to {options!r}; it must be a mapping of torch.compile arguments")
     if setting is None or setting is False:
         return None
     if setting is True:
-        return {}
+        return dict(options or {})
     if isinstance(setting, Mapping):
-        return dict(setting)
+        return {**dict(options or {}), **dict(setting)}
     raise ValueError(f"compile is set to {setting!r}; accepted values are True, False, None or a mapping of options")
 
 

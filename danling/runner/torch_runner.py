@@ -55,7 +55,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
 
     Config keys used here: `precision` (`"fp16"`, `"bf16"`, `None`), `accum_steps`, `max_grad_norm`,
     `max_grad_value`, `patience`, `backend`, `device`, `progress_bar`, `strategy` (`"ddp"`, `"fsdp"`),
-    `fsdp.shard_modules`, `compile`, `dataloader.*` and `dataloader.<split>.*`.
+    `fsdp.shard_modules`, `compile`, `compile_options`, `dataloader.*` and `dataloader.<split>.*`.
 
     Examples:
         >>> import tempfile

@@ -16,7 +16,13 @@ import pytest
 import torch
 from torch import nn
 
-from danling.runner.parallel import DataParallel, FullyShardedDataParallel, build_parallelism, shard_targets
+from danling.runner.parallel import (
+    DataParallel,
+    FullyShardedDataParallel,
+    build_parallelism,
+    compile_arguments,
+    shard_targets,
+)
 
 WORKERS = Path(__file__).parent / "workers"
 CLEAN_NAMES = ("module.", "_orig_mod", "_fsdp", "_checkpoint_wrapped")
@@ -121,9 +127,18 @@ def test_fsdp_with_fp16_is_a_clear_error(make_runner):
         make_runner(strategy="fsdp", precision="fp16")
 
 
-def test_compile_setting_of_another_type_is_a_clear_error(make_runner):
+def test_compile_settings_of_another_type_are_clear_errors():
     with pytest.raises(ValueError, match="compile is set to 'yes'"):
-        make_runner(compile="yes")
+        compile_arguments("yes")
+    with pytest.raises(ValueError, match="compile_options is set to 'eager'"):
+        compile_arguments(True, "eager")
+
+
+def test_compile_options_reach_the_policy_through_a_typed_config(make_runner):
+    # `compile` is declared a bool: the options have their own key and must survive the config's conversion.
+    runner = make_runner(compile=True, compile_options={"backend": "aot_eager", "dynamic": False})
+    assert runner._parallel.compile_options == {"backend": "aot_eager", "dynamic": False}
+    assert make_runner(compile_options={"backend": "aot_eager"})._parallel.compile_options is None
 
 
 def test_fsdp_in_one_process_trains_exactly_like_ddp(make_runner):

@@ -149,7 +149,8 @@ def main() -> None:
                 pretrained.close()
             runner.close()
     # Sharded and compiled (aot_eager: Dynamo and AOTAutograd without a C++ toolchain).
-    compiled = config_for(out_dir, "fsdp-compiled", "fsdp", None, compile={"backend": "aot_eager"})
+    options = {"compile": True, "compile_options": {"backend": "aot_eager"}}
+    compiled = config_for(out_dir, "fsdp-compiled", "fsdp", None, **options)
     runner, report["fsdp-compiled"] = train(compiled)
     runner.close()
     if dist.get_rank() == 0:

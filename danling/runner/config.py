@@ -135,7 +135,7 @@ class Config(chanfig.Config):
         patience: Stop after this many epochs without improvement (`None`: never).
         score_mode: `"min"`, `"max"` or `None` (decide from `score_name`).
         compile: Compile the model with `torch.compile`.
-        strategy: Parallelism strategy (`None`: DDP when distributed).
+        strategy: Parallelism strategy when distributed: `"ddp"` (replicas) or `"fsdp"` (FSDP2 sharding).
 
     Attributes: Environment:
         device: Device to run on (`None`: `cuda:LOCAL_RANK` when available, else CPU).
@@ -173,7 +173,7 @@ class Config(chanfig.Config):
     max_grad_value: Optional[float] = None
     patience: Optional[int] = None
     compile: bool = False
-    strategy: Optional[str] = None
+    strategy: str = "ddp"
 
     device: Optional[str] = None
     backend: Optional[str] = None

@@ -312,6 +312,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         first = self.telemetry.batches_before + 1  # log steps count batches over the run, not per epoch
         at_boundary = self._recovery.boundary_hook()
         stepped = self.steps
+        iteration = first - 1
         for iteration, data in enumerate(self._iterate(batches, split, length), first):
             self.train_step(self.to_device(data))
             if log_interval is not None and iteration % log_interval == 0:
@@ -322,6 +323,8 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             if step_end is not None and self.steps >= step_end:
                 partial = length is not None and start + iteration - first + 1 < length
                 break
+        if iteration < first and start == 0:  # a loader without a length (IterableDataset) that yielded nothing
+            raise ValueError(f"split {split!r} yielded no batches to train on ({describe_loader(loader)})")
         self._flush_accumulation()
         self._loss_guard.check(self.distributed)
         result = self.get_epoch_result()
@@ -486,10 +489,13 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         length = loader_length(loader)
         log_interval = self.config.get("log_interval")
         first = self.telemetry.batches_before + 1
+        iteration = first - 1
         for iteration, data in enumerate(self._iterate(loader, split, length), first):
             self.evaluate_step(self.to_device(data))
             if log_interval is not None and iteration % log_interval == 0:
                 self._log_step(split, iteration, length)
+        if iteration < first and not self.distributed:  # under DDP, one rank's shard may be empty
+            raise ValueError(f"split {split!r} yielded no batches to evaluate ({describe_loader(loader)})")
         return self.get_epoch_result()
 
     def evaluate_step(self, data: Any) -> tuple[Any, torch.Tensor | None]:

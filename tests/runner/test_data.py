@@ -111,6 +111,22 @@ def test_an_empty_dataset_is_a_clear_error(make_runner):
         make_runner(EmptyRunner).train()
 
 
+def test_an_empty_iterable_dataset_is_a_clear_error(make_runner):
+    # No `__len__` to check up front: the loops notice that nothing came, instead of reporting a NaN loss.
+    class EmptyStreamRunner(StreamRunner):
+        def __init__(self, config):
+            super().__init__(config)
+            empty = TensorDataset(torch.empty(0, 4), torch.empty(0, 1))
+            self.datasets.train = Stream(empty)
+            self.datasets.val = Stream(empty)
+
+    runner = make_runner(EmptyStreamRunner)
+    with pytest.raises(ValueError, match="'train' yielded no batches to train on.*iterable dataset"):
+        runner.train()
+    with pytest.raises(ValueError, match="'val' yielded no batches to evaluate"):
+        runner.evaluate(["val"])
+
+
 def test_a_train_split_without_batches_is_a_clear_error(make_runner):
     runner = make_runner(LinearRegressionRunner, dataloader={"batch_size": 64, "drop_last": True})
     with pytest.raises(ValueError, match="no batches.*40 samples, batch_size 64, drop_last True"):

@@ -152,3 +152,10 @@ def test_infer_on_a_shuffled_train_split_is_in_dataset_order(make_runner):
     x = runner.datasets.train.tensors[0]
     with torch.no_grad():
         torch.testing.assert_close(runner.infer("train"), runner.model(x))
+
+
+def test_total_steps_of_an_iterable_train_split_says_why_it_is_unknown(make_runner):
+    runner = make_runner(StreamRunner)
+    with pytest.raises(ValueError, match=r"epoch_end=2 and train splits \['train'\].*step_end.*IterableDataset"):
+        runner.total_steps
+    assert make_runner(StreamRunner, step_end=3).total_steps == 3

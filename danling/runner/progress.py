@@ -214,7 +214,11 @@ class ProgressMixin:
             batches = self._batches_per_epoch(train_splits)
             if batches is not None:
                 return self.epoch_end * sum(ceil(n / self.accum_steps) for n in batches)
-        raise ValueError("total_steps could not be inferred: set config.step_end, or epoch_end and train datasets")
+        raise ValueError(
+            f"total_steps could not be inferred from epoch_end={self.epoch_end!r} and train splits {train_splits}: "
+            "set config.step_end, or config.epoch_end with train datasets that have a length "
+            "(an IterableDataset has none)"
+        )
 
     def _batches_per_epoch(self, splits: list[str]) -> list[int] | None:
         if all(split in self.dataloaders for split in splits):

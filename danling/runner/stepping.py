@@ -94,6 +94,7 @@ class OptimizationMixin:
     _loss_guard: NonFiniteLossGuard
     _step_probe: StepProbe
     _parallel: Any
+    _scale_collapse_warned: bool = False  # until a skipped step finds the scale healthy again
 
     @property
     def precision(self) -> Precision:
@@ -163,7 +164,8 @@ class OptimizationMixin:
         steps the scheduler, nor counts in `steps`. The runner learns that the optimizer did not step from an
         optimizer post-step hook, after the synchronisation `GradScaler.step` makes anyway: no extra one. (An
         optimizer that unscales inside its own step, `fused=True`, never tells the host: for it the overflow
-        flag is read, one synchronisation per optimizer step.) A scale below `MIN_LOSS_SCALE` is warned about.
+        flag is read, one synchronisation per optimizer step.) A scale falling below `MIN_LOSS_SCALE` is warned
+        about once (again only after a skipped step finds it above).
         """
         scaler = self._precision.scaler
         if self._max_grad_norm is not None or self._max_grad_value is not None:
@@ -207,7 +209,10 @@ class OptimizationMixin:
 
     def _skipped_step(self) -> None:
         scale = self._precision.scaler.get_scale()
-        if scale < MIN_LOSS_SCALE:
+        if scale >= MIN_LOSS_SCALE:
+            self._scale_collapse_warned = False
+        elif not self._scale_collapse_warned:  # once per collapse, not at every skipped step after it
+            self._scale_collapse_warned = True
             message = (
                 f"fp16 loss scale collapsed to {scale:.3g} at step {self.steps + 1}: the gradients overflow step "
                 "after step and the optimizer is not stepping; the run has likely diverged"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from itertools import count
 from typing import Any
 
@@ -312,7 +312,9 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         first = self.telemetry.batches_before + 1  # log steps count batches over the run, not per epoch
         at_boundary = self._recovery.boundary_hook()
         stepped = self.steps
-        for iteration, data in enumerate(self._iterate(batches, split, length), first):
+        iteration = first - 1
+        stream = iter(self._iterate(batches, split, length))
+        for iteration, data in enumerate(stream, first):
             self.train_step(self.to_device(data))
             if log_interval is not None and iteration % log_interval == 0:
                 self._log_step(split, iteration, length)
@@ -320,8 +322,12 @@ class TorchRunner(OptimizationMixin, BaseRunner):
                 at_boundary(split, start + iteration - first + 1, length)  # batches of this epoch so far
                 stepped = self.steps
             if step_end is not None and self.steps >= step_end:
-                partial = length is not None and start + iteration - first + 1 < length
+                # Without a length (IterableDataset), whether the epoch was cut short is known by asking for more.
+                done = start + iteration - first + 1
+                partial = done < length if length is not None else _has_more(stream)
                 break
+        if iteration < first and start == 0:  # a loader without a length (IterableDataset) that yielded nothing
+            raise ValueError(f"split {split!r} yielded no batches to train on ({describe_loader(loader)})")
         self._flush_accumulation()
         self._loss_guard.check(self.distributed)
         result = self.get_epoch_result()
@@ -486,10 +492,13 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         length = loader_length(loader)
         log_interval = self.config.get("log_interval")
         first = self.telemetry.batches_before + 1
+        iteration = first - 1
         for iteration, data in enumerate(self._iterate(loader, split, length), first):
             self.evaluate_step(self.to_device(data))
             if log_interval is not None and iteration % log_interval == 0:
                 self._log_step(split, iteration, length)
+        if iteration < first and not self.distributed:  # under DDP, one rank's shard may be empty
+            raise ValueError(f"split {split!r} yielded no batches to evaluate ({describe_loader(loader)})")
         return self.get_epoch_result()
 
     def evaluate_step(self, data: Any) -> tuple[Any, torch.Tensor | None]:
@@ -632,6 +641,13 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             raise ValueError("cannot load pretrained weights before the model is set: assign self.model first")
         loaded = ckpt.read_checkpoint(checkpoint, *args, what="pretrained", **kwargs)
         self._parallel.load_model_state(self.model, ckpt.extract_model_state(loaded))
+
+
+def _has_more(iterator: Iterator) -> bool:
+    return next(iterator, _END) is not _END
+
+
+_END = object()
 
 
 def _batch_length(target: Any, pred: Any) -> int:

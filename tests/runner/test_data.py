@@ -111,6 +111,22 @@ def test_an_empty_dataset_is_a_clear_error(make_runner):
         make_runner(EmptyRunner).train()
 
 
+def test_an_empty_iterable_dataset_is_a_clear_error(make_runner):
+    # No `__len__` to check up front: the loops notice that nothing came, instead of reporting a NaN loss.
+    class EmptyStreamRunner(StreamRunner):
+        def __init__(self, config):
+            super().__init__(config)
+            empty = TensorDataset(torch.empty(0, 4), torch.empty(0, 1))
+            self.datasets.train = Stream(empty)
+            self.datasets.val = Stream(empty)
+
+    runner = make_runner(EmptyStreamRunner)
+    with pytest.raises(ValueError, match="'train' yielded no batches to train on.*iterable dataset"):
+        runner.train()
+    with pytest.raises(ValueError, match="'val' yielded no batches to evaluate"):
+        runner.evaluate(["val"])
+
+
 def test_a_train_split_without_batches_is_a_clear_error(make_runner):
     runner = make_runner(LinearRegressionRunner, dataloader={"batch_size": 64, "drop_last": True})
     with pytest.raises(ValueError, match="no batches.*40 samples, batch_size 64, drop_last True"):
@@ -136,3 +152,10 @@ def test_infer_on_a_shuffled_train_split_is_in_dataset_order(make_runner):
     x = runner.datasets.train.tensors[0]
     with torch.no_grad():
         torch.testing.assert_close(runner.infer("train"), runner.model(x))
+
+
+def test_total_steps_of_an_iterable_train_split_says_why_it_is_unknown(make_runner):
+    runner = make_runner(StreamRunner)
+    with pytest.raises(ValueError, match=r"epoch_end=2 and train splits \['train'\].*step_end.*IterableDataset"):
+        runner.total_steps
+    assert make_runner(StreamRunner, step_end=3).total_steps == 3

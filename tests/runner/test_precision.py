@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -123,6 +125,20 @@ def test_a_collapsing_fp16_scale_warns_naming_the_step(make_runner):
     runner.scaler.update(new_scale=1.5e-4)
     with pytest.warns(RuntimeWarning, match="scale collapsed.*step 1"):
         runner.advance(runner.model(torch.randn(2, 4)).sum() * float("inf"))
+
+
+def test_a_collapsed_fp16_scale_warns_once_not_at_every_skipped_step(make_runner):
+    runner = make_runner(precision="fp16")
+    runner.scaler.scale(torch.ones(()))
+    runner.scaler.update(new_scale=1.5e-4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(5):  # every step overflows; the scale halves each time
+            runner.advance(runner.model(torch.randn(2, 4)).sum() * float("inf"))
+    collapsed = [w for w in caught if "scale collapsed" in str(w.message)]
+    assert runner.scaler.get_scale() < 1e-5
+    assert len(collapsed) == 1
+    assert runner.steps == 0
 
 
 @pytest.mark.parametrize("precision", ["fp8", "float64", "amp"])

@@ -20,6 +20,37 @@ def test_step_end_is_exact_and_marks_the_cut_epoch_partial(make_runner):
     assert results[1]["train"]["partial"] is True
 
 
+class StreamedClassifierRunner(ClassifierRunner):
+    """The classifier's 40 training samples from an IterableDataset (no `__len__`): 5 batches of 8."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.datasets.train = Streamed(self.datasets.train)
+
+
+class Streamed(torch.utils.data.IterableDataset):
+    def __init__(self, base):
+        self.base = base
+
+    def __iter__(self):
+        return iter(self.base)
+
+
+def test_an_iterable_epoch_cut_by_step_end_is_marked_partial(make_runner):
+    results = make_runner(StreamedClassifierRunner, epoch_end=None, step_end=7).train()
+    assert list(results) == [0, 1]
+    assert "partial" not in results[0]
+    assert results[1]["partial"] is True
+    assert results[1]["train"]["partial"] is True
+
+
+def test_an_iterable_epoch_ending_exactly_at_step_end_is_not_partial(make_runner):
+    results = make_runner(StreamedClassifierRunner, epoch_end=None, step_end=5).train()
+    assert list(results) == [0]
+    assert "partial" not in results[0]
+    assert "partial" not in results[0]["train"]
+
+
 def test_step_end_is_exact_with_accumulation(make_runner):
     runner = make_runner(epoch_end=None, step_end=4, accum_steps=2)  # 3 steps per epoch (2 + 2 + 1 batches)
     runner.train()

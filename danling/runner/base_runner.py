@@ -21,7 +21,13 @@ from danling.utils.io import to_plain
 
 from . import checkpoints as ckpt
 from .banner import config_changes
-from .checkpointing import CheckpointManager, checkpoint_dir_of, find_run_checkpoint
+from .checkpointing import (
+    AsyncCheckpointWriter,
+    CheckpointManager,
+    checkpoint_dir_of,
+    checkpoint_problem,
+    find_run_checkpoint,
+)
 from .config import Config
 from .distributed import ProcessMixin
 from .log import close_logger, create_logger, create_tensorboard_writer
@@ -381,9 +387,44 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
             raise ValueError(f"keep_checkpoints must be a non-negative integer (default 2), but got {keep!r}")
         steps = int(state.get(ckpt.RUNNER, {}).get("steps", self.config.get("steps", 0)))
-        return self.checkpoint_manager.save(
-            state, name, steps=steps, epochs=epochs, best=best, keep=keep, epoch_copy=epoch_copy
-        )
+        manager = self.checkpoint_manager
+
+        def commit(state: Mapping) -> str:
+            return manager.save(state, name, steps=steps, epochs=epochs, best=best, keep=keep, epoch_copy=epoch_copy)
+
+        if self.async_saver is None:
+            return commit(state)
+        self.async_saver.submit(state, manager.path(name), commit)
+        return manager.path(name)
+
+    @cached_property
+    def async_saver(self) -> AsyncCheckpointWriter | None:
+        r"""
+        The background writer of checkpoints when `async_save` is on (else `None`): a save stalls training only
+        for a copy of the state to host memory; see
+        [`AsyncCheckpointWriter`][danling.runner.checkpointing.AsyncCheckpointWriter].
+
+        Raises:
+            ValueError: If `async_save` is not a bool.
+        """
+        enabled = self.config.get("async_save", False)
+        if not isinstance(enabled, bool):
+            raise ValueError(f"async_save must be True or False, but got {enabled!r}")
+        if not enabled:
+            return None
+        fmt = self.checkpoint_manager.format
+        return AsyncCheckpointWriter(verify=lambda path: checkpoint_problem(path, fmt))
+
+    def after_checkpoint(self, callback: Callable[[], None]) -> None:
+        r"""
+        Run `callback` once the checkpoint just saved is committed: at once, or after a background save
+        (`async_save`) commits; it is dropped when that save fails. Keeps the commit order: checkpoint, then what
+        describes it.
+        """
+        if self.async_saver is None:
+            callback()
+        else:
+            self.async_saver.after_commit(callback)
 
     @cached_property
     def checkpoint_manager(self) -> CheckpointManager:

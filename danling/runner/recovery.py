@@ -146,7 +146,8 @@ class Recovery:
 
     def boundary_hook(self) -> Callable[[str, int, int | None], None] | None:
         r"""
-        What to do at each optimizer-step boundary (`save_steps`, preemption), or `None` when nothing is needed.
+        What to do at each optimizer-step boundary (`save_steps`, preemption, the failure of a background save),
+        or `None` when nothing is needed.
 
         Raises:
             ValueError: If `save_steps` is not a positive integer or `None`.
@@ -157,10 +158,13 @@ class Recovery:
         if save_steps is not None and invalid:
             raise ValueError(f"save_steps must be a positive integer (None: no mid-epoch saves), got {save_steps!r}")
         preemption = self.preemption if self.preemption is not None and self.preemption.active else None
-        if save_steps is None and preemption is None:
+        saver = runner.async_saver
+        if save_steps is None and preemption is None and saver is None:
             return None
 
         def at_boundary(split: str, batches: int, length: int | None) -> None:
+            if saver is not None:
+                saver.check()  # a background save that failed stops the run here, naming its file
             stop = preemption is not None and preemption.should_stop()
             due = save_steps is not None and runner.steps % save_steps == 0 and (length is None or batches < length)
             if stop or due:

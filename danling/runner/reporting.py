@@ -312,12 +312,25 @@ class ReportingMixin:
         r"""
         Write `results.json` (every result), `latest.json` and, when the latest is the best, `best.json` in `dir`.
         """
+        self.result_writer()()
+
+    def result_writer(self) -> Callable[[], None]:
+        r"""
+        What [`save_result`][danling.runner.BaseRunner.save_result] writes, taken now, as a function writing it
+        later (after a background checkpoint save commits).
+        """
         header = {"name": self.name, "id": self.id, "timestamp": self.timestamp}
-        save({**header, "results": to_plain(self.results)}, os.path.join(self.dir, "results.json"), indent=4)
+        results = {**header, "results": to_plain(self.results)}
         latest = {**header, **to_plain(self.latest_result or {})}
-        latest_path = save(latest, os.path.join(self.dir, "latest.json"), indent=4)
-        if self.is_best:
-            ckpt.link_or_copy(latest_path, os.path.join(self.dir, "best.json"))
+        directory, is_best = self.dir, self.is_best
+
+        def write() -> None:
+            save(results, os.path.join(directory, "results.json"), indent=4)
+            latest_path = save(latest, os.path.join(directory, "latest.json"), indent=4)
+            if is_best:
+                ckpt.link_or_copy(latest_path, os.path.join(directory, "best.json"))
+
+        return write
 
 
 def _flatten_single(result: Mapping) -> dict:

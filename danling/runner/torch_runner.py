@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from itertools import count
 from typing import Any
 
@@ -225,7 +226,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         self.check_score_split([*train_splits, *evaluate_splits])
         self.announce("train")
         recovery = self._recovery
-        with recovery.catch_preemption(), recovery.explain_timeouts():
+        with recovery.catch_preemption(), recovery.explain_timeouts(), self._saves_drained():
             for epoch in epochs:
                 if self._step_end_reached():
                     self.log(f"step_end ({self.step_end}) already reached at step {self.steps}: nothing left to train")
@@ -239,7 +240,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
                 # Commit order: the checkpoint first, then the JSON files that describe it.
                 recovery.end_of_epoch()
                 self.save_checkpoint(epochs=epoch)
-                self.save_result()
+                self._save_result_after_checkpoint()
                 if self.writer is not None:
                     self.writer.flush()
                 recovery.stop_if_preempted()
@@ -247,6 +248,16 @@ class TorchRunner(OptimizationMixin, BaseRunner):
                     break
         self.write_hparams()
         return self.results
+
+    def _saves_drained(self) -> AbstractContextManager:
+        # `train` returns (or raises, preemption included) only once a background save has committed.
+        return nullcontext() if self.async_saver is None else self.async_saver.draining()
+
+    def _save_result_after_checkpoint(self) -> None:
+        if self.async_saver is None:
+            self.save_result()
+        elif self.is_main_process:  # the results of now, written once the checkpoint is committed
+            self.after_checkpoint(self.result_writer())
 
     def _epochs_to_run(self) -> Iterable[int]:
         if self.epoch_end is None and self.step_end is None:

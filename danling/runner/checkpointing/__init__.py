@@ -1,5 +1,6 @@
 """Checkpoint policy of a runner: formats, verified commits, retention, discovery for `auto_resume`."""
 
+from .async_writer import AsyncCheckpointWriter, AsyncSaveError, snapshot
 from .discovery import checkpoint_dir_of, find_resumable, find_run_checkpoint, run_checkpoint_dirs
 from .formats import CheckpointFormat, TorchFileFormat, sha256_file, zip_problem
 from .manager import CheckpointManager, read_verified
@@ -7,6 +8,9 @@ from .manifest import CheckpointError, checkpoint_problem, manifest_path, read_m
 
 __all__ = [
     "CheckpointManager",
+    "AsyncCheckpointWriter",
+    "AsyncSaveError",
+    "snapshot",
     "CheckpointFormat",
     "TorchFileFormat",
     "CheckpointError",

@@ -1,12 +1,14 @@
 """
 Checkpoint writer that a test kills with SIGKILL, for `tests/runner/test_atomic_checkpoint.py`.
 
-    python checkpoint_saver.py
+    python checkpoint_saver.py [async]
 
 Reads one directory per line on stdin. For each, it forks a child that builds a runner with a model of a few MB
 writing into that directory and calls `save_checkpoint()` forever; before save `k` every weight is set to `k`
 and `steps` to `k`, so a checkpoint is consistent when all its weights equal its `runner.steps`. The parent
-prints the child's pid, waits for it and prints its exit code (`-9` when killed). An empty line ends it.
+prints the child's pid, waits for it and prints its exit code (`-9` when killed). An empty line ends it. With
+`async`, saves run with `async_save=True` (the weights change while the previous save is written in the
+background).
 Forking saves importing torch once per kill.
 """
 
@@ -36,8 +38,8 @@ class SaverRunner(dl.TorchRunner):
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
 
 
-def save_forever(directory: str) -> None:
-    runner = SaverRunner({"dir": directory, "log": False})
+def save_forever(directory: str, async_save: bool = False) -> None:
+    runner = SaverRunner({"dir": directory, "log": False, "async_save": async_save})
     for counter in itertools.count(1):
         with torch.no_grad():
             for parameter in runner.model.parameters():
@@ -57,7 +59,7 @@ def main() -> None:
         pid = os.fork()
         if pid == 0:  # the child saves until it is killed
             try:
-                save_forever(directory)
+                save_forever(directory, async_save="async" in sys.argv[1:])
             finally:
                 os._exit(1)
         print(pid, flush=True)

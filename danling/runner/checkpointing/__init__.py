@@ -5,10 +5,16 @@ from .discovery import checkpoint_dir_of, find_resumable, find_run_checkpoint, r
 from .formats import CheckpointFormat, TorchFileFormat, sha256_file, zip_problem
 from .manager import CheckpointManager, read_verified
 from .manifest import CheckpointError, checkpoint_problem, manifest_path, read_manifest, verify_checkpoint
+from .sharded import ShardedCheckpointManager, ShardedFormat, export_model, load_sharded, sharded_state
 
 __all__ = [
     "CheckpointManager",
     "AsyncCheckpointWriter",
+    "ShardedCheckpointManager",
+    "ShardedFormat",
+    "sharded_state",
+    "load_sharded",
+    "export_model",
     "AsyncSaveError",
     "snapshot",
     "CheckpointFormat",

@@ -1,0 +1,307 @@
+"""Sharded checkpoints with `torch.distributed.checkpoint`: a directory per checkpoint, each rank writing its shards.
+
+[`ShardedFormat`][danling.runner.checkpointing.ShardedFormat] owns the bytes (DCP's files in a directory `*.dcp`),
+[`ShardedCheckpointManager`][danling.runner.checkpointing.ShardedCheckpointManager] the same commit rules as
+single-file checkpoints (temporary directory, SHA-256 manifest of every file, atomic swap by rank 0 after a
+barrier, step-stamped copies and retention), and [`sharded_state`][danling.runner.checkpointing.sharded_state] /
+[`load_sharded`][danling.runner.checkpointing.load_sharded] go through `torch.distributed.checkpoint.state_dict`,
+so a checkpoint saved on N ranks (FSDP2, DDP or one process) loads on any other number.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+from collections.abc import Mapping
+from contextlib import suppress
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+from .formats import sha256_file
+from .manager import LATEST, TEMPORARY_PATTERN, CheckpointManager, _size
+from .manifest import CheckpointError, checkpoint_problem, describe_problem
+
+MODEL, OPTIMIZER = "model", "optimizer"
+RENAME_EXCHANGE = 2  # renameat2 flag: swap two paths atomically (Linux >= 3.15)
+AT_FDCWD = -100
+
+
+class ShardedFormat:
+    r"""
+    A `torch.distributed.checkpoint` directory per checkpoint (`name.dcp/`: `.metadata` and one file per rank).
+
+    `write` is collective when a process group is initialised (every rank writes its shards; files are fsynced).
+    `read(path)` loads everything as full tensors in this process; `read(path, state)` loads in place into
+    `state`, resharding to the current world size. The digest is the SHA-256 of the sorted list of the files'
+    names and SHA-256s, see [`file_digests`][danling.runner.checkpointing.sharded.file_digests].
+
+    Examples:
+        >>> import tempfile, warnings
+        >>> warnings.filterwarnings("ignore", message="torch.distributed")
+        >>> path = os.path.join(tempfile.mkdtemp(), "x.dcp")
+        >>> ShardedFormat().write({"model": {"w": torch.ones(2)}, "runner": {"steps": 3}}, path)
+        >>> ShardedFormat().read(path)
+        {'model': {'w': tensor([1., 1.])}, 'runner': {'steps': 3}}
+    """
+
+    name = "dcp"
+    suffix = ".dcp"
+
+    def write(self, state: Mapping, path: str) -> None:
+        dcp.save(dict(state), storage_writer=dcp.FileSystemWriter(path, sync_files=True))
+
+    def read(self, path: str, state: dict | None = None, **kwargs: Any) -> Any:
+        if state is None:
+            keys = kwargs.get("keys")
+            return _load_state_dict_from_keys(keys, checkpoint_id=path)
+        dcp.load(state, checkpoint_id=path)
+        return state
+
+    def digest(self, path: str) -> str:
+        return combined_digest(file_digests(path))
+
+    def copy(self, source: str, destination: str) -> None:
+        # Real copies, not hard links: a bit flip in one checkpoint must leave the other a valid fallback.
+        shutil.copytree(source, destination)
+        fsync_tree(destination)
+
+
+def file_digests(path: str) -> dict[str, str]:
+    r"""SHA-256 of every file under the directory `path`, by relative name."""
+    digests = {}
+    for root, _, names in os.walk(path):
+        for name in names:
+            full = os.path.join(root, name)
+            digests[os.path.relpath(full, path)] = sha256_file(full)
+    return dict(sorted(digests.items()))
+
+
+def combined_digest(digests: Mapping[str, str]) -> str:
+    r"""
+    One SHA-256 for a directory: of the lines `name sha256`, sorted by name.
+
+    Examples:
+        >>> combined_digest({"b": "2", "a": "1"}) == combined_digest({"a": "1", "b": "2"})
+        True
+    """
+    lines = "".join(f"{name} {digest}\n" for name, digest in sorted(digests.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def fsync_tree(path: str) -> None:
+    r"""Make every file and directory under `path` durable (files first, then their directories)."""
+    for root, _, names in os.walk(path, topdown=False):
+        for name in [*names, None]:
+            target = root if name is None else os.path.join(root, name)
+            fd = os.open(target, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def swap_into_place(temporary: str, target: str) -> None:
+    r"""
+    Make the directory `temporary` the directory `target`, atomically where the platform allows.
+
+    A new `target` is a rename. An existing one is exchanged with `temporary` by `renameat2(RENAME_EXCHANGE)` (one
+    atomic step on Linux), then the old one is deleted; elsewhere it is moved aside first (a crash in between
+    leaves no `target`, but its step-stamped copy).
+    """
+    if not os.path.exists(target):
+        os.rename(temporary, target)
+    elif _exchange(temporary, target):
+        shutil.rmtree(temporary)
+    else:
+        aside = temporary + ".old.tmp"
+        os.rename(target, aside)
+        os.rename(temporary, target)
+        shutil.rmtree(aside)
+    fd = os.open(os.path.dirname(os.path.abspath(target)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _exchange(first: str, second: str) -> bool:
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    code = renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE)
+    return code == 0
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _barrier() -> None:
+    if _distributed():
+        dist.barrier()
+
+
+def _is_main() -> bool:
+    return not _distributed() or dist.get_rank() == 0
+
+
+class ShardedCheckpointManager(CheckpointManager):
+    r"""
+    A [`CheckpointManager`][danling.runner.checkpointing.CheckpointManager] of `*.dcp` directories.
+
+    `save` is collective when a process group is initialised: every rank writes its shards into a hidden
+    temporary directory `.{name}.dcp.{steps}.tmp`; after a barrier, rank 0 hashes every file, records the
+    digests in the manifest (as `pending` first), swaps the directory into place, makes the step-stamped,
+    `epoch-N` and `best` copies and prunes old ones, exactly as for single files; a final barrier makes the
+    checkpoint visible to every rank before `save` returns.
+
+    Examples:
+        >>> import tempfile, warnings
+        >>> warnings.filterwarnings("ignore", message="torch.distributed")
+        >>> manager = ShardedCheckpointManager(tempfile.mkdtemp())
+        >>> for steps in (1, 2, 3):
+        ...     _ = manager.save({"model": {"w": torch.ones(1) * steps}}, steps=steps, keep=1)
+        >>> sorted(name for name in os.listdir(manager.directory) if name.endswith(".dcp"))
+        ['latest.dcp', 'step-3.dcp']
+        >>> manager.load(manager.path("latest"))["model"]["w"]
+        tensor([3.])
+    """
+
+    def __init__(self, directory: str, fmt: ShardedFormat | None = None) -> None:
+        super().__init__(directory, ShardedFormat() if fmt is None else fmt)
+
+    def save(
+        self,
+        state: Mapping,
+        name: str = LATEST,
+        *,
+        steps: int = 0,
+        epochs: int | None = None,
+        best: bool = False,
+        keep: int = 2,
+        epoch_copy: bool = False,
+    ) -> str:
+        primary = self.path(name)
+        temporary = os.path.join(self.directory, f".{name}{self.format.suffix}.{int(steps)}.tmp")
+        if _is_main():
+            os.makedirs(self.directory, exist_ok=True)
+            self.remove_temporaries()
+        _barrier()
+        self.format.write(state, temporary)  # collective: every rank its shards
+        _barrier()
+        if _is_main():
+            info = {"steps": int(steps), "epochs": epochs, "format": self.format.name}
+            self._commit_directory(temporary, primary, info)
+            copies = [f"step-{int(steps)}"] if name == LATEST and keep > 0 else []
+            copies += [f"epoch-{epochs}"] if epoch_copy and epochs is not None else []
+            copies += ["best"] if best and name != "best" else []
+            for copy in copies:
+                staging = os.path.join(self.directory, f".{copy}{self.format.suffix}.{int(steps)}.tmp")
+                self.format.copy(primary, staging)
+                self._commit_directory(staging, self.path(copy), info)
+            if name == LATEST:
+                self.prune(keep)
+        _barrier()
+        return primary
+
+    def _commit_directory(self, temporary: str, path: str, info: dict[str, Any]) -> None:
+        # As `_commit` for files: digests of the new directory as `pending`, swap, then the only digest.
+        fsync_tree(temporary)
+        files = file_digests(temporary)
+        new = {"sha256": combined_digest(files), "size": _size(temporary)}
+        current = self._current_entry(path)
+        name = os.path.basename(path)
+        self._write_manifest(path, {"file": name, **info, **current, "pending": dict(new)})
+        swap_into_place(temporary, path)
+        self._write_manifest(path, {"file": name, **info, **new, "files": files})
+
+    def remove_temporaries(self) -> list[str]:
+        r"""Remove hidden temporary directories and files left by killed saves; returns their names."""
+        try:
+            names = [name for name in os.listdir(self.directory) if TEMPORARY_PATTERN.fullmatch(name)]
+        except FileNotFoundError:
+            return []
+        for name in names:
+            path = os.path.join(self.directory, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with suppress(FileNotFoundError):
+                    os.remove(path)
+        return names
+
+
+def sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, **extra: Any) -> dict:
+    r"""
+    A checkpoint for [`ShardedCheckpointManager.save`][danling.runner.checkpointing.ShardedCheckpointManager]:
+    the model's and optimizer's state dicts by `torch.distributed.checkpoint.state_dict.get_state_dict` (sharded
+    DTensors under FSDP2, clean names under DDP and `torch.compile`) and `extra` entries (the runner's config,
+    results, random states: give them on rank 0, where they are complete). Collective under FSDP2.
+    """
+    if optimizer is None:
+        state = {MODEL: get_model_state_dict(model)}
+    else:
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        state = {MODEL: model_state, OPTIMIZER: optimizer_state}
+    state.update(extra)
+    return state
+
+
+def load_sharded(path: str, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    r"""
+    Verify the sharded checkpoint at `path` and load it into `model` (and `optimizer`) on any world size and
+    wrapping (FSDP2, DDP, one process); returns the other entries (config, results...), read in full.
+    Collective when a process group is initialised.
+
+    Raises:
+        CheckpointError: If it fails verification (the message names the directory).
+    """
+    fmt = ShardedFormat()
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"sharded checkpoint is set to {path!r}, but no such directory exists")
+    problem = [checkpoint_problem(path, fmt) if _is_main() else None]
+    if _distributed():
+        dist.broadcast_object_list(problem, src=0)  # every rank stops, not only rank 0
+    if problem[0] is not None:
+        raise CheckpointError(describe_problem(path, problem[0], fmt))
+    target = sharded_state(model, optimizer)
+    fmt.read(path, target)
+    if optimizer is None:
+        set_state_dict(model, [], model_state_dict=target[MODEL], optim_state_dict={})
+    else:
+        set_state_dict(model, optimizer, model_state_dict=target[MODEL], optim_state_dict=target[OPTIMIZER])
+    keys = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
+    extra = {key.split(".", 1)[0] for key in keys} - {MODEL, OPTIMIZER}
+    return fmt.read(path, keys=extra) if extra else {}
+
+
+def export_model(model: nn.Module, path: str) -> str | None:
+    r"""
+    Write the model's full state dict to `path` (`model.pth`: a `torch.save` file with a manifest) on rank 0,
+    for inference without `torch.distributed`. Collective under FSDP2 (the shards are gathered to rank 0).
+
+    Returns:
+        `path` on rank 0, `None` on other ranks.
+    """
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(model, options=options)
+    if not _is_main():
+        return None
+    directory, name = os.path.split(os.path.abspath(path))
+    manager = CheckpointManager(directory)
+    stem = name[: -len(manager.format.suffix)] if name.endswith(manager.format.suffix) else name
+    return manager.save(state, stem, keep=0)

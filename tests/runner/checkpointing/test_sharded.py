@@ -1,0 +1,116 @@
+"""
+Sharded checkpoints (`torch.distributed.checkpoint`): saved by 2 FSDP2 ranks, resumed in one process and under DDP
+(and back), verified per file, committed atomically, pruned like single files, and exported as `model.pth`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from danling.runner.checkpointing import (
+    CheckpointError,
+    ShardedCheckpointManager,
+    checkpoint_problem,
+    load_sharded,
+    read_manifest,
+    read_verified,
+    sharded_state,
+)
+
+WORKER = Path(__file__).parents[1] / "workers" / "sharded_worker.py"
+TOLERANCE = 1e-5
+
+pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is")
+
+
+def worker_module():
+    spec = importlib.util.spec_from_file_location("sharded_worker", WORKER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, torchrun) -> Path:
+    out = tmp_path_factory.mktemp("sharded")
+    torchrun(WORKER, "save", str(out))
+    return out
+
+
+def test_two_rank_checkpoint_layout_and_manifests(saved):
+    checkpoints = saved / "ckpt"
+    visible = sorted(name for name in os.listdir(checkpoints) if not name.startswith("."))
+    assert visible == [
+        f"{name}.dcp{suffix}" for name in ("latest", "step-3", "step-5") for suffix in ("", ".manifest.json")
+    ]
+    for name in ("latest", "step-3", "step-5"):
+        path = checkpoints / f"{name}.dcp"
+        assert sorted(os.listdir(path)) == [".metadata", "__0_0.distcp", "__1_0.distcp"]  # each rank its shard
+        assert checkpoint_problem(str(path), ShardedCheckpointManager(str(checkpoints)).format) is None
+    assert read_manifest(str(checkpoints / "latest.dcp"))["steps"] == 5
+
+
+def test_resume_in_one_process_matches_uninterrupted_run(saved):
+    worker = worker_module()
+    reference = torch.load(saved / "reference.pt", weights_only=True)
+    model, optimizer = worker.build()
+    extra = load_sharded(str(saved / "ckpt" / "step-3.dcp"), model, optimizer)
+    assert extra == {"runner": {"steps": 3}}
+    worker.train(model, optimizer, range(3, 5), rank=0, world=1)
+    assert worker.max_difference(worker.full_state(model, optimizer), reference) < TOLERANCE
+    # The exported model.pth is the full model, loadable without torch.distributed.
+    exported = read_verified(str(saved / "model.pth"), weights_only=True)
+    assert exported.keys() == reference["model"].keys()
+    for key, value in reference["model"].items():
+        assert torch.equal(exported[key], value), key
+
+
+def test_one_process_checkpoint_loads_on_two_ranks_and_ddp_resumes(saved, torchrun):
+    worker = worker_module()
+    model, optimizer = worker.build()
+    load_sharded(str(saved / "ckpt" / "latest.dcp"), model, optimizer)
+    ShardedCheckpointManager(str(saved / "single")).save(sharded_state(model, optimizer, runner={"steps": 5}), steps=5)
+    torchrun(WORKER, "load", str(saved))
+    report = json.loads((saved / "report-load.json").read_text())
+    assert report["fsdp"] < TOLERANCE, report
+    assert report["ddp"] < TOLERANCE, report
+    assert report["extra"] == {"runner": {"steps": 5}}
+    assert report["ddp_extra"] == {"runner": {"steps": 3}}
+
+
+def test_flipped_shard_is_refused_naming_directory(saved, tmp_path):
+    worker = worker_module()
+    broken = tmp_path / "step-5.dcp"
+    ShardedCheckpointManager(str(tmp_path)).format.copy(str(saved / "ckpt" / "step-5.dcp"), str(broken))
+    Path(str(broken) + ".manifest.json").write_text((saved / "ckpt" / "step-5.dcp.manifest.json").read_text())
+    shard = broken / "__1_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    model, optimizer = worker.build()
+    with pytest.raises(CheckpointError, match=r"step-5\.dcp"):
+        load_sharded(str(broken), model, optimizer)
+
+
+def test_single_process_commit_hygiene_and_retention(tmp_path):
+    manager = ShardedCheckpointManager(str(tmp_path))
+    leftover = tmp_path / ".latest.dcp.9.tmp"
+    leftover.mkdir()
+    (leftover / "__0_0.distcp").write_bytes(b"partial")  # a killed save
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for steps in range(1, 5):
+            manager.save({"model": {"w": torch.full((3,), float(steps))}}, steps=steps, keep=2, best=steps == 2)
+    names = sorted(name for name in os.listdir(tmp_path) if name.endswith(".dcp"))
+    assert names == ["best.dcp", "latest.dcp", "step-3.dcp", "step-4.dcp"]
+    assert not any(name.startswith(".") for name in os.listdir(tmp_path))
+    assert manager.candidates()[0] == str(tmp_path / "latest.dcp")
+    assert torch.equal(manager.load(manager.path("best"))["model"]["w"], torch.full((3,), 2.0))
+    assert torch.equal(manager.load(manager.path("latest"))["model"]["w"], torch.full((3,), 4.0))

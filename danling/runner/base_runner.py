@@ -373,13 +373,17 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
             epochs: Epoch of the checkpoint (defaults to `epochs`).
             save_best: Also write `best.pth` when [`is_best`][danling.runner.BaseRunner.is_best].
         """
-        state = self.state_dict()
-        if not self.is_main_process:
+        state = self.checkpoint_state()
+        if not self.is_main_process and not self.checkpoint_manager.collective:
             return
         epochs = self.epochs if epochs is None else epochs
         interval = self.config.get("save_interval")
         epoch_copy = interval is not None and interval > 0 and (epochs + 1) % interval == 0
         self._commit_checkpoint(state, name, epochs, save_best and self.is_best, epoch_copy)
+
+    def checkpoint_state(self) -> Mapping:
+        r"""What a checkpoint save writes: [`state_dict`][danling.runner.BaseRunner.state_dict] by default."""
+        return self.state_dict()
 
     def _commit_checkpoint(self, state: Mapping, name: str, epochs: int, best: bool, epoch_copy: bool) -> str:
         keep = self.config.get("keep_checkpoints")
@@ -412,6 +416,11 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
             raise ValueError(f"async_save must be True or False, but got {enabled!r}")
         if not enabled:
             return None
+        if self.checkpoint_manager.collective:
+            raise ValueError(
+                "async_save=True is not supported with sharded checkpoints (strategy='fsdp' on several ranks: every "
+                "rank writes its shards collectively); set async_save=False"
+            )
         fmt = self.checkpoint_manager.format
         return AsyncCheckpointWriter(verify=lambda path: checkpoint_problem(path, fmt))
 

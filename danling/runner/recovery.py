@@ -180,7 +180,7 @@ class Recovery:
         self.position.split, self.position.batches = split, batches
         try:
             self.collected = gather_to_main(self.rank_state(mid_epoch=True))
-            return self.runner.state_dict()
+            return self.runner.checkpoint_state()
         finally:
             self.position.split, self.position.batches = None, 0
 

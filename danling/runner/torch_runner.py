@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
+from functools import cached_property
 from itertools import count
 from typing import Any
 
@@ -21,6 +22,14 @@ from . import checkpoints as ckpt
 from . import results as res
 from .accumulation import AccumulationWindows
 from .base_runner import BaseRunner
+from .checkpointing import (
+    CheckpointManager,
+    ShardedCheckpointManager,
+    is_sharded_checkpoint,
+    load_sharded,
+    read_sharded_model,
+    sharded_state,
+)
 from .data import (
     build_dataloader,
     build_evaluation_loader,
@@ -357,7 +366,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             batches: Micro-batches of it consumed so far.
         """
         state = self._recovery.mid_epoch_state(split, batches)
-        if self.is_main_process:
+        if self.is_main_process or self.checkpoint_manager.collective:
             self._commit_checkpoint(state, "latest", self.epochs, best=False, epoch_copy=False)
 
     def verify_resume(self, steps: int = 2, split: str | None = None) -> ResumeCheck:
@@ -624,6 +633,50 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         self._recovery.add_to(state)
         return cls(state)
 
+    @cached_property
+    def checkpoint_manager(self) -> CheckpointManager:
+        r"""
+        The checkpoint manager: of `torch.distributed.checkpoint` directories (`latest.dcp/`, each rank writing
+        its shards, see [`ShardedCheckpointManager`][danling.runner.checkpointing.ShardedCheckpointManager])
+        when the model is sharded (`strategy="fsdp"` on several ranks), else of single files (`latest.pth`).
+        """
+        if getattr(self._parallel, "sharded", False):
+            return ShardedCheckpointManager(self.checkpoint_dir)
+        return CheckpointManager(self.checkpoint_dir)
+
+    def checkpoint_state(self) -> Mapping:
+        r"""
+        What a checkpoint save writes: [`state_dict`][danling.runner.TorchRunner.state_dict], or with sharded
+        checkpoints the model, optimizer and EMA as sharded state dicts (no gathering) and the other parts on rank 0
+        only (where the random states of every rank are gathered).
+        """
+        if not self.checkpoint_manager.collective:
+            return self.state_dict()
+        self._loss_guard.check(False)
+        state = dict(super().state_dict()) if self.is_main_process else {}
+        if self.scaler.is_enabled() and self.is_main_process:
+            state[ckpt.SCALER] = self.scaler.state_dict()
+        if self.is_main_process:
+            self._recovery.add_to(state)
+        modules = {ckpt.EMA: self.ema} if self.ema is not None else {}
+        state.update(sharded_state(self.unwrap(self.model), self.optimizer, modules=modules))
+        return state
+
+    def _load_sharded_checkpoint(self, path: str) -> None:
+        # A `*.dcp` directory, on any world size and wrapping: model, optimizer and EMA through the DCP helpers,
+        # the rest (read in full) as from a single-file checkpoint.
+        modules = {ckpt.EMA: self.ema} if self.ema is not None else {}
+        state = load_sharded(path, self.unwrap(self.model), self.optimizer, modules=modules)
+        for key, part in ((ckpt.SCHEDULER, self.scheduler), (ckpt.SCALER, self.scaler)):
+            if part is not None and key in state and (key != ckpt.SCALER or self.scaler.is_enabled()):
+                part.load_state_dict(state[key])
+        if ckpt.RESULTS in state:
+            self.results = NestedDict({index: NestedDict(result) for index, result in state[ckpt.RESULTS].items()})
+        self._recovery.restore(state)
+        if ckpt.RUNNER in state:
+            self.load_config(state)
+        self.config["checkpoint"] = path
+
     def load_state_dict(self, state: Mapping) -> None:
         r"""
         Restore everything [`state_dict`][danling.runner.TorchRunner.state_dict] saved, including this rank's
@@ -643,14 +696,20 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         mid-epoch checkpoint makes [`train`][danling.runner.TorchRunner.train] continue its epoch at the next
         batch. Warns when the training plan (`epoch_end`, `step_end`, dataset lengths) differs from the saved one.
         """
-        super().load_checkpoint(checkpoint, *args, **kwargs)
+        if is_sharded_checkpoint(checkpoint):
+            self._load_sharded_checkpoint(os.fsdecode(checkpoint))
+        else:
+            super().load_checkpoint(checkpoint, *args, **kwargs)
         self._recovery.after_load()
 
     def load_pretrained(self, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> None:
         r"""[`BaseRunner.load_pretrained`][danling.runner.BaseRunner.load_pretrained], sharding under `fsdp`."""
         if self.model is None:
             raise ValueError("cannot load pretrained weights before the model is set: assign self.model first")
-        loaded = ckpt.read_checkpoint(checkpoint, *args, what="pretrained", **kwargs)
+        if is_sharded_checkpoint(checkpoint):  # the model's entries only, in full
+            loaded = read_sharded_model(os.fsdecode(checkpoint))
+        else:
+            loaded = ckpt.read_checkpoint(checkpoint, *args, what="pretrained", **kwargs)
         self._parallel.load_model_state(self.model, ckpt.extract_model_state(loaded))
 
 

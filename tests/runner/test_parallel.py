@@ -8,6 +8,7 @@ The 2-process worker (`workers/parallel_worker.py`) runs once per module and tra
 from __future__ import annotations
 
 import importlib.util
+import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from danling.runner.checkpointing import ShardedFormat
 from danling.runner.parallel import (
     DataParallel,
     FullyShardedDataParallel,
@@ -94,7 +96,8 @@ def test_training_steps_make_no_host_sync_under_either_strategy(report, run):
 
 @pytest.mark.distributed
 def test_fsdp_checkpoint_holds_full_clean_state_and_reloads(report):
-    checkpoint = torch.load(report["checkpoint"], weights_only=True)
+    assert sorted(os.listdir(report["checkpoint"])) == [".metadata", "__0_0.distcp", "__1_0.distcp"]  # per rank
+    checkpoint = ShardedFormat().read(report["checkpoint"])  # read in full, in this process
     assert not any(marker in name for name in checkpoint["model"] for marker in CLEAN_NAMES)
     assert_states_close(checkpoint["model"], report["fsdp-fp32"]["model"], 0)
     for part in ("model", "ema"):  # into a fresh FSDP runner on 2 ranks

@@ -5,7 +5,15 @@ from .discovery import checkpoint_dir_of, find_resumable, find_run_checkpoint, r
 from .formats import CheckpointFormat, TorchFileFormat, sha256_file, zip_problem
 from .manager import CheckpointManager, read_verified
 from .manifest import CheckpointError, checkpoint_problem, manifest_path, read_manifest, verify_checkpoint
-from .sharded import ShardedCheckpointManager, ShardedFormat, export_model, load_sharded, sharded_state
+from .sharded import (
+    ShardedCheckpointManager,
+    ShardedFormat,
+    export_model,
+    is_sharded_checkpoint,
+    load_sharded,
+    read_sharded_model,
+    sharded_state,
+)
 
 __all__ = [
     "CheckpointManager",
@@ -14,6 +22,8 @@ __all__ = [
     "ShardedFormat",
     "sharded_state",
     "load_sharded",
+    "is_sharded_checkpoint",
+    "read_sharded_model",
     "export_model",
     "AsyncSaveError",
     "snapshot",

@@ -50,6 +50,8 @@ class CheckpointManager:
         tensor([3.])
     """
 
+    collective = False  # saves run on the main process only
+
     def __init__(self, directory: str, fmt: CheckpointFormat | None = None) -> None:
         self.directory = os.fsdecode(directory)
         self.format: CheckpointFormat = TorchFileFormat() if fmt is None else fmt

@@ -14,8 +14,9 @@ import ctypes
 import hashlib
 import os
 import shutil
-from collections.abc import Mapping
-from contextlib import suppress
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_state_dict,
+    set_model_state_dict,
     set_state_dict,
 )
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
@@ -49,8 +51,7 @@ class ShardedFormat:
     names and SHA-256s, see [`file_digests`][danling.runner.checkpointing.sharded.file_digests].
 
     Examples:
-        >>> import tempfile, warnings
-        >>> warnings.filterwarnings("ignore", message="torch.distributed")
+        >>> import tempfile
         >>> path = os.path.join(tempfile.mkdtemp(), "x.dcp")
         >>> ShardedFormat().write({"model": {"w": torch.ones(2)}, "runner": {"steps": 3}}, path)
         >>> ShardedFormat().read(path)
@@ -61,13 +62,14 @@ class ShardedFormat:
     suffix = ".dcp"
 
     def write(self, state: Mapping, path: str) -> None:
-        dcp.save(dict(state), storage_writer=dcp.FileSystemWriter(path, sync_files=True))
+        with _single_process_quiet():
+            dcp.save(dict(state), storage_writer=dcp.FileSystemWriter(path, sync_files=True))
 
     def read(self, path: str, state: dict | None = None, **kwargs: Any) -> Any:
-        if state is None:
-            keys = kwargs.get("keys")
-            return _load_state_dict_from_keys(keys, checkpoint_id=path)
-        dcp.load(state, checkpoint_id=path)
+        with _single_process_quiet():
+            if state is None:
+                return _load_state_dict_from_keys(kwargs.get("keys"), checkpoint_id=path)
+            dcp.load(state, checkpoint_id=path)
         return state
 
     def digest(self, path: str) -> str:
@@ -77,6 +79,15 @@ class ShardedFormat:
         # Real copies, not hard links: a bit flip in one checkpoint must leave the other a valid fallback.
         shutil.copytree(source, destination)
         fsync_tree(destination)
+
+
+@contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    # DCP warns that it "assumes the intent" to work in one process: that is the intent here.
+    with warnings.catch_warnings():
+        if not _distributed():
+            warnings.filterwarnings("ignore", message="torch.distributed is", category=UserWarning)
+        yield
 
 
 def file_digests(path: str) -> dict[str, str]:
@@ -170,8 +181,7 @@ class ShardedCheckpointManager(CheckpointManager):
     checkpoint visible to every rank before `save` returns.
 
     Examples:
-        >>> import tempfile, warnings
-        >>> warnings.filterwarnings("ignore", message="torch.distributed")
+        >>> import tempfile
         >>> manager = ShardedCheckpointManager(tempfile.mkdtemp())
         >>> for steps in (1, 2, 3):
         ...     _ = manager.save({"model": {"w": torch.ones(1) * steps}}, steps=steps, keep=1)
@@ -180,6 +190,8 @@ class ShardedCheckpointManager(CheckpointManager):
         >>> manager.load(manager.path("latest"))["model"]["w"]
         tensor([3.])
     """
+
+    collective = True  # every rank calls `save`
 
     def __init__(self, directory: str, fmt: ShardedFormat | None = None) -> None:
         super().__init__(directory, ShardedFormat() if fmt is None else fmt)
@@ -245,29 +257,56 @@ class ShardedCheckpointManager(CheckpointManager):
         return names
 
 
-def sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, **extra: Any) -> dict:
+def is_sharded_checkpoint(checkpoint: Any) -> bool:
+    r"""
+    Whether `checkpoint` is the path of a `torch.distributed.checkpoint` directory (it holds `.metadata`).
+
+    Examples:
+        >>> is_sharded_checkpoint("no/such/latest.dcp"), is_sharded_checkpoint({"model": {}})
+        (False, False)
+    """
+    if not isinstance(checkpoint, (str, bytes, os.PathLike)):
+        return False
+    return os.path.isfile(os.path.join(os.fsdecode(checkpoint), ".metadata"))
+
+
+def sharded_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    modules: Mapping[str, nn.Module] | None = None,
+    **extra: Any,
+) -> dict:
     r"""
     A checkpoint for [`ShardedCheckpointManager.save`][danling.runner.checkpointing.ShardedCheckpointManager]:
     the model's and optimizer's state dicts by `torch.distributed.checkpoint.state_dict.get_state_dict` (sharded
-    DTensors under FSDP2, clean names under DDP and `torch.compile`) and `extra` entries (the runner's config,
-    results, random states: give them on rank 0, where they are complete). Collective under FSDP2.
+    DTensors under FSDP2, clean names under DDP and `torch.compile`), those of other `modules` (an EMA) by key,
+    and `extra` entries (the runner's config, results, random states: give them on rank 0, where they are
+    complete). Collective under FSDP2.
     """
     if optimizer is None:
         state = {MODEL: get_model_state_dict(model)}
     else:
         model_state, optimizer_state = get_state_dict(model, optimizer)
         state = {MODEL: model_state, OPTIMIZER: optimizer_state}
+    for key, module in (modules or {}).items():
+        state[key] = get_model_state_dict(module)
     state.update(extra)
     return state
 
 
-def load_sharded(path: str, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+def load_sharded(
+    path: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    modules: Mapping[str, nn.Module] | None = None,
+) -> dict[str, Any]:
     r"""
-    Verify the sharded checkpoint at `path` and load it into `model` (and `optimizer`) on any world size and
-    wrapping (FSDP2, DDP, one process); returns the other entries (config, results...), read in full.
-    Collective when a process group is initialised.
+    Verify the sharded checkpoint at `path` and load it into `model` (and `optimizer`, and `modules` by key) on
+    any world size and wrapping (FSDP2, DDP, one process); returns the other entries (config, results...), read
+    in full. Collective when a process group is initialised.
 
     Raises:
+        FileNotFoundError: If `path` is not a directory.
         CheckpointError: If it fails verification (the message names the directory).
     """
     fmt = ShardedFormat()
@@ -278,15 +317,30 @@ def load_sharded(path: str, model: nn.Module, optimizer: torch.optim.Optimizer |
         dist.broadcast_object_list(problem, src=0)  # every rank stops, not only rank 0
     if problem[0] is not None:
         raise CheckpointError(describe_problem(path, problem[0], fmt))
-    target = sharded_state(model, optimizer)
+    saved = {key.split(".", 1)[0] for key in dcp.FileSystemReader(path).read_metadata().state_dict_metadata}
+    modules = {key: module for key, module in (modules or {}).items() if key in saved}
+    target = sharded_state(model, optimizer, modules)
     fmt.read(path, target)
     if optimizer is None:
         set_state_dict(model, [], model_state_dict=target[MODEL], optim_state_dict={})
     else:
         set_state_dict(model, optimizer, model_state_dict=target[MODEL], optim_state_dict=target[OPTIMIZER])
-    keys = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
-    extra = {key.split(".", 1)[0] for key in keys} - {MODEL, OPTIMIZER}
+    for key, module in modules.items():
+        set_model_state_dict(module, target[key])
+    extra = saved - {MODEL, OPTIMIZER, *modules}
     return fmt.read(path, keys=extra) if extra else {}
+
+
+def read_sharded_model(path: str) -> dict[str, Any]:
+    r"""
+    Verify the sharded checkpoint at `path` and read its model's state dict in full in this process (weights for
+    `pretrained`, inference or conversion). Collective when a process group is initialised.
+    """
+    fmt = ShardedFormat()
+    problem = checkpoint_problem(path, fmt) if os.path.isdir(path) else "it is not a directory"
+    if problem is not None:
+        raise CheckpointError(describe_problem(path, problem, fmt))
+    return fmt.read(path, keys={MODEL})[MODEL]
 
 
 def export_model(model: nn.Module, path: str) -> str | None:

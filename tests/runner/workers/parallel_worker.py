@@ -137,7 +137,7 @@ def main() -> None:
             runner, report[name] = train(config_for(out_dir, name, strategy, precision))
             if name == "fsdp-fp32":
                 runner.save_checkpoint()
-                checkpoint = os.path.join(runner.checkpoint_dir, "latest.pth")
+                checkpoint = os.path.join(runner.checkpoint_dir, "latest.dcp")  # sharded: a directory
                 report["checkpoint"] = checkpoint
                 fresh = ParallelRunner(config_for(out_dir, "fsdp-reload", "fsdp", None))
                 fresh.load_checkpoint(checkpoint)

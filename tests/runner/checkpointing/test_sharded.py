@@ -114,3 +114,42 @@ def test_single_process_commit_hygiene_and_retention(tmp_path):
     assert manager.candidates()[0] == str(tmp_path / "latest.dcp")
     assert torch.equal(manager.load(manager.path("best"))["model"]["w"], torch.full((3,), 2.0))
     assert torch.equal(manager.load(manager.path("latest"))["model"]["w"], torch.full((3,), 4.0))
+
+
+# The runner under strategy="fsdp"
+
+RESUME_WORKER = Path(__file__).parents[1] / "workers" / "fsdp_resume_worker.py"
+
+
+def assert_close_states(got: dict, expected: dict) -> None:
+    assert len(expected["model"]) == 4
+    assert len(expected["optimizer"]["state"]) == 4
+    for key, value in expected["model"].items():
+        torch.testing.assert_close(got["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    for name, state in expected["optimizer"]["state"].items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(got["optimizer"]["state"][name][key], state[key], rtol=1e-5, atol=1e-7)
+
+
+def test_fsdp_runner_resumes_under_ddp_and_in_one_process(tmp_path, torchrun):
+    torchrun(RESUME_WORKER, str(tmp_path))
+    report = torch.load(tmp_path / "report.pt", weights_only=True)
+    assert "latest.dcp" in report["layout"]
+    assert "step-6.dcp" in report["layout"]
+    assert report["resumed_steps"] == 6
+    uninterrupted = report["uninterrupted"]
+    assert uninterrupted["steps"] == 12
+    assert report["ddp"]["steps"] == 12
+    assert_close_states(report["ddp"], uninterrupted)  # 2 FSDP2 ranks -> 2 DDP ranks
+    spec = importlib.util.spec_from_file_location("fsdp_resume_worker", RESUME_WORKER)
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    single = worker.ResumeRunner(worker.config_for(str(tmp_path / "single"), "ddp", 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the world size changed (2 -> 1) at an epoch boundary: allowed
+        single.load_checkpoint(str(tmp_path / "fsdp" / "checkpoints" / "step-6.dcp"))
+    assert single.steps == 6
+    single.train()
+    assert single.steps == 12
+    assert_close_states(worker.final_state(single), uninterrupted)  # 2 FSDP2 ranks -> 1 process
+    single.close()

@@ -8,7 +8,6 @@ loaded checkpoint against the current world size and plan.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Callable
@@ -189,7 +188,7 @@ class Recovery:
         runner, handler = self.runner, self.preemption
         signum = handler.received if handler is not None and handler.received is not None else 15
         name = handler.signal_name if handler is not None else "a signal"
-        latest = os.path.join(runner.checkpoint_dir, "latest.pth")
+        latest = runner.checkpoint_manager.path("latest")  # latest.pth, or latest.dcp when sharded
         runner.log(
             f"preempted by {name}: stopped at step {runner.steps} of epoch {runner.epochs}, saved {latest}; "
             f"exiting with status {128 + signum}"

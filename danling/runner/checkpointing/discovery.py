@@ -48,9 +48,9 @@ def find_resumable(directories: list[str], warn: Callable[[str], None] | None = 
     r"""
     The newest checkpoint in `directories` that verifies; bad ones are reported and moved aside.
 
-    Candidates are the checkpoints with a manifest, ordered by their steps (then `latest` first, then the newest
-    file). A candidate that fails verification is renamed `{file}.corrupt` (kept for inspection) and the search
-    goes on.
+    Candidates are the checkpoints with a manifest (single files and sharded `*.dcp` directories), ordered by
+    their steps (then `latest` first, then the newest file). A candidate that fails verification is renamed
+    `{file}.corrupt` (kept for inspection) and the search goes on.
 
     Args:
         directories: Checkpoint directories (see [`run_checkpoint_dirs`][danling.runner.checkpointing.discovery]).
@@ -60,8 +60,8 @@ def find_resumable(directories: list[str], warn: Callable[[str], None] | None = 
         The path of the checkpoint to resume from, or `None` when there is none.
     """
     found = []
-    for directory in directories:
-        manager = CheckpointManager(directory)
+    managers = [manager for directory in directories for manager in (CheckpointManager(directory), sharded(directory))]
+    for manager in managers:
         for path in manager.candidates():
             manifest = read_manifest(path) or {}
             priority = manager.priority(os.path.basename(path))
@@ -115,3 +115,10 @@ def find_run_checkpoint(config: Mapping, run_dir_name: str, warn: Callable[[str]
         explicit = os.path.join(config["dir"], name)
     directories = run_checkpoint_dirs(config.get("project_root") or "experiments", run_dir_name, name, explicit)
     return find_resumable(directories, warn=warn)
+
+
+def sharded(directory: str) -> CheckpointManager:
+    # Imported here: the sharded format imports `torch.distributed.checkpoint`, needed only when it is used.
+    from .sharded import ShardedCheckpointManager
+
+    return ShardedCheckpointManager(directory)

@@ -18,6 +18,7 @@ from danling.runner.checkpointing import (
     CheckpointError,
     ShardedCheckpointManager,
     checkpoint_problem,
+    find_resumable,
     load_sharded,
     read_manifest,
     read_verified,
@@ -114,6 +115,13 @@ def test_single_process_commit_hygiene_and_retention(tmp_path):
     assert manager.candidates()[0] == str(tmp_path / "latest.dcp")
     assert torch.equal(manager.load(manager.path("best"))["model"]["w"], torch.full((3,), 2.0))
     assert torch.equal(manager.load(manager.path("latest"))["model"]["w"], torch.full((3,), 4.0))
+    # auto_resume's search finds sharded checkpoints too, skipping (and moving aside) a corrupt one.
+    assert find_resumable([str(tmp_path)]) == str(tmp_path / "latest.dcp")
+    (tmp_path / "latest.dcp" / "__0_0.distcp").write_bytes(b"flipped")
+    notes = []
+    assert find_resumable([str(tmp_path)], warn=notes.append) == str(tmp_path / "step-4.dcp")
+    assert (tmp_path / "latest.dcp.corrupt").is_dir()
+    assert "latest.dcp" in notes[0]
 
 
 # The runner under strategy="fsdp"

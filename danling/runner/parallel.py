@@ -200,9 +200,10 @@ class FullyShardedDataParallel(DataParallel):
     bfloat16 and gradients reduced in float32 (`MixedPrecisionPolicy`). Inside an accumulation window gradients
     are neither reduced nor resharded until the last micro-step. In a single process nothing is sharded.
 
-    Checkpoints hold the full (unsharded) state, gathered to CPU on rank 0: the same format as under DDP, so either
-    strategy resumes the other's checkpoints. Gathering is a collective: call `state_dict()`/`save_checkpoint()`
-    on every rank.
+    `state_dict()` gathers the full (unsharded) state to CPU on rank 0, the same format as under DDP; checkpoints
+    saved by the runner are sharded `torch.distributed.checkpoint` directories instead (see
+    [`ShardedCheckpointManager`][danling.runner.checkpointing.ShardedCheckpointManager]), which either strategy
+    resumes. Both are collectives: call `state_dict()`/`save_checkpoint()` on every rank.
 
     Args:
         compile_options: Keyword arguments of `torch.compile`, or `None`.

@@ -70,13 +70,13 @@ class AsyncCheckpointWriter:
     r"""
     Runs checkpoint commits in a background thread, one at a time.
 
-    [`submit`][danling.runner.checkpointing.AsyncCheckpointWriter.submit] stalls the caller only for a
+    [`submit`][danling.runner.checkpointing.async_writer.AsyncCheckpointWriter.submit] stalls the caller only for a
     [`snapshot`][danling.runner.checkpointing.async_writer.snapshot] of the state (after waiting for the save
     still in flight, if any); the commit itself (write, fsync, manifest, rename, retention: the
     [`CheckpointManager`][danling.runner.checkpointing.CheckpointManager]'s normal path) and a verification of
     the committed file run in the thread. A failure is kept and raised by the next
-    [`check`][danling.runner.checkpointing.AsyncCheckpointWriter.check], `submit` or
-    [`wait`][danling.runner.checkpointing.AsyncCheckpointWriter.wait] as an
+    [`check`][danling.runner.checkpointing.async_writer.AsyncCheckpointWriter.check], `submit` or
+    [`wait`][danling.runner.checkpointing.async_writer.AsyncCheckpointWriter.wait] as an
     [`AsyncSaveError`][danling.runner.checkpointing.AsyncSaveError] naming the file. The thread is not a daemon:
     the interpreter waits for a save in flight before it exits.
 

@@ -31,6 +31,7 @@ from danling.runner.checkpointing import (
     snapshot,
     verify_checkpoint,
 )
+from danling.runner.preemption import Preempted
 
 WORKERS = Path(__file__).parents[1] / "workers"
 SLOW_WRITE = 0.25  # seconds a slowed write takes
@@ -244,3 +245,40 @@ def test_sigkill_during_async_save_leaves_verifiable_latest(tmp_path):
         saver.stdin.close()
         saver.wait(timeout=30)
     assert interrupted > 0, "no kill landed during a background write"
+
+
+def test_preemption_waits_for_the_save_in_flight(tmp_path, slow_write):
+    runner = make_runner(tmp_path, "preempted", async_save=True, save_steps=None, epoch_end=3)
+    step = runner.train_step
+
+    def signalled(data: Any) -> Any:
+        if runner.steps == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(data)
+
+    runner.train_step = signalled
+    with pytest.raises(Preempted):
+        runner.train()
+    assert not runner.async_saver.busy  # the save of the preemption step committed before train() raised
+    latest = Path(runner.checkpoint_dir) / "latest.pth"
+    verify_checkpoint(latest)
+    assert read_manifest(str(latest))["steps"] == runner.steps == 8
+
+
+def test_interpreter_exit_waits_for_a_save_in_flight(tmp_path, subprocess_run):
+    script = tmp_path / "save_and_exit.py"
+    script.write_text(
+        "import sys, time, torch\n"
+        "import danling as dl\n"
+        "from danling.runner.checkpointing import TorchFileFormat\n"
+        "write = TorchFileFormat.write\n"
+        "TorchFileFormat.write = lambda self, state, path: (time.sleep(1.0), write(self, state, path))[1]\n"
+        "runner = dl.TorchRunner({'dir': sys.argv[1], 'log': False, 'async_save': True})\n"
+        "runner.model = torch.nn.Linear(64, 64)\n"
+        "runner.save_checkpoint()\n"
+        "print('returned', runner.async_saver.busy, flush=True)\n"
+    )
+    result = subprocess_run([sys.executable, str(script), str(tmp_path / "run")], timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "returned True" in result.stdout  # save_checkpoint returned while the write was in flight
+    verify_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pth")

@@ -25,6 +25,7 @@ from .base_runner import BaseRunner
 from .checkpointing import (
     CheckpointManager,
     ShardedCheckpointManager,
+    export_model,
     is_sharded_checkpoint,
     load_sharded,
     read_sharded_model,
@@ -661,6 +662,21 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         modules = {ckpt.EMA: self.ema} if self.ema is not None else {}
         state.update(sharded_state(self.unwrap(self.model), self.optimizer, modules=modules))
         return state
+
+    def export_model(self, path: str | None = None) -> str | None:
+        r"""
+        Write the model's full state dict (clean names) as one `torch.save` file with a manifest, on rank 0, for
+        inference without `torch.distributed`; under FSDP2 the shards are gathered to rank 0 (a collective: call
+        it on every rank).
+
+        Args:
+            path: The file (default: `checkpoint_dir/model.pth`).
+
+        Returns:
+            The path written on rank 0, `None` on other ranks.
+        """
+        path = os.path.join(self.checkpoint_dir, "model.pth") if path is None else os.fsdecode(path)
+        return export_model(self.unwrap(self.model), path)
 
     def _load_sharded_checkpoint(self, path: str) -> None:
         # A `*.dcp` directory, on any world size and wrapping: model, optimizer and EMA through the DCP helpers,

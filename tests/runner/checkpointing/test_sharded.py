@@ -145,6 +145,10 @@ def test_fsdp_runner_resumes_under_ddp_and_in_one_process(tmp_path, torchrun):
     assert "latest.dcp" in report["layout"]
     assert "step-6.dcp" in report["layout"]
     assert report["resumed_steps"] == 6
+    exported = read_verified(report["exported"], weights_only=True)  # runner.export_model(): full, one file
+    assert exported.keys() == report["uninterrupted"]["model"].keys()
+    for key, value in report["uninterrupted"]["model"].items():
+        assert torch.equal(exported[key], value), key
     uninterrupted = report["uninterrupted"]
     assert uninterrupted["steps"] == 12
     assert report["ddp"]["steps"] == 12

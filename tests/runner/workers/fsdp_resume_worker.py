@@ -56,7 +56,8 @@ def main() -> None:
     torch.set_num_threads(1)
     fsdp = ResumeRunner(config_for(os.path.join(out, "fsdp"), "fsdp", 4))
     fsdp.train()
-    report = {"uninterrupted": final_state(fsdp), "layout": sorted(os.listdir(fsdp.checkpoint_dir))}
+    report = {"uninterrupted": final_state(fsdp), "exported": fsdp.export_model()}
+    report["layout"] = sorted(os.listdir(fsdp.checkpoint_dir))
     checkpoint = os.path.join(fsdp.checkpoint_dir, f"step-{STEPS_PER_EPOCH}.dcp")
     ddp = ResumeRunner(config_for(os.path.join(out, "ddp"), "ddp", 4))
     ddp.load_checkpoint(checkpoint)

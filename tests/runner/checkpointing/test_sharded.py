@@ -8,6 +8,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -165,3 +169,38 @@ def test_fsdp_runner_resumes_under_ddp_and_in_one_process(tmp_path, torchrun):
     assert single.steps == 12
     assert_close_states(worker.final_state(single), uninterrupted)  # 2 FSDP2 ranks -> 1 process
     single.close()
+
+
+SAVE_FOREVER = """
+import itertools, sys, torch
+from danling.runner.checkpointing import ShardedCheckpointManager
+manager = ShardedCheckpointManager(sys.argv[1])
+weight = torch.zeros(256, 1024)
+for counter in itertools.count(1):
+    weight.fill_(counter)
+    manager.save({"model": {"w": weight}, "runner": {"steps": counter}}, steps=counter, keep=1)
+"""
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.7])
+def test_sigkill_during_sharded_saves_leaves_a_verifiable_latest(tmp_path, delay):
+    directory = tmp_path / "checkpoints"
+    process = subprocess.Popen(
+        [sys.executable, "-c", SAVE_FOREVER, str(directory)], env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while read_manifest(str(directory / "latest.dcp")) is None:
+            assert process.poll() is None, "the saver died"
+            assert time.monotonic() < deadline, "the saver never committed latest.dcp"
+            time.sleep(0.01)
+        time.sleep(delay)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    manager = ShardedCheckpointManager(str(directory))
+    latest = manager.path("latest")
+    assert checkpoint_problem(latest, manager.format) is None
+    state = manager.load(latest)
+    assert torch.all(state["model"]["w"] == state["runner"]["steps"])  # one save, whole
+    assert all(name.endswith(".tmp") for name in os.listdir(directory) if name.startswith("."))

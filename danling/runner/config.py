@@ -54,6 +54,9 @@ VOLATILE_KEYS = frozenset(
 
 # How close an unknown command-line key must be to a known one (difflib ratio) to be reported as its typo.
 TYPO_CUTOFF = 0.8
+# Spellings a switch accepts from a string (config files, environment, code), compared case-insensitively.
+TRUE_STRINGS = frozenset({"true", "yes", "on", "1"})
+FALSE_STRINGS = frozenset({"false", "no", "off", "0"})
 
 
 def get_git_hash(short: bool = True) -> str | None:
@@ -262,6 +265,34 @@ class Config(chanfig.Config):
             warnings.filterwarnings("ignore", message="Unrecognized argument", category=RuntimeWarning)
             return super().parse(args, boot=boot, strict=strict)
 
+    def merge(self, *args: Any, overwrite: bool = True, **kwargs: Any) -> Any:
+        r"""
+        Merge mappings (or files) into the config, reading a switch's string spelling (`"false"`, `"no"`) strictly.
+
+        Raises:
+            ValueError: If a switch is given a value that is not a boolean, naming the key and the accepted values.
+        """
+        args = tuple(checked_switches(arg) if isinstance(arg, Mapping) else arg for arg in args)
+        return super().merge(*args, overwrite=overwrite, **checked_switches(kwargs))
+
+    def set(self, name: Any, value: Any, convert_mapping: bool | None = None) -> None:
+        r"""
+        Set a key; a declared switch (`log`, `compile`, `async_save`...) only takes a boolean or one of its spellings.
+
+        Raises:
+            ValueError: If a switch is given a value that is not a boolean, naming the key and the accepted values.
+
+        Examples:
+            >>> Config({"log": "false", "compile": 1}).log, Config({"compile": 1}).compile
+            (False, True)
+            >>> Config({"async_save": "maybe"})
+            Traceback (most recent call last):
+            ValueError: config key 'async_save' is a switch, but got 'maybe'; accepted values are True/False, 1/0, ...
+        """
+        if isinstance(name, str) and name in SWITCHES and value is not None and not isinstance(value, bool):
+            value = parse_switch(name, value)
+        super().set(name, value, convert_mapping)
+
     def post(self) -> None:
         r"""
         Hook that chanfig runs after [`parse`][chanfig.Config.parse]; recomputes an automatic `run_id`.
@@ -392,3 +423,65 @@ def _missing_config_file(name: str, action: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
     elif action != "ignore":
         raise ValueError(f"no_default_config_action must be one of 'ignore', 'warn', 'raise', but got {action!r}")
+
+
+def parse_switch(name: str, value: Any) -> bool:
+    r"""
+    The boolean a switch's value stands for: `True`/`False`, `1`/`0`, or a string among `TRUE_STRINGS` and
+    `FALSE_STRINGS` (any case). Anything else is an error rather than Python's truthiness (`bool("no")` is `True`).
+
+    Args:
+        name: The key, for the error message.
+        value: The value given.
+
+    Returns:
+        The boolean.
+
+    Raises:
+        ValueError: If `value` is no spelling of a boolean.
+
+    Examples:
+        >>> parse_switch("log", "Off"), parse_switch("log", 1)
+        (False, True)
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in TRUE_STRINGS:
+            return True
+        if lowered in FALSE_STRINGS:
+            return False
+    raise ValueError(
+        f"config key {name!r} is a switch, but got {value!r}; accepted values are True/False, 1/0, or the strings "
+        f"{'/'.join(sorted(TRUE_STRINGS))} and {'/'.join(sorted(FALSE_STRINGS))} (any case)"
+    )
+
+
+def checked_switches(values: Mapping) -> dict:
+    r"""
+    A copy of `values` with the value of every switch key read by [`parse_switch`][danling.runner.config.parse_switch].
+
+    Examples:
+        >>> checked_switches({"log": "off", "lr": 0.1})
+        {'log': False, 'lr': 0.1}
+    """
+    return {
+        key: parse_switch(key, value) if key in SWITCHES and value is not None else value
+        for key, value in values.items()
+    }
+
+
+def _declared_switches(cls: type) -> frozenset[str]:
+    names = set()
+    for klass in reversed(cls.__mro__):
+        for key, annotation in getattr(klass, "__annotations__", {}).items():
+            if str(annotation).replace(" ", "") in ("bool", "Optional[bool]"):
+                names.add(key)
+    return frozenset(names)
+
+
+# Keys of `Config` declared as booleans (`bool` or `Optional[bool]`).
+SWITCHES = _declared_switches(Config)

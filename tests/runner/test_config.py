@@ -324,3 +324,27 @@ def test_the_config_flag_can_be_renamed_or_turned_off(tmp_path):
     plain = RecipeConfig().parse(["--config", str(path)], default_config=None)
     assert plain.epoch_end == 5
     assert plain.config == str(path)  # just a key then
+
+
+@pytest.mark.parametrize(
+    ("spelling", "expected"), [("false", False), ("No", False), ("0", False), ("ON", True), (1, True)]
+)
+def test_switches_read_string_spellings_strictly(spelling, expected):
+    # bool("false") is True: a switch given as a string from code or a file must not flip silently.
+    config = Config({"log": spelling, "progress_bar": spelling})
+    assert config.log is expected
+    assert config.progress_bar is expected
+    config.merge({"tensorboard": spelling})
+    assert config.tensorboard is expected
+    config.compile = spelling
+    assert config.compile is expected
+
+
+@pytest.mark.parametrize("value", ["maybe", 2, 0.5])
+def test_a_switch_given_something_else_names_the_key_and_the_accepted_values(value):
+    with pytest.raises(ValueError, match=r"'async_save' is a switch, but got .*accepted values are True/False"):
+        Config({"async_save": value})
+    config = Config()
+    with pytest.raises(ValueError, match="'log' is a switch"):
+        config.log = value
+    assert config.log is True

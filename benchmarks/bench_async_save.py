@@ -32,6 +32,7 @@ from pathlib import Path
 from time import perf_counter
 
 import torch
+from memory import reset_peak, status_kib
 from torch import nn
 
 import danling as dl
@@ -42,30 +43,13 @@ MIB = 2**20
 DEFAULT_DIRS = (str(Path(__file__).resolve().parents[1]), "/dev/shm")
 
 
-def status_kib(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as fp:
-        for line in fp:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as fp:
-            fp.write("5")
-    except OSError:
-        return False
-    return True
-
-
 class PeakRss:
     r"""Peak RSS increase (MiB) over a `with` block: `VmHWM` when it can be reset, else 5 ms samples."""
 
     def __enter__(self) -> PeakRss:
         gc.collect()
         self.reset = reset_peak()
-        self.before = self.peak = status_kib("VmRSS")
+        self.before = self.peak = status_kib("VmRSS") or 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -73,12 +57,12 @@ class PeakRss:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.005):
-            self.peak = max(self.peak, status_kib("VmRSS"))
+            self.peak = max(self.peak, (status_kib("VmRSS") or 0))
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        peak = max(self.peak, status_kib("VmHWM") if self.reset else 0)
+        peak = max(self.peak, (status_kib("VmHWM") or 0) if self.reset else 0)
         self.mib = (peak - self.before) / 1024
 
 

@@ -35,6 +35,7 @@ import warnings
 from time import perf_counter
 
 import torch
+from memory import reset_peak, status_kib
 from torch import nn
 
 import danling as dl
@@ -42,26 +43,6 @@ import danling as dl
 TARGET = 1.3
 WIDTH = 4096
 MIB = 2**20
-
-
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as fp:
-            for line in fp:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as fp:
-            fp.write("5")
-    except OSError:
-        return False
-    return True
 
 
 class RssSampler:
@@ -75,30 +56,30 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, _status_kib("VmRSS") or 0)
+            self.peak = max(self.peak, status_kib("VmRSS") or 0)
             self._stop.wait(self.interval)
 
     def __enter__(self) -> RssSampler:
-        self.peak = _status_kib("VmRSS") or 0
+        self.peak = status_kib("VmRSS") or 0
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _status_kib("VmRSS") or 0)
+        self.peak = max(self.peak, status_kib("VmRSS") or 0)
 
 
 def measure(save) -> dict:
     r"""Run `save()` and return its time and peak RSS increases (MiB)."""
     gc.collect()
-    reset = _reset_peak()
-    before = _status_kib("VmRSS") or 0
+    reset = reset_peak()
+    before = status_kib("VmRSS") or 0
     with RssSampler() as sampler:
         start = perf_counter()
         save()
         seconds = perf_counter() - start
-    hwm = _status_kib("VmHWM") if reset else None
+    hwm = status_kib("VmHWM") if reset else None
     return {
         "seconds": seconds,
         "hwm_mib": None if hwm is None else (hwm - before) / 1024,

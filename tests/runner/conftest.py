@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,3 +88,42 @@ def make_runner(tmp_path) -> Callable[..., ClassifierRunner]:
 
 def parameters_of(runner: dl.TorchRunner) -> list[torch.Tensor]:
     return [p.detach().clone() for p in runner.unwrap(runner.model).parameters()]
+
+
+def killed_save_dirs(tmp_path: Path, kills: int, seed: int, max_delay: float, *worker_args: str) -> Iterator[Path]:
+    r"""
+    Run `workers/checkpoint_saver.py` (which forks a process that saves checkpoints in a loop, per directory read
+    from its stdin) and SIGKILL each saving process at a random instant after its first `latest.pth`; yield the
+    checkpoint directory each killed process left behind.
+    """
+    saver = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "workers" / "checkpoint_saver.py"), *worker_args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        text=True,
+    )
+    rng = random.Random(seed)
+    try:
+        for kill in range(kills):
+            checkpoint_dir = tmp_path / f"kill{kill}" / "checkpoints"
+            saver.stdin.write(f"{tmp_path / f'kill{kill}'}\n")
+            saver.stdin.flush()
+            pid = int(saver.stdout.readline())
+            deadline = time.monotonic() + 60
+            while not (checkpoint_dir / "latest.pth").exists():
+                assert time.monotonic() < deadline, "the saver never wrote latest.pth"
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.05, max_delay))
+            os.kill(pid, signal.SIGKILL)
+            assert saver.stdout.readline().strip() == str(-signal.SIGKILL)
+            yield checkpoint_dir
+    finally:
+        saver.stdin.close()
+        saver.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def killed_saves() -> Callable[..., Iterator[Path]]:
+    r"""[`killed_save_dirs`][] as a fixture (test modules in subfolders need not import conftest)."""
+    return killed_save_dirs

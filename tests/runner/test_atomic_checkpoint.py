@@ -6,12 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import random
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +18,7 @@ import danling as dl
 from danling.runner.checkpointing import find_resumable, verify_checkpoint
 from danling.runner.checkpoints import find_latest_checkpoint
 
-from .conftest import make_regression_data
+from .conftest import killed_save_dirs, make_regression_data
 
 WORKERS = Path(__file__).parent / "workers"
 TEMPORARY = re.compile(r"\.(latest|best|step-\d+)\.pth(\.manifest\.json)?\..+\.tmp")
@@ -99,33 +94,10 @@ def test_sigkill_during_saves_never_tears_latest(tmp_path):
     spec.loader.exec_module(saver_module)
     SaverRunner, build_model = saver_module.SaverRunner, saver_module.build_model
     shapes = {key: value.shape for key, value in build_model().state_dict().items()}
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    saver = subprocess.Popen(
-        [sys.executable, str(WORKERS / "checkpoint_saver.py")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=env,
-        text=True,
-    )
-    rng = random.Random(20240601)
-    counters = []
-    try:
-        for kill in range(6):
-            checkpoint_dir = tmp_path / f"kill{kill}" / "checkpoints"
-            saver.stdin.write(f"{tmp_path / f'kill{kill}'}\n")
-            saver.stdin.flush()
-            pid = int(saver.stdout.readline())
-            deadline = time.monotonic() + 60
-            while not (checkpoint_dir / "latest.pth").exists():
-                assert time.monotonic() < deadline, "the saver never wrote latest.pth"
-                time.sleep(0.005)
-            time.sleep(rng.uniform(0.05, 0.5))
-            os.kill(pid, signal.SIGKILL)
-            assert saver.stdout.readline().strip() == str(-signal.SIGKILL)
-            counters.append(check_killed_checkpoint_dir(checkpoint_dir, shapes))
-    finally:
-        saver.stdin.close()
-        saver.wait(timeout=30)
+    counters = [
+        check_killed_checkpoint_dir(checkpoint_dir, shapes)
+        for checkpoint_dir in killed_save_dirs(tmp_path, 6, 20240601, 0.5)
+    ]
     assert max(counters) > 1, f"the kills never interrupted a rewrite of latest.pth: {counters}"
     # auto_resume's search finds a valid checkpoint in every killed directory.
     for kill in range(6):

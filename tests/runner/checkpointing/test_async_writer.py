@@ -8,9 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import random
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -210,40 +208,16 @@ def test_train_returns_after_commit_and_results_follow_checkpoint(tmp_path, slow
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the saver forks and is killed with SIGKILL")
-def test_sigkill_during_async_save_leaves_verifiable_latest(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    saver = subprocess.Popen(
-        [sys.executable, str(WORKERS / "checkpoint_saver.py"), "async"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=env,
-        text=True,
-    )
-    rng = random.Random(7)
+def test_sigkill_during_async_save_leaves_verifiable_latest(tmp_path, killed_saves):
     interrupted = 0
-    try:
-        for kill in range(3):
-            checkpoint_dir = tmp_path / f"kill{kill}" / "checkpoints"
-            saver.stdin.write(f"{tmp_path / f'kill{kill}'}\n")
-            saver.stdin.flush()
-            pid = int(saver.stdout.readline())
-            deadline = time.monotonic() + 60
-            while not (checkpoint_dir / "latest.pth").exists():
-                assert time.monotonic() < deadline, "the saver never wrote latest.pth"
-                time.sleep(0.005)
-            time.sleep(rng.uniform(0.05, 0.4))
-            os.kill(pid, signal.SIGKILL)
-            assert saver.stdout.readline().strip() == str(-signal.SIGKILL)
-            interrupted += any(name.startswith(".") for name in os.listdir(checkpoint_dir))
-            latest = checkpoint_dir / "latest.pth"
-            verify_checkpoint(latest)
-            state = torch.load(latest, weights_only=True)
-            counter = state["runner"]["steps"]
-            # The snapshot is the state of its step, though the weights changed while it was written.
-            assert all(torch.all(value == counter) for value in state["model"].values())
-    finally:
-        saver.stdin.close()
-        saver.wait(timeout=30)
+    for checkpoint_dir in killed_saves(tmp_path, 3, 7, 0.4, "async"):
+        interrupted += any(name.startswith(".") for name in os.listdir(checkpoint_dir))
+        latest = checkpoint_dir / "latest.pth"
+        verify_checkpoint(latest)
+        state = torch.load(latest, weights_only=True)
+        counter = state["runner"]["steps"]
+        # The snapshot is the state of its step, though the weights changed while it was written.
+        assert all(torch.all(value == counter) for value in state["model"].values())
     assert interrupted > 0, "no kill landed during a background write"
 
 

@@ -125,7 +125,7 @@ class Config(chanfig.Config):
         log_interval: Log every this many batches (`None`: about ten lines per epoch).
         save_interval: Keep an `epoch-N.pth` copy every this many epochs (`None` to keep none).
         save_steps: Also save `latest.pth` every this many optimizer steps (`None`: at epoch ends only).
-        keep_checkpoints: Step-stamped `step-N.pth` copies kept besides `latest.pth`/`best.pth` (`None`: 2).
+        keep_checkpoints: Step-stamped `step-N.pth` copies kept besides `latest.pth`/`best.pth` (0: none).
         auto_resume: Continue the newest valid checkpoint of the same run (name and id) when launched again.
         async_save: Write checkpoints in the background.
         progress_bar: Show a progress bar (`None`: only on an interactive terminal).
@@ -192,7 +192,7 @@ class Config(chanfig.Config):
     log_interval: Optional[int] = None
     save_interval: Optional[int] = None
     save_steps: Optional[int] = None
-    keep_checkpoints: Optional[int] = None
+    keep_checkpoints: Optional[int] = 2
     auto_resume: bool = False
     async_save: bool = False
     progress_bar: Optional[bool] = None

@@ -115,12 +115,14 @@ class AverageMeter:
     def _update_in_place(self, value: Scalar, n: Scalar) -> bool:
         # The hot path of a training loop (a loss tensor weighted by an int batch size): one in-place add into the
         # running sum, no new tensors and no sync. Returns False to fall back to the general path.
-        if not isinstance(value, Tensor) or not isinstance(self._sum, Tensor) or isinstance(n, (Tensor, bool)):
+        total = self._sum
+        if not isinstance(value, Tensor) or not isinstance(total, Tensor) or isinstance(n, (Tensor, bool)):
             return False
-        if value.numel() != 1 or self._sum.device != value.device:
+        # `get_device` is an int (-1 on the CPU): cheaper than comparing two `torch.device` objects.
+        if value.numel() != 1 or total.get_device() != value.get_device() or total.is_cpu != value.is_cpu:
             return False
         value = value.detach()
-        self._sum.add_(value if value.dim() == 0 else value.reshape(()), alpha=n)
+        total.add_(value if value.ndim == 0 else value.reshape(()), alpha=n)
         self._val = value
         self._n = n
         self._count = self._count + n

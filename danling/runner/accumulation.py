@@ -22,6 +22,8 @@ class AccumulationWindows:
         ...     _ = windows.advance()
         >>> sizes
         [2, 2, 2, 2, 1]
+        >>> windows.size(), windows.end()  # past the epoch's length: full windows again, from the length on
+        (2, 7)
     """
 
     __slots__ = ("accum_steps", "length", "micro_step", "pending")
@@ -34,20 +36,33 @@ class AccumulationWindows:
         self.micro_step = 0  # micro-steps taken in this epoch
         self.pending = 0  # micro-steps whose gradients have not been stepped yet
 
+    def start(self) -> int:
+        r"""
+        Micro-step index at which the current window started. Past the epoch's length (a loop of its own that runs
+        more micro-steps) windows of `accum_steps` start again from the length.
+        """
+        micro_step, accum_steps, length = self.micro_step, self.accum_steps, self.length
+        if length is not None and micro_step >= length:
+            return length + (micro_step - length) // accum_steps * accum_steps
+        return micro_step // accum_steps * accum_steps
+
     def end(self) -> int:
-        r"""Micro-step index (exclusive) at which the current window ends."""
-        end = (self.micro_step // self.accum_steps + 1) * self.accum_steps
-        if self.length is not None and end > self.length:
-            return self.length
+        r"""Micro-step index (exclusive) at which the current window ends: the epoch's end cuts it short."""
+        end = self.start() + self.accum_steps
+        length = self.length
+        if length is not None and self.micro_step < length < end:
+            return length
         return end
 
     def size(self) -> int:
         r"""Number of micro-steps in the current window (what its losses are divided by)."""
-        return self.end() - (self.micro_step // self.accum_steps) * self.accum_steps
+        if self.accum_steps == 1:
+            return 1
+        return self.end() - self.start()
 
     def is_last(self) -> bool:
         r"""Whether the upcoming micro-step closes its window (gradients must be synchronised)."""
-        return self.micro_step + 1 >= self.end()
+        return self.accum_steps == 1 or self.micro_step + 1 >= self.end()
 
     def advance(self) -> bool:
         r"""
@@ -56,7 +71,7 @@ class AccumulationWindows:
         Returns:
             Whether it closed its window, i.e. the optimizer must step now.
         """
-        closes = self.micro_step + 1 >= self.end()
+        closes = self.accum_steps == 1 or self.micro_step + 1 >= self.end()
         self.micro_step += 1
         self.pending += 1
         return closes

@@ -32,7 +32,7 @@ class BarSafeStreamHandler(logging.StreamHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         tqdm = sys.modules.get("tqdm")
-        if tqdm is None:
+        if tqdm is None or not getattr(tqdm.tqdm, "_instances", True):  # no bar open: nothing to clear and redraw
             super().emit(record)
             return
         try:
@@ -44,9 +44,29 @@ class BarSafeStreamHandler(logging.StreamHandler):
             self.handleError(record)
 
 
-def _install(logger: logging.Logger, handler: logging.Handler, level: int) -> None:
+class SharedFormatter(logging.Formatter):
+    r"""
+    A `Formatter` that formats a record once, however many handlers share it (stdout and the log file).
+
+    Examples:
+        >>> formatter = SharedFormatter("%(levelname)s %(message)s")
+        >>> record = logging.LogRecord("danling", logging.INFO, __file__, 1, "hello", None, None)
+        >>> formatter.format(record), formatter.format(record) is formatter.format(record)
+        ('INFO hello', True)
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        cached = record.__dict__.get("_danling_formatted")
+        if cached is not None and cached[0] is self:
+            return cached[1]
+        line = super().format(record)
+        record._danling_formatted = (self, line)
+        return line
+
+
+def _install(logger: logging.Logger, handler: logging.Handler, level: int, formatter: logging.Formatter) -> None:
     handler.setLevel(level)
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(formatter)
     setattr(handler, _HANDLER_MARK, True)
     logger.addHandler(handler)
 
@@ -128,13 +148,13 @@ def configure_logger(logger: logging.Logger, log_file: str | None, main_process:
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
     if main_process:
-        _install(logger, BarSafeStreamHandler(sys.stdout), logging.INFO)
+        formatter = SharedFormatter(FORMAT)
+        _install(logger, BarSafeStreamHandler(sys.stdout), logging.INFO, formatter)
         if log_file is not None:
-            _install(logger, logging.FileHandler(log_file, mode="a", encoding="utf-8", delay=True), logging.DEBUG)
+            handler = logging.FileHandler(log_file, mode="a", encoding="utf-8", delay=True)
+            _install(logger, handler, logging.DEBUG, formatter)
     else:
-        handler = logging.StreamHandler(sys.stderr)
-        _install(logger, handler, logging.WARNING)
-        handler.setFormatter(logging.Formatter(f"[rank {rank}] {FORMAT}"))
+        _install(logger, logging.StreamHandler(sys.stderr), logging.WARNING, SharedFormatter(f"[rank {rank}] {FORMAT}"))
     return logger
 
 

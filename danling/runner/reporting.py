@@ -17,7 +17,7 @@ from . import results as res
 from .banner import log_banner
 from .data import loader_length
 from .startup import write_config_file
-from .telemetry import display_values, hparam_values, step_view, write_hparams, write_scalars
+from .telemetry import display_values, format_step_values, hparam_values, step_view, write_hparams, write_scalars
 from .utils import RunnerMode, format_result, on_main_process
 
 
@@ -195,7 +195,7 @@ class ReportingMixin:
         verb = {"train": "training", "evaluate": "evaluating", "infer": "inferring"}[str(self.mode)]
         prefix = f"{verb} on {split} " if split is not None else ""
         position = f"[{steps}/{length}]" if length is not None else f"[{steps}]"
-        return f"{prefix}{position}\t{format_result(display_values(step_view(result), format_spec, step=True))}"
+        return f"{prefix}{position}\t{format_step_values(step_view(result), format_spec)}"
 
     def format_bar_postfix(self, result: Mapping) -> str:
         r"""

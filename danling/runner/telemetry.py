@@ -112,20 +112,23 @@ class Telemetry:
             The batches, unchanged.
         """
         clock = time.perf_counter
-        iterator = iter(loader)
-        while True:
-            start = clock()
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                return
+        start = clock()
+        for batch in loader:
             self.data_time += clock() - start
             self.batches += 1
-            self.samples += batch_length(batch)
-            if isinstance(batch, Mapping) and "num_tokens" in batch:
-                tokens = batch["num_tokens"]
-                self.tokens = self.tokens + (tokens.sum() if isinstance(tokens, torch.Tensor) else tokens)
+            cls = type(batch)
+            if cls is tuple or cls is list:  # the common `(input, target)` batch: no tokens to look for
+                self.samples += batch_length(batch)
+            else:
+                self._count_batch(batch)
             yield batch
+            start = clock()
+
+    def _count_batch(self, batch: Any) -> None:
+        self.samples += batch_length(batch)
+        if isinstance(batch, Mapping) and "num_tokens" in batch:
+            tokens = batch["num_tokens"]
+            self.tokens = self.tokens + (tokens.sum() if isinstance(tokens, torch.Tensor) else tokens)
 
     def step_stats(self, steps: int | None = None) -> dict[str, float]:
         r"""
@@ -223,8 +226,16 @@ def batch_length(batch: Any) -> int:
         >>> batch_length("text")
         1
     """
+    cls = type(batch)
+    if cls is tuple or cls is list:  # the common case first, with exact type checks (no ABC machinery)
+        if not batch:
+            return 1
+        first = batch[0]
+        if type(first) is torch.Tensor:
+            return first.shape[0] if first.ndim else 1
+        return batch_length(first)
     if isinstance(batch, torch.Tensor):
-        return batch.shape[0] if batch.dim() > 0 else 1
+        return batch.shape[0] if batch.ndim else 1
     if isinstance(batch, Mapping):
         for key in ("input", "target"):
             if key in batch:

@@ -96,6 +96,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         self._recovery = Recovery(self)
         super().__init__(config)
         self._device = self._resolve_device()
+        self._batches_stay = self._device.type == "cpu"  # batches are already where the model is
         self._precision = Precision(self.config.get("precision"), self._device.type)
         self.telemetry = Telemetry(self._device, self.world_size)
         self._parallel = build_parallelism(self.config, self._precision.dtype)
@@ -469,6 +470,9 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         Raises:
             ValueError: If the batch has another shape.
         """
+        cls = type(data)
+        if (cls is tuple or cls is list) and len(data) == 2:  # the common case, without the ABC check below
+            return data[0], data[1]
         if isinstance(data, Mapping):
             if "input" in data:
                 return data["input"], data.get("target")
@@ -482,10 +486,9 @@ class TorchRunner(OptimizationMixin, BaseRunner):
 
     def to_device(self, data: Any) -> Any:
         r"""Move a batch to `device` in the main process (non-blocking from pinned memory on CUDA)."""
-        device = self._device
-        if device.type == "cpu":
+        if self._batches_stay:
             return data
-        return to_device(data, device, non_blocking=True)
+        return to_device(data, self._device, non_blocking=True)
 
     @evaluation_context
     def evaluate(self, evaluate_splits: list[str] | None = None) -> NestedDict:
@@ -737,6 +740,8 @@ _END = object()
 
 
 def _batch_length(target: Any, pred: Any) -> int:
+    if type(target) is torch.Tensor and target.ndim:  # the common case first
+        return target.shape[0]
     for value in (target, pred):
         if isinstance(value, torch.Tensor) and value.dim() > 0:
             return value.shape[0]

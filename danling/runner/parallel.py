@@ -163,8 +163,8 @@ class DataParallel:
 
     def no_sync(self, model: nn.Module) -> AbstractContextManager:
         r"""Context for a micro-step that must not synchronise gradients: `model.no_sync()` when it has one (DDP)."""
-        no_sync = getattr(model, "no_sync", None)
-        return _NULL_CONTEXT if no_sync is None else no_sync()
+        # Looked up on the class: a plain module's `__getattr__` would raise (and catch) an AttributeError per call.
+        return _NULL_CONTEXT if getattr(type(model), "no_sync", None) is None else model.no_sync()
 
     @staticmethod
     def evaluation_module(model: nn.Module) -> nn.Module:

@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import danling as dl
+from danling.runner.accumulation import AccumulationWindows
 
 from .conftest import ClassifierRunner, parameters_of
 
@@ -199,3 +200,24 @@ def test_has_nan_inf_grad():
     assert dl.TorchRunner.has_nan_inf_grad(model) is False
     model.weight.grad[0, 0] = float("inf")
     assert dl.TorchRunner.has_nan_inf_grad(model) is True
+
+
+def test_windows_past_the_epoch_length_are_full_windows_from_the_length_on():
+    windows = AccumulationWindows(accum_steps=3, length=4)  # windows [0, 3), [3, 4), then [4, 7), [7, 10)
+    sizes, closes = [], []
+    for _ in range(10):
+        sizes.append(windows.size())
+        closes.append(windows.advance())
+    assert sizes == [3, 3, 3, 1, 3, 3, 3, 3, 3, 3]
+    assert closes == [False, False, True, True, False, False, True, False, False, True]
+
+
+def test_a_loop_of_its_own_that_runs_past_the_epoch_length_keeps_dividing_by_real_window_sizes(make_runner):
+    # A ported `train_epoch` that calls `train_step` itself, more times than the epoch the windows were set up for.
+    runner = make_runner(accum_steps=2, epoch_end=1)
+    runner.train(evaluate_splits=[])  # sets the windows up for an epoch of 5 micro-batches
+    batch = next(iter(runner.dataloaders.train))
+    calls = count_optimizer_steps(runner)
+    losses = [runner.train_step(batch)[1] for _ in range(6)]
+    assert all(torch.isfinite(loss) for loss in losses)
+    assert calls[0] == 3  # micro-steps 5, 6, 7, 8, 9, 10 of the epoch: windows [5, 7), [7, 9), [9, 11) close at 6, 8, 10

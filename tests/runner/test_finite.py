@@ -129,3 +129,16 @@ def test_the_training_step_never_waits_for_the_device(make_runner, monkeypatch):
     assert runner.steps == 3
     with pytest.raises(FloatingPointError, match="batch 1"):
         runner._loss_guard.check()
+
+
+def test_large_finite_losses_pass_and_a_nan_among_them_is_still_located():
+    guard = NonFiniteLossGuard()
+    guard.start("train", epoch=0, steps=0, accum_steps=1)
+    for index in range(20):  # a float32 sum of these would overflow to inf; the check sums in float64
+        guard.watch(torch.tensor(3e38), index)
+    guard.check()
+    assert guard.pending == []
+    for index in range(20, 30):
+        guard.watch(torch.tensor(float("inf") if index == 27 else 3e38), index)
+    with pytest.raises(FloatingPointError, match=r"step 28 \(batch 27 of the epoch\)"):
+        guard.check()

@@ -130,3 +130,27 @@ def test_setup_logger_on_other_ranks_only_warns(capsys: pytest.CaptureFixture[st
     assert not (tmp_path / "x.log").exists()
     close_logger(logger)
     assert not own_handlers(logger)
+
+
+def test_a_record_is_formatted_once_for_stdout_and_the_log_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from danling.runner.log import SharedFormatter
+
+    calls = []
+    original = logging.Formatter.format
+
+    def counting_format(self, record):
+        calls.append(record.getMessage())
+        return original(self, record)
+
+    logger = setup_logger("danling.test.shared", str(tmp_path / "run.log"))
+    try:
+        assert len({id(handler.formatter) for handler in logger.handlers}) == 1
+        assert all(isinstance(handler.formatter, SharedFormatter) for handler in logger.handlers)
+        logging.Formatter.format = counting_format
+        logger.info("one line")
+    finally:
+        logging.Formatter.format = original
+        close_logger(logger)
+    assert calls == ["one line"]
+    written = (tmp_path / "run.log").read_text().strip()
+    assert written.endswith("one line") and written == capsys.readouterr().out.strip()

@@ -57,9 +57,10 @@ class ReportingMixin:
 
     def get_step_result(self) -> NestedDict:
         r"""
-        Values of the meters and the current split's metrics on the latest batch.
+        Values of the meters and the current split's metrics on the latest batch. A meter not updated since the
+        epoch began (e.g. `meters.time.reset()` and nothing more) is left out rather than shown as `nan`.
         """
-        result = NestedDict(self.meters.value())
+        result = NestedDict(self.meters.value(skip_empty=True))
         metrics = self.current_metrics
         if metrics is not None:
             result.merge(_flatten_single(metrics.value()))
@@ -67,9 +68,10 @@ class ReportingMixin:
 
     def get_epoch_result(self) -> NestedDict:
         r"""
-        Averages of the meters and the current split's metrics over the epoch (over all processes).
+        Averages of the meters and the current split's metrics over the epoch (over all processes). A meter no
+        rank updated in the epoch is left out rather than shown as `nan`; one updated with a NaN shows NaN.
         """
-        result = NestedDict(self.meters.average())
+        result = NestedDict(self.meters.average(skip_empty=True))
         metrics = self.current_metrics
         if metrics is not None:
             result.merge(_flatten_single(metrics.average()))

@@ -12,7 +12,9 @@ from typing import Any
 import torch
 from torch import distributed as dist
 
-DEFAULT_SIGNALS = ("SIGTERM", "SIGUSR1")
+from .config import DEFAULT_PREEMPTION_SIGNALS, parse_preemption_signals
+
+DEFAULT_SIGNALS = DEFAULT_PREEMPTION_SIGNALS
 
 
 class Preempted(SystemExit):
@@ -32,32 +34,20 @@ def parse_signals(names: Any) -> list[signal.Signals]:
     r"""
     Signals named by `config.preemption_signals`: names (`"SIGTERM"`, `"USR1"`) or numbers; `None`/`[]` for none.
 
+    The same rules as the config key (see
+    [`parse_preemption_signals`][danling.runner.config.parse_preemption_signals]).
+
     Raises:
-        ValueError: On a name or number that is not a signal of this platform.
+        ValueError: On a name or number that is not a signal of this platform, or cannot be caught.
 
     Examples:
         >>> [s.name for s in parse_signals(["SIGTERM", "USR1", 2])]
         ['SIGTERM', 'SIGUSR1', 'SIGINT']
         >>> parse_signals("SIGFOO")
         Traceback (most recent call last):
-        ValueError: preemption_signals names 'SIGFOO', which is not a signal here; use names like 'SIGTERM', 'SIGUSR1'
+        ValueError: config key 'preemption_signals' names 'SIGFOO', which is not a signal that can be caught here; ...
     """
-    if names is None or names is False:
-        return []
-    if isinstance(names, (str, int)):
-        names = [names]
-    parsed = []
-    for name in names:
-        try:
-            if isinstance(name, int):
-                parsed.append(signal.Signals(name))
-            else:
-                upper = str(name).upper()
-                parsed.append(signal.Signals[upper if upper.startswith("SIG") else "SIG" + upper])
-        except (KeyError, ValueError):
-            hint = "use names like 'SIGTERM', 'SIGUSR1'"
-            raise ValueError(f"preemption_signals names {name!r}, which is not a signal here; {hint}") from None
-    return parsed
+    return [signal.Signals[name] for name in parse_preemption_signals(names)]
 
 
 class PreemptionHandler:

@@ -13,6 +13,7 @@ import torch
 from torch import distributed as dist
 
 from .config import DEFAULT_PREEMPTION_SIGNALS, parse_preemption_signals
+from .consensus import FailureConsensus
 
 DEFAULT_SIGNALS = DEFAULT_PREEMPTION_SIGNALS
 
@@ -58,8 +59,9 @@ class PreemptionHandler:
     is pending is handled as it would be without this handler (by default: the process ends), so a stuck
     process can still be stopped. `should_stop()` is free in a
     single process (an attribute read); distributed, it all-reduces one flag (MAX) so that every rank stops at
-    the same step even when the signal reached one rank only. With `nccl` the flag lives on the GPU and reading
-    it synchronises the host with the device once per optimizer step; on `gloo` it is a CPU tensor.
+    the same step even when the signal reached one rank only; the same all-reduce carries whether any rank
+    failed (see [`FailureConsensus`][danling.runner.consensus.FailureConsensus]). With `nccl` the flag lives on
+    the GPU and reading it synchronises the host with the device once per optimizer step; on `gloo` it is a CPU tensor.
 
     Args:
         signals: Signals to catch (see [`parse_signals`][danling.runner.preemption.parse_signals]).
@@ -141,16 +143,22 @@ class PreemptionHandler:
         r"""Name of the signal received, or `None`."""
         return None if self.received is None else signal.Signals(self.received).name
 
-    def should_stop(self) -> bool:
+    def should_stop(self, failures: FailureConsensus | None = None) -> bool:
         r"""
         Whether any rank received a signal. Collective when distributed: call it at the same points on all ranks.
+
+        Args:
+            failures: This rank's [`FailureConsensus`][danling.runner.consensus.FailureConsensus], agreed on in
+                the same all-reduce as the flag (no extra collective): when any rank failed, every rank raises
+                [`RankFailedError`][danling.runner.consensus.RankFailedError].
         """
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            if failures is not None and failures.failed:
+                failures.agree()  # raises the kept failure
             self.acknowledged = self.received is not None
             return self.acknowledged
-        flag = torch.tensor([self.received or 0], dtype=torch.int64, device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        agreed = int(flag.item())
+        failures = FailureConsensus() if failures is None else failures
+        agreed = failures.agree(self.received or 0, self.device)
         if agreed and self.received is None:
             self.received = agreed
         self.acknowledged = bool(agreed)

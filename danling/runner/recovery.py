@@ -193,7 +193,10 @@ class Recovery:
         # Distributed, a background save failing on rank 0 must reach every rank: agree at every boundary (the
         # preemption all-reduce carries it when signals are caught; else a background save adds that one).
         distributed = runner.distributed
-        agree_each_step = preemption is not None or (saver is not None and distributed)
+        if distributed and (preemption is not None or saver is not None):
+            should_stop: Callable[[], bool] | None = self.agree_to_stop
+        else:  # one process: a failure is raised where it happens, nothing to agree on
+            should_stop = None if preemption is None else preemption.should_stop
         failures = self.failures
 
         def at_boundary(split: str, batches: int, length: int | None) -> None:
@@ -203,7 +206,7 @@ class Recovery:
                         saver.check()
                 else:
                     saver.check()  # a background save that failed stops the run here, naming its file
-            stop = agree_each_step and self.agree_to_stop()
+            stop = should_stop is not None and should_stop()
             due = save_steps is not None and runner.steps % save_steps == 0 and (length is None or batches < length)
             if stop or due:
                 self.save_position_agreed(split, batches, wait=stop)

@@ -131,3 +131,48 @@ def test_the_failure_is_in_rank_0s_log(launch):
 
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+
+
+def test_a_failed_sharded_commit_raises_its_error_in_one_process_and_keeps_the_previous_checkpoint(
+    tmp_path, monkeypatch
+):
+    from danling.runner.checkpointing import ShardedCheckpointManager, sharded
+
+    manager = ShardedCheckpointManager(str(tmp_path))
+    manager.save({"model": {"w": torch.ones(2)}}, steps=1, keep=0)
+
+    def failing_swap(temporary: str, target: str) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(sharded, "swap_into_place", failing_swap)
+    with pytest.raises(OSError, match="Input/output error"):
+        manager.save({"model": {"w": torch.zeros(2)}}, steps=2, keep=0)
+    monkeypatch.undo()
+    assert torch.equal(manager.load(manager.path("latest"))["model"]["w"], torch.ones(2))  # verified, intact
+
+
+def test_a_preemption_save_that_fails_raises_its_error_not_preempted(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from danling.runner.checkpointing import formats
+
+    from .workers.rank_failure_worker import Job
+
+    def disk_full(self, state, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    config = {"log": False, "dir": str(tmp_path / "run"), "epoch_end": 2, "dataloader": {"batch_size": 4}}
+    runner = Job({**config, "async_save": True})
+    original = runner.optimizer_step
+
+    def step_then_signal():
+        original()
+        if runner.steps == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    runner.optimizer_step = step_then_signal
+    monkeypatch.setattr(formats.TorchFileFormat, "write", disk_full)
+    with pytest.raises(OSError, match=r"latest\.pth.*the disk is full"):  # not Preempted: nothing was saved
+        runner.train()
+    assert runner.steps == 3

@@ -109,12 +109,12 @@ def cases(out: str, rank: int) -> list[tuple[str, dict, Callable[[], Any]]]:
         ),
         (
             "async_in_epoch",
-            {"async_save": True, "step_sleep": 0.05},  # the failure rides on the preemption all-reduce
+            {"async_save": True, "step_sleep": 0.1},  # the failure rides on the preemption all-reduce
             lambda: patched(writer, "write", disk_full, rank == 0),
         ),
         (
             "async_no_signals",
-            {"async_save": True, "preemption_signals": [], "step_sleep": 0.05},  # no preemption all-reduce
+            {"async_save": True, "preemption_signals": [], "step_sleep": 0.1},  # no preemption all-reduce
             lambda: patched(writer, "write", disk_full, rank == 0),
         ),
         (

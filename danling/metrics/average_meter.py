@@ -300,6 +300,10 @@ class AverageMeters(DefaultDict):
         self._check_meter(name, value)
         super().set(name, value)
 
+    def meter(self, name: str) -> AverageMeter:
+        r"""The meter called `name`, created (empty) when missing."""
+        return self[name]
+
     def update(self, *args: Mapping[str, Scalar], n: Scalar = 1, **values: Scalar) -> None:  # type: ignore[override]
         r"""
         Update one meter per key (missing meters are created).
@@ -432,6 +436,10 @@ class MultiTaskAverageMeters(NestedDict):
         task1.loss: 0.80 (0.70)
         task2.loss: 0.40 (0.30)
     """
+
+    def meter(self, name: str) -> AverageMeter:
+        r"""The meter at the dotted path `name`, created (empty) when missing."""
+        return self._meter(name)
 
     def _meter(self, name: str) -> AverageMeter:
         if name not in self:

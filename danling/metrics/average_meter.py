@@ -236,6 +236,21 @@ class AverageMeter:
         return f"{self.__class__.__name__}(val={self.val}, sum={self.sum}, count={self.count})"
 
 
+def _is_empty(meter: AverageMeter) -> bool:
+    # Never updated since its last reset: its value and average would read `nan` without meaning it.
+    return meter.count == 0
+
+
+def _averages(names: list[str], reduced: list[tuple[float, float]], skip_empty: bool) -> dict[str, float]:
+    averages = {}
+    for name, (total, count) in zip(names, reduced):
+        if count != 0:
+            averages[name] = total / count
+        elif not skip_empty:
+            averages[name] = nan
+    return averages
+
+
 def _merge_update_args(args: tuple[Mapping[str, Any], ...], values: dict[str, Any]) -> dict[str, Any]:
     """Combine the optional positional mapping and the keyword values of an `update` call."""
     if len(args) > 1:
@@ -285,6 +300,10 @@ class AverageMeters(DefaultDict):
         self._check_meter(name, value)
         super().set(name, value)
 
+    def meter(self, name: str) -> AverageMeter:
+        r"""The meter called `name`, created (empty) when missing."""
+        return self[name]
+
     def update(self, *args: Mapping[str, Scalar], n: Scalar = 1, **values: Scalar) -> None:  # type: ignore[override]
         r"""
         Update one meter per key (missing meters are created).
@@ -305,9 +324,22 @@ class AverageMeters(DefaultDict):
         for meter in self.values():
             meter.reset()
 
-    def value(self) -> FlatDict:
-        r"""Latest value of every meter on this process."""
-        return FlatDict({name: meter.val for name, meter in self.items()})
+    def value(self, skip_empty: bool = False) -> FlatDict:
+        r"""
+        Latest value of every meter on this process.
+
+        Args:
+            skip_empty: Leave out meters never updated since their last reset (`count` 0), which would read `nan`;
+                a meter updated with a real NaN is kept.
+
+        Examples:
+            >>> meters = AverageMeters()
+            >>> meters.update(loss=float("nan"))
+            >>> meters.time.reset()  # touched, never updated
+            >>> meters.value(skip_empty=True).dict(), meters.average(skip_empty=True).dict()
+            ({'loss': nan}, {'loss': nan})
+        """
+        return FlatDict({name: meter.val for name, meter in self.items() if not (skip_empty and _is_empty(meter))})
 
     def batch(self) -> FlatDict:
         r"""Weighted mean of the latest update of every meter across processes; collective when distributed."""
@@ -316,17 +348,21 @@ class AverageMeters(DefaultDict):
         reduced = reduce_sums([m._val * m._n for m in meters], [m._n for m in meters])
         return FlatDict({name: total / count if count != 0 else nan for name, (total, count) in zip(names, reduced)})
 
-    def average(self) -> FlatDict:
+    def average(self, skip_empty: bool = False) -> FlatDict:
         r"""
         Average of every meter across processes, computed with a single collective.
 
         Collective when distributed: call on all ranks. A meter present on only some ranks is created (empty) on
         the others, so every rank reduces the same names in the same order.
+
+        Args:
+            skip_empty: Leave out meters no rank updated since their last reset (which would read `nan`); a meter
+                updated with a real NaN is kept.
         """
         names = union_keys(list(self.keys()))
         meters = [self[name] for name in names]
         reduced = reduce_sums([m._sum for m in meters], [m._count for m in meters])
-        return FlatDict({name: total / count if count != 0 else nan for name, (total, count) in zip(names, reduced)})
+        return FlatDict(_averages(names, reduced, skip_empty))
 
     @property
     def val(self) -> FlatDict:
@@ -401,6 +437,10 @@ class MultiTaskAverageMeters(NestedDict):
         task2.loss: 0.40 (0.30)
     """
 
+    def meter(self, name: str) -> AverageMeter:
+        r"""The meter at the dotted path `name`, created (empty) when missing."""
+        return self._meter(name)
+
     def _meter(self, name: str) -> AverageMeter:
         if name not in self:
             self.set(name, AverageMeter())
@@ -430,16 +470,23 @@ class MultiTaskAverageMeters(NestedDict):
         for meter in self.meters().values():
             meter.reset()
 
-    def value(self) -> NestedDict:
-        r"""Latest value of every meter on this process, nested by task."""
-        return NestedDict({name: meter.val for name, meter in self.meters().items()})
+    def value(self, skip_empty: bool = False) -> NestedDict:
+        r"""
+        Latest value of every meter on this process, nested by task (`skip_empty`: leave out meters never
+        updated since their last reset).
+        """
+        meters = self.meters().items()
+        return NestedDict({name: meter.val for name, meter in meters if not (skip_empty and _is_empty(meter))})
 
-    def average(self) -> NestedDict:
-        r"""Average of every meter across processes (one collective); call on all ranks."""
+    def average(self, skip_empty: bool = False) -> NestedDict:
+        r"""
+        Average of every meter across processes (one collective); call on all ranks (`skip_empty`: leave out
+        meters no rank updated since their last reset).
+        """
         names = union_keys(list(self.meters()))
         meters = [self._meter(name) for name in names]
         reduced = reduce_sums([m._sum for m in meters], [m._count for m in meters])
-        return NestedDict({name: total / count if count != 0 else nan for name, (total, count) in zip(names, reduced)})
+        return NestedDict(_averages(names, reduced, skip_empty))
 
     @property
     def val(self) -> NestedDict:

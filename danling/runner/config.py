@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import difflib
 import json
+import signal
 import subprocess
 import sys
 import warnings
 from collections.abc import Iterable, Mapping
+from contextlib import suppress
 from typing import Any, Optional
 from uuid import UUID, uuid5
 
@@ -57,6 +59,11 @@ TYPO_CUTOFF = 0.8
 # Spellings a switch accepts from a string (config files, environment, code), compared case-insensitively.
 TRUE_STRINGS = frozenset({"true", "yes", "on", "1"})
 FALSE_STRINGS = frozenset({"false", "no", "off", "0"})
+# Signals that request a save-and-stop by default (those this platform has).
+DEFAULT_PREEMPTION_SIGNALS = tuple(name for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
+# Strings that mean "no signal" for `preemption_signals` (from the command line or a config file).
+NO_SIGNAL_STRINGS = frozenset({"", "[]", "none", "null"})
+UNCATCHABLE_SIGNALS = frozenset(name for name in ("SIGKILL", "SIGSTOP") if hasattr(signal, name))
 
 
 def get_git_hash(short: bool = True) -> str | None:
@@ -127,6 +134,9 @@ class Config(chanfig.Config):
         save_steps: Also save `latest.pth` every this many optimizer steps (`None`: at epoch ends only).
         keep_checkpoints: Step-stamped `step-N.pth` copies kept besides `latest.pth`/`best.pth` (0: none).
         auto_resume: Continue the newest valid checkpoint of the same run (name and id) when launched again.
+        preemption_signals: Signals that request a save-and-stop at the next optimizer step: names (`"SIGTERM"`,
+            `"TERM"`, any case) or numbers, stored as names; `[]` (or `None`) catches none. Defaults to
+            `["SIGTERM", "SIGUSR1"]`.
         async_save: Write checkpoints in the background.
         progress_bar: Show a progress bar (`None`: only on an interactive terminal).
 
@@ -194,6 +204,7 @@ class Config(chanfig.Config):
     save_steps: Optional[int] = None
     keep_checkpoints: Optional[int] = 2
     auto_resume: bool = False
+    preemption_signals: Optional[list] = list(DEFAULT_PREEMPTION_SIGNALS)
     async_save: bool = False
     progress_bar: Optional[bool] = None
 
@@ -277,10 +288,13 @@ class Config(chanfig.Config):
 
     def set(self, name: Any, value: Any, convert_mapping: bool | None = None) -> None:
         r"""
-        Set a key; a declared switch (`log`, `compile`, `async_save`...) only takes a boolean or one of its spellings.
+        Set a key; a declared switch (`log`, `compile`, `async_save`...) only takes a boolean or one of its
+        spellings, and `preemption_signals` only signals (see
+        [`parse_preemption_signals`][danling.runner.config.parse_preemption_signals]).
 
         Raises:
-            ValueError: If a switch is given a value that is not a boolean, naming the key and the accepted values.
+            ValueError: If a switch is given a value that is not a boolean, or `preemption_signals` something that
+                is not a signal, naming the key, the value and the accepted values.
 
         Examples:
             >>> Config({"log": "false", "compile": 1}).log, Config({"compile": 1}).compile
@@ -289,8 +303,8 @@ class Config(chanfig.Config):
             Traceback (most recent call last):
             ValueError: config key 'async_save' is a switch, but got 'maybe'; accepted values are True/False, 1/0, ...
         """
-        if isinstance(name, str) and name in SWITCHES and value is not None and not isinstance(value, bool):
-            value = parse_switch(name, value)
+        if isinstance(name, str):
+            value = checked_value(name, value)
         super().set(name, value, convert_mapping)
 
     def post(self) -> None:
@@ -460,18 +474,88 @@ def parse_switch(name: str, value: Any) -> bool:
     )
 
 
+def parse_preemption_signals(value: Any) -> list[str]:
+    r"""
+    The signals `preemption_signals` stands for, as canonical names.
+
+    Accepts a list of names (`"SIGTERM"`, `"TERM"`, `"usr1"`) and numbers (`15`, `"15"`), one name or number, or a
+    comma-separated string (`"TERM,USR1"`, from the command line); `None`, `[]`, `""`, `"none"` or `"[]"` mean
+    none. Repeated signals are kept once.
+
+    Raises:
+        ValueError: On a value that is not a signal of this platform, or one that cannot be caught (`SIGKILL`,
+            `SIGSTOP`), naming it and the accepted values.
+
+    Examples:
+        >>> parse_preemption_signals(["TERM", 10, "sigusr1"]), parse_preemption_signals("none")
+        (['SIGTERM', 'SIGUSR1'], [])
+        >>> parse_preemption_signals(["SIGTERM", "SIGFOO"])
+        Traceback (most recent call last):
+        ValueError: config key 'preemption_signals' names 'SIGFOO', which is not a signal that can be caught here; ...
+    """
+    if value is None or value is False:
+        return []
+    if isinstance(value, (str, int)) or not isinstance(value, Iterable) or isinstance(value, Mapping):
+        value = [value]
+    names: list[str] = []
+    for item in value:
+        words = item.replace(",", " ").split() if isinstance(item, str) else [item]
+        for word in words:
+            if isinstance(word, str) and word.lower() in NO_SIGNAL_STRINGS:
+                continue  # "[]" or "none" from the command line
+            name = _signal_name(word)
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def _signal_name(item: Any) -> str:
+    name = None
+    if isinstance(item, str) and item.strip().lstrip("-").isdigit():
+        item = int(item)
+    if isinstance(item, int) and not isinstance(item, bool):
+        with suppress(ValueError):
+            name = signal.Signals(item).name
+    elif isinstance(item, str):
+        upper = item.strip().upper()
+        upper = upper if upper.startswith("SIG") else "SIG" + upper
+        name = upper if isinstance(getattr(signal, upper, None), signal.Signals) else None
+    if name is None or name in UNCATCHABLE_SIGNALS:
+        raise ValueError(
+            f"config key 'preemption_signals' names {item!r}, which is not a signal that can be caught here; "
+            "accepted values are signal names ('SIGTERM', 'TERM', 'SIGUSR1'...) or numbers (15...), a list of them, "
+            "or [] / None for none"
+        )
+    return name
+
+
+def checked_value(name: str, value: Any) -> Any:
+    r"""
+    `value` as the declared key `name` stores it: a switch read by [`parse_switch`][danling.runner.config.parse_switch],
+    `preemption_signals` by [`parse_preemption_signals`][danling.runner.config.parse_preemption_signals]; other keys
+    unchanged.
+
+    Examples:
+        >>> checked_value("log", "off"), checked_value("preemption_signals", "TERM"), checked_value("lr", "x")
+        (False, ['SIGTERM'], 'x')
+    """
+    if name in SWITCHES and value is not None and not isinstance(value, bool):
+        return parse_switch(name, value)
+    if name == "preemption_signals":
+        return parse_preemption_signals(value)
+    return value
+
+
 def checked_switches(values: Mapping) -> dict:
     r"""
-    A copy of `values` with the value of every switch key read by [`parse_switch`][danling.runner.config.parse_switch].
+    A copy of `values` with the value of every declared key read by
+    [`checked_value`][danling.runner.config.checked_value] (switches, `preemption_signals`).
 
     Examples:
         >>> checked_switches({"log": "off", "lr": 0.1})
         {'log': False, 'lr': 0.1}
     """
-    return {
-        key: parse_switch(key, value) if key in SWITCHES and value is not None else value
-        for key, value in values.items()
-    }
+    return {key: checked_value(key, value) if isinstance(key, str) else value for key, value in values.items()}
 
 
 def _declared_switches(cls: type) -> frozenset[str]:

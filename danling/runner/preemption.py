@@ -12,7 +12,10 @@ from typing import Any
 import torch
 from torch import distributed as dist
 
-DEFAULT_SIGNALS = ("SIGTERM", "SIGUSR1")
+from .config import DEFAULT_PREEMPTION_SIGNALS, parse_preemption_signals
+from .consensus import FailureConsensus
+
+DEFAULT_SIGNALS = DEFAULT_PREEMPTION_SIGNALS
 
 
 class Preempted(SystemExit):
@@ -32,32 +35,20 @@ def parse_signals(names: Any) -> list[signal.Signals]:
     r"""
     Signals named by `config.preemption_signals`: names (`"SIGTERM"`, `"USR1"`) or numbers; `None`/`[]` for none.
 
+    The same rules as the config key (see
+    [`parse_preemption_signals`][danling.runner.config.parse_preemption_signals]).
+
     Raises:
-        ValueError: On a name or number that is not a signal of this platform.
+        ValueError: On a name or number that is not a signal of this platform, or cannot be caught.
 
     Examples:
         >>> [s.name for s in parse_signals(["SIGTERM", "USR1", 2])]
         ['SIGTERM', 'SIGUSR1', 'SIGINT']
         >>> parse_signals("SIGFOO")
         Traceback (most recent call last):
-        ValueError: preemption_signals names 'SIGFOO', which is not a signal here; use names like 'SIGTERM', 'SIGUSR1'
+        ValueError: config key 'preemption_signals' names 'SIGFOO', which is not a signal that can be caught here; ...
     """
-    if names is None or names is False:
-        return []
-    if isinstance(names, (str, int)):
-        names = [names]
-    parsed = []
-    for name in names:
-        try:
-            if isinstance(name, int):
-                parsed.append(signal.Signals(name))
-            else:
-                upper = str(name).upper()
-                parsed.append(signal.Signals[upper if upper.startswith("SIG") else "SIG" + upper])
-        except (KeyError, ValueError):
-            hint = "use names like 'SIGTERM', 'SIGUSR1'"
-            raise ValueError(f"preemption_signals names {name!r}, which is not a signal here; {hint}") from None
-    return parsed
+    return [signal.Signals[name] for name in parse_preemption_signals(names)]
 
 
 class PreemptionHandler:
@@ -68,8 +59,9 @@ class PreemptionHandler:
     is pending is handled as it would be without this handler (by default: the process ends), so a stuck
     process can still be stopped. `should_stop()` is free in a
     single process (an attribute read); distributed, it all-reduces one flag (MAX) so that every rank stops at
-    the same step even when the signal reached one rank only. With `nccl` the flag lives on the GPU and reading
-    it synchronises the host with the device once per optimizer step; on `gloo` it is a CPU tensor.
+    the same step even when the signal reached one rank only; the same all-reduce carries whether any rank
+    failed (see [`FailureConsensus`][danling.runner.consensus.FailureConsensus]). With `nccl` the flag lives on
+    the GPU and reading it synchronises the host with the device once per optimizer step; on `gloo` it is a CPU tensor.
 
     Args:
         signals: Signals to catch (see [`parse_signals`][danling.runner.preemption.parse_signals]).
@@ -151,16 +143,22 @@ class PreemptionHandler:
         r"""Name of the signal received, or `None`."""
         return None if self.received is None else signal.Signals(self.received).name
 
-    def should_stop(self) -> bool:
+    def should_stop(self, failures: FailureConsensus | None = None) -> bool:
         r"""
         Whether any rank received a signal. Collective when distributed: call it at the same points on all ranks.
+
+        Args:
+            failures: This rank's [`FailureConsensus`][danling.runner.consensus.FailureConsensus], agreed on in
+                the same all-reduce as the flag (no extra collective): when any rank failed, every rank raises
+                [`RankFailedError`][danling.runner.consensus.RankFailedError].
         """
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            if failures is not None and failures.failed:
+                failures.agree()  # raises the kept failure
             self.acknowledged = self.received is not None
             return self.acknowledged
-        flag = torch.tensor([self.received or 0], dtype=torch.int64, device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        agreed = int(flag.item())
+        failures = FailureConsensus() if failures is None else failures
+        agreed = failures.agree(self.received or 0, self.device)
         if agreed and self.received is None:
             self.received = agreed
         self.acknowledged = bool(agreed)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Callable
 from warnings import warn
 
@@ -18,6 +18,7 @@ from chanfig import NestedDict
 
 from danling.utils.io import to_plain
 
+from .consensus import FailureConsensus, RankFailedError
 from .preemption import DEFAULT_SIGNALS, Preempted, PreemptionHandler
 from .resumption import (
     POSITION,
@@ -49,6 +50,7 @@ class Recovery:
         self.resume: ResumePoint | None = None
         self.saved_plan: Mapping | None = None
         self.preemption: PreemptionHandler | None = None
+        self.failures = FailureConsensus()
 
     # Around the loop
 
@@ -66,6 +68,9 @@ class Recovery:
         r"""Log a collective that timed out (`dist_timeout`) as what it means: another rank hung or died."""
         try:
             yield
+        except RankFailedError as error:
+            self.runner.log(f"rank {self.runner.rank}: {error} (at step {self.runner.steps})", logging.ERROR)
+            raise
         except RuntimeError as error:
             runner = self.runner
             if runner.distributed and "timed out" in str(error).lower():
@@ -108,10 +113,35 @@ class Recovery:
         self.runner._loss_guard.check(self.runner.distributed)
         self.collected = gather_to_main(self.rank_state(mid_epoch=False))
 
+    def contain(self) -> AbstractContextManager:
+        r"""
+        Around rank-local work whose failure must stop every rank (the epoch's checkpoint and result files, written
+        by rank 0): a failure is kept until the next
+        [`stop_if_preempted`][danling.runner.recovery.Recovery.stop_if_preempted] or step boundary, where every
+        rank agrees on it and raises [`RankFailedError`][danling.runner.consensus.RankFailedError] naming the
+        failing rank and its error.
+        """
+        return self.failures.contain()
+
     def stop_if_preempted(self) -> None:
-        r"""After the epoch's checkpoint: stop when any rank was signalled. Collective when distributed."""
-        if self.preemption is not None and self.preemption.active and self.preemption.should_stop():
+        r"""
+        After the epoch's checkpoint: raise a failure of any rank (on every rank), then stop when any rank was
+        signalled. Collective when distributed (one all-reduce).
+        """
+        if self.agree_to_stop():
             self.exit_preempted()
+
+    def agree_to_stop(self) -> bool:
+        r"""
+        Whether any rank was signalled; when any rank kept a failure, every rank raises
+        [`RankFailedError`][danling.runner.consensus.RankFailedError] instead. Collective when distributed (the
+        signal and the failures share one all-reduce); a single process reads two attributes.
+        """
+        handler = self.preemption
+        if handler is None or not handler.active:
+            self.failures.agree()
+            return False
+        return handler.should_stop(self.failures)
 
     # Inside an epoch
 
@@ -160,18 +190,47 @@ class Recovery:
         saver = runner.async_saver
         if save_steps is None and preemption is None and saver is None:
             return None
+        # Distributed, a background save failing on rank 0 must reach every rank: agree at every boundary (the
+        # preemption all-reduce carries it when signals are caught; else a background save adds that one).
+        distributed = runner.distributed
+        if distributed and (preemption is not None or saver is not None):
+            should_stop: Callable[[], bool] | None = self.agree_to_stop
+        else:  # one process: a failure is raised where it happens, nothing to agree on
+            should_stop = None if preemption is None else preemption.should_stop
+        failures = self.failures
 
         def at_boundary(split: str, batches: int, length: int | None) -> None:
             if saver is not None:
-                saver.check()  # a background save that failed stops the run here, naming its file
-            stop = preemption is not None and preemption.should_stop()
+                if distributed:
+                    with failures.contain():
+                        saver.check()
+                else:
+                    saver.check()  # a background save that failed stops the run here, naming its file
+            stop = should_stop is not None and should_stop()
             due = save_steps is not None and runner.steps % save_steps == 0 and (length is None or batches < length)
             if stop or due:
-                runner.save_position(split, batches)
+                self.save_position_agreed(split, batches, wait=stop)
             if stop:
                 self.exit_preempted()
 
         return at_boundary
+
+    def save_position_agreed(self, split: str, batches: int, wait: bool = False) -> None:
+        r"""
+        Save the mid-epoch checkpoint, then agree on every rank that it was written before any rank goes on
+        (`RankFailedError` on every rank when rank 0's write failed). Collective when distributed.
+
+        Args:
+            split: The train split running.
+            batches: Micro-batches of it consumed so far.
+            wait: Also wait for a background save (`async_save`) to commit: before a preemption exit.
+        """
+        runner = self.runner
+        with self.failures.contain():
+            runner.save_position(split, batches)
+            if wait and runner.async_saver is not None:
+                runner.async_saver.wait()
+        self.failures.agree()
 
     def mid_epoch_state(self, split: str, batches: int) -> Mapping:
         r"""The checkpoint after `batches` micro-batches of `split`. Collective when distributed."""

@@ -8,8 +8,11 @@ from collections.abc import Mapping
 from typing import Any, Callable
 from warnings import warn
 
+import torch
 from chanfig import NestedDict
 
+from danling.metrics._sync import union_keys
+from danling.utils import distributed as dist_utils
 from danling.utils.io import save, to_plain
 
 from . import checkpoints as ckpt
@@ -36,6 +39,7 @@ class ReportingMixin:
     train_metrics: Any = None
     evaluate_metrics: Any = None
     mode: RunnerMode
+    distributed: bool
     logger: logging.Logger | None = None
     writer: Any = None
     _score_split_warned: bool = False
@@ -57,19 +61,36 @@ class ReportingMixin:
 
     def get_step_result(self) -> NestedDict:
         r"""
-        Values of the meters and the current split's metrics on the latest batch.
+        Values of the meters and the current split's metrics on the latest batch. A meter not updated since the
+        epoch began (e.g. `meters.time.reset()` and nothing more) is left out rather than shown as `nan`. In
+        distributed training every rank then reduces the same values, so a meter is left out only when no rank
+        updated it (one all-reduce of the counts; training log steps are collective there anyway).
         """
-        result = NestedDict(self.meters.value())
+        result = NestedDict(self._updated_meter_values())
         metrics = self.current_metrics
         if metrics is not None:
             result.merge(_flatten_single(metrics.value()))
         return result
 
+    def _updated_meter_values(self) -> Mapping:
+        meters = self.meters
+        if not (self.distributed and self.mode == RunnerMode.train):
+            return meters.value(skip_empty=True)
+        # The values are reduced across ranks next: every rank must report the same meters, in the same order,
+        # even one that exists on some ranks only; each is the mean of the ranks that updated it.
+        names = union_keys([name for name, _ in meters.count.all_items()])
+        updated = [meter.count != 0 for meter in map(meters.meter, names)]
+        values = [meters.meter(name).val if ok else 0.0 for name, ok in zip(names, updated)]
+        totals = dist_utils.all_reduce(torch.tensor([*values, *map(float, updated)], dtype=torch.float64)).tolist()
+        count = len(names)
+        return {name: totals[i] / totals[count + i] for i, name in enumerate(names) if totals[count + i] != 0}
+
     def get_epoch_result(self) -> NestedDict:
         r"""
-        Averages of the meters and the current split's metrics over the epoch (over all processes).
+        Averages of the meters and the current split's metrics over the epoch (over all processes). A meter no
+        rank updated in the epoch is left out rather than shown as `nan`; one updated with a NaN shows NaN.
         """
-        result = NestedDict(self.meters.average())
+        result = NestedDict(self.meters.average(skip_empty=True))
         metrics = self.current_metrics
         if metrics is not None:
             result.merge(_flatten_single(metrics.average()))

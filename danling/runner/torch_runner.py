@@ -250,8 +250,9 @@ class TorchRunner(OptimizationMixin, BaseRunner):
                 self.log(self.format_epoch_result(result))
                 # Commit order: the checkpoint first, then the JSON files that describe it.
                 recovery.end_of_epoch()
-                self.save_checkpoint(epochs=epoch)
-                self._save_result_after_checkpoint()
+                with recovery.contain():  # a failed save stops every rank at the agreement just below
+                    self.save_checkpoint(epochs=epoch)
+                    self._save_result_after_checkpoint()
                 if self.writer is not None:
                     self.writer.flush()
                 recovery.stop_if_preempted()

@@ -130,3 +130,20 @@ def test_multitask_meters_nested_and_dotted():
     assert f"{meters:.1f}" == "task1.loss: 3.0 (2.5)\ntask2.loss: 4.0 (3.5)"
     meters.reset()
     assert math.isnan(meters.average()["task1.loss"])
+
+
+@pytest.mark.parametrize("meters", [AverageMeters(), MultiTaskAverageMeters()])
+def test_skip_empty_leaves_out_meters_never_updated_but_keeps_a_real_nan(meters):
+    meters.update({"loss": 0.5, "spike": float("nan")})
+    meters.update({"loss": 1.5})
+    if isinstance(meters, AverageMeters):
+        meters.time.reset()  # reference-style code: touched, never updated
+    else:
+        meters._meter("time")
+    assert math.isnan(meters.average()["time"])  # the default keeps every meter, as before
+    for values in (meters.value(skip_empty=True), meters.average(skip_empty=True)):
+        assert sorted(values.keys()) == ["loss", "spike"]
+        assert math.isnan(values["spike"])
+    assert meters.average(skip_empty=True)["loss"] == pytest.approx(np.mean([0.5, 1.5]))
+    meters.reset()
+    assert dict(meters.average(skip_empty=True)) == {}

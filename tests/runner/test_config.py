@@ -348,3 +348,63 @@ def test_a_switch_given_something_else_names_the_key_and_the_accepted_values(val
     with pytest.raises(ValueError, match="'log' is a switch"):
         config.log = value
     assert config.log is True
+
+
+# preemption_signals
+
+
+def test_preemption_signals_is_declared_with_its_default_and_typo_detection():
+    assert Config().preemption_signals == ["SIGTERM", "SIGUSR1"]
+    with pytest.raises(ValueError, match="did you mean 'preemption_signals'"):
+        Config().parse(["--preemption_signal", "TERM"])
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (["SIGTERM", "SIGUSR1"], ["SIGTERM", "SIGUSR1"]),
+        (["TERM", "usr1"], ["SIGTERM", "SIGUSR1"]),
+        ([15, "10"], ["SIGTERM", "SIGUSR1"]),
+        ("SIGUSR1", ["SIGUSR1"]),
+        (15, ["SIGTERM"]),
+        ("TERM,USR1", ["SIGTERM", "SIGUSR1"]),
+        (["SIGTERM", "TERM", 15], ["SIGTERM"]),
+        ([], []),
+        (None, []),
+        ("none", []),
+    ],
+)
+def test_preemption_signals_accepts_names_numbers_or_none_and_stores_names(given, expected):
+    config = Config()
+    config.preemption_signals = given
+    assert config.preemption_signals == expected
+    assert Config({"preemption_signals": given}).preemption_signals == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--preemption_signals", "TERM"], ["SIGTERM"]),
+        (["--preemption_signals", "SIGTERM", "10"], ["SIGTERM", "SIGUSR1"]),
+        (["--preemption_signals", "[]"], []),
+        (["--preemption_signals", "TERM,USR1"], ["SIGTERM", "SIGUSR1"]),
+    ],
+)
+def test_preemption_signals_from_the_command_line(args, expected):
+    assert Config().parse(args).preemption_signals == expected
+
+
+@pytest.mark.parametrize("bad", [["SIGFOO"], "SIGNOPE", [99999], ["SIGKILL"], "STOP", [1.5], True])
+def test_an_invalid_preemption_signal_is_an_error_at_config_time_naming_it(bad):
+    shown = repr(bad[0] if isinstance(bad, list) else bad)
+    with pytest.raises(ValueError, match="preemption_signals") as raised:
+        Config({"preemption_signals": bad})
+    assert shown in str(raised.value)
+    assert "'SIGTERM'" in str(raised.value)  # the accepted values
+    assert "[]" in str(raised.value)
+    with pytest.raises(ValueError, match="preemption_signals"):
+        Config().parse(["--preemption_signals", str(bad[0] if isinstance(bad, list) else bad)])
+    config = Config()
+    with pytest.raises(ValueError, match="preemption_signals"):
+        config.preemption_signals = bad
+    assert config.preemption_signals == ["SIGTERM", "SIGUSR1"]  # nothing was applied

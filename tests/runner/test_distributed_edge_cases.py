@@ -51,3 +51,17 @@ def test_infer_gathers_every_row_in_order_even_with_an_empty_shard(ranks):
 def test_a_nan_loss_on_one_rank_stops_every_rank_at_the_same_step(ranks):
     for report in ranks:
         assert "non-finite training loss on split 'train' at epoch 0, step 2 (batch 1" in report["nan"]
+
+
+def test_step_results_keep_a_meter_any_rank_updated_and_leave_out_one_no_rank_updated(ranks):
+    rank0, rank1 = (report["meters"] for report in ranks)
+    meters = [[{key: step.get(key) for key in ("loss", "rare")} for step in rank["steps"]] for rank in (rank0, rank1)]
+    assert meters[0] == meters[1]  # reduced together: the same meters, the same values
+    assert len(rank0["steps"]) == 5
+    for step in rank0["steps"] + rank1["steps"]:
+        assert "time" not in step or step["time"] == step["time"]  # telemetry's s/step, never the empty meter's nan
+    assert ["rare" in step for step in rank0["steps"]] == [False, False, True, True, True]
+    assert [step["rare"] for step in rank0["steps"][2:]] == [1.0, 1.0, 1.0]  # over the ranks that updated it
+    for epoch in (rank0["epoch"], rank1["epoch"]):
+        assert epoch["rare"] == 1.0  # the average over the updates of every rank
+        assert "time" not in epoch

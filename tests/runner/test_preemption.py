@@ -72,6 +72,18 @@ def test_handler_only_records_and_puts_the_previous_handler_back():
     assert not PreemptionHandler([]).install()
 
 
+def test_the_config_chooses_the_signals_caught(tmp_path):
+    runner = JobRunner(job_config(tmp_path, log=False, auto_resume=False, preemption_signals="usr1"))
+    assert runner.config.preemption_signals == ["SIGUSR1"]
+    runner.actions[3] = lambda: os.kill(os.getpid(), signal.SIGUSR1)
+    with pytest.raises(Preempted) as raised:
+        runner.train()
+    assert raised.value.code == 128 + signal.SIGUSR1
+    assert runner.steps == 3
+    with pytest.raises(ValueError, match="'preemption_signals' names 'SIGFOO'"):
+        JobRunner(job_config(tmp_path, log=False, preemption_signals=["SIGTERM", "SIGFOO"]))
+
+
 # One process: a real SIGTERM, then the same job launched again
 
 

@@ -228,3 +228,42 @@ def test_the_files_a_runner_writes_follow_the_umask(make_runner):
     }
     for path in files:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o644, path
+
+
+# Meters touched but never updated (code ported from the reference library)
+
+
+class TouchedMeterRunner(LinearRegressionRunner):
+    """Resets `meters.time` every step as reference-style code does, never updates it; `meters.spike` gets a NaN."""
+
+    def train_step(self, data):
+        self.meters.time.reset()
+        if self.steps == 2:
+            self.meters.spike.update(float("nan"))
+        self.step_results.append(self.get_step_result())
+        return super().train_step(data)
+
+    def evaluate_step(self, data):
+        self.meters.time.reset()
+        return super().evaluate_step(data)
+
+
+def test_a_meter_never_updated_is_left_out_of_step_and_epoch_results_and_log_lines(make_runner, tmp_path):
+    runner = make_runner(TouchedMeterRunner, epoch_end=1, log=True, log_interval=1)
+    runner.step_results = []
+    result = runner.train()[0]
+    runner.close()
+    for split in ("train", "val"):
+        assert "time" not in result[split], result[split]
+        assert math.isfinite(result[split]["loss"])
+    assert math.isnan(result["train"]["spike"])  # updated with a real NaN: shown as NaN
+    assert "spike" not in result["val"]  # reset at the evaluation's start and never updated there
+    for step in runner.step_results:  # `time` there is the telemetry's s/step, never the empty meter's nan
+        assert all(math.isfinite(value) for key, value in step.all_items() if key != "spike"), step
+    assert math.isnan(runner.step_results[3]["spike"])
+    with open(runner.log_file, encoding="utf-8") as fp:
+        log = fp.read()
+    lines = [line for line in log.splitlines() if "nan" in line.lower()]
+    assert lines
+    assert all("spike" in line for line in lines), lines  # only the real NaN reads nan
+    assert "time: nan" not in log

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from ..consensus import FailureConsensus
+
 
 class AsyncSaveError(OSError):
     r"""A checkpoint saved in the background failed; the message names the file, the cause is chained."""
@@ -150,6 +152,10 @@ class AsyncCheckpointWriter:
         r"""
         Wait for the save in flight when the block ends; when it ends with an exception, a failure of the save is
         attached to it as a note instead of replacing it.
+
+        When the block ends normally in a process group of several ranks, every rank must drain (a collective):
+        they agree on the outcome, so a failure of rank 0's last save raises
+        [`RankFailedError`][danling.runner.consensus.RankFailedError] on every rank, not on rank 0 alone.
         """
         try:
             yield
@@ -160,7 +166,10 @@ class AsyncCheckpointWriter:
                 if hasattr(error, "add_note"):  # Python 3.11+
                     error.add_note(str(failure))
             raise
-        self.wait()
+        failures = FailureConsensus()
+        with failures.contain():
+            self.wait()
+        failures.agree()
 
     def _run(self, state: Mapping, path: str, commit: Callable[[Mapping], Any]) -> None:
         try:

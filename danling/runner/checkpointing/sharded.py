@@ -32,6 +32,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
+from ..consensus import FailureConsensus
 from .formats import sha256_file
 from .manager import LATEST, TEMPORARY_PATTERN, CheckpointManager, _size
 from .manifest import CheckpointError, checkpoint_problem, describe_problem
@@ -177,8 +178,10 @@ class ShardedCheckpointManager(CheckpointManager):
     `save` is collective when a process group is initialised: every rank writes its shards into a hidden
     temporary directory `.{name}.dcp.{steps}.tmp`; after a barrier, rank 0 hashes every file, records the
     digests in the manifest (as `pending` first), swaps the directory into place, makes the step-stamped,
-    `epoch-N` and `best` copies and prunes old ones, exactly as for single files; a final barrier makes the
-    checkpoint visible to every rank before `save` returns.
+    `epoch-N` and `best` copies and prunes old ones, exactly as for single files; a final agreement makes the
+    checkpoint visible to every rank before `save` returns. When rank 0's part fails (preparing the directory,
+    or the commit), every rank raises [`RankFailedError`][danling.runner.consensus.RankFailedError] naming it,
+    instead of waiting for rank 0 until `dist_timeout`.
 
     Examples:
         >>> import tempfile
@@ -209,26 +212,34 @@ class ShardedCheckpointManager(CheckpointManager):
     ) -> str:
         primary = self.path(name)
         temporary = os.path.join(self.directory, f".{name}{self.format.suffix}.{int(steps)}.tmp")
+        failures = FailureConsensus()  # rank 0's own steps: every rank learns of their failure, none waits
         if _is_main():
-            os.makedirs(self.directory, exist_ok=True)
-            self.remove_temporaries()
-        _barrier()
-        self.format.write(state, temporary)  # collective: every rank its shards
+            with failures.contain():
+                os.makedirs(self.directory, exist_ok=True)
+                self.remove_temporaries()
+        failures.agree()  # also the barrier before the shards are written
+        self.format.write(state, temporary)  # collective: every rank its shards (DCP raises on every rank)
         _barrier()
         if _is_main():
             info = {"steps": int(steps), "epochs": epochs, "format": self.format.name}
-            self._commit_directory(temporary, primary, info)
-            copies = [f"step-{int(steps)}"] if name == LATEST and keep > 0 else []
-            copies += [f"epoch-{epochs}"] if epoch_copy and epochs is not None else []
-            copies += ["best"] if best and name != "best" else []
-            for copy in copies:
-                staging = os.path.join(self.directory, f".{copy}{self.format.suffix}.{int(steps)}.tmp")
-                self.format.copy(primary, staging)
-                self._commit_directory(staging, self.path(copy), info)
-            if name == LATEST:
-                self.prune(keep)
-        _barrier()
+            with failures.contain():
+                self._commit_all(temporary, name, info, best=best, keep=keep, epoch_copy=epoch_copy)
+        failures.agree()  # also the barrier that makes the checkpoint visible to every rank
         return primary
+
+    def _commit_all(self, temporary: str, name: str, info: dict[str, Any], **policy: Any) -> None:
+        # Rank 0, after every rank wrote its shards: the checkpoint, its copies, retention.
+        primary, steps, epochs = self.path(name), info["steps"], info["epochs"]
+        self._commit_directory(temporary, primary, info)
+        copies = [f"step-{steps}"] if name == LATEST and policy["keep"] > 0 else []
+        copies += [f"epoch-{epochs}"] if policy["epoch_copy"] and epochs is not None else []
+        copies += ["best"] if policy["best"] and name != "best" else []
+        for copy in copies:
+            staging = os.path.join(self.directory, f".{copy}{self.format.suffix}.{steps}.tmp")
+            self.format.copy(primary, staging)
+            self._commit_directory(staging, self.path(copy), info)
+        if name == LATEST:
+            self.prune(policy["keep"])
 
     def _commit_directory(self, temporary: str, path: str, info: dict[str, Any]) -> None:
         # As `_commit` for files: digests of the new directory as `pending`, swap, then the only digest.

@@ -4,8 +4,9 @@ Two-process DDP worker for `tests/runner/test_distributed_edge_cases.py`: data e
     python -m torch.distributed.run --nproc_per_node=2 ... tests/runner/workers/edge_worker.py OUT_DIR
 
 Each rank writes `OUT_DIR/rank{RANK}.pt`: the parameters after an epoch whose length is not a multiple of
-`accum_steps` (map-style and iterable data), the evaluation of the train split, `infer` outputs, and the
-error each rank raised when one rank's loss went NaN.
+`accum_steps` (map-style and iterable data), the evaluation of the train split, `infer` outputs, the
+error each rank raised when one rank's loss went NaN, and the step and epoch results of meters that one rank, or
+no rank, updated.
 """
 
 from __future__ import annotations
@@ -116,6 +117,31 @@ def nan_on_one_rank(out_dir: str) -> str:
     return "no error"
 
 
+class MeterRunner(Runner):
+    """Resets `meters.time` every step and never updates it; only rank 0 updates `meters.rare` (at batch 2)."""
+
+    def train_step(self, data: Any) -> Any:
+        self.meters.time.reset()
+        if dist.get_rank() == 0 and self._windows.micro_step == 2:
+            self.meters.rare.update(1.0)
+        return super().train_step(data)
+
+    def step_log(self, split: str, iteration: int, length: int | None = None) -> Any:
+        result = super().step_log(split, iteration, length)
+        self.step_results.append(result.dict())
+        return result
+
+
+def meters_updated_on_one_rank(out_dir: str) -> dict[str, Any]:
+    # Step results are reduced across ranks: both ranks must keep the same meters, whichever rank updated them.
+    config = {"dir": os.path.join(out_dir, "meters"), "log": False, "epoch_end": 1, "train_size": 40}
+    config.update(log_interval=1, dataloader={"batch_size": BATCH_SIZE})
+    runner = MeterRunner(config)
+    runner.step_results = []
+    result = runner.train(evaluate_splits=[])[0]["train"]
+    return {"steps": runner.step_results, "epoch": result.dict()}
+
+
 def main() -> None:
     out_dir = sys.argv[1]
     report = {
@@ -123,6 +149,7 @@ def main() -> None:
         "stream_window": short_window(out_dir, stream=True),
         "evaluate": evaluate_train(out_dir),
         "nan": nan_on_one_rank(out_dir),
+        "meters": meters_updated_on_one_rank(out_dir),
     }
     torch.save(report, os.path.join(out_dir, f"rank{dist.get_rank()}.pt"))
     dist.barrier()

@@ -220,4 +220,4 @@ def test_a_loop_of_its_own_that_runs_past_the_epoch_length_keeps_dividing_by_rea
     calls = count_optimizer_steps(runner)
     losses = [runner.train_step(batch)[1] for _ in range(6)]
     assert all(torch.isfinite(loss) for loss in losses)
-    assert calls[0] == 3  # micro-steps 5, 6, 7, 8, 9, 10 of the epoch: windows [5, 7), [7, 9), [9, 11) close at 6, 8, 10
+    assert calls[0] == 3  # micro-steps 5 to 10 of the epoch: windows [5, 7), [7, 9), [9, 11) close at 6, 8 and 10

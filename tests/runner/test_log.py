@@ -153,4 +153,5 @@ def test_a_record_is_formatted_once_for_stdout_and_the_log_file(tmp_path: Path, 
         close_logger(logger)
     assert calls == ["one line"]
     written = (tmp_path / "run.log").read_text().strip()
-    assert written.endswith("one line") and written == capsys.readouterr().out.strip()
+    assert written.endswith("one line")
+    assert written == capsys.readouterr().out.strip()

@@ -36,7 +36,7 @@ def parse_signals(names: Any) -> list[signal.Signals]:
     Signals named by `config.preemption_signals`: names (`"SIGTERM"`, `"USR1"`) or numbers; `None`/`[]` for none.
 
     The same rules as the config key (see
-    [`parse_preemption_signals`][danling.runner.config.parse_preemption_signals]).
+    [`parse_preemption_signals`][danling.runner.config_parsing.parse_preemption_signals]).
 
     Raises:
         ValueError: On a name or number that is not a signal of this platform, or cannot be caught.

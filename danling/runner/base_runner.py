@@ -6,7 +6,6 @@ import difflib
 import inspect
 import logging
 import os
-import random
 from collections.abc import Mapping
 from functools import cached_property
 from typing import Any, Callable
@@ -16,32 +15,22 @@ from warnings import warn
 from chanfig import FlatDict, NestedDict, Variable
 
 from danling.metrics import AverageMeters
-from danling.utils import distributed as dist_utils
-from danling.utils.io import to_plain
 
 from . import checkpoints as ckpt
-from .banner import config_changes
-from .checkpointing import (
-    AsyncCheckpointWriter,
-    CheckpointManager,
-    checkpoint_dir_of,
-    checkpoint_problem,
-    find_run_checkpoint,
-)
+from .checkpointing import AsyncCheckpointWriter, CheckpointManager
+from .checkpointing.runner_state import RUN_LOCATION_KEYS, RunnerCheckpoints, runner_from_checkpoint
 from .config import Config
 from .distributed import ProcessMixin
 from .log import close_logger, create_logger, create_tensorboard_writer
 from .printing import install_print, restore_print
 from .progress import ProgressMixin
 from .reporting import ReportingMixin
-from .resumption import merge_saved_config
+from .rng import SEED_RANGE, biased_seed, draw_seed, seed_python_and_numpy
 from .serialization import SerializationMixin
 from .startup import RunDirGuard
 from .utils import RunnerMeta, RunnerMode, get_time_str, on_main_process
 
-SEED_RANGE = (0, 2**32 - 1)
-# Where a run writes: never taken from a checkpoint, so that resuming or evaluating a run writes a new directory.
-RUN_LOCATION_KEYS = ("dir", "log_file", "checkpoint_dir")
+__all__ = ["BaseRunner", "SEED_RANGE", "RUN_LOCATION_KEYS"]
 
 
 class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin, metaclass=RunnerMeta):
@@ -109,6 +98,8 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
     logger: logging.Logger | None = None
     writer: Any = None
     resume_record: dict | None = None
+    # The checkpoint subsystem this runner builds and delegates to (framework runners extend it).
+    _checkpoints_type: type[RunnerCheckpoints] = RunnerCheckpoints
 
     def __init__(self, config: Config | Mapping) -> None:
         self.timestamp = get_time_str()
@@ -119,7 +110,6 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
             self.results = NestedDict()
         self.meters = AverageMeters()
         self._mode = RunnerMode.train
-        self._checkpoint: Mapping | None = None
         if not isinstance(config, Config):
             config = Config(config)
         if config.getattr("auto_run_id", False):
@@ -127,13 +117,10 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         self._config = config
         self._config_overrides: list[tuple[str, Any, Any]] = []
         self._resume_notes: list[str] = []
+        self._checkpoints = self._checkpoints_type(self)
         self.init_distributed()
         self.inited = True
-        if self.config.get("auto_resume") is True and self.config.get("checkpoint") is None:
-            self._discover_checkpoint()
-        if self.config.get("checkpoint") is not None:
-            self._checkpoint = ckpt.read_checkpoint(self.config["checkpoint"], weights_only=True)
-            self.load_config(self._checkpoint)
+        self._checkpoints.prepare_resume()  # auto_resume, then the config of `config.checkpoint`
         # Seed before the subclass's __init__ builds the model, so that its initial weights follow the seed.
         if self.config.get("seed") is not None:
             self.set_seed()
@@ -155,8 +142,7 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
             self.init_environment()
             for note in self._resume_notes:
                 self.log(note, logging.WARNING if note.startswith("auto_resume skips") else logging.INFO)
-            if self.is_main_process and os.path.isdir(self._checkpoint_dir_path()):
-                CheckpointManager(self._checkpoint_dir_path()).remove_temporaries()  # left by killed saves
+            self._checkpoints.remove_temporaries()  # left by killed saves
             self.setup()
             self.init_resume()
         except BaseException:
@@ -183,12 +169,7 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         r"""
         Load `config.pretrained` (model weights) and resume from `config.checkpoint` when they are set.
         """
-        if self.config.get("pretrained") is not None and self._checkpoint is None:
-            self.load_pretrained(self.config["pretrained"])
-        if self._checkpoint is not None:
-            checkpoint, self._checkpoint = self._checkpoint, None
-            if self.model is not None:
-                self.load_checkpoint(checkpoint)
+        self._checkpoints.resume()
 
     def init_distributed(self) -> None:
         r"""
@@ -268,27 +249,15 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         """
         if seed is None:
             seed = self.config.get("seed")
-        if seed is None:
-            # Drawn on rank 0 and shared, so that every rank agrees (a collective in that case).
-            seed = dist_utils.broadcast_object(random.SystemRandom().randint(0, 2**31 - 1))
+        if seed is None:  # drawn on rank 0 and shared, so that every rank agrees (a collective in that case)
+            seed = draw_seed()
             self.config["seed"] = seed
-        if bias is None:
-            bias = self.rank
-        elif bias is False:
-            bias = 0
-        seed = int(seed) + int(bias)
-        if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
-            raise ValueError(f"seed must be in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], but got {seed}")
+        seed = biased_seed(seed, bias, self.rank)
         self._seed_generators(seed)
         return seed
 
     def _seed_generators(self, seed: int) -> None:
-        random.seed(seed)
-        try:
-            import numpy as np
-        except ImportError:  # pragma: no cover - numpy is a dependency
-            return
-        np.random.seed(seed)
+        seed_python_and_numpy(seed)
 
     def set_deterministic(self) -> None:
         r"""
@@ -349,13 +318,7 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         Returns:
             The checkpoint.
         """
-        state: dict[str, Any] = {ckpt.RUNNER: to_plain(self.config.dict()), ckpt.RESULTS: to_plain(self.results)}
-        if self.model is not None:
-            state[ckpt.MODEL] = self.unwrap(self.model).state_dict()
-        for key, part in ((ckpt.OPTIMIZER, self.optimizer), (ckpt.SCHEDULER, self.scheduler)):
-            if part is not None and hasattr(part, "state_dict"):
-                state[key] = part.state_dict()
-        return cls(state)
+        return cls(self._checkpoints.state_dict())
 
     def save_checkpoint(self, name: str = "latest", epochs: int | None = None, save_best: bool = True) -> None:
         r"""
@@ -373,33 +336,11 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
             epochs: Epoch of the checkpoint (defaults to `epochs`).
             save_best: Also write `best.pth` when [`is_best`][danling.runner.BaseRunner.is_best].
         """
-        state = self.checkpoint_state()
-        if not self.is_main_process and not self.checkpoint_manager.collective:
-            return
-        epochs = self.epochs if epochs is None else epochs
-        interval = self.config.get("save_interval")
-        epoch_copy = interval is not None and interval > 0 and (epochs + 1) % interval == 0
-        self._commit_checkpoint(state, name, epochs, save_best and self.is_best, epoch_copy)
+        self._checkpoints.save(name, epochs, save_best)
 
     def checkpoint_state(self) -> Mapping:
         r"""What a checkpoint save writes: [`state_dict`][danling.runner.BaseRunner.state_dict] by default."""
         return self.state_dict()
-
-    def _commit_checkpoint(self, state: Mapping, name: str, epochs: int, best: bool, epoch_copy: bool) -> str:
-        keep = self.config.get("keep_checkpoints")
-        keep = 2 if keep is None else keep
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
-            raise ValueError(f"keep_checkpoints must be a non-negative integer (default 2), but got {keep!r}")
-        steps = int(state.get(ckpt.RUNNER, {}).get("steps", self.config.get("steps", 0)))
-        manager = self.checkpoint_manager
-
-        def commit(state: Mapping) -> str:
-            return manager.save(state, name, steps=steps, epochs=epochs, best=best, keep=keep, epoch_copy=epoch_copy)
-
-        if self.async_saver is None:
-            return commit(state)
-        self.async_saver.submit(state, manager.path(name), commit)
-        return manager.path(name)
 
     @cached_property
     def async_saver(self) -> AsyncCheckpointWriter | None:
@@ -411,18 +352,7 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         Raises:
             ValueError: If `async_save` is not a bool.
         """
-        enabled = self.config.get("async_save", False)
-        if not isinstance(enabled, bool):
-            raise ValueError(f"async_save must be True or False, but got {enabled!r}")
-        if not enabled:
-            return None
-        if self.checkpoint_manager.collective:
-            raise ValueError(
-                "async_save=True is not supported with sharded checkpoints (strategy='fsdp' on several ranks: every "
-                "rank writes its shards collectively); set async_save=False"
-            )
-        fmt = self.checkpoint_manager.format
-        return AsyncCheckpointWriter(verify=lambda path: checkpoint_problem(path, fmt))
+        return self._checkpoints.build_async_saver()
 
     def after_checkpoint(self, callback: Callable[[], None]) -> None:
         r"""
@@ -441,34 +371,7 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         The [`CheckpointManager`][danling.runner.checkpointing.CheckpointManager] of
         [`checkpoint_dir`][danling.runner.BaseRunner.checkpoint_dir]: naming, verification, retention.
         """
-        return CheckpointManager(self.checkpoint_dir)
-
-    def _checkpoint_dir_path(self) -> str:
-        # Where `checkpoint_dir` points, without creating it.
-        return checkpoint_dir_of(self.config, f"{self.name}-{self.id}", self.timestamp)
-
-    def _discover_checkpoint(self) -> None:
-        # `auto_resume`: rank 0 looks for the newest valid checkpoint of this run; every rank adopts its answer.
-        found = None
-        if self.is_main_process:
-            found = self._find_resumable()
-        found = dist_utils.broadcast_object(found) if self.distributed else found
-        self._resume_notes.extend(found["notes"])
-        if found["path"] is None:
-            self._resume_notes.append("auto_resume: no checkpoint of this run found; starting fresh")
-            return
-        self._resume_notes.append(f"auto_resume: resuming from {found['path']}")
-        self.config["checkpoint"] = found["path"]
-        if self.config.get("dir") is None and self.config.get("checkpoint_dir") is None:
-            # Continue in the launch directory the checkpoint belongs to: one run, one directory.
-            self.timestamp = os.path.basename(os.path.dirname(os.path.dirname(found["path"])))
-
-    def _find_resumable(self) -> dict[str, Any]:
-        notes: list[str] = []
-        path = find_run_checkpoint(self.config, f"{self.name}-{self.id}", warn=notes.append)
-        for note in notes:
-            warn(note, RuntimeWarning, stacklevel=4)
-        return {"path": path, "notes": notes}
+        return self._checkpoints.build_manager()
 
     def load_config(self, checkpoint: ckpt.CheckpointLike, overwrite: bool = False, *args: Any, **kwargs: Any) -> None:
         r"""
@@ -488,26 +391,7 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
             FileNotFoundError: If the path does not exist.
             ValueError: If `checkpoint` is not a checkpoint.
         """
-        loaded = ckpt.read_checkpoint(checkpoint, *args, **kwargs)
-        config = dict(loaded.get(ckpt.RUNNER, loaded))
-        config.pop("checkpoint", None)
-        for key in RUN_LOCATION_KEYS:
-            config.pop(key, None)
-        file = os.fsdecode(checkpoint) if not isinstance(checkpoint, Mapping) else self.config.get("checkpoint")
-        self.resume_record = {"file": file, "changes": config_changes(config, self.config)}
-        if overwrite:
-            self.config.merge(config, overwrite=True)
-        else:
-            for key, saved, kept in merge_saved_config(self.config, config):
-                note = f"config.{key} overrides the checkpoint: it was {saved!r} there, now {kept!r}"
-                if note not in self._resume_notes:
-                    self._resume_notes.append(note)
-                    self.log(note)
-        if self.config.getattr("auto_run_id", False):
-            self.config.refresh_run_id()
-        self.steps = self.step_begin = int(config.get("steps", 0))
-        self.epochs = int(config.get("epochs", 0))
-        self.epoch_begin = self.epochs + 1
+        self._checkpoints.load_config(checkpoint, overwrite, *args, **kwargs)
 
     def load_checkpoint(self, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> None:
         r"""
@@ -522,14 +406,7 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
             ValueError: If `model` is not set or `checkpoint` is not a checkpoint.
             FileNotFoundError: If the path does not exist.
         """
-        if self.model is None:
-            raise ValueError("cannot load a checkpoint before the model is set: assign self.model first")
-        loaded = ckpt.read_checkpoint(checkpoint, *args, **kwargs)
-        self.load_state_dict(loaded)
-        if ckpt.RUNNER in loaded:
-            self.load_config(loaded)
-        if not isinstance(checkpoint, Mapping):
-            self.config["checkpoint"] = os.fsdecode(checkpoint)
+        self._checkpoints.load_checkpoint(checkpoint, *args, **kwargs)
 
     def load_state_dict(self, state: Mapping) -> None:
         r"""
@@ -538,16 +415,7 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         Args:
             state: A checkpoint as returned by [`state_dict`][danling.runner.BaseRunner.state_dict].
         """
-        self.unwrap(self.model).load_state_dict(ckpt.extract_model_state(state))
-        for key, part in ((ckpt.OPTIMIZER, self.optimizer), (ckpt.SCHEDULER, self.scheduler)):
-            if part is None:
-                continue
-            if key in state:
-                part.load_state_dict(state[key])
-            else:
-                warn(f"{key} state is not in the checkpoint; {key} starts fresh", RuntimeWarning, stacklevel=3)
-        if ckpt.RESULTS in state:
-            self.results = NestedDict({index: NestedDict(result) for index, result in state[ckpt.RESULTS].items()})
+        self._checkpoints.load_state_dict(state)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> BaseRunner:
@@ -562,17 +430,7 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         Returns:
             The restored runner.
         """
-        loaded = ckpt.read_checkpoint(checkpoint, *args, **kwargs)
-        if ckpt.RUNNER not in loaded:
-            raise ValueError(f"checkpoint has no {ckpt.RUNNER!r} config (keys: {list(loaded.keys())})")
-        config = dict(loaded[ckpt.RUNNER])
-        for key in ("checkpoint", *RUN_LOCATION_KEYS):
-            config.pop(key, None)
-        runner = cls(config)
-        runner.load_checkpoint(loaded)
-        if not isinstance(checkpoint, Mapping):
-            runner.resume_record = {**(runner.resume_record or {}), "file": os.fsdecode(checkpoint)}
-        return runner
+        return runner_from_checkpoint(cls, checkpoint, *args, **kwargs)
 
     def load_pretrained(self, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> None:
         r"""
@@ -587,10 +445,7 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
             ValueError: If `model` is not set or `checkpoint` is not a checkpoint.
             FileNotFoundError: If the path does not exist.
         """
-        if self.model is None:
-            raise ValueError("cannot load pretrained weights before the model is set: assign self.model first")
-        loaded = ckpt.read_checkpoint(checkpoint, *args, what="pretrained", **kwargs)
-        self.unwrap(self.model).load_state_dict(ckpt.extract_model_state(loaded))
+        self._checkpoints.load_pretrained(checkpoint, *args, **kwargs)
 
     # Identity
 

@@ -337,7 +337,7 @@ class Recovery:
                 f"{total_steps}. A scheduler keeps the state it was saved with: rebuild it for the new plan after "
                 "loading if its schedule depends on the length of the run"
             )
-            warn(message, RuntimeWarning, stacklevel=4)
+            warn(message, RuntimeWarning, stacklevel=5)  # past the runner's checkpoint subsystem and delegate
             runner.log(message, logging.WARNING)
 
 

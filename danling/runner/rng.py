@@ -1,4 +1,5 @@
-"""Random number generator states of Python, numpy and torch, in a form `torch.load(weights_only=True)` accepts."""
+"""Seeds and random number generator states of Python, numpy and torch (states in a form
+`torch.load(weights_only=True)` accepts)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,56 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from danling.utils import distributed as dist_utils
+
+SEED_RANGE = (0, 2**32 - 1)
+
+
+def draw_seed() -> int:
+    r"""
+    A random seed drawn on rank 0 and shared with every rank (a collective when distributed).
+
+    Examples:
+        >>> 0 <= draw_seed() < 2**31
+        True
+    """
+    return dist_utils.broadcast_object(random.SystemRandom().randint(0, 2**31 - 1))
+
+
+def biased_seed(seed: int, bias: int | bool | None, rank: int) -> int:
+    r"""
+    `seed` plus its bias: `None` adds `rank` (different augmentation per process), `False` adds nothing, an integer
+    adds itself.
+
+    Raises:
+        ValueError: If the result is outside `SEED_RANGE`, `[0, 2**32 - 1]`.
+
+    Examples:
+        >>> biased_seed(42, None, rank=3), biased_seed(42, 10, rank=3), biased_seed(42, False, rank=3)
+        (45, 52, 42)
+    """
+    if bias is None:
+        bias = rank
+    elif bias is False:
+        bias = 0
+    seed = int(seed) + int(bias)
+    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise ValueError(f"seed must be in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], but got {seed}")
+    return seed
+
+
+def seed_python_and_numpy(seed: int) -> None:
+    r"""
+    Seed Python's `random` and numpy's global generator.
+
+    Examples:
+        >>> seed_python_and_numpy(0); first = random.random()
+        >>> seed_python_and_numpy(0); random.random() == first
+        True
+    """
+    random.seed(seed)
+    np.random.seed(seed)
 
 
 def get_rng_state() -> dict[str, Any]:

@@ -22,15 +22,8 @@ from . import checkpoints as ckpt
 from . import results as res
 from .accumulation import AccumulationWindows
 from .base_runner import BaseRunner
-from .checkpointing import (
-    CheckpointManager,
-    ShardedCheckpointManager,
-    export_model,
-    is_sharded_checkpoint,
-    load_sharded,
-    read_sharded_model,
-    sharded_state,
-)
+from .checkpointing import CheckpointManager
+from .checkpointing.torch_state import TorchRunnerCheckpoints
 from .data import (
     build_dataloader,
     build_evaluation_loader,
@@ -87,6 +80,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
 
     model: nn.Module | None = None
     _bar: Any = None
+    _checkpoints_type = TorchRunnerCheckpoints
 
     def __init__(self, config: Any) -> None:
         self._windows = AccumulationWindows()
@@ -370,7 +364,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         """
         state = self._recovery.mid_epoch_state(split, batches)
         if self.is_main_process or self.checkpoint_manager.collective:
-            self._commit_checkpoint(state, "latest", self.epochs, best=False, epoch_copy=False)
+            self._checkpoints.commit(state, "latest", self.epochs, best=False, epoch_copy=False)
 
     def verify_resume(self, steps: int = 2, split: str | None = None) -> ResumeCheck:
         r"""
@@ -628,15 +622,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         Raises:
             FloatingPointError: If the training loss went NaN/inf: such weights are never checkpointed.
         """
-        self._loss_guard.check(False)  # this rank's losses: no collective (the loop checks all ranks first)
-        state = dict(super().state_dict())
-        if self.scaler.is_enabled():
-            state[ckpt.SCALER] = self.scaler.state_dict()
-        if self.ema is not None:
-            state[ckpt.EMA] = self.ema.state_dict()
-        self._parallel.export_state(state, self.model, self.optimizer, self.ema)
-        self._recovery.add_to(state)
-        return cls(state)
+        return cls(self._checkpoints.state_dict())
 
     @cached_property
     def checkpoint_manager(self) -> CheckpointManager:
@@ -645,9 +631,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         its shards, see [`ShardedCheckpointManager`][danling.runner.checkpointing.ShardedCheckpointManager])
         when the model is sharded (`strategy="fsdp"` on several ranks), else of single files (`latest.pth`).
         """
-        if getattr(self._parallel, "sharded", False):
-            return ShardedCheckpointManager(self.checkpoint_dir)
-        return CheckpointManager(self.checkpoint_dir)
+        return self._checkpoints.build_manager()
 
     def checkpoint_state(self) -> Mapping:
         r"""
@@ -655,17 +639,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         checkpoints the model, optimizer and EMA as sharded state dicts (no gathering) and the other parts on rank 0
         only (where the random states of every rank are gathered).
         """
-        if not self.checkpoint_manager.collective:
-            return self.state_dict()
-        self._loss_guard.check(False)
-        state = dict(super().state_dict()) if self.is_main_process else {}
-        if self.scaler.is_enabled() and self.is_main_process:
-            state[ckpt.SCALER] = self.scaler.state_dict()
-        if self.is_main_process:
-            self._recovery.add_to(state)
-        modules = {ckpt.EMA: self.ema} if self.ema is not None else {}
-        state.update(sharded_state(self.unwrap(self.model), self.optimizer, modules=modules))
-        return state
+        return self._checkpoints.checkpoint_state()
 
     def export_model(self, path: str | None = None) -> str | None:
         r"""
@@ -679,36 +653,14 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         Returns:
             The path written on rank 0, `None` on other ranks.
         """
-        path = os.path.join(self.checkpoint_dir, "model.pth") if path is None else os.fsdecode(path)
-        return export_model(self.unwrap(self.model), path)
-
-    def _load_sharded_checkpoint(self, path: str) -> None:
-        # A `*.dcp` directory, on any world size and wrapping: model, optimizer and EMA through the DCP helpers,
-        # the rest (read in full) as from a single-file checkpoint.
-        modules = {ckpt.EMA: self.ema} if self.ema is not None else {}
-        state = load_sharded(path, self.unwrap(self.model), self.optimizer, modules=modules)
-        for key, part in ((ckpt.SCHEDULER, self.scheduler), (ckpt.SCALER, self.scaler)):
-            if part is not None and key in state and (key != ckpt.SCALER or self.scaler.is_enabled()):
-                part.load_state_dict(state[key])
-        if ckpt.RESULTS in state:
-            self.results = NestedDict({index: NestedDict(result) for index, result in state[ckpt.RESULTS].items()})
-        self._recovery.restore(state)
-        if ckpt.RUNNER in state:
-            self.load_config(state)
-        self.config["checkpoint"] = path
+        return self._checkpoints.export_model(path)
 
     def load_state_dict(self, state: Mapping) -> None:
         r"""
         Restore everything [`state_dict`][danling.runner.TorchRunner.state_dict] saved, including this rank's
         RNG state.
         """
-        state = self._parallel.import_state(state, self.model, self.optimizer, self.ema)
-        super().load_state_dict(state)
-        if ckpt.SCALER in state and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state[ckpt.SCALER])
-        if self.ema is not None and ckpt.EMA in state:
-            self.ema.load_state_dict(state[ckpt.EMA])
-        self._recovery.restore(state)
+        self._checkpoints.load_state_dict(state)
 
     def load_checkpoint(self, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> None:
         r"""
@@ -716,21 +668,11 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         mid-epoch checkpoint makes [`train`][danling.runner.TorchRunner.train] continue its epoch at the next
         batch. Warns when the training plan (`epoch_end`, `step_end`, dataset lengths) differs from the saved one.
         """
-        if is_sharded_checkpoint(checkpoint):
-            self._load_sharded_checkpoint(os.fsdecode(checkpoint))
-        else:
-            super().load_checkpoint(checkpoint, *args, **kwargs)
-        self._recovery.after_load()
+        self._checkpoints.load_checkpoint(checkpoint, *args, **kwargs)
 
     def load_pretrained(self, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> None:
         r"""[`BaseRunner.load_pretrained`][danling.runner.BaseRunner.load_pretrained], sharding under `fsdp`."""
-        if self.model is None:
-            raise ValueError("cannot load pretrained weights before the model is set: assign self.model first")
-        if is_sharded_checkpoint(checkpoint):  # the model's entries only, in full
-            loaded = read_sharded_model(os.fsdecode(checkpoint))
-        else:
-            loaded = ckpt.read_checkpoint(checkpoint, *args, what="pretrained", **kwargs)
-        self._parallel.load_model_state(self.model, ckpt.extract_model_state(loaded))
+        self._checkpoints.load_pretrained(checkpoint, *args, **kwargs)
 
 
 def _has_more(iterator: Iterator) -> bool:

@@ -1,0 +1,286 @@
+"""How a runner saves and restores itself: the checkpoint subsystem a [`BaseRunner`][danling.runner.BaseRunner] holds.
+
+The runner's public checkpoint methods (`state_dict`, `save_checkpoint`, `load_config`, `load_checkpoint`,
+`load_state_dict`, `load_pretrained`, `from_checkpoint`) are thin delegates to a
+[`RunnerCheckpoints`][danling.runner.checkpointing.runner_state.RunnerCheckpoints]. It calls back through those
+methods of the runner, never straight into itself, so that a subclass's override is the one that runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+from warnings import warn
+
+from chanfig import NestedDict
+
+from danling.utils import distributed as dist_utils
+from danling.utils.io import to_plain
+
+from .. import checkpoints as ckpt
+from ..banner import config_changes
+from ..resumption import merge_saved_config
+from .async_writer import AsyncCheckpointWriter
+from .discovery import checkpoint_dir_of, find_run_checkpoint
+from .manager import CheckpointManager
+from .manifest import checkpoint_problem
+
+# Where a run writes: never taken from a checkpoint, so that resuming or evaluating a run writes a new directory.
+RUN_LOCATION_KEYS = ("dir", "log_file", "checkpoint_dir")
+
+
+class RunnerCheckpoints:
+    r"""
+    The checkpointing of a runner: what a checkpoint holds, how a save is committed (in the background with
+    `async_save`), which checkpoint `auto_resume` continues, and how a checkpoint is restored.
+
+    A runner builds one in `__init__` (its class's `_checkpoints_type`) and keeps it as `runner._checkpoints`.
+
+    Args:
+        runner: The runner whose state is saved and restored.
+
+    Examples:
+        >>> import tempfile
+        >>> from danling.runner import BaseRunner
+        >>> runner = BaseRunner({"log": False, "dir": tempfile.mkdtemp(), "lr": 0.1})
+        >>> state = runner._checkpoints.state_dict()
+        >>> sorted(state), state["runner"]["lr"]
+        (['results', 'runner'], 0.1)
+    """
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+        # The checkpoint of `config.checkpoint`, read at construction and loaded once the model is set.
+        self.pending: Mapping | None = None
+
+    # Saving
+
+    def state_dict(self) -> dict[str, Any]:
+        r"""The runner config (plain types), the results, the unwrapped model, the optimizer and the scheduler."""
+        runner = self.runner
+        state: dict[str, Any] = {ckpt.RUNNER: to_plain(runner.config.dict()), ckpt.RESULTS: to_plain(runner.results)}
+        if runner.model is not None:
+            state[ckpt.MODEL] = runner.unwrap(runner.model).state_dict()
+        for key, part in ((ckpt.OPTIMIZER, runner.optimizer), (ckpt.SCHEDULER, runner.scheduler)):
+            if part is not None and hasattr(part, "state_dict"):
+                state[key] = part.state_dict()
+        return state
+
+    def save(self, name: str, epochs: int | None, save_best: bool) -> None:
+        r"""The body of [`save_checkpoint`][danling.runner.BaseRunner.save_checkpoint]."""
+        runner = self.runner
+        state = runner.checkpoint_state()
+        if not runner.is_main_process and not runner.checkpoint_manager.collective:
+            return
+        epochs = runner.epochs if epochs is None else epochs
+        interval = runner.config.get("save_interval")
+        epoch_copy = interval is not None and interval > 0 and (epochs + 1) % interval == 0
+        self.commit(state, name, epochs, save_best and runner.is_best, epoch_copy)
+
+    def commit(self, state: Mapping, name: str, epochs: int, best: bool, epoch_copy: bool) -> str:
+        r"""
+        Hand `state` to the runner's checkpoint manager as `name` (with its step, best and epoch copies and the
+        retention of `keep_checkpoints`), through the background writer when there is one.
+
+        Returns:
+            The path of the checkpoint `name` (committed once a background save finishes).
+
+        Raises:
+            ValueError: If `keep_checkpoints` is not a non-negative integer.
+        """
+        runner = self.runner
+        keep = runner.config.get("keep_checkpoints")
+        keep = 2 if keep is None else keep
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+            raise ValueError(f"keep_checkpoints must be a non-negative integer (default 2), but got {keep!r}")
+        steps = int(state.get(ckpt.RUNNER, {}).get("steps", runner.config.get("steps", 0)))
+        manager = runner.checkpoint_manager
+
+        def commit(state: Mapping) -> str:
+            return manager.save(state, name, steps=steps, epochs=epochs, best=best, keep=keep, epoch_copy=epoch_copy)
+
+        saver = runner.async_saver
+        if saver is None:
+            return commit(state)
+        saver.submit(state, manager.path(name), commit)
+        return manager.path(name)
+
+    def build_manager(self) -> CheckpointManager:
+        r"""The manager of the runner's `checkpoint_dir`."""
+        return CheckpointManager(self.runner.checkpoint_dir)
+
+    def build_async_saver(self) -> AsyncCheckpointWriter | None:
+        r"""
+        The background writer `async_save` asks for, else `None`.
+
+        Raises:
+            ValueError: If `async_save` is not a bool, or is on with sharded (collective) checkpoints.
+        """
+        runner = self.runner
+        enabled = runner.config.get("async_save", False)
+        if not isinstance(enabled, bool):
+            raise ValueError(f"async_save must be True or False, but got {enabled!r}")
+        if not enabled:
+            return None
+        manager = runner.checkpoint_manager
+        if manager.collective:
+            raise ValueError(
+                "async_save=True is not supported with sharded checkpoints (strategy='fsdp' on several ranks: every "
+                "rank writes its shards collectively); set async_save=False"
+            )
+        fmt = manager.format
+        return AsyncCheckpointWriter(verify=lambda path: checkpoint_problem(path, fmt))
+
+    def dir_path(self) -> str:
+        r"""Where the runner's `checkpoint_dir` points, without creating it."""
+        runner = self.runner
+        return checkpoint_dir_of(runner.config, f"{runner.name}-{runner.id}", runner.timestamp)
+
+    def remove_temporaries(self) -> None:
+        r"""Remove what killed saves left in the checkpoint directory, when it exists (main process only)."""
+        if self.runner.is_main_process and os.path.isdir(self.dir_path()):
+            CheckpointManager(self.dir_path()).remove_temporaries()
+
+    # Resuming
+
+    def prepare_resume(self) -> None:
+        r"""
+        At construction: find the checkpoint `auto_resume` continues (when `config.checkpoint` is unset), then read
+        `config.checkpoint` and restore its config, so that the model is built with the run's settings and seed.
+        """
+        runner = self.runner
+        if runner.config.get("auto_resume") is True and runner.config.get("checkpoint") is None:
+            self.discover()
+        if runner.config.get("checkpoint") is not None:
+            self.pending = ckpt.read_checkpoint(runner.config["checkpoint"], weights_only=True)
+            runner.load_config(self.pending)
+
+    def resume(self) -> None:
+        r"""The body of [`init_resume`][danling.runner.BaseRunner.init_resume]."""
+        runner = self.runner
+        if runner.config.get("pretrained") is not None and self.pending is None:
+            runner.load_pretrained(runner.config["pretrained"])
+        if self.pending is not None:
+            checkpoint, self.pending = self.pending, None
+            if runner.model is not None:
+                runner.load_checkpoint(checkpoint)
+
+    def discover(self) -> None:
+        r"""
+        `auto_resume`: rank 0 looks for the newest valid checkpoint of this run and every rank adopts its answer
+        (a collective when distributed); sets `config.checkpoint` when one is found.
+        """
+        runner = self.runner
+        found = None
+        if runner.is_main_process:
+            found = self._find_resumable()
+        found = dist_utils.broadcast_object(found) if runner.distributed else found
+        runner._resume_notes.extend(found["notes"])
+        if found["path"] is None:
+            runner._resume_notes.append("auto_resume: no checkpoint of this run found; starting fresh")
+            return
+        runner._resume_notes.append(f"auto_resume: resuming from {found['path']}")
+        runner.config["checkpoint"] = found["path"]
+        if runner.config.get("dir") is None and runner.config.get("checkpoint_dir") is None:
+            # Continue in the launch directory the checkpoint belongs to: one run, one directory.
+            runner.timestamp = os.path.basename(os.path.dirname(os.path.dirname(found["path"])))
+
+    def _find_resumable(self) -> dict[str, Any]:
+        notes: list[str] = []
+        path = find_run_checkpoint(self.runner.config, f"{self.runner.name}-{self.runner.id}", warn=notes.append)
+        for note in notes:
+            warn(note, RuntimeWarning, stacklevel=5)  # to the caller of the runner's `__init__`
+        return {"path": path, "notes": notes}
+
+    # Loading
+
+    def load_config(self, checkpoint: ckpt.CheckpointLike, overwrite: bool, *args: Any, **kwargs: Any) -> None:
+        r"""The body of [`load_config`][danling.runner.BaseRunner.load_config]."""
+        runner = self.runner
+        loaded = ckpt.read_checkpoint(checkpoint, *args, **kwargs)
+        config = dict(loaded.get(ckpt.RUNNER, loaded))
+        config.pop("checkpoint", None)
+        for key in RUN_LOCATION_KEYS:
+            config.pop(key, None)
+        file = os.fsdecode(checkpoint) if not isinstance(checkpoint, Mapping) else runner.config.get("checkpoint")
+        runner.resume_record = {"file": file, "changes": config_changes(config, runner.config)}
+        if overwrite:
+            runner.config.merge(config, overwrite=True)
+        else:
+            self._keep_user_overrides(config)
+        if runner.config.getattr("auto_run_id", False):
+            runner.config.refresh_run_id()
+        runner.steps = runner.step_begin = int(config.get("steps", 0))
+        runner.epochs = int(config.get("epochs", 0))
+        runner.epoch_begin = runner.epochs + 1
+
+    def _keep_user_overrides(self, config: Mapping) -> None:
+        # Take the saved values of keys left at their default; log each key the user set that wins over them.
+        runner = self.runner
+        for key, saved, kept in merge_saved_config(runner.config, config):
+            note = f"config.{key} overrides the checkpoint: it was {saved!r} there, now {kept!r}"
+            if note not in runner._resume_notes:
+                runner._resume_notes.append(note)
+                runner.log(note)
+
+    def load_checkpoint(self, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> None:
+        r"""The body of [`load_checkpoint`][danling.runner.BaseRunner.load_checkpoint]."""
+        runner = self.runner
+        if runner.model is None:
+            raise ValueError("cannot load a checkpoint before the model is set: assign self.model first")
+        loaded = ckpt.read_checkpoint(checkpoint, *args, **kwargs)
+        runner.load_state_dict(loaded)
+        if ckpt.RUNNER in loaded:
+            runner.load_config(loaded)
+        if not isinstance(checkpoint, Mapping):
+            runner.config["checkpoint"] = os.fsdecode(checkpoint)
+
+    def load_state_dict(self, state: Mapping) -> None:
+        r"""The body of [`load_state_dict`][danling.runner.BaseRunner.load_state_dict]."""
+        runner = self.runner
+        runner.unwrap(runner.model).load_state_dict(ckpt.extract_model_state(state))
+        for key, part in ((ckpt.OPTIMIZER, runner.optimizer), (ckpt.SCHEDULER, runner.scheduler)):
+            if part is None:
+                continue
+            if key in state:
+                part.load_state_dict(state[key])
+            else:
+                # stacklevel: past this object and the runner's delegates, to the caller of `load_checkpoint`
+                warn(f"{key} state is not in the checkpoint; {key} starts fresh", RuntimeWarning, stacklevel=5)
+        self.load_results(state)
+
+    def load_results(self, state: Mapping) -> None:
+        r"""Restore the runner's results from `state`, when it has them."""
+        if ckpt.RESULTS in state:
+            results = state[ckpt.RESULTS].items()
+            self.runner.results = NestedDict({index: NestedDict(result) for index, result in results})
+
+    def load_pretrained(self, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> None:
+        r"""The body of [`load_pretrained`][danling.runner.BaseRunner.load_pretrained]."""
+        runner = self.runner
+        if runner.model is None:
+            raise ValueError("cannot load pretrained weights before the model is set: assign self.model first")
+        loaded = ckpt.read_checkpoint(checkpoint, *args, what="pretrained", **kwargs)
+        runner.unwrap(runner.model).load_state_dict(ckpt.extract_model_state(loaded))
+
+
+def runner_from_checkpoint(cls: type, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> Any:
+    r"""
+    The body of [`from_checkpoint`][danling.runner.BaseRunner.from_checkpoint]: build `cls` from the config stored
+    in `checkpoint` (without its run locations) and load the checkpoint into it.
+
+    Raises:
+        ValueError: If the checkpoint has no runner config.
+    """
+    loaded = ckpt.read_checkpoint(checkpoint, *args, **kwargs)
+    if ckpt.RUNNER not in loaded:
+        raise ValueError(f"checkpoint has no {ckpt.RUNNER!r} config (keys: {list(loaded.keys())})")
+    config = dict(loaded[ckpt.RUNNER])
+    for key in ("checkpoint", *RUN_LOCATION_KEYS):
+        config.pop(key, None)
+    runner = cls(config)
+    runner.load_checkpoint(loaded)
+    if not isinstance(checkpoint, Mapping):
+        runner.resume_record = {**(runner.resume_record or {}), "file": os.fsdecode(checkpoint)}
+    return runner

@@ -1,0 +1,138 @@
+"""The checkpoint subsystem of a [`TorchRunner`][danling.runner.TorchRunner]: scaler, EMA, RNG and position, shards.
+
+It extends [`RunnerCheckpoints`][danling.runner.checkpointing.runner_state.RunnerCheckpoints] with what PyTorch
+training adds to a checkpoint, and with sharded (`torch.distributed.checkpoint`) checkpoints under FSDP2.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from .. import checkpoints as ckpt
+from .manager import CheckpointManager
+from .runner_state import RunnerCheckpoints
+from .sharded import (
+    ShardedCheckpointManager,
+    export_model,
+    is_sharded_checkpoint,
+    load_sharded,
+    read_sharded_model,
+    sharded_state,
+)
+
+
+class TorchRunnerCheckpoints(RunnerCheckpoints):
+    r"""
+    The checkpointing of a [`TorchRunner`][danling.runner.TorchRunner]: besides the base parts, the grad scaler,
+    the EMA, the random states and the position in the epoch (through the runner's `Recovery`), with the model,
+    optimizer and EMA converted by the parallelism policy; sharded checkpoints when the model is sharded.
+
+    Args:
+        runner: The runner whose state is saved and restored.
+
+    Examples:
+        >>> import tempfile
+        >>> import torch
+        >>> from danling.runner import TorchRunner
+        >>> class Runner(TorchRunner):
+        ...     def __init__(self, config):
+        ...         super().__init__(config)
+        ...         self.model = torch.nn.Linear(2, 1)
+        >>> runner = Runner({"log": False, "dir": tempfile.mkdtemp()})
+        >>> sorted(runner._checkpoints.state_dict())
+        ['model', 'position', 'results', 'rng', 'runner']
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        r"""
+        The base parts, the grad scaler, the EMA and the recovery state (RNG, position).
+
+        Raises:
+            FloatingPointError: If the training loss went NaN/inf: such weights are never checkpointed.
+        """
+        runner = self.runner
+        runner._loss_guard.check(False)  # this rank's losses: no collective (the loop checks all ranks first)
+        state = super().state_dict()
+        if runner.scaler.is_enabled():
+            state[ckpt.SCALER] = runner.scaler.state_dict()
+        if runner.ema is not None:
+            state[ckpt.EMA] = runner.ema.state_dict()
+        runner._parallel.export_state(state, runner.model, runner.optimizer, runner.ema)
+        runner._recovery.add_to(state)
+        return state
+
+    def build_manager(self) -> CheckpointManager:
+        r"""A [`ShardedCheckpointManager`][danling.runner.checkpointing.ShardedCheckpointManager] when the model is
+        sharded, else the manager of single files."""
+        if getattr(self.runner._parallel, "sharded", False):
+            return ShardedCheckpointManager(self.runner.checkpoint_dir)
+        return super().build_manager()
+
+    def checkpoint_state(self) -> Mapping:
+        r"""The body of [`checkpoint_state`][danling.runner.TorchRunner.checkpoint_state]."""
+        runner = self.runner
+        if not runner.checkpoint_manager.collective:
+            return runner.state_dict()
+        runner._loss_guard.check(False)
+        main = runner.is_main_process
+        state = super().state_dict() if main else {}
+        if runner.scaler.is_enabled() and main:
+            state[ckpt.SCALER] = runner.scaler.state_dict()
+        if main:
+            runner._recovery.add_to(state)
+        modules = {ckpt.EMA: runner.ema} if runner.ema is not None else {}
+        state.update(sharded_state(runner.unwrap(runner.model), runner.optimizer, modules=modules))
+        return state
+
+    def export_model(self, path: str | None) -> str | None:
+        r"""The body of [`export_model`][danling.runner.TorchRunner.export_model]."""
+        runner = self.runner
+        path = os.path.join(runner.checkpoint_dir, "model.pth") if path is None else os.fsdecode(path)
+        return export_model(runner.unwrap(runner.model), path)
+
+    def load_state_dict(self, state: Mapping) -> None:
+        r"""The body of [`load_state_dict`][danling.runner.TorchRunner.load_state_dict]."""
+        runner = self.runner
+        state = runner._parallel.import_state(state, runner.model, runner.optimizer, runner.ema)
+        super().load_state_dict(state)
+        if ckpt.SCALER in state and runner.scaler.is_enabled():
+            runner.scaler.load_state_dict(state[ckpt.SCALER])
+        if runner.ema is not None and ckpt.EMA in state:
+            runner.ema.load_state_dict(state[ckpt.EMA])
+        runner._recovery.restore(state)
+
+    def load_checkpoint(self, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> None:
+        r"""The body of [`load_checkpoint`][danling.runner.TorchRunner.load_checkpoint]."""
+        if is_sharded_checkpoint(checkpoint):
+            self._load_sharded(os.fsdecode(checkpoint))
+        else:
+            super().load_checkpoint(checkpoint, *args, **kwargs)
+        self.runner._recovery.after_load()
+
+    def _load_sharded(self, path: str) -> None:
+        # A `*.dcp` directory, on any world size and wrapping: model, optimizer and EMA through the DCP helpers,
+        # the rest (read in full) as from a single-file checkpoint.
+        runner = self.runner
+        modules = {ckpt.EMA: runner.ema} if runner.ema is not None else {}
+        state = load_sharded(path, runner.unwrap(runner.model), runner.optimizer, modules=modules)
+        for key, part in ((ckpt.SCHEDULER, runner.scheduler), (ckpt.SCALER, runner.scaler)):
+            if part is not None and key in state and (key != ckpt.SCALER or runner.scaler.is_enabled()):
+                part.load_state_dict(state[key])
+        self.load_results(state)
+        runner._recovery.restore(state)
+        if ckpt.RUNNER in state:
+            runner.load_config(state)
+        runner.config["checkpoint"] = path
+
+    def load_pretrained(self, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> None:
+        r"""The body of [`load_pretrained`][danling.runner.TorchRunner.load_pretrained]."""
+        runner = self.runner
+        if runner.model is None:
+            raise ValueError("cannot load pretrained weights before the model is set: assign self.model first")
+        if is_sharded_checkpoint(checkpoint):  # the model's entries only, in full
+            loaded = read_sharded_model(os.fsdecode(checkpoint))
+        else:
+            loaded = ckpt.read_checkpoint(checkpoint, *args, what="pretrained", **kwargs)
+        runner._parallel.load_model_state(runner.model, ckpt.extract_model_state(loaded))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import logging
 import os
 from collections.abc import Mapping
@@ -17,6 +15,7 @@ from chanfig import FlatDict, NestedDict, Variable
 from danling.metrics import AverageMeters
 
 from . import checkpoints as ckpt
+from .attributes import config_attribute, runner_repr
 from .checkpointing import AsyncCheckpointWriter, CheckpointManager
 from .checkpointing.runner_state import RUN_LOCATION_KEYS, RunnerCheckpoints, runner_from_checkpoint
 from .config import Config
@@ -116,7 +115,6 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
             config.refresh_run_id()
         self._config = config
         self._config_overrides: list[tuple[str, Any, Any]] = []
-        self._resume_notes: list[str] = []
         self._checkpoints = self._checkpoints_type(self)
         self.init_distributed()
         self.inited = True
@@ -140,8 +138,7 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         guard = RunDirGuard(planned)
         try:
             self.init_environment()
-            for note in self._resume_notes:
-                self.log(note, logging.WARNING if note.startswith("auto_resume skips") else logging.INFO)
+            self._checkpoints.log_notes()
             self._checkpoints.remove_temporaries()  # left by killed saves
             self.setup()
             self.init_resume()
@@ -484,19 +481,7 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails: fall through to existing config keys, nothing else.
-        descriptor = inspect.getattr_static(type(self), name, None)
-        if isinstance(descriptor, (property, cached_property)):
-            # A property raised AttributeError itself: let its own message through instead of ours.
-            return descriptor.__get__(self, type(self))
-        config = self.__dict__.get("_config")
-        if name.startswith("_"):  # private names are never config keys; fail fast (hasattr/getattr probes)
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        if config is not None and name in config:
-            return config[name]
-        keys = list(config.keys()) if config is not None else []
-        close = difflib.get_close_matches(name, keys, n=3)
-        hint = f"; did you mean {', '.join(repr(k) for k in close)}?" if close else ""
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute or config key {name!r}{hint}")
+        return config_attribute(self, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Precedence: an attribute of the runner (instance or class) stays on the runner; otherwise an existing
@@ -517,9 +502,4 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         return hasattr(type(self), name) or name in self.__dict__ or name in self.config
 
     def __repr__(self) -> str:
-        lines = [f"  ({key}): {value!r}".replace("\n", "\n  ") for key, value in self.__dict__.items() if _shown(key)]
-        return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)" if lines else f"{type(self).__name__}()"
-
-
-def _shown(key: str) -> bool:
-    return not key.startswith("_") and key != "inited"
+        return runner_repr(self)

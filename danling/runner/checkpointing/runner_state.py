@@ -8,6 +8,7 @@ methods of the runner, never straight into itself, so that a subclass's override
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -53,6 +54,9 @@ class RunnerCheckpoints:
         self.runner = runner
         # The checkpoint of `config.checkpoint`, read at construction and loaded once the model is set.
         self.pending: Mapping | None = None
+        # What resuming decided (auto_resume's choice, config keys that override the checkpoint), logged once the
+        # runner's logger exists.
+        self.notes: list[str] = []
 
     # Saving
 
@@ -156,6 +160,11 @@ class RunnerCheckpoints:
             self.pending = ckpt.read_checkpoint(runner.config["checkpoint"], weights_only=True)
             runner.load_config(self.pending)
 
+    def log_notes(self) -> None:
+        r"""Log the notes of resuming: `auto_resume` skipping a checkpoint as a warning, the others as info."""
+        for note in self.notes:
+            self.runner.log(note, logging.WARNING if note.startswith("auto_resume skips") else logging.INFO)
+
     def resume(self) -> None:
         r"""The body of [`init_resume`][danling.runner.BaseRunner.init_resume]."""
         runner = self.runner
@@ -176,11 +185,11 @@ class RunnerCheckpoints:
         if runner.is_main_process:
             found = self._find_resumable()
         found = dist_utils.broadcast_object(found) if runner.distributed else found
-        runner._resume_notes.extend(found["notes"])
+        self.notes.extend(found["notes"])
         if found["path"] is None:
-            runner._resume_notes.append("auto_resume: no checkpoint of this run found; starting fresh")
+            self.notes.append("auto_resume: no checkpoint of this run found; starting fresh")
             return
-        runner._resume_notes.append(f"auto_resume: resuming from {found['path']}")
+        self.notes.append(f"auto_resume: resuming from {found['path']}")
         runner.config["checkpoint"] = found["path"]
         if runner.config.get("dir") is None and runner.config.get("checkpoint_dir") is None:
             # Continue in the launch directory the checkpoint belongs to: one run, one directory.
@@ -220,8 +229,8 @@ class RunnerCheckpoints:
         runner = self.runner
         for key, saved, kept in merge_saved_config(runner.config, config):
             note = f"config.{key} overrides the checkpoint: it was {saved!r} there, now {kept!r}"
-            if note not in runner._resume_notes:
-                runner._resume_notes.append(note)
+            if note not in self.notes:
+                self.notes.append(note)
                 runner.log(note)
 
     def load_checkpoint(self, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
 from datetime import timedelta
 
 import torch
@@ -14,6 +15,8 @@ from danling.utils.distributed import all_reduce, broadcast_object
 __all__ = [
     "ProcessMixin",
     "init_process_group",
+    "share_run_identity",
+    "resolve_device",
     "default_backend",
     "launched_distributed",
     "all_reduce",
@@ -91,6 +94,49 @@ def init_process_group(backend: str | None = None, timeout: float | None = None)
     else:
         dist.init_process_group(backend=backend, timeout=delta)
     return True
+
+
+# Config keys every rank takes from rank 0, so that all ranks identify and seed the run alike.
+SHARED_CONFIG_KEYS = ("experiment_id", "run_id", "seed")
+
+
+def share_run_identity(timestamp: str, config: MutableMapping) -> str:
+    r"""
+    Make the run's identity rank 0's on every rank: write rank 0's `experiment_id`, `run_id` and `seed` into
+    `config` and return rank 0's `timestamp`. Collective when distributed.
+
+    Args:
+        timestamp: This rank's timestamp.
+        config: This rank's config, updated in place.
+
+    Returns:
+        Rank 0's timestamp.
+
+    Examples:
+        >>> config = {"experiment_id": "e", "run_id": "r", "seed": 1}
+        >>> share_run_identity("20250101", config), config
+        ('20250101', {'experiment_id': 'e', 'run_id': 'r', 'seed': 1})
+    """
+    agreed = dist_utils.broadcast_object({"timestamp": timestamp, **{k: config.get(k) for k in SHARED_CONFIG_KEYS}})
+    timestamp = agreed.pop("timestamp")
+    for key, value in agreed.items():
+        config[key] = value
+    return timestamp
+
+
+def resolve_device(device: str | None, local_rank: int) -> torch.device:
+    r"""
+    The device to run on: `device` when given, else `cuda:local_rank` when CUDA is available, else CPU.
+
+    Examples:
+        >>> resolve_device("cpu", 3)
+        device(type='cpu')
+    """
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
 
 
 class ProcessMixin:

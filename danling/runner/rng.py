@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -58,6 +59,23 @@ def seed_python_and_numpy(seed: int) -> None:
     """
     random.seed(seed)
     np.random.seed(seed)
+
+
+def use_deterministic_algorithms() -> None:
+    r"""
+    Make torch deterministic: `torch.use_deterministic_algorithms(True)`, cuDNN benchmarking off and deterministic,
+    and `CUBLAS_WORKSPACE_CONFIG` set as CUDA requires (unless already set). Process-wide.
+
+    Examples:
+        ```python
+        use_deterministic_algorithms()
+        torch.are_deterministic_algorithms_enabled()  # True
+        ```
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True)
 
 
 def get_rng_state() -> dict[str, Any]:

@@ -2,47 +2,34 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager, nullcontext
 from functools import cached_property
-from itertools import count
 from typing import Any
 
 import torch
 from chanfig import NestedDict
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from danling.utils import distributed as dist_utils
 
 from . import checkpoints as ckpt
-from . import results as res
 from .accumulation import AccumulationWindows
 from .base_runner import BaseRunner
 from .checkpointing import CheckpointManager
 from .checkpointing.torch_state import TorchRunnerCheckpoints
-from .data import (
-    build_dataloader,
-    build_evaluation_loader,
-    build_sampler,
-    check_not_empty,
-    describe_loader,
-    is_sharded_for_training,
-    loader_length,
-    set_sampler_epoch,
-    split_options,
-)
-from .distributed import init_process_group
+from .data import describe_loader, loader_length
+from .distributed import init_process_group, resolve_device, share_run_identity
+from .evaluation import EvaluationLoops
 from .finite import NonFiniteLossGuard
-from .inference import gather_predictions, infer_input, inference_loader
+from .loaders import SplitLoaders
 from .parallel import build_parallelism, evaluation_context
 from .precision import Precision
 from .recovery import Recovery
+from .rng import use_deterministic_algorithms
 from .stepping import OptimizationMixin, StepProbe
 from .telemetry import Telemetry
+from .training import TrainingLoop
 from .utils import RunnerMode, to_device
 from .verification import ResumeCheck, verify_resume
 
@@ -86,10 +73,12 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         self._windows = AccumulationWindows()
         self._loss_guard = NonFiniteLossGuard()
         self._step_probe = StepProbe()
-        self._evaluation_loaders: dict[str, Any] = {}
         self._recovery = Recovery(self)
+        self._training = TrainingLoop(self)
+        self._evaluation = EvaluationLoops(self)
+        self._loaders = SplitLoaders(self)
         super().__init__(config)
-        self._device = self._resolve_device()
+        self._device = resolve_device(self.config.get("device"), self.local_rank)
         self._batches_stay = self._device.type == "cpu"  # batches are already where the model is
         self._precision = Precision(self.config.get("precision"), self._device.type)
         self.telemetry = Telemetry(self._device, self.world_size)
@@ -103,19 +92,8 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         `timestamp`, ids and seed identical on every rank. `config.dist_timeout` (seconds) bounds how long a
         collective waits for a hung rank before the job fails with an error. Collective.
         """
-        if not init_process_group(self.config.get("backend"), self.config.get("dist_timeout")):
-            return
-        agreed = dist_utils.broadcast_object(
-            {
-                "timestamp": self.timestamp,
-                "experiment_id": self.config.get("experiment_id"),
-                "run_id": self.config.get("run_id"),
-                "seed": self.config.get("seed"),
-            }
-        )
-        self.timestamp = agreed.pop("timestamp")
-        for key, value in agreed.items():
-            self.config[key] = value
+        if init_process_group(self.config.get("backend"), self.config.get("dist_timeout")):
+            self.timestamp = share_run_identity(self.timestamp, self.config)
 
     def setup(self) -> None:
         r"""
@@ -125,8 +103,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         """
         self.build_dataloaders()
         if self.config.get("log_interval") is None and self.dataloaders:
-            lengths = [n for n in map(loader_length, self.dataloaders.values()) if n is not None]
-            self.config["log_interval"] = max(max(lengths, default=10) // 10, 1)
+            self.config["log_interval"] = self._loaders.default_log_interval()
         if self.model is not None:
             self.model = self._parallel.wrap(self.model.to(self.device), self.device, self.optimizer)
         if self.ema is not None:
@@ -140,26 +117,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         Train splits shuffle (unless `shuffle` says otherwise) and use a `DistributedSampler` when distributed;
         other splits keep their order and are sharded without padding.
         """
-        dataloader_config = self.config.get("dataloader") or {}
-        splits = list(self.datasets.keys())
-        try:
-            train_splits = self.train_splits
-        except ValueError:
-            train_splits = []
-        seed = self.config.get("seed")
-        for split, dataset in self.datasets.items():
-            if split in self.dataloaders:
-                continue
-            check_not_empty(split, dataset)
-            train = split in train_splits
-            options = split_options(dataloader_config, split, splits)
-            shuffle = options.get("shuffle", train)
-            sampler = self.datasamplers.get(split)
-            if sampler is None:
-                sampler = build_sampler(dataset, train, shuffle, self.rank, self.world_size, seed)
-                self.datasamplers[split] = sampler
-            pin = self.device.type == "cuda"
-            self.dataloaders[split] = build_dataloader(dataset, sampler, options, train, pin)
+        self._loaders.build()
 
     # Environment
 
@@ -167,13 +125,6 @@ class TorchRunner(OptimizationMixin, BaseRunner):
     def device(self) -> torch.device:
         r"""`config.device`, else `cuda:LOCAL_RANK` when CUDA is available, else CPU (decided at construction)."""
         return self._device
-
-    def _resolve_device(self) -> torch.device:
-        if self.config.get("device") is not None:
-            return torch.device(self.config["device"])
-        if torch.cuda.is_available():
-            return torch.device("cuda", self.local_rank)
-        return torch.device("cpu")
 
     def _seed_generators(self, seed: int) -> None:
         super()._seed_generators(seed)
@@ -184,10 +135,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         Use deterministic algorithms (`torch.use_deterministic_algorithms`), turn cuDNN benchmarking off and set
         `CUBLAS_WORKSPACE_CONFIG` as CUDA requires.
         """
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-        torch.use_deterministic_algorithms(True)
+        use_deterministic_algorithms()
 
     def unwrap(self, model: Any) -> Any:
         r"""The model inside `DistributedDataParallel` (and `torch.compile`) wrappers."""
@@ -227,81 +175,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         """
         train_splits = self.train_splits if train_splits is None else train_splits
         evaluate_splits = self.evaluate_splits if evaluate_splits is None else evaluate_splits
-        epochs = self._epochs_to_run()
-        self.check_score_split([*train_splits, *evaluate_splits])
-        self.announce("train")
-        recovery = self._recovery
-        with recovery.catch_preemption(), recovery.explain_timeouts(), self._saves_drained():
-            for epoch in epochs:
-                if self._step_end_reached():
-                    self.log(f"step_end ({self.step_end}) already reached at step {self.steps}: nothing left to train")
-                    break
-                self.epochs = epoch
-                result = self._run_epoch(train_splits, evaluate_splits)
-                self.append_result(result, index=epoch)
-                self._step_plateau_scheduler()
-                self.write_epoch_result(result)
-                self.log(self.format_epoch_result(result))
-                # Commit order: the checkpoint first, then the JSON files that describe it.
-                recovery.end_of_epoch()
-                with recovery.contain():  # a failed save stops every rank at the agreement just below
-                    self.save_checkpoint(epochs=epoch)
-                    self._save_result_after_checkpoint()
-                if self.writer is not None:
-                    self.writer.flush()
-                recovery.stop_if_preempted()
-                if self._should_stop():
-                    break
-        self.write_hparams()
-        return self.results
-
-    def _saves_drained(self) -> AbstractContextManager:
-        # `train` returns (or raises, preemption included) only once a background save has committed.
-        return nullcontext() if self.async_saver is None else self.async_saver.draining()
-
-    def _save_result_after_checkpoint(self) -> None:
-        if self.async_saver is None:
-            self.save_result()
-        elif self.is_main_process:  # the results of now, written once the checkpoint is committed
-            self.after_checkpoint(self.result_writer())
-
-    def _epochs_to_run(self) -> Iterable[int]:
-        if self.epoch_end is None and self.step_end is None:
-            raise ValueError("train() needs config.epoch_end or config.step_end to know when to stop")
-        if self.epoch_end is None:
-            return count(self.epoch_begin)
-        if self.epoch_end < self.epoch_begin:
-            raise ValueError(
-                f"epoch_end ({self.epoch_end}) is before epoch_begin ({self.epoch_begin}): nothing to train"
-            )
-        return range(self.epoch_begin, self.epoch_end)
-
-    def _run_epoch(self, train_splits: list[str], evaluate_splits: list[str]) -> NestedDict:
-        # Train splits a mid-epoch checkpoint had finished keep their results (see `Recovery.train_splits`).
-        result = self._recovery.train_splits(train_splits, self.train_epoch, self._step_end_reached)
-        for split in evaluate_splits:
-            result[split] = self.evaluate_epoch(split)
-        return result
-
-    def _step_end_reached(self) -> bool:
-        return self.step_end is not None and self.steps >= self.step_end
-
-    def _step_plateau_scheduler(self) -> None:
-        # ReduceLROnPlateau follows the epoch's score, not the optimizer steps (see `optimizer_step`).
-        if isinstance(self.scheduler, ReduceLROnPlateau) and self.latest_score is not None:
-            self.scheduler.step(self.latest_score)
-
-    def _should_stop(self) -> bool:
-        if self._step_end_reached():
-            return True
-        patience = self.config.get("patience")
-        if patience is None or not self.results:
-            return False
-        waited = res.epochs_without_improvement(self.scores or {}, self.best_fn)
-        if waited >= patience:
-            self.log(f"stopping early: no improvement in the last {waited} epochs (patience {patience})")
-            return True
-        return False
+        return self._training.run(train_splits, evaluate_splits)
 
     def train_epoch(self, split: str = "train") -> NestedDict:
         r"""
@@ -377,38 +251,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         return verify_resume(self, steps, split)
 
     def _start_epoch(self, split: str, mode: RunnerMode, loader: Any = None) -> Any:
-        own = loader is None
-        if own:
-            loader = self._loader(split, mode)
-        self.mode = mode
-        self.split = split
-        if self.model is not None:
-            self.model.train(mode == RunnerMode.train)
-        self.meters.reset()
-        self._loss_meter = self.meters.loss
-        metrics = self.current_metrics
-        if metrics is not None:
-            metrics.reset()
-        self.telemetry.start_epoch(mode, self.steps)
-        if own and mode == RunnerMode.train:
-            set_sampler_epoch(self.datasamplers.get(split), self.epochs, self.config.get("seed"))
-        return loader
-
-    def _loader(self, split: str, mode: RunnerMode) -> Any:
-        # Dataloaders of datasets assigned after construction are built on first use. Evaluating a train split
-        # uses an ordered, unpadded loader that keeps the last batch, so each sample counts exactly once.
-        if split not in self.dataloaders and split in self.datasets:
-            self.build_dataloaders()
-        if split not in self.dataloaders:
-            available = sorted(set(self.dataloaders) | set(self.datasets))
-            raise KeyError(f"no dataloader or dataset for split {split!r}; available splits are {available}")
-        loader = self.dataloaders[split]
-        check_not_empty(split, getattr(loader, "dataset", None))
-        if mode == RunnerMode.train or not is_sharded_for_training(loader):
-            return loader
-        if split not in self._evaluation_loaders:
-            self._evaluation_loaders[split] = build_evaluation_loader(loader, self.rank, self.world_size)
-        return self._evaluation_loaders[split]
+        return self._loaders.start_epoch(split, mode, loader)
 
     def _log_step(self, split: str, iteration: int, length: int | None) -> None:
         # `iteration` counts batches over the run; the line shows the position in the epoch.
@@ -507,18 +350,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         Returns:
             The split's result, `metric -> value`, averaged over all ranks.
         """
-        loader = self._start_epoch(split, RunnerMode.evaluate)
-        length = loader_length(loader)
-        log_interval = self.config.get("log_interval")
-        first = self.telemetry.batches_before + 1
-        iteration = first - 1
-        for iteration, data in enumerate(self._iterate(loader, split, length), first):
-            self.evaluate_step(self.to_device(data))
-            if log_interval is not None and iteration % log_interval == 0:
-                self._log_step(split, iteration, length)
-        if iteration < first and not self.distributed:  # under DDP, one rank's shard may be empty
-            raise ValueError(f"split {split!r} yielded no batches to evaluate ({describe_loader(loader)})")
-        return self.get_epoch_result()
+        return self._evaluation.evaluate_epoch(split)
 
     def evaluate_step(self, data: Any) -> tuple[Any, torch.Tensor | None]:
         r"""
@@ -550,38 +382,10 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         Returns:
             The predictions concatenated along the first dimension (on CPU).
         """
-        if isinstance(data, str):
-            loader = self._start_epoch(data, RunnerMode.infer)
-            split = data
-        else:
-            options = self.config.get("dataloader")
-            pin = self.device.type == "cuda"
-            split = "infer"
-            loader = inference_loader(data, options, self.rank, self.world_size, pin)
-            loader = self._start_epoch(split, RunnerMode.infer, loader)
-        model = self._parallel.evaluation_module(self.model)
-        outputs = []
-        for batch in self._iterate(loader, split, loader_length(loader)):
-            with self.autocast():
-                outputs.append(model(infer_input(self.to_device(batch))).float())
-        return gather_predictions(outputs, self.distributed)
+        return self._evaluation.infer(data)
 
     def _iterate(self, loader: Iterable, split: str, length: int | None) -> Iterable:
-        batches = self.telemetry.iterate(loader)
-        self._bar = None
-        if not self._show_progress_bar():
-            return batches
-        from tqdm.auto import tqdm
-
-        desc = split if split == str(self.mode) else f"{self.mode} {split}"
-        self._bar = tqdm(batches, total=length, desc=desc, leave=False, dynamic_ncols=True)
-        return self._bar
-
-    def _show_progress_bar(self) -> bool:
-        setting = self.config.get("progress_bar")
-        if not self.is_main_process or setting is False:
-            return False
-        return setting is True or sys.stderr.isatty()
+        return self._loaders.iterate(loader, split, length)
 
     def get_step_result(self) -> NestedDict:
         r"""Latest batch's meters and metrics; in training, numbers are averaged over ranks (collective)."""

@@ -1,7 +1,7 @@
 """`Config`: every piece of state needed to reproduce or resume a run, declared as typed keys with defaults.
 
-Parsing flags and checking values live in [`config_parsing`][danling.runner.config_parsing]; its public names are
-importable from here too.
+Parsing flags and checking values live in `danling.runner.config_parsing` (such as
+[`check_typos`][danling.runner.config_parsing.check_typos]); its public names are importable from here too.
 """
 
 from __future__ import annotations

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from functools import cached_property
 from typing import Any, Callable
@@ -26,7 +25,7 @@ from .progress import ProgressMixin
 from .reporting import ReportingMixin
 from .rng import SEED_RANGE, biased_seed, draw_seed, seed_python_and_numpy
 from .serialization import SerializationMixin
-from .startup import RunDirGuard
+from .startup import RunDirGuard, run_dir_of
 from .utils import RunnerMeta, RunnerMode, get_time_str, on_main_process
 
 __all__ = ["BaseRunner", "SEED_RANGE", "RUN_LOCATION_KEYS"]
@@ -132,10 +131,7 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         A failure here (a missing `pretrained` file, a bad config) closes the log and TensorBoard files and
         removes the run directory this start created, so a failed start leaves nothing behind.
         """
-        explicit = self.config.get("dir")
-        root = self.config.get("project_root", "experiments")
-        planned = explicit if explicit is not None else os.path.join(root, f"{self.name}-{self.id}", self.timestamp)
-        guard = RunDirGuard(planned)
+        guard = RunDirGuard(run_dir_of(self.config, f"{self.name}-{self.id}", self.timestamp))
         try:
             self.init_environment()
             self._checkpoints.log_notes()
@@ -357,10 +353,7 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         (`async_save`) commits; it is dropped when that save fails. Keeps the commit order: checkpoint, then what
         describes it.
         """
-        if self.async_saver is None:
-            callback()
-        else:
-            self.async_saver.after_commit(callback)
+        self._checkpoints.after_commit(callback)
 
     @cached_property
     def checkpoint_manager(self) -> CheckpointManager:

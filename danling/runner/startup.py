@@ -36,6 +36,21 @@ def write_config_file(config: Mapping, directory: str, name: str = "config.yaml"
     return save(content, os.path.join(directory, name), sort_keys=False)
 
 
+def run_dir_of(config: Mapping, name_id: str, timestamp: str) -> str:
+    r"""
+    The run directory a config asks for: `config.dir`, else `project_root/{name_id}/{timestamp}` (not created).
+
+    Examples:
+        >>> run_dir_of({"dir": "out"}, "Run-1234", "t"), run_dir_of({}, "Run-1234", "t") == os.path.join(
+        ...     "experiments", "Run-1234", "t"
+        ... )
+        ('out', True)
+    """
+    explicit = config.get("dir")
+    root = config.get("project_root", "experiments")
+    return explicit if explicit is not None else os.path.join(root, name_id, timestamp)
+
+
 class RunDirGuard:
     r"""
     Remembers which folders of a run directory's path exist before a start, and removes the ones the start made

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from warnings import warn
 
@@ -109,6 +109,14 @@ class RunnerCheckpoints:
             return commit(state)
         saver.submit(state, manager.path(name), commit)
         return manager.path(name)
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        r"""The body of [`after_checkpoint`][danling.runner.BaseRunner.after_checkpoint]."""
+        saver = self.runner.async_saver
+        if saver is None:
+            callback()
+        else:
+            saver.after_commit(callback)
 
     def build_manager(self) -> CheckpointManager:
         r"""The manager of the runner's `checkpoint_dir`."""

@@ -12,7 +12,17 @@ import pytest
 
 import danling as dl
 
-HEAVY_PACKAGES = ("tensorboard", "accelerate", "torchmetrics", "torcheval", "deepspeed", "pandas")
+# `torch.distributed.checkpoint` (over a second: it loads sympy) is imported when a sharded checkpoint is used.
+HEAVY_PACKAGES = (
+    "tensorboard",
+    "accelerate",
+    "torchmetrics",
+    "torcheval",
+    "deepspeed",
+    "pandas",
+    "torch.distributed.checkpoint",
+    "sympy",
+)
 
 # Public names of SPEC section 1.
 PUBLIC_NAMES = (

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib
 import os
 import shutil
 import warnings
@@ -20,17 +21,8 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 import torch
-import torch.distributed.checkpoint as dcp
 from torch import distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_model_state_dict,
-    set_state_dict,
-)
-from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
 from ..consensus import FailureConsensus
 from .formats import sha256_file
@@ -38,6 +30,16 @@ from .manager import LATEST, TEMPORARY_PATTERN, CheckpointManager, _size
 from .manifest import CheckpointError, checkpoint_problem, describe_problem
 
 MODEL, OPTIMIZER = "model", "optimizer"
+
+
+def _dcp() -> Any:
+    # `torch.distributed.checkpoint` takes over a second to import (it pulls in sympy): load it on first use, so
+    # that `import danling` stays cheap for the runs that never write a sharded checkpoint.
+    for submodule in ("state_dict", "state_dict_loader"):
+        importlib.import_module(f"torch.distributed.checkpoint.{submodule}")
+    return importlib.import_module("torch.distributed.checkpoint")
+
+
 RENAME_EXCHANGE = 2  # renameat2 flag: swap two paths atomically (Linux >= 3.15)
 AT_FDCWD = -100
 
@@ -64,13 +66,13 @@ class ShardedFormat:
 
     def write(self, state: Mapping, path: str) -> None:
         with _single_process_quiet():
-            dcp.save(dict(state), storage_writer=dcp.FileSystemWriter(path, sync_files=True))
+            _dcp().save(dict(state), storage_writer=_dcp().FileSystemWriter(path, sync_files=True))
 
     def read(self, path: str, state: dict | None = None, **kwargs: Any) -> Any:
         with _single_process_quiet():
             if state is None:
-                return _load_state_dict_from_keys(kwargs.get("keys"), checkpoint_id=path)
-            dcp.load(state, checkpoint_id=path)
+                return _dcp().state_dict_loader._load_state_dict_from_keys(kwargs.get("keys"), checkpoint_id=path)
+            _dcp().load(state, checkpoint_id=path)
         return state
 
     def digest(self, path: str) -> str:
@@ -295,12 +297,12 @@ def sharded_state(
     complete). Collective under FSDP2.
     """
     if optimizer is None:
-        state = {MODEL: get_model_state_dict(model)}
+        state = {MODEL: _dcp().state_dict.get_model_state_dict(model)}
     else:
-        model_state, optimizer_state = get_state_dict(model, optimizer)
+        model_state, optimizer_state = _dcp().state_dict.get_state_dict(model, optimizer)
         state = {MODEL: model_state, OPTIMIZER: optimizer_state}
     for key, module in (modules or {}).items():
-        state[key] = get_model_state_dict(module)
+        state[key] = _dcp().state_dict.get_model_state_dict(module)
     state.update(extra)
     return state
 
@@ -328,16 +330,17 @@ def load_sharded(
         dist.broadcast_object_list(problem, src=0)  # every rank stops, not only rank 0
     if problem[0] is not None:
         raise CheckpointError(describe_problem(path, problem[0], fmt))
-    saved = {key.split(".", 1)[0] for key in dcp.FileSystemReader(path).read_metadata().state_dict_metadata}
+    saved = {key.split(".", 1)[0] for key in _dcp().FileSystemReader(path).read_metadata().state_dict_metadata}
     modules = {key: module for key, module in (modules or {}).items() if key in saved}
     target = sharded_state(model, optimizer, modules)
     fmt.read(path, target)
     if optimizer is None:
-        set_state_dict(model, [], model_state_dict=target[MODEL], optim_state_dict={})
+        _dcp().state_dict.set_state_dict(model, [], model_state_dict=target[MODEL], optim_state_dict={})
     else:
-        set_state_dict(model, optimizer, model_state_dict=target[MODEL], optim_state_dict=target[OPTIMIZER])
+        state_dict = _dcp().state_dict
+        state_dict.set_state_dict(model, optimizer, model_state_dict=target[MODEL], optim_state_dict=target[OPTIMIZER])
     for key, module in modules.items():
-        set_model_state_dict(module, target[key])
+        _dcp().state_dict.set_model_state_dict(module, target[key])
     extra = saved - {MODEL, OPTIMIZER, *modules}
     return fmt.read(path, keys=extra) if extra else {}
 
@@ -362,8 +365,8 @@ def export_model(model: nn.Module, path: str) -> str | None:
     Returns:
         `path` on rank 0, `None` on other ranks.
     """
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    state = get_model_state_dict(model, options=options)
+    options = _dcp().state_dict.StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = _dcp().state_dict.get_model_state_dict(model, options=options)
     if not _is_main():
         return None
     directory, name = os.path.split(os.path.abspath(path))

@@ -13,7 +13,8 @@ data identically and must end with the same loss (printed as a check).
     file, so it is not a TTY and no bar is drawn), `dir` in a temporary directory, `epoch_end=3`,
     `dataloader.batch_size=32`, no evaluation split.
 
-Each variant runs in its own Python process, interleaved A, B, A, B... for `--rounds` rounds. Every process reports
+Each variant runs in its own Python process, interleaved A, B, B, A, A, B... for `--rounds` rounds (the order
+alternates between rounds). Every process reports
 its time per optimizer step over the training epochs, excluding start-up, imports and building the model and data:
 A from just before the first batch of epoch 0 to the end of the last epoch; B the whole `runner.train()` call
 ("full": includes the per-epoch `results.json`/`latest.json`/`best.json` and `latest.pth`/`best.pth` writes, each
@@ -218,7 +219,10 @@ def benchmark(rounds: int, epochs: int, samples: int, scenarios: list[str]) -> N
     rows: dict[str, list[list[float]]] = {scenario: [] for scenario in scenarios}
     for index in range(rounds):
         for scenario in scenarios:
-            results = {variant: spawn(variant, epochs, samples, scenario) for variant in ("loop", "runner")}
+            # Alternate which variant goes first (A B, B A, ...): a machine that slows down or speeds up within a
+            # round would otherwise always favour the same one.
+            order = ("loop", "runner") if index % 2 == 0 else ("runner", "loop")
+            results = {variant: spawn(variant, epochs, samples, scenario) for variant in order}
             if results["loop"]["steps"] != results["runner"]["steps"]:
                 raise RuntimeError(f"step counts differ: {results['loop']['steps']} and {results['runner']['steps']}")
             row = [us_per_step(results[variant], key) for _, variant, key in COLUMNS]

@@ -31,21 +31,15 @@ import subprocess
 import sys
 import tempfile
 
-WORKLOAD = r"""
-import io, os, sys, tempfile
-import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
-import danling as dl
+from bench_runner_instructions import SETUP
 
-torch.set_num_threads(1)
+WORKLOAD = (
+    """
+import sys
 scenario, repeat, names_file = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-options = {"fp32": {}, "accum": {"accum_steps": 4}, "bf16": {"precision": "bf16"}, "fp16": {"precision": "fp16"}}
-options = options[scenario]
-accum_steps = options.get("accum_steps", 1)
-dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(scenario)
-generator = torch.Generator().manual_seed(1234)
-dataset = TensorDataset(torch.randn(8192, 32, generator=generator), torch.randint(0, 10, (8192,), generator=generator))
+"""
+    + SETUP
+    + r"""
 
 
 class Runner(dl.TorchRunner):
@@ -123,16 +117,20 @@ def train_step(n):
         runner.train_step(batch)
 
 
+def hand_step(index, inputs, targets):
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+        loss = criterion(model(inputs), targets)
+    scaler.scale(loss / accum_steps if accum_steps > 1 else loss).backward()
+    if (index + 1) % accum_steps == 0:
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+    total.add_(loss.detach(), alpha=len(targets))
+
+
 def step_hand(n):
     for index in range(n):
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            loss = criterion(model(x), y)
-        scaler.scale(loss / accum_steps if accum_steps > 1 else loss).backward()
-        if (index + 1) % accum_steps == 0:
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-        total.add_(loss.detach(), alpha=len(y))
+        hand_step(index, x, y)
 
 
 def log_step(n):
@@ -145,15 +143,8 @@ def epoch(n):
 
 
 def epoch_hand(n):
-    for index, (x, y) in enumerate(loader):
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            loss = criterion(model(x), y)
-        scaler.scale(loss / accum_steps if accum_steps > 1 else loss).backward()
-        if (index + 1) % accum_steps == 0:
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-        total.add_(loss.detach(), alpha=len(y))
+    for index, (inputs, targets) in enumerate(loader):
+        hand_step(index, inputs, targets)
 
 
 pieces = [fetch, fetch_hand, unpack_to_device, contexts, record, loss_sum_hand, watch, optimizer_step, optimizer_hand,
@@ -170,6 +161,7 @@ for piece in pieces:
     eval(compile(f"{piece.__name__}({repeat})", piece.__name__, "eval"))
     os.getppid()  # callgrind dumps the counters just before this call
 """
+)
 
 # How each piece is shown and what its count is divided by (`None`: per call of `repeat`; a number: per batch).
 LABELS = {

@@ -24,21 +24,30 @@ from concurrent.futures import ThreadPoolExecutor
 TARGET = 1.05
 STEPS_PER_EPOCH = 8192 // 32
 
-WORKLOAD = r"""
-import io, sys, tempfile
+# The data, options and imports of the workload, shared with `bench_runner_breakdown.py`; it reads `scenario`.
+SETUP = r"""
+import io, os, sys, tempfile
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 import danling as dl
 
 torch.set_num_threads(1)
-mode, epochs, scenario = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 scenarios = {"fp32": {}, "accum": {"accum_steps": 4}, "bf16": {"precision": "bf16"}, "fp16": {"precision": "fp16"}}
 options = scenarios[scenario]
 accum_steps = options.get("accum_steps", 1)
 dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(scenario)
 generator = torch.Generator().manual_seed(1234)
 dataset = TensorDataset(torch.randn(8192, 32, generator=generator), torch.randint(0, 10, (8192,), generator=generator))
+"""
+
+WORKLOAD = (
+    """
+import sys
+mode, epochs, scenario = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+"""
+    + SETUP
+    + r"""
 
 
 def mlp():
@@ -79,6 +88,7 @@ else:
             total.add_(loss.detach(), alpha=len(y))
         total.item()
 """
+)
 
 
 def count_instructions(script: str, mode: str, epochs: int, scenario: str) -> int:

@@ -392,13 +392,22 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         result = super().get_step_result()
         # Only training shards are the same length on every rank, so only there can every rank join the reduce.
         if self.distributed and self.mode == RunnerMode.train:
-            for key, value in result.all_items():
-                if isinstance(value, (int, float)):
-                    result[key] = float(self.reduce(torch.tensor(float(value), dtype=torch.float64)))
+            self._average_metric_values(result)
         if self.mode == RunnerMode.train and self.optimizer is not None:
             result["lr"] = self.optimizer.param_groups[0]["lr"]
         result.update(self.telemetry.step_stats(self.steps if self.mode == RunnerMode.train else None))
         return result
+
+    def _average_metric_values(self, result: NestedDict) -> None:
+        # The meters arrive averaged over ranks already (see `BaseRunner.get_step_result`); the metrics' numbers
+        # are averaged here, all in one collective.
+        meters = {name for name, _ in self.meters.count.all_items()}
+        keys = [key for key, value in result.all_items() if key not in meters and isinstance(value, (int, float))]
+        if not keys:
+            return
+        averaged = self.reduce(torch.tensor([float(result[key]) for key in keys], dtype=torch.float64)).tolist()
+        for key, value in zip(keys, averaged):
+            result[key] = value
 
     def get_epoch_result(self) -> NestedDict:
         r"""

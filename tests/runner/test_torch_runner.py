@@ -212,3 +212,33 @@ def test_metrics_are_recorded_per_split(make_runner):
         accuracy = (runner.model(x).argmax(-1) == y).float().mean().item()
     assert result["val"]["acc"] == pytest.approx(accuracy)
     assert "acc" in result["train"]
+
+
+def test_distributed_step_result_averages_the_metrics_in_one_collective_and_not_the_meters_again(
+    make_runner, monkeypatch
+):
+    # The meters reach `TorchRunner.get_step_result` averaged over ranks already; only the metrics' numbers are left.
+    runner = make_runner(epoch_end=1)
+    runner.train_metrics = dl.metrics.multiclass_metrics(num_classes=3)
+    runner._start_epoch("train", dl.runner.RunnerMode.train)
+    inputs, target = next(iter(runner.dataloaders.train))
+    runner.train_step((inputs, target))
+    plain = runner.get_step_result()
+    calls = []
+    monkeypatch.setattr(type(runner), "distributed", property(lambda self: True))
+    monkeypatch.setattr(type(runner), "_updated_meter_values", lambda self: self.meters.value(skip_empty=True))
+
+    def reduce(tensor):
+        calls.append(tensor.clone())
+        return tensor * 2  # stands in for the mean over ranks, visibly
+
+    monkeypatch.setattr(runner, "reduce", reduce)
+    result = runner.get_step_result()
+    assert len(calls) == 1
+    metric_keys = [key for key in runner.train_metrics.value() if isinstance(plain[key], float)]
+    assert metric_keys
+    assert calls[0].numel() == len(metric_keys)
+    assert result["loss"] == plain["loss"]
+    assert result["lr"] == plain["lr"]
+    for key in metric_keys:
+        assert result[key] == pytest.approx(2 * plain[key], nan_ok=True)

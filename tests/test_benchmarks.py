@@ -1,0 +1,24 @@
+"""The overhead benchmark runs end to end: lockstep workers, the same training in both variants, a summary."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+BENCHMARK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "bench_runner.py")
+
+
+def test_bench_runner_runs_both_variants_in_lockstep():
+    # Two epochs of 8 batches with accumulation: the script itself raises if the step counts or losses differ.
+    command = [sys.executable, BENCHMARK, "--rounds", "1", "--epochs", "2", "--samples", "256", "--scenario", "accum"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = [line.split() for line in completed.stdout.splitlines() if line.strip().startswith("accum")]
+    assert len(rows) == 1, completed.stdout
+    loss_loop, loss_runner = float(rows[0][-3]), float(rows[0][-1])
+    assert loss_loop == loss_runner
+    pattern = r"\[accum\] (wall|cpu), +(train-only|full train\(\)): median B/A over 2 epoch pairs"
+    summary = re.findall(pattern, completed.stdout)
+    assert sorted(summary) == sorted([(c, s) for c in ("wall", "cpu") for s in ("train-only", "full train()")])

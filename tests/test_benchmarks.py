@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 
 BENCHMARK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "bench_runner.py")
 
 
-def test_bench_runner_runs_both_variants_in_lockstep():
+def test_bench_runner_runs_both_variants_in_lockstep(subprocess_run):
     # Two epochs of 8 batches with accumulation: the script itself raises if the step counts or losses differ.
+    # `subprocess_run` starts it in its own process group and kills the group (both workers) on timeout.
     command = [sys.executable, BENCHMARK, "--rounds", "1", "--epochs", "2", "--samples", "256", "--scenario", "accum"]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    completed = subprocess_run(command, timeout=240)
     assert completed.returncode == 0, completed.stderr[-3000:]
     rows = [line.split() for line in completed.stdout.splitlines() if line.strip().startswith("accum")]
     assert len(rows) == 1, completed.stdout

@@ -103,30 +103,27 @@ class AverageMeter:
             >>> meter.sum, meter.count
             (2.0, 2)
         """
-        if self._update_in_place(value, n):
+        total = self._sum
+        if (  # the hot path of a training loop: a loss tensor weighted by an int batch size
+            isinstance(value, Tensor)
+            and isinstance(total, Tensor)
+            and not isinstance(n, (Tensor, bool))
+            and value.numel() == 1
+            # `get_device` is an int (-1 on the CPU): cheaper than comparing two `torch.device` objects.
+            and total.get_device() == value.get_device()
+            and total.is_cpu == value.is_cpu
+        ):
+            # One in-place add into the running sum: no new tensors, no sync, no further call.
+            value = value.detach()
+            total.add_(value if value.ndim == 0 else value.reshape(()), alpha=n)
+            self._val, self._n, self._count = value, n, self._count + n
             return
         value = _detach_scalar(value, "value")
         n = _detach_scalar(n, "n")
         self._val = value
         self._n = n
-        self._sum = self._sum + value * n
+        self._sum = total + value * n
         self._count = self._count + n
-
-    def _update_in_place(self, value: Scalar, n: Scalar) -> bool:
-        # The hot path of a training loop (a loss tensor weighted by an int batch size): one in-place add into the
-        # running sum, no new tensors and no sync. Returns False to fall back to the general path.
-        total = self._sum
-        if not isinstance(value, Tensor) or not isinstance(total, Tensor) or isinstance(n, (Tensor, bool)):
-            return False
-        # `get_device` is an int (-1 on the CPU): cheaper than comparing two `torch.device` objects.
-        if value.numel() != 1 or total.get_device() != value.get_device() or total.is_cpu != value.is_cpu:
-            return False
-        value = value.detach()
-        total.add_(value if value.ndim == 0 else value.reshape(()), alpha=n)
-        self._val = value
-        self._n = n
-        self._count = self._count + n
-        return True
 
     @property
     def val(self) -> Number:

@@ -39,6 +39,7 @@ class ReportingMixin:
     train_metrics: Any = None
     evaluate_metrics: Any = None
     mode: RunnerMode
+    _mode: RunnerMode  # the storage behind `mode`, read directly on the per-batch path
     distributed: bool
     logger: logging.Logger | None = None
     writer: Any = None
@@ -56,7 +57,7 @@ class ReportingMixin:
         Metrics of the current mode: `train_metrics` when training, `evaluate_metrics` otherwise, each falling
         back to `metrics`. The loops update these, and the step and epoch results read them.
         """
-        specific = self.train_metrics if self.mode == RunnerMode.train else self.evaluate_metrics
+        specific = self.train_metrics if self._mode == RunnerMode.train else self.evaluate_metrics
         return self.metrics if specific is None else specific
 
     def get_step_result(self) -> NestedDict:

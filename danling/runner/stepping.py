@@ -84,6 +84,7 @@ class OptimizationMixin:
     """
 
     config: Any
+    _config: Any  # the storage behind `config`, read directly once per optimizer step
     model: Any
     optimizer: Any
     scheduler: Any
@@ -110,7 +111,10 @@ class OptimizationMixin:
         r"""
         Context manager running the forward pass in `config.precision` (`torch.autocast`), or a no-op in float32.
         """
-        return self._precision.autocast()
+        precision = self._precision
+        if precision.dtype is None:  # float32: the shared no-op, without a second call per micro-step
+            return _NULL_CONTEXT
+        return precision.autocast()
 
     def accumulate(self) -> AbstractContextManager:
         r"""
@@ -190,7 +194,7 @@ class OptimizationMixin:
             self.ema.update_parameters(self.unwrap(self.model))
         if self.scheduler is not None and not isinstance(self.scheduler, ReduceLROnPlateau):
             self.scheduler.step()
-        count_step(self.config)
+        count_step(self._config)
 
     def _scaled_step(self, scaler: torch.amp.GradScaler) -> bool:
         # Returns whether the scaler skipped the step.

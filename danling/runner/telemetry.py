@@ -118,7 +118,11 @@ class Telemetry:
             self.batches += 1
             cls = type(batch)
             if cls is tuple or cls is list:  # the common `(input, target)` batch: no tokens to look for
-                self.samples += batch_length(batch)
+                first = batch[0] if batch else None
+                if type(first) is torch.Tensor and first.ndim:  # its length without a call
+                    self.samples += first.shape[0]
+                else:
+                    self.samples += batch_length(batch)
             else:
                 self._count_batch(batch)
             yield batch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import MutableMapping
 from datetime import timedelta
@@ -15,6 +16,7 @@ from danling.utils.distributed import all_reduce, broadcast_object
 __all__ = [
     "ProcessMixin",
     "init_process_group",
+    "destroy_process_group_at_exit",
     "share_run_identity",
     "resolve_device",
     "default_backend",
@@ -93,7 +95,24 @@ def init_process_group(backend: str | None = None, timeout: float | None = None)
         dist.init_process_group(backend=backend)
     else:
         dist.init_process_group(backend=backend, timeout=delta)
+    atexit.register(destroy_process_group_at_exit)
     return True
+
+
+def destroy_process_group_at_exit() -> None:
+    r"""
+    Destroy the default process group at exit, while the interpreter is still whole (registered by
+    [`init_process_group`][danling.runner.distributed.init_process_group]; a no-op if the script destroyed it).
+
+    Left to interpreter finalisation, gloo's worker threads can abort a process that has finished its work
+    (`terminate called without an active exception`, SIGABRT), and `torchrun` then reports the run as failed.
+    NCCL groups are left to torch: their shutdown must be collective, which an exit path cannot promise.
+
+    Examples:
+        >>> destroy_process_group_at_exit()  # no group: nothing to do
+    """
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() != "nccl":
+        dist.destroy_process_group()
 
 
 # Config keys every rank takes from rank 0, so that all ranks identify and seed the run alike.

@@ -1,0 +1,53 @@
+"""
+Two-process worker for `tests/runner/test_process_group_exit.py`: a script that never destroys its process group.
+
+    python -m torch.distributed.run --nproc_per_node=2 --master_addr=127.0.0.1 --master_port=PORT \
+        tests/runner/workers/exit_worker.py OUT_DIR
+
+Each rank trains one short epoch with a `TorchRunner` (which initialises gloo) and returns. An exit handler
+registered before the runner runs after the runner's own, and records in `OUT_DIR/exit-rank{RANK}.json` whether
+the group still existed then.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import sys
+
+import torch
+from torch import distributed as dist
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import danling as dl
+
+
+def record_at_exit(path: str) -> None:
+    with open(path, "w", encoding="utf-8") as fp:
+        json.dump({"initialized_at_exit": dist.is_initialized()}, fp)
+
+
+class ExitRunner(dl.TorchRunner):
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(32, 4, generator=generator)
+        self.datasets.train = TensorDataset(x, (x.sum(1) > 0).long())
+        self.model = nn.Linear(4, 2)
+        self.criterion = nn.CrossEntropyLoss()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
+
+
+def main() -> None:
+    out_dir = sys.argv[1]
+    # Exit handlers run last-registered first: this one runs after the one the runner registers.
+    atexit.register(record_at_exit, os.path.join(out_dir, f"exit-rank{os.environ['RANK']}.json"))
+    runner = ExitRunner({"dir": os.path.join(out_dir, "run"), "epoch_end": 1, "dataloader": {"batch_size": 4}})
+    runner.train()
+    assert dist.is_initialized()  # still there when the script ends: the exit handler is what destroys it
+
+
+if __name__ == "__main__":
+    main()

@@ -209,8 +209,11 @@ def test_train_returns_after_commit_and_results_follow_checkpoint(tmp_path, slow
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the saver forks and is killed with SIGKILL")
 def test_sigkill_during_async_save_leaves_verifiable_latest(tmp_path, killed_saves):
-    interrupted = 0
-    for checkpoint_dir in killed_saves(tmp_path, 3, 7, 0.4, "async"):
+    # Kill at random instants until at least one kill lands in a background write (a temporary file is left):
+    # on a loaded machine a few kills may all fall between writes. Every killed directory must verify.
+    interrupted = killed = 0
+    for checkpoint_dir in killed_saves(tmp_path, 12, 7, 0.4, "async"):
+        killed += 1
         interrupted += any(name.startswith(".") for name in os.listdir(checkpoint_dir))
         latest = checkpoint_dir / "latest.pth"
         verify_checkpoint(latest)
@@ -218,7 +221,9 @@ def test_sigkill_during_async_save_leaves_verifiable_latest(tmp_path, killed_sav
         counter = state["runner"]["steps"]
         # The snapshot is the state of its step, though the weights changed while it was written.
         assert all(torch.all(value == counter) for value in state["model"].values())
-    assert interrupted > 0, "no kill landed during a background write"
+        if interrupted and killed >= 3:
+            break
+    assert interrupted > 0, f"none of {killed} kills landed during a background write"
 
 
 def test_preemption_waits_for_the_save_in_flight(tmp_path, slow_write):

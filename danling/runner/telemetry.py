@@ -118,11 +118,7 @@ class Telemetry:
             self.batches += 1
             cls = type(batch)
             if cls is tuple or cls is list:  # the common `(input, target)` batch: no tokens to look for
-                first = batch[0] if batch else None
-                if type(first) is torch.Tensor and first.ndim:  # its length without a call
-                    self.samples += first.shape[0]
-                else:
-                    self.samples += batch_length(batch)
+                self.samples += batch_length(batch)
             else:
                 self._count_batch(batch)
             yield batch

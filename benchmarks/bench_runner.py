@@ -24,13 +24,18 @@ drift. Every process reports, per epoch and excluding start-up, imports and buil
   the per-epoch `results.json`/`latest.json`/`best.json` and `latest.pth`/`step-N.pth`/`best.pth` writes, each
   fsynced; for A the same as `train`;
 
-each in wall-clock and in process CPU time. The summary gives the median over all epoch pairs of all rounds of the
-ratio B/A for each; the target is B/A <= 1.05. It also gives the median over rounds of the ratio of whole-round
-totals.
+each in wall-clock and in process CPU time. A round's ratio is the median over its epoch pairs of B/A. The summary
+gives, for each measure, the median of the round ratios with a 95% bootstrap interval (the verdict; the target is
+B/A <= 1.05), the median over all epoch pairs of all rounds, the median of the ratios of whole-round totals and
+the median extra time per batch. Rounds are the independent samples: two processes of the same code still differ
+by a few percent for their whole life (memory layout, hash seeds), so more rounds, not more epochs, narrow the
+interval. `--control` adds a third process per round running the loop again (A'), the A/A null test: its ratio
+A'/A shows how far apart identical code reads in the same run.
 
 Usage:
     python benchmarks/bench_runner.py                           # 5 rounds of 8 epochs, every scenario
     python benchmarks/bench_runner.py --rounds 9 --scenario bf16
+    python benchmarks/bench_runner.py --rounds 15 --control      # with the A/A null test in every round
     python benchmarks/bench_runner.py --profile                 # runner variant once under cProfile, top 25
 """
 
@@ -216,7 +221,7 @@ def worker(variant: str, epochs: int, samples: int, scenario: str) -> None:
 
     torch.set_num_threads(1)
     baton = Baton()
-    (loop_epochs if variant == "loop" else runner_epochs)(baton, epochs, samples, scenario)
+    (runner_epochs if variant == "runner" else loop_epochs)(baton, epochs, samples, scenario)  # control: a loop
 
 
 @dataclass
@@ -262,17 +267,20 @@ class Worker:
         raise RuntimeError(f"{self.variant} worker failed (exit code {self.process.returncode}):\n{self.stderr.read()}")
 
 
-def run_round(index: int, epochs: int, samples: int, scenario: str) -> dict[str, list[dict]]:
-    r"""Both variants in lockstep for `epochs` epochs; the order within each pair alternates."""
+def run_round(index: int, epochs: int, samples: int, scenario: str, control: bool) -> dict[str, list[dict]]:
+    r"""
+    The variants in lockstep for `epochs` epochs; the order within each epoch rotates, so that every variant runs
+    first, second (and third) equally often. `control` adds a second loop process, the A/A null test.
+    """
     with tempfile.TemporaryDirectory(prefix="bench-runner-ipc-") as directory:
-        variants = ("loop", "runner")
+        variants = ("loop", "runner", "control") if control else ("loop", "runner")
         workers = {variant: Worker.start(variant, epochs, samples, scenario, directory) for variant in variants}
         try:
             for handle in workers.values():
                 handle.wait_ready()
             for epoch in range(epochs):
-                order = ("loop", "runner") if (index + epoch) % 2 == 0 else ("runner", "loop")
-                for variant in order:
+                shift = (index + epoch) % len(variants)
+                for variant in variants[shift:] + variants[:shift]:
                     workers[variant].run_epoch()
             for handle in workers.values():
                 handle.finish()
@@ -284,12 +292,29 @@ def run_round(index: int, epochs: int, samples: int, scenario: str) -> dict[str,
     return {variant: handle.epochs for variant, handle in workers.items()}
 
 
-def pair_ratios(rounds: list[dict[str, list[dict]]], measure: str) -> list[float]:
-    return [b[measure] / a[measure] for result in rounds for a, b in zip(result["loop"], result["runner"])]
+def pair_ratios(rounds: list[dict[str, list[dict]]], measure: str, variant: str = "runner") -> list[float]:
+    return [b[measure] / a[measure] for result in rounds for a, b in zip(result["loop"], result[variant])]
+
+
+def round_ratios(rounds: list[dict[str, list[dict]]], measure: str, variant: str = "runner") -> list[float]:
+    r"""Per round, the median over its epoch pairs of `variant`/loop."""
+    return [statistics.median(pair_ratios([result], measure, variant)) for result in rounds]
 
 
 def total_ratios(rounds: list[dict[str, list[dict]]], measure: str) -> list[float]:
     return [sum(e[measure] for e in r["runner"]) / sum(e[measure] for e in r["loop"]) for r in rounds]
+
+
+def bootstrap_interval(values: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    r"""
+    A 95% percentile-bootstrap interval of the median of `values` (rounds resampled with replacement; a fixed seed,
+    so the same measurements always print the same interval).
+    """
+    import random
+
+    draw = random.Random(seed)
+    medians = sorted(statistics.median(draw.choices(values, k=len(values))) for _ in range(resamples))
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
 def us_per_batch(epochs: list[dict], measure: str) -> float:
@@ -308,14 +333,17 @@ def print_round(scenario: str, index: int, result: dict[str, list[dict]]) -> Non
     cells = "".join(f"{us_per_batch(result[v], m):>10.1f}" for v, m in COLUMNS)
     medians = "".join(f"{statistics.median(pair_ratios([result], m)):>9.3f}" for m in MEASURES)
     loss = f"{result['loop'][-1]['loss']:.6f} / {result['runner'][-1]['loss']:.6f}"
-    print(f"{scenario:>6}{index:>6}{cells}{medians}  {loss}", flush=True)
+    control = ""
+    if "control" in result:
+        control = f"  A'/A {statistics.median(pair_ratios([result], 'train_wall', 'control')):.3f}"
+    print(f"{scenario:>6}{index:>6}{cells}{medians}  {loss}{control}", flush=True)
 
 
 COLUMNS = (("loop", "train_wall"), ("runner", "train_wall"), ("runner", "full_wall"))
 COLUMNS += (("loop", "train_cpu"), ("runner", "train_cpu"), ("runner", "full_cpu"))
 
 
-def benchmark(rounds: int, epochs: int, samples: int, scenarios: list[str]) -> None:
+def benchmark(rounds: int, epochs: int, samples: int, scenarios: list[str], control: bool = False) -> None:
     print(f"tiny MLP, batch {BATCH_SIZE}, {samples} samples, {rounds} rounds of {epochs} epochs in lockstep, 1 thread")
     print("us/batch: A = hand-written loop, B train = inside train_epoch, B full = with the per-epoch writes;")
     print("ratios: median over the round's epoch pairs of B/A, wall clock and process CPU time")
@@ -326,12 +354,14 @@ def benchmark(rounds: int, epochs: int, samples: int, scenarios: list[str]) -> N
     results: dict[str, list] = {scenario: [] for scenario in scenarios}
     for index in range(rounds):
         for scenario in scenarios:
-            result = run_round(index, epochs, samples, scenario)
+            result = run_round(index, epochs, samples, scenario, control)
             check_same_training(scenario, result)
             results[scenario].append(result)
             print_round(scenario, index, result)
     for scenario in scenarios:
         summarise(scenario, results[scenario])
+        if control:
+            summarise_control(scenario, results[scenario])
 
 
 LABELS = {
@@ -343,15 +373,32 @@ LABELS = {
 
 
 def summarise(scenario: str, rounds: list[dict[str, list[dict]]]) -> None:
+    r"""
+    Per measure: the median of the per-round ratios B/A with its bootstrap interval (the verdict), the median over
+    all epoch pairs, the median of the round totals and the median extra time per batch.
+    """
     for measure in MEASURES:
-        pairs = pair_ratios(rounds, measure)
-        ratio = statistics.median(pairs)
+        per_round = round_ratios(rounds, measure)
+        ratio, (low, high) = statistics.median(per_round), bootstrap_interval(per_round)
+        pairs = statistics.median(pair_ratios(rounds, measure))
         totals = statistics.median(total_ratios(rounds, measure))
         extra = statistics.median(us_per_batch(r["runner"], measure) - us_per_batch(r["loop"], measure) for r in rounds)
         verdict = "PASS" if ratio <= TARGET else "FAIL"
         print(
-            f"[{scenario}] {LABELS[measure]}: median B/A over {len(pairs)} epoch pairs {ratio:.3f} "
-            f"(target <= {TARGET:.2f}) {verdict}; median of round totals {totals:.3f}; B-A {extra:+.1f} us/batch"
+            f"[{scenario}] {LABELS[measure]}: median of {len(rounds)} round ratios B/A {ratio:.3f} "
+            f"(95% CI {low:.3f}-{high:.3f}; target <= {TARGET:.2f}) {verdict}; over all epoch pairs {pairs:.3f}; "
+            f"of round totals {totals:.3f}; B-A {extra:+.1f} us/batch"
+        )
+
+
+def summarise_control(scenario: str, rounds: list[dict[str, list[dict]]]) -> None:
+    r"""The A/A null test: a second loop process against the first, which should read 1.000 within the noise."""
+    for measure in ("train_wall", "train_cpu"):
+        per_round = round_ratios(rounds, measure, "control")
+        ratio, (low, high) = statistics.median(per_round), bootstrap_interval(per_round)
+        print(
+            f"[{scenario}] control A'/A, {LABELS[measure]}: median of {len(rounds)} round ratios {ratio:.3f} "
+            f"(95% CI {low:.3f}-{high:.3f}; per-round spread {min(per_round):.3f}-{max(per_round):.3f})"
         )
 
 
@@ -384,9 +431,12 @@ def main() -> None:
         help="fp32, accum (accum_steps=4), bf16, fp16 (with the grad scaler) or async (fp32 with async_save); "
         "repeat for several (default: all but async)",
     )
+    parser.add_argument(
+        "--control", action="store_true", help="add a second loop process to every round: the A/A null test"
+    )
     parser.add_argument("--samples", type=int, default=SAMPLES, help=argparse.SUPPRESS)
     parser.add_argument("--profile", action="store_true", help="profile the runner variant once with cProfile")
-    parser.add_argument("--worker", choices=("loop", "runner"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("loop", "runner", "control"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     scenarios = args.scenario or list(DEFAULT_SCENARIOS)
     if args.worker is not None:
@@ -394,7 +444,7 @@ def main() -> None:
     elif args.profile:
         profile(args.epochs, args.samples, scenarios[0])
     else:
-        benchmark(args.rounds, args.epochs, args.samples, scenarios)
+        benchmark(args.rounds, args.epochs, args.samples, scenarios, args.control)
 
 
 if __name__ == "__main__":

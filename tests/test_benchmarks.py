@@ -9,16 +9,23 @@ import sys
 BENCHMARK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "bench_runner.py")
 
 
-def test_bench_runner_runs_both_variants_in_lockstep(subprocess_run):
-    # Two epochs of 8 batches with accumulation: the script itself raises if the step counts or losses differ.
-    # `subprocess_run` starts it in its own process group and kills the group (both workers) on timeout.
+def test_bench_runner_runs_the_variants_in_lockstep(subprocess_run):
+    # Two epochs of 8 batches with accumulation, with the A/A control: the script itself raises if the step counts
+    # or losses differ. `subprocess_run` starts it in its own process group and kills the group (all workers) on
+    # timeout.
     command = [sys.executable, BENCHMARK, "--rounds", "1", "--epochs", "2", "--samples", "256", "--scenario", "accum"]
-    completed = subprocess_run(command, timeout=240)
+    completed = subprocess_run([*command, "--control"], timeout=240)
     assert completed.returncode == 0, completed.stderr[-3000:]
     rows = [line.split() for line in completed.stdout.splitlines() if line.strip().startswith("accum")]
     assert len(rows) == 1, completed.stdout
-    loss_loop, loss_runner = float(rows[0][-3]), float(rows[0][-1])
+    loss_loop, loss_runner, control = float(rows[0][-5]), float(rows[0][-3]), float(rows[0][-1])
     assert loss_loop == loss_runner
-    pattern = r"\[accum\] (wall|cpu), +(train-only|full train\(\)): median B/A over 2 epoch pairs"
+    assert control > 0
+    pattern = r"\[accum\] (wall|cpu), +(train-only|full train\(\)): median of 1 round ratios B/A (\d+\.\d+) \(95% CI"
     summary = re.findall(pattern, completed.stdout)
-    assert sorted(summary) == sorted([(c, s) for c in ("wall", "cpu") for s in ("train-only", "full train()")])
+    measures = sorted((c, s) for c, s, _ in summary)
+    assert measures == sorted([(c, s) for c in ("wall", "cpu") for s in ("train-only", "full train()")])
+    assert all(float(ratio) > 0 for _, _, ratio in summary)
+    control_pattern = r"\[accum\] control A'/A, (wall|cpu), +train-only: median of 1 round ratios"
+    controls = re.findall(control_pattern, completed.stdout)
+    assert sorted(controls) == ["cpu", "wall"]

@@ -336,7 +336,9 @@ class AverageMeters(DefaultDict):
             >>> meters.value(skip_empty=True).dict(), meters.average(skip_empty=True).dict()
             ({'loss': nan}, {'loss': nan})
         """
-        return FlatDict({name: meter.val for name, meter in self.items() if not (skip_empty and _is_empty(meter))})
+        values = FlatDict()  # filled by `update`: chanfig's constructor costs several times more per key
+        values.update({name: meter.val for name, meter in self.items() if not (skip_empty and _is_empty(meter))})
+        return values
 
     def batch(self) -> FlatDict:
         r"""Weighted mean of the latest update of every meter across processes; collective when distributed."""

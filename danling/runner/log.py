@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any
 
 # Marks the handlers this module installs, so that setting a logger up again replaces them instead of
@@ -46,7 +47,8 @@ class BarSafeStreamHandler(logging.StreamHandler):
 
 class SharedFormatter(logging.Formatter):
     r"""
-    A `Formatter` that formats a record once, however many handlers share it (stdout and the log file).
+    A `Formatter` that formats a record once, however many handlers share it (stdout and the log file), and
+    renders the date and time of day once per second rather than once per line.
 
     Examples:
         >>> formatter = SharedFormatter("%(levelname)s %(message)s")
@@ -54,6 +56,20 @@ class SharedFormatter(logging.Formatter):
         >>> formatter.format(record), formatter.format(record) is formatter.format(record)
         ('INFO hello', True)
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._second: tuple[int, str] = (-1, "")  # the last whole second rendered, and its text
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None or self.default_msec_format is None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        rendered = self._second
+        if rendered[0] != second:
+            rendered = (second, time.strftime(self.default_time_format, self.converter(record.created)))
+            self._second = rendered
+        return self.default_msec_format % (rendered[1], record.msecs)
 
     def format(self, record: logging.LogRecord) -> str:
         cached = record.__dict__.get("_danling_formatted")

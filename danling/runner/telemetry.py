@@ -296,7 +296,7 @@ def display_values(result: Mapping, format_spec: str = ".4f", step: bool = False
     """
     shown: dict[str, Any] = {}
     for name, value in result.items():
-        if isinstance(value, Mapping):
+        if not isinstance(value, (float, int)) and isinstance(value, Mapping):  # numbers skip the ABC check
             shown[name] = display_values(value, format_spec, step)
         else:
             unit = STEP_UNITS.get(name, "") if step else ""
@@ -320,7 +320,7 @@ def _format_number(value: Any, spec: str) -> str:
 def _flatten(result: Mapping, prefix: str = "") -> Iterator[tuple[str, Any]]:
     for key, value in result.items():
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
+        if not isinstance(value, (float, int)) and isinstance(value, Mapping):  # numbers skip the ABC check
             yield from _flatten(value, f"{name}.")
         else:
             yield name, value

@@ -155,3 +155,17 @@ def test_a_record_is_formatted_once_for_stdout_and_the_log_file(tmp_path: Path, 
     written = (tmp_path / "run.log").read_text().strip()
     assert written.endswith("one line")
     assert written == capsys.readouterr().out.strip()
+
+
+@pytest.mark.parametrize("datefmt", [None, "%H:%M:%S"])
+def test_the_time_of_day_rendered_once_a_second_matches_the_standard_formatter(datefmt: str | None) -> None:
+    from danling.runner.log import FORMAT, SharedFormatter
+
+    shared, standard = SharedFormatter(FORMAT, datefmt), logging.Formatter(FORMAT, datefmt)
+    # Several lines in one second, the last instant of a second, the first of the next, and back in time.
+    for created in (1700000000.25, 1700000000.5, 1700000000.999, 1700000001.0, 1700000001.75, 1699999000.125):
+        record = logging.LogRecord("danling", logging.INFO, __file__, 1, "hello", None, None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert shared.formatTime(record, datefmt) == standard.formatTime(record, datefmt)
+        record._danling_formatted = None  # format afresh: compare the whole line too
+        assert shared.format(record) == standard.format(record)

@@ -267,3 +267,21 @@ def test_a_meter_never_updated_is_left_out_of_step_and_epoch_results_and_log_lin
     assert lines
     assert all("spike" in line for line in lines), lines  # only the real NaN reads nan
     assert "time: nan" not in log
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"loss": 0.5, "lr": 1e-3},
+        {"task.loss": 0.5, "task.acc": 1.0, "loss": 0.25},
+        {"task": {"loss": 0.5}, "other": {"acc": 1.0}},
+        {},
+    ],
+)
+def test_a_step_result_is_built_like_the_nested_dict_constructor_would(values):
+    from danling.runner.reporting import nested_result
+
+    built, reference = nested_result(values), NestedDict(values)
+    assert type(built) is NestedDict
+    assert built.dict() == reference.dict()
+    assert list(built.all_keys()) == list(reference.all_keys())

@@ -26,43 +26,60 @@ class AccumulationWindows:
         (2, 7)
     """
 
-    __slots__ = ("accum_steps", "length", "micro_step", "pending")
+    __slots__ = ("_end", "_start", "accum_steps", "length", "micro_step", "pending")
 
     def __init__(self, accum_steps: int = 1, length: int | None = None) -> None:
         if accum_steps < 1:
             raise ValueError(f"accum_steps must be a positive integer, but got {accum_steps!r}")
         self.accum_steps = accum_steps
         self.length = length
-        self.micro_step = 0  # micro-steps taken in this epoch
+        self.micro_step = 0  # micro-steps taken in this epoch (a resumed epoch sets it)
         self.pending = 0  # micro-steps whose gradients have not been stepped yet
+        # The window that holds `micro_step`, as [start, end): located again only when `micro_step` leaves it,
+        # so the per-micro-step questions below are one comparison, not a division each.
+        self._start = self._end = 0
+
+    def _window(self) -> int:
+        # The end of the window holding `micro_step`, locating it first if `micro_step` has left the cached one.
+        micro_step = self.micro_step
+        if self._start <= micro_step < self._end:
+            return self._end
+        accum_steps, length = self.accum_steps, self.length
+        if length is not None and micro_step >= length:  # past the length: windows start again from it
+            start = length + (micro_step - length) // accum_steps * accum_steps
+        else:
+            start = micro_step // accum_steps * accum_steps
+        end = start + accum_steps
+        if length is not None and micro_step < length < end:  # the epoch's end cuts the window short
+            end = length
+        self._start, self._end = start, end
+        return end
 
     def start(self) -> int:
         r"""
         Micro-step index at which the current window started. Past the epoch's length (a loop of its own that runs
         more micro-steps) windows of `accum_steps` start again from the length.
         """
-        micro_step, accum_steps, length = self.micro_step, self.accum_steps, self.length
-        if length is not None and micro_step >= length:
-            return length + (micro_step - length) // accum_steps * accum_steps
-        return micro_step // accum_steps * accum_steps
+        self._window()
+        return self._start
 
     def end(self) -> int:
         r"""Micro-step index (exclusive) at which the current window ends: the epoch's end cuts it short."""
-        end = self.start() + self.accum_steps
-        length = self.length
-        if length is not None and self.micro_step < length < end:
-            return length
-        return end
+        return self._window()
 
     def size(self) -> int:
         r"""Number of micro-steps in the current window (what its losses are divided by)."""
         if self.accum_steps == 1:
             return 1
-        return self.end() - self.start()
+        end = self._end if self._start <= self.micro_step < self._end else self._window()  # no call when cached
+        return end - self._start
 
     def is_last(self) -> bool:
         r"""Whether the upcoming micro-step closes its window (gradients must be synchronised)."""
-        return self.accum_steps == 1 or self.micro_step + 1 >= self.end()
+        micro_step = self.micro_step
+        if self.accum_steps == 1:
+            return True
+        return micro_step + 1 >= (self._end if self._start <= micro_step < self._end else self._window())
 
     def advance(self) -> bool:
         r"""
@@ -71,7 +88,11 @@ class AccumulationWindows:
         Returns:
             Whether it closed its window, i.e. the optimizer must step now.
         """
-        closes = self.accum_steps == 1 or self.micro_step + 1 >= self.end()
-        self.micro_step += 1
+        micro_step = self.micro_step
+        if self.accum_steps == 1:
+            closes = True
+        else:
+            closes = micro_step + 1 >= (self._end if self._start <= micro_step < self._end else self._window())
+        self.micro_step = micro_step + 1
         self.pending += 1
         return closes

@@ -221,3 +221,29 @@ def test_a_loop_of_its_own_that_runs_past_the_epoch_length_keeps_dividing_by_rea
     losses = [runner.train_step(batch)[1] for _ in range(6)]
     assert all(torch.isfinite(loss) for loss in losses)
     assert calls[0] == 3  # micro-steps 5 to 10 of the epoch: windows [5, 7), [7, 9), [9, 11) close at 6, 8 and 10
+
+
+def _reference_window(micro_step: int, accum_steps: int, length: int | None) -> tuple[int, int]:
+    # Written from the documented rule, independently of the class: windows of `accum_steps` from 0; the one
+    # that holds the epoch's last micro-step ends with it; past the length, windows of `accum_steps` from it.
+    if length is not None and micro_step >= length:
+        start = length + (micro_step - length) // accum_steps * accum_steps
+        return start, start + accum_steps
+    start = micro_step // accum_steps * accum_steps
+    return start, min(start + accum_steps, length) if length is not None else start + accum_steps
+
+
+@pytest.mark.parametrize("accum_steps", [1, 2, 3, 4])
+@pytest.mark.parametrize("length", [None, 1, 5, 8, 9])
+def test_windows_agree_with_the_rule_at_every_micro_step_also_after_a_resume_jump(accum_steps, length):
+    # A resumed epoch sets `micro_step` from outside (forwards), and a new window object starts at 0: the cached
+    # window must follow both.
+    for resume_at in (0, 1, 3, 6):
+        windows = AccumulationWindows(accum_steps, length)
+        windows.size()  # locate the first window before the jump
+        windows.micro_step = resume_at
+        for micro_step in range(resume_at, resume_at + 14):
+            start, end = _reference_window(micro_step, accum_steps, length)
+            assert (windows.start(), windows.end(), windows.size()) == (start, end, end - start), micro_step
+            assert windows.is_last() == (micro_step + 1 >= end)
+            assert windows.advance() == (micro_step + 1 >= end)

@@ -30,7 +30,9 @@ B/A <= 1.05), the median over all epoch pairs of all rounds, the median of the r
 the median extra time per batch. Rounds are the independent samples: two processes of the same code still differ
 by a few percent for their whole life (memory layout, hash seeds), so more rounds, not more epochs, narrow the
 interval. `--control` adds a third process per round running the loop again (A'), the A/A null test: its ratio
-A'/A shows how far apart identical code reads in the same run.
+A'/A shows how far apart identical code reads in the same run. All workers run on one CPU (`--cpu`; only one runs
+at a time), and each waits after its last epoch until all have run theirs, so no start-up or teardown ever runs
+beside a timed epoch.
 
 Usage:
     python benchmarks/bench_runner.py                           # 5 rounds of 8 epochs, every scenario
@@ -128,6 +130,14 @@ class Baton:
         self.reports.flush()
         self.started = None
 
+    def hold(self) -> None:
+        r"""
+        After the last report, wait until the parent closes stdin, which it does once every worker has run its
+        last epoch: tearing down (closing the runner, freeing memory, exiting) must not run beside another
+        worker's timed epoch.
+        """
+        sys.stdin.read()
+
 
 def loop_epochs(baton: Baton, epochs: int, samples: int, scenario: str) -> None:
     import torch
@@ -167,6 +177,7 @@ def loop_epochs(baton: Baton, epochs: int, samples: int, scenario: str) -> None:
         loss = loss_sum.item() / count
         baton.train = (perf_counter() - baton.started[0], process_time() - baton.started[1])
         baton.report(steps=steps, batches=len(loader), loss=loss)
+    baton.hold()
 
 
 def build_runner(epochs: int, samples: int, directory: str, scenario: str = "fp32", baton: Baton | None = None):
@@ -213,6 +224,7 @@ def runner_epochs(baton: Baton, epochs: int, samples: int, scenario: str) -> Non
         runner = build_runner(epochs, samples, directory, scenario, baton)
         runner.train()
         report_previous_epoch(runner, baton)
+        baton.hold()
         runner.close()
 
 
@@ -420,6 +432,18 @@ def profile(epochs: int, samples: int, scenario: str) -> None:
     print(stream.getvalue())
 
 
+def pin_to_one_cpu(cpu: int | None) -> None:
+    r"""
+    Pin this process, and so every worker it starts, to one CPU (`None`: the last one allowed; -1: leave it).
+
+    Only one worker runs at a time, so they lose nothing by sharing a CPU, and none of them then runs on a core
+    slower or busier than the others' for a whole round, or pays for a migration mid-epoch.
+    """
+    if cpu == -1 or not hasattr(os, "sched_setaffinity"):
+        return
+    os.sched_setaffinity(0, {max(os.sched_getaffinity(0)) if cpu is None else cpu})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"process pairs per scenario (default {ROUNDS})")
@@ -434,6 +458,11 @@ def main() -> None:
     parser.add_argument(
         "--control", action="store_true", help="add a second loop process to every round: the A/A null test"
     )
+    parser.add_argument(
+        "--cpu",
+        type=int,
+        help="run every worker on this CPU (default: the last one this process may use; -1: no pinning)",
+    )
     parser.add_argument("--samples", type=int, default=SAMPLES, help=argparse.SUPPRESS)
     parser.add_argument("--profile", action="store_true", help="profile the runner variant once with cProfile")
     parser.add_argument("--worker", choices=("loop", "runner", "control"), help=argparse.SUPPRESS)
@@ -444,6 +473,7 @@ def main() -> None:
     elif args.profile:
         profile(args.epochs, args.samples, scenarios[0])
     else:
+        pin_to_one_cpu(args.cpu)
         benchmark(args.rounds, args.epochs, args.samples, scenarios, args.control)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 from collections.abc import MutableMapping
 from datetime import timedelta
@@ -106,6 +107,8 @@ def destroy_process_group_at_exit() -> None:
 
     Left to interpreter finalisation, gloo's worker threads can abort a process that has finished its work
     (`terminate called without an active exception`, SIGABRT), and `torchrun` then reports the run as failed.
+    Destroying the group is not enough on its own: objects in reference cycles (a runner and its DDP model,
+    which holds the group) keep its C++ side alive until finalisation, so the garbage is collected here too.
     NCCL groups are left to torch: their shutdown must be collective, which an exit path cannot promise.
 
     Examples:
@@ -113,6 +116,7 @@ def destroy_process_group_at_exit() -> None:
     """
     if dist.is_available() and dist.is_initialized() and dist.get_backend() != "nccl":
         dist.destroy_process_group()
+        gc.collect()
 
 
 # Config keys every rank takes from rank 0, so that all ranks identify and seed the run alike.

@@ -4,17 +4,20 @@ Two-process worker for `tests/runner/test_process_group_exit.py`: a script that 
     python -m torch.distributed.run --nproc_per_node=2 --master_addr=127.0.0.1 --master_port=PORT \
         tests/runner/workers/exit_worker.py OUT_DIR
 
-Each rank trains one short epoch with a `TorchRunner` (which initialises gloo) and returns. An exit handler
-registered before the runner runs after the runner's own, and records in `OUT_DIR/exit-rank{RANK}.json` whether
-the group still existed then.
+Each rank trains one short epoch with a `TorchRunner` (which initialises gloo) and returns, leaving behind a
+reference cycle that holds the group (as a runner and its DDP model do), with automatic garbage collection off. An
+exit handler registered before the runner runs after the runner's own, and records in `OUT_DIR/exit-rank{RANK}.json`
+whether the group still existed then and whether the cycle had been collected.
 """
 
 from __future__ import annotations
 
 import atexit
+import gc
 import json
 import os
 import sys
+import weakref
 
 import torch
 from torch import distributed as dist
@@ -24,9 +27,15 @@ from torch.utils.data import TensorDataset
 import danling as dl
 
 
-def record_at_exit(path: str) -> None:
+class GroupHolder:
+    def __init__(self, group) -> None:
+        self.group = group
+        self.cycle = self
+
+
+def record_at_exit(path: str, holder: weakref.ref) -> None:
     with open(path, "w", encoding="utf-8") as fp:
-        json.dump({"initialized_at_exit": dist.is_initialized()}, fp)
+        json.dump({"initialized_at_exit": dist.is_initialized(), "cycle_collected_at_exit": holder() is None}, fp)
 
 
 class ExitRunner(dl.TorchRunner):
@@ -42,11 +51,15 @@ class ExitRunner(dl.TorchRunner):
 
 def main() -> None:
     out_dir = sys.argv[1]
+    holder = GroupHolder(None)
     # Exit handlers run last-registered first: this one runs after the one the runner registers.
-    atexit.register(record_at_exit, os.path.join(out_dir, f"exit-rank{os.environ['RANK']}.json"))
+    atexit.register(record_at_exit, os.path.join(out_dir, f"exit-rank{os.environ['RANK']}.json"), weakref.ref(holder))
     runner = ExitRunner({"dir": os.path.join(out_dir, "run"), "epoch_end": 1, "dataloader": {"batch_size": 4}})
     runner.train()
     assert dist.is_initialized()  # still there when the script ends: the exit handler is what destroys it
+    gc.disable()  # from here only an explicit collection frees the cycle: the one the exit handler must run
+    holder.group = dist.group.WORLD
+    del holder
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ class AccumulationWindows:
     Windows hold `accum_steps` micro-steps; when the epoch's length is known, the last window ends with the
     epoch, so a short last window is still stepped and its loss is divided by its real size.
 
+    `accum_steps` and `length` are fixed for the object's life (each epoch makes a new one); `micro_step` may be
+    set from outside (a resumed epoch starts part-way).
+
     Args:
         accum_steps: Micro-steps per optimizer step.
         length: Micro-steps in the epoch, or `None` when the loader has no length.

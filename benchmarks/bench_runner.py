@@ -338,6 +338,9 @@ def check_same_training(scenario: str, result: dict[str, list[dict]]) -> None:
         raise RuntimeError(f"[{scenario}] optimizer steps differ: loop {loop['steps']}, runner {runner['steps']}")
     if abs(loop["loss"] - runner["loss"]) > 1e-4 * max(1.0, abs(loop["loss"])):
         raise RuntimeError(f"[{scenario}] final losses differ: loop {loop['loss']}, runner {runner['loss']}")
+    control = result.get("control")
+    if control is not None and (control[-1]["steps"], control[-1]["loss"]) != (loop["steps"], loop["loss"]):
+        raise RuntimeError(f"[{scenario}] the control loop differs from the loop: {control[-1]} against {loop}")
 
 
 def print_round(scenario: str, index: int, result: dict[str, list[dict]]) -> None:

@@ -103,10 +103,11 @@ def free_port() -> int:
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     r"""
     This process's environment for a child: without `torchrun`'s variables, one thread, this checkout first on
-    `PYTHONPATH`, plus `extra`.
+    `PYTHONPATH`, no GPU visible (children are CPU processes on gloo, also on a machine with GPUs), plus `extra`.
     """
     env = {key: value for key, value in os.environ.items() if key not in DISTRIBUTED_ENV}
     env["OMP_NUM_THREADS"] = "1"
+    env["CUDA_VISIBLE_DEVICES"] = ""
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env.update(extra or {})
     return env

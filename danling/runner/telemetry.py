@@ -93,7 +93,7 @@ class Telemetry:
         self.data_time = 0.0
         self.epoch_start = time.perf_counter()
         self._last = (self.epoch_start, 0, 0, 0, steps)
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and torch.cuda.is_initialized():  # before CUDA starts there is no peak
             torch.cuda.reset_peak_memory_stats(self.device)
 
     @property

@@ -77,6 +77,8 @@ def make_runner(tmp_path) -> Callable[..., ClassifierRunner]:
     counter = iter(range(1000))
 
     def factory(runner_class: type = ClassifierRunner, **config) -> dl.TorchRunner:
+        # On CPU unless a test asks for a device: the suite then means the same on a machine with a GPU.
+        config.setdefault("device", "cpu")
         config.setdefault("log", False)
         config.setdefault("dir", str(tmp_path / f"run{next(counter)}"))
         config.setdefault("epoch_end", 2)

@@ -6,12 +6,14 @@ Skipped on machines without a GPU; run them where one is available with `python 
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
 from torch import nn
 
 from .conftest import ClassifierRunner, parameters_of
+from .test_parallel import WORKERS, assert_states_close
 from .test_precision import ProbeRunner
 from .test_resume import Crash, CrashingRunner, DropoutRunner
 
@@ -19,6 +21,21 @@ pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
+
+
+# The suite's child processes see no GPU unless they are given this environment.
+WITH_GPUS = {
+    "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(torch.cuda.device_count()))))
+}
+
+
+@pytest.fixture
+def make_runner(make_runner):
+    # The suite's runners default to the CPU; these run on the GPU.
+    def factory(*args, **config):
+        return make_runner(*args, **{"device": "cuda", **config})
+
+    return factory
 
 
 class DeviceProbe(nn.Module):
@@ -99,3 +116,65 @@ def test_two_plus_two_epochs_equal_four_straight_on_cuda(make_runner):
     resumed.train()
     for ours, reference in zip(parameters_of(resumed), parameters_of(straight)):
         assert torch.equal(ours, reference)
+
+
+def test_an_epoch_may_start_before_cuda_is_initialised(tmp_path, subprocess_run):
+    # Nothing has touched CUDA yet (no model was moved there): resetting the peak-memory statistics must not raise.
+    script = f"""
+import torch
+import danling as dl
+runner = dl.TorchRunner({{"dir": {str(tmp_path / "run")!r}, "log": False, "device": "cuda"}})
+assert not torch.cuda.is_initialized()
+runner.telemetry.start_epoch("evaluate")
+print(runner.telemetry.epoch_stats()["peak_memory_mib"])
+"""
+    result = subprocess_run([sys.executable, "-c", script], timeout=120, env=WITH_GPUS)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert float(result.stdout.strip().splitlines()[-1]) >= 0
+
+
+# NCCL refuses two ranks on one GPU, and in one process nothing is sharded: FSDP2 on CUDA needs two GPUs.
+needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="FSDP2 over NCCL needs 2 GPUs")
+
+
+@pytest.fixture(scope="module")
+def nccl_report(tmp_path_factory: pytest.TempPathFactory, torchrun) -> dict:
+    # The 2-rank worker of `test_parallel.py` (gloo on CPU), here on NCCL and two GPUs.
+    out_dir = tmp_path_factory.mktemp("nccl")
+    torchrun(WORKERS / "parallel_worker.py", str(out_dir), nproc=2, timeout=300, env=WITH_GPUS)
+    return torch.load(out_dir / "report.pt", weights_only=False)
+
+
+@needs_two_gpus
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fsdp_and_ddp_on_nccl_reach_the_same_parameters(nccl_report, precision):
+    ddp, fsdp = nccl_report[f"ddp-{precision}"], nccl_report[f"fsdp-{precision}"]
+    assert (ddp["backend"], ddp["device"], fsdp["device"]) == ("nccl", "cuda:0", "cuda:0")
+    assert ddp["wrapped"] == "DistributedDataParallel"
+    assert fsdp["wrapped"].startswith("FSDP")
+    assert fsdp["sharded_blocks"] == 3  # two `Block`s, then the root
+    assert ddp["steps"] == fsdp["steps"] == 6  # 7 micro-steps per epoch in windows of 3, 3 and 1
+    atol = 1e-5 if precision == "fp32" else 1e-3
+    assert_states_close(fsdp["model"], ddp["model"], atol)
+    assert_states_close(fsdp["ema"], ddp["ema"], atol)
+    assert fsdp["optimizer"]["param_groups"] == ddp["optimizer"]["param_groups"]
+
+
+@needs_two_gpus
+@pytest.mark.parametrize("run", ["ddp-fp32", "fsdp-fp32", "ddp-bf16", "fsdp-bf16", "fsdp-compiled"])
+def test_steps_on_nccl_pass_sync_debug_mode_error(nccl_report, run):
+    # Every training step ran under `set_sync_debug_mode("error")` (a sync would have failed the worker) and the
+    # counter saw no value read on the host either.
+    assert nccl_report[run]["device"] == "cuda:0"  # rank 0's report
+    assert nccl_report[run]["syncs"] == []
+
+
+@needs_two_gpus
+def test_fsdp_checkpoint_on_cuda_reloads_exactly(nccl_report):
+    assert sorted(os.listdir(nccl_report["checkpoint"])) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    for part in ("model", "ema"):
+        assert_states_close(nccl_report["reloaded"][part], nccl_report["fsdp-fp32"][part], 0)
+    assert_states_close(nccl_report["pretrained"], nccl_report["fsdp-fp32"]["model"], 0)
+    compiled = nccl_report["fsdp-compiled"]
+    assert compiled["wrapped"] == "OptimizedModule"
+    assert_states_close(compiled["model"], nccl_report["ddp-fp32"]["model"], 1e-5)

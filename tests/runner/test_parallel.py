@@ -107,7 +107,7 @@ def test_fsdp_checkpoint_holds_full_clean_state_and_reloads(report):
     spec = importlib.util.spec_from_file_location("parallel_worker", WORKERS / "parallel_worker.py")
     worker = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(worker)
-    runner = worker.ParallelRunner(worker.config_for(str(Path.cwd()), "single", "ddp", None))
+    runner = worker.ParallelRunner(worker.config_for(str(Path.cwd()), "single", "ddp", None, device="cpu"))
     runner.load_checkpoint(report["checkpoint"])
     state = runner.state_dict()
     for part in ("model", "ema"):

@@ -45,7 +45,8 @@ class SlowRunner(dl.TorchRunner):
 
 
 def test_epoch_result_splits_data_wait_from_compute(tmp_path):
-    runner = SlowRunner({"dir": str(tmp_path / "run"), "log": False, "epoch_end": 1, "dataloader": {"batch_size": 4}})
+    config = {"dir": str(tmp_path / "run"), "log": False, "epoch_end": 1, "dataloader": {"batch_size": 4}}
+    runner = SlowRunner({**config, "device": "cpu"})  # on CPU even where a GPU is present
     result = runner.train()[0]
     train, val = result["train"], result["val"]
     # 15 samples in 4 batches: at least 15 fetch delays waiting for data and 4 forward delays computing.

@@ -119,7 +119,7 @@ def loaded():
     return sorted(m for m in sys.modules if m.split(".")[0] == "tensorboard" or m == "torch.utils.tensorboard")
 
 after_import = loaded()
-runner = dl.TorchRunner({{"dir": {str(tmp_path / "run")!r}, "log": True}})
+runner = dl.TorchRunner({{"dir": {str(tmp_path / "run")!r}, "log": True, "device": "cpu"}})
 runner.datasets.val = TensorDataset(torch.randn(5, 2), torch.randn(5, 1))
 runner.model = torch.nn.Linear(2, 1)
 runner.criterion = torch.nn.MSELoss()

@@ -167,9 +167,9 @@ def test_a_runner_without_datasets_is_valid(make_runner):
     class EmptyRunner(dl.TorchRunner):
         pass
 
-    runner = make_runner(EmptyRunner)
+    runner = make_runner(EmptyRunner, device=None)  # the default device: CUDA where there is one
     assert len(runner.dataloaders) == 0
-    assert runner.device.type == "cpu"
+    assert runner.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def test_unknown_batch_shape_is_a_clear_error(make_runner):
@@ -191,10 +191,10 @@ def test_runner_picks_the_torch_platform(make_runner):
             super().__init__(config)
             self.model = nn.Linear(2, 2)
 
-    runner = make_runner(MyRunner)
+    runner = make_runner(MyRunner, device=None)
     assert isinstance(runner, dl.TorchRunner)
     assert isinstance(runner, MyRunner)
-    assert runner.model.weight.device.type == "cpu"
+    assert runner.model.weight.device == runner.device  # moved to the default device
     with pytest.raises(ValueError, match="torch"):
         make_runner(MyRunner, platform="jax")
 

@@ -54,7 +54,7 @@ class AsyncRunner(dl.TorchRunner):
 
 
 def make_runner(tmp_path: Path, name: str, **config: Any) -> AsyncRunner:
-    settings: dict[str, Any] = {"dir": str(tmp_path / name), "log": False, "seed": 0, "epoch_end": 2}
+    settings: dict[str, Any] = {"dir": str(tmp_path / name), "log": False, "seed": 0, "epoch_end": 2, "device": "cpu"}
     settings["score_split"] = "train"
     settings.update(dataloader={"batch_size": 4}, save_steps=3, keep_checkpoints=100)
     settings.update(config)

@@ -160,7 +160,7 @@ def test_fsdp_runner_resumes_under_ddp_and_in_one_process(tmp_path, torchrun):
     spec = importlib.util.spec_from_file_location("fsdp_resume_worker", RESUME_WORKER)
     worker = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(worker)
-    single = worker.ResumeRunner(worker.config_for(str(tmp_path / "single"), "ddp", 8))
+    single = worker.ResumeRunner({**worker.config_for(str(tmp_path / "single"), "ddp", 8), "device": "cpu"})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the world size changed (2 -> 1) at an epoch boundary: allowed
         single.load_checkpoint(str(tmp_path / "fsdp" / "checkpoints" / "step-6.dcp"))

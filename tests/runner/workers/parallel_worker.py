@@ -3,6 +3,9 @@ Two-process worker for `tests/runner/test_parallel.py`: the same training under 
 
     python -m torch.distributed.run --nproc_per_node=2 ... tests/runner/workers/parallel_worker.py OUT_DIR
 
+On CPU it runs on gloo; with a GPU (`tests/runner/test_cuda.py`, 1 process) on NCCL, where every training step also
+runs under `torch.cuda.set_sync_debug_mode("error")`.
+
 For each of fp32 and bf16, a classifier with two residual blocks trains 2 epochs (SGD with momentum, a scheduler,
 an EMA, `accum_steps=3` with a short last window, `max_grad_norm`) under DDP and under FSDP2 from the same seed,
 then evaluates an unevenly sharded split and infers. Rank 0 writes `OUT_DIR/report.pt`: per run the full model,
@@ -78,11 +81,17 @@ class ParallelRunner(dl.TorchRunner):
         self.counter = HostSyncCounter()
 
     def train_step(self, data: Any) -> Any:
+        # On CUDA, torch itself also raises on any synchronising call inside the step.
+        strict = self.device.type == "cuda"
+        if strict:
+            torch.cuda.set_sync_debug_mode("error")
         self.counter.enabled = True
         try:
             return super().train_step(data)
         finally:
             self.counter.enabled = False
+            if strict:
+                torch.cuda.set_sync_debug_mode("default")
 
 
 def config_for(out_dir: str, name: str, strategy: str, precision: str | None, **extra: Any) -> dict:
@@ -117,6 +126,8 @@ def train(config: dict) -> tuple[ParallelRunner, dict]:
         "wrapped": type(runner.model).__name__,
         "sharded_blocks": sum(type(m).__name__.startswith("FSDP") for m in runner.unwrap(runner.model).modules()),
         "syncs": [name for name, _ in runner.counter.calls],
+        "device": str(runner.device),
+        "backend": dist.get_backend(),
         "steps": runner.steps,
         "micro_steps": 2 * len(runner.dataloaders.train),
         "gradient_reductions": reductions[0],

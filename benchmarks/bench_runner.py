@@ -38,6 +38,7 @@ Usage:
     python benchmarks/bench_runner.py --rounds 9 --scenario bf16
     python benchmarks/bench_runner.py --rounds 15 --control      # with the A/A null test in every round
     python benchmarks/bench_runner.py --profile                 # runner variant once under cProfile, top 25
+    python benchmarks/bench_runner.py --scenario fp32 --runner-variant hand-step   # see runner_variants.py
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ import tempfile
 from dataclasses import dataclass, field
 from time import perf_counter, process_time
 from typing import IO
+
+from runner_variants import VARIANTS, variant_base, variant_config
 
 TARGET = 1.05
 SAMPLES = 8192
@@ -179,14 +182,14 @@ def loop_epochs(baton: Baton, epochs: int, samples: int, scenario: str) -> None:
     baton.hold()
 
 
-def build_runner(epochs: int, samples: int, directory: str, scenario: str = "fp32", baton: Baton | None = None):
+def build_runner(
+    epochs: int, samples: int, directory: str, scenario: str = "fp32", baton: Baton | None = None, variant: str = "full"
+):
     import torch
     from torch import nn
     from torch.utils.data import TensorDataset
 
-    import danling as dl
-
-    class BenchRunner(dl.TorchRunner):
+    class BenchRunner(variant_base(variant)):
         def __init__(self, config, x, y) -> None:
             super().__init__(config)
             self.datasets.train = TensorDataset(x, y)
@@ -207,7 +210,7 @@ def build_runner(epochs: int, samples: int, directory: str, scenario: str = "fp3
     x, y = make_data(samples)
     torch.manual_seed(MODEL_SEED)
     config = {"dir": directory, "epoch_end": epochs, "dataloader": {"batch_size": BATCH_SIZE}}
-    return BenchRunner({**config, **SCENARIOS[scenario]}, x, y)
+    return BenchRunner({**config, **SCENARIOS[scenario], **variant_config(variant)}, x, y)
 
 
 def report_previous_epoch(runner, baton: Baton) -> None:
@@ -218,21 +221,24 @@ def report_previous_epoch(runner, baton: Baton) -> None:
     baton.report(steps=runner.steps, batches=len(runner.dataloaders.train), loss=loss)
 
 
-def runner_epochs(baton: Baton, epochs: int, samples: int, scenario: str) -> None:
+def runner_epochs(baton: Baton, epochs: int, samples: int, scenario: str, variant: str = "full") -> None:
     with tempfile.TemporaryDirectory(prefix="bench-runner-") as directory:
-        runner = build_runner(epochs, samples, directory, scenario, baton)
+        runner = build_runner(epochs, samples, directory, scenario, baton, variant)
         runner.train()
         report_previous_epoch(runner, baton)
         baton.hold()
         runner.close()
 
 
-def worker(variant: str, epochs: int, samples: int, scenario: str) -> None:
+def worker(variant: str, epochs: int, samples: int, scenario: str, runner_variant: str = "full") -> None:
     import torch
 
     torch.set_num_threads(1)
     baton = Baton()
-    (runner_epochs if variant == "runner" else loop_epochs)(baton, epochs, samples, scenario)  # control: a loop
+    if variant == "runner":
+        runner_epochs(baton, epochs, samples, scenario, runner_variant)
+    else:  # the loop, or the control: the loop again
+        loop_epochs(baton, epochs, samples, scenario)
 
 
 @dataclass
@@ -245,8 +251,11 @@ class Worker:
     epochs: list[dict] = field(default_factory=list)
 
     @classmethod
-    def start(cls, variant: str, epochs: int, samples: int, scenario: str, directory: str) -> Worker:
+    def start(
+        cls, variant: str, epochs: int, samples: int, scenario: str, directory: str, runner_variant: str
+    ) -> Worker:
         command = [sys.executable, os.path.abspath(__file__), "--worker", variant, "--scenario", scenario]
+        command += ["--runner-variant", runner_variant]
         command += ["--epochs", str(epochs), "--samples", str(samples)]
         stderr = open(os.path.join(directory, f"{variant}.stderr"), "w+", encoding="utf-8")  # noqa: SIM115
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
@@ -278,14 +287,16 @@ class Worker:
         raise RuntimeError(f"{self.variant} worker failed (exit code {self.process.returncode}):\n{self.stderr.read()}")
 
 
-def run_round(index: int, epochs: int, samples: int, scenario: str, control: bool) -> dict[str, list[dict]]:
+def run_round(
+    index: int, epochs: int, samples: int, scenario: str, control: bool, runner_variant: str = "full"
+) -> dict[str, list[dict]]:
     r"""
     The variants in lockstep for `epochs` epochs; the order within each epoch rotates, so that every variant runs
     first, second (and third) equally often. `control` adds a second loop process, the A/A null test.
     """
     with tempfile.TemporaryDirectory(prefix="bench-runner-ipc-") as directory:
         variants = ("loop", "runner", "control") if control else ("loop", "runner")
-        workers = {variant: Worker.start(variant, epochs, samples, scenario, directory) for variant in variants}
+        workers = {v: Worker.start(v, epochs, samples, scenario, directory, runner_variant) for v in variants}
         try:
             for handle in workers.values():
                 handle.wait_ready()
@@ -357,7 +368,9 @@ COLUMNS = (("loop", "train_wall"), ("runner", "train_wall"), ("runner", "full_wa
 COLUMNS += (("loop", "train_cpu"), ("runner", "train_cpu"), ("runner", "full_cpu"))
 
 
-def benchmark(rounds: int, epochs: int, samples: int, scenarios: list[str], control: bool = False) -> None:
+def benchmark(
+    rounds: int, epochs: int, samples: int, scenarios: list[str], control: bool = False, runner_variant: str = "full"
+) -> None:
     print(f"tiny MLP, batch {BATCH_SIZE}, {samples} samples, {rounds} rounds of {epochs} epochs in lockstep, 1 thread")
     print("us/batch: A = hand-written loop, B train = inside train_epoch, B full = with the per-epoch writes;")
     print("ratios: median over the round's epoch pairs of B/A, wall clock and process CPU time")
@@ -368,7 +381,7 @@ def benchmark(rounds: int, epochs: int, samples: int, scenarios: list[str], cont
     results: dict[str, list] = {scenario: [] for scenario in scenarios}
     for index in range(rounds):
         for scenario in scenarios:
-            result = run_round(index, epochs, samples, scenario, control)
+            result = run_round(index, epochs, samples, scenario, control, runner_variant)
             check_same_training(scenario, result)
             results[scenario].append(result)
             print_round(scenario, index, result)
@@ -465,18 +478,24 @@ def main() -> None:
         type=int,
         help="run every worker on this CPU (default: not pinned; pinning did not narrow the spread here)",
     )
+    parser.add_argument(
+        "--runner-variant",
+        choices=VARIANTS,
+        default="full",
+        help="the runner as a user has it (full), or with layers of its per-batch work removed (runner_variants.py)",
+    )
     parser.add_argument("--samples", type=int, default=SAMPLES, help=argparse.SUPPRESS)
     parser.add_argument("--profile", action="store_true", help="profile the runner variant once with cProfile")
     parser.add_argument("--worker", choices=("loop", "runner", "control"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     scenarios = args.scenario or list(DEFAULT_SCENARIOS)
     if args.worker is not None:
-        worker(args.worker, args.epochs, args.samples, scenarios[0])
+        worker(args.worker, args.epochs, args.samples, scenarios[0], args.runner_variant)
     elif args.profile:
         profile(args.epochs, args.samples, scenarios[0])
     else:
         pin_to_one_cpu(args.cpu)
-        benchmark(args.rounds, args.epochs, args.samples, scenarios, args.control)
+        benchmark(args.rounds, args.epochs, args.samples, scenarios, args.control, args.runner_variant)
 
 
 if __name__ == "__main__":

@@ -29,3 +29,14 @@ def test_bench_runner_runs_the_variants_in_lockstep(subprocess_run):
     control_pattern = r"\[accum\] control A'/A, (wall|cpu), +train-only: median of 1 round ratios"
     controls = re.findall(control_pattern, completed.stdout)
     assert sorted(controls) == ["cpu", "wall"]
+
+
+def test_bench_runner_runs_a_reduced_runner_variant(subprocess_run):
+    # The hand-written loop inside the runner's process must train exactly like the loop (the script checks it).
+    command = [sys.executable, BENCHMARK, "--rounds", "1", "--epochs", "2", "--samples", "256", "--scenario", "fp32"]
+    completed = subprocess_run([*command, "--runner-variant", "loop-in-runner"], timeout=240)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = [line.split() for line in completed.stdout.splitlines() if line.strip().startswith("fp32")]
+    assert len(rows) == 1, completed.stdout
+    assert float(rows[0][-3]) == float(rows[0][-1])  # loss A / loss B
+    assert "[fp32] wall, train-only: median of 1 round ratios B/A" in completed.stdout

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .conftest import ClassifierRunner, parameters_of
-from .test_parallel import WORKERS, assert_states_close
+from .test_parallel import WORKERS, assert_fsdp_matches_ddp, assert_states_close
 from .test_precision import ProbeRunner
 from .test_resume import Crash, CrashingRunner, DropoutRunner
 
@@ -150,14 +150,7 @@ def nccl_report(tmp_path_factory: pytest.TempPathFactory, torchrun) -> dict:
 def test_fsdp_and_ddp_on_nccl_reach_the_same_parameters(nccl_report, precision):
     ddp, fsdp = nccl_report[f"ddp-{precision}"], nccl_report[f"fsdp-{precision}"]
     assert (ddp["backend"], ddp["device"], fsdp["device"]) == ("nccl", "cuda:0", "cuda:0")
-    assert ddp["wrapped"] == "DistributedDataParallel"
-    assert fsdp["wrapped"].startswith("FSDP")
-    assert fsdp["sharded_blocks"] == 3  # two `Block`s, then the root
-    assert ddp["steps"] == fsdp["steps"] == 6  # 7 micro-steps per epoch in windows of 3, 3 and 1
-    atol = 1e-5 if precision == "fp32" else 1e-3
-    assert_states_close(fsdp["model"], ddp["model"], atol)
-    assert_states_close(fsdp["ema"], ddp["ema"], atol)
-    assert fsdp["optimizer"]["param_groups"] == ddp["optimizer"]["param_groups"]
+    assert_fsdp_matches_ddp(ddp, fsdp, precision)
 
 
 @needs_two_gpus

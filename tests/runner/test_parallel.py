@@ -44,10 +44,8 @@ def assert_states_close(actual: dict, expected: dict, atol: float) -> None:
         torch.testing.assert_close(actual[name], expected[name], atol=atol, rtol=0, msg=name)
 
 
-@pytest.mark.distributed
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_fsdp_and_ddp_reach_the_same_parameters(report, precision):
-    ddp, fsdp = report[f"ddp-{precision}"], report[f"fsdp-{precision}"]
+def assert_fsdp_matches_ddp(ddp: dict[str, Any], fsdp: dict[str, Any], precision: str) -> float:
+    r"""The checks of one precision's DDP and FSDP2 runs of the 2-rank worker; returns the tolerance used."""
     assert ddp["wrapped"] == "DistributedDataParallel"
     assert fsdp["wrapped"].startswith("FSDP")
     assert fsdp["sharded_blocks"] == 3  # two `Block`s, then the root
@@ -58,6 +56,14 @@ def test_fsdp_and_ddp_reach_the_same_parameters(report, precision):
     for name in ddp["optimizer"]["state"]:
         assert_states_close(fsdp["optimizer"]["state"][name], ddp["optimizer"]["state"][name], atol)
     assert fsdp["optimizer"]["param_groups"] == ddp["optimizer"]["param_groups"]  # scheduler stepped alike
+    return atol
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fsdp_and_ddp_reach_the_same_parameters(report, precision):
+    ddp, fsdp = report[f"ddp-{precision}"], report[f"fsdp-{precision}"]
+    atol = assert_fsdp_matches_ddp(ddp, fsdp, precision)
     assert fsdp["results"][1]["train"]["loss"] == pytest.approx(ddp["results"][1]["train"]["loss"], abs=atol)
 
 

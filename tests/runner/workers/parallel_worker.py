@@ -3,8 +3,8 @@ Two-process worker for `tests/runner/test_parallel.py`: the same training under 
 
     python -m torch.distributed.run --nproc_per_node=2 ... tests/runner/workers/parallel_worker.py OUT_DIR
 
-On CPU it runs on gloo; with a GPU (`tests/runner/test_cuda.py`, 1 process) on NCCL, where every training step also
-runs under `torch.cuda.set_sync_debug_mode("error")`.
+On CPU it runs on gloo; on two GPUs (`tests/runner/test_cuda.py`) on NCCL, where every training step also runs
+under `torch.cuda.set_sync_debug_mode("error")`.
 
 For each of fp32 and bf16, a classifier with two residual blocks trains 2 epochs (SGD with momentum, a scheduler,
 an EMA, `accum_steps=3` with a short last window, `max_grad_norm`) under DDP and under FSDP2 from the same seed,

@@ -108,15 +108,18 @@ def destroy_process_group_at_exit() -> None:
     Left to interpreter finalisation, gloo's worker threads can abort a process that has finished its work
     (`terminate called without an active exception`, SIGABRT), and `torchrun` then reports the run as failed.
     Destroying the group is not enough on its own: objects in reference cycles (a runner and its DDP model,
-    which holds the group) keep its C++ side alive until finalisation, so the garbage is collected here too.
-    NCCL groups are left to torch: their shutdown must be collective, which an exit path cannot promise.
+    which holds the group) keep its C++ side alive until finalisation, so the garbage is collected here too,
+    also when the script destroyed the group itself. NCCL groups still initialised are left to torch: their
+    shutdown must be collective, which an exit path cannot promise.
 
     Examples:
-        >>> destroy_process_group_at_exit()  # no group: nothing to do
+        >>> destroy_process_group_at_exit()  # no group: nothing to destroy
     """
-    if dist.is_available() and dist.is_initialized() and dist.get_backend() != "nccl":
+    if dist.is_available() and dist.is_initialized():
+        if dist.get_backend() == "nccl":
+            return
         dist.destroy_process_group()
-        gc.collect()
+    gc.collect()
 
 
 # Config keys every rank takes from rank 0, so that all ranks identify and seed the run alike.

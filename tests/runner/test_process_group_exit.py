@@ -17,8 +17,11 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 
 
 @pytest.mark.distributed
-def test_group_left_by_the_script_is_destroyed_at_exit(tmp_path, torchrun):
-    torchrun(WORKERS / "exit_worker.py", str(tmp_path), timeout=240)  # fails the test on a non-zero exit
+@pytest.mark.parametrize("script_destroys", [False, True], ids=["left-to-exit", "destroyed-by-script"])
+def test_group_is_destroyed_and_what_holds_it_collected_at_exit(tmp_path, torchrun, script_destroys):
+    # Whether the script destroys the group itself or not, a cycle that holds it is collected at exit.
+    extra = ["destroy"] if script_destroys else []
+    torchrun(WORKERS / "exit_worker.py", str(tmp_path), *extra, timeout=240)  # fails the test on a non-zero exit
     reports = [json.loads((tmp_path / f"exit-rank{rank}.json").read_text()) for rank in range(2)]
     assert reports == [{"initialized_at_exit": False, "cycle_collected_at_exit": True}] * 2
 

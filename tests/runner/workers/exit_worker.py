@@ -2,12 +2,13 @@
 Two-process worker for `tests/runner/test_process_group_exit.py`: a script that never destroys its process group.
 
     python -m torch.distributed.run --nproc_per_node=2 --master_addr=127.0.0.1 --master_port=PORT \
-        tests/runner/workers/exit_worker.py OUT_DIR
+        tests/runner/workers/exit_worker.py OUT_DIR [destroy]
 
 Each rank trains one short epoch with a `TorchRunner` (which initialises gloo) and returns, leaving behind a
 reference cycle that holds the group (as a runner and its DDP model do), with automatic garbage collection off. An
 exit handler registered before the runner runs after the runner's own, and records in `OUT_DIR/exit-rank{RANK}.json`
-whether the group still existed then and whether the cycle had been collected.
+whether the group still existed then and whether the cycle had been collected. With `destroy`, the script destroys
+the group itself before it returns, as many scripts do; the cycle still holds the group's C++ side.
 """
 
 from __future__ import annotations
@@ -56,10 +57,13 @@ def main() -> None:
     atexit.register(record_at_exit, os.path.join(out_dir, f"exit-rank{os.environ['RANK']}.json"), weakref.ref(holder))
     runner = ExitRunner({"dir": os.path.join(out_dir, "run"), "epoch_end": 1, "dataloader": {"batch_size": 4}})
     runner.train()
-    assert dist.is_initialized()  # still there when the script ends: the exit handler is what destroys it
+    assert dist.is_initialized()  # still there when the script ends, unless it destroys it below
     gc.disable()  # from here only an explicit collection frees the cycle: the one the exit handler must run
     holder.group = dist.group.WORLD
     del holder
+    if sys.argv[2:] == ["destroy"]:
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -153,7 +153,7 @@ class Config(chanfig.Config):
         checkpoint_dir_name: Name of the checkpoint directory inside the run directory.
         log: Log to stdout and to `run.log`.
         tensorboard: Write TensorBoard event files.
-        log_interval: Log every this many batches (`None`: about ten lines per epoch).
+        log_interval: Log every this many batches (`None`: `ceil(batches / 10)` of the longest loader).
         save_interval: Keep an `epoch-N.pth` copy every this many epochs (`None` to keep none).
         save_steps: Also save `latest.pth` every this many optimizer steps (`None`: at epoch ends only).
         keep_checkpoints: Step-stamped `step-N.pth` copies kept besides `latest.pth`/`best.pth` (0: none).

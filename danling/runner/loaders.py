@@ -7,6 +7,7 @@ The runner holds a [`SplitLoaders`][danling.runner.loaders.SplitLoaders]; `build
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -80,9 +81,12 @@ class SplitLoaders:
             runner.dataloaders[split] = build_dataloader(dataset, sampler, options, train, pin)
 
     def default_log_interval(self) -> int:
-        r"""About ten log lines per epoch of the longest loader (every 1 batch at least; 1 without lengths)."""
+        r"""
+        At most ten log lines per epoch of the longest loader, as the reference DanLing sets it: a tenth of its
+        length, rounded up (every batch at least; 1 without lengths).
+        """
         lengths = [n for n in map(loader_length, self.runner.dataloaders.values()) if n is not None]
-        return max(max(lengths, default=10) // 10, 1)
+        return max(math.ceil(max(lengths, default=10) / 10), 1)
 
     def loader(self, split: str, mode: RunnerMode) -> Any:
         r"""

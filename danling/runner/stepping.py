@@ -96,6 +96,7 @@ class OptimizationMixin:
     _step_probe: StepProbe
     _parallel: Any
     _scale_collapse_warned: bool = False  # until a skipped step finds the scale healthy again
+    _clips: bool = False  # whether `max_grad_norm` or `max_grad_value` is set (read once an epoch)
 
     @property
     def precision(self) -> Precision:
@@ -136,6 +137,7 @@ class OptimizationMixin:
         self._loss_meter = self.meters.loss
         self._max_grad_norm = self.config.get("max_grad_norm")
         self._max_grad_value = self.config.get("max_grad_value")
+        self._clips = self._max_grad_norm is not None or self._max_grad_value is not None
 
     def advance(self, loss: torch.Tensor) -> None:
         r"""
@@ -151,9 +153,10 @@ class OptimizationMixin:
         """
         windows = self._windows
         self._loss_guard.watch(loss, windows.micro_step)
-        window_size = windows.size()
-        if window_size != 1:
-            loss = loss / window_size
+        if windows.accum_steps != 1:  # without accumulation every window is one micro-step: nothing to divide
+            window_size = windows.size()
+            if window_size != 1:
+                loss = loss / window_size
         if self._scale_gradients:
             loss = self._precision.scaler.scale(loss)
         loss.backward()
@@ -171,18 +174,11 @@ class OptimizationMixin:
         flag is read, one synchronisation per optimizer step.) A scale falling below `MIN_LOSS_SCALE` is warned
         about once (again only after a skipped step finds it above).
         """
-        scaler = self._precision.scaler
-        if self._max_grad_norm is not None or self._max_grad_value is not None:
-            scaler.unscale_(self.optimizer)
-            parameters = self.unwrap(self.model).parameters()
-            if self._max_grad_value is not None:
-                parameters = list(parameters)
-                nn.utils.clip_grad_value_(parameters, self._max_grad_value)
-            if self._max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(parameters, self._max_grad_norm)
+        if self._clips:
+            self._clip_gradients()
         skipped = False
         if self._scale_gradients:
-            skipped = self._scaled_step(scaler)
+            skipped = self._scaled_step(self._precision.scaler)
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -195,6 +191,16 @@ class OptimizationMixin:
         if self.scheduler is not None and not isinstance(self.scheduler, ReduceLROnPlateau):
             self.scheduler.step()
         count_step(self._config)
+
+    def _clip_gradients(self) -> None:
+        # Unscaled first under fp16 (a no-op otherwise), so the limits apply to the true gradients.
+        self._precision.scaler.unscale_(self.optimizer)
+        parameters = self.unwrap(self.model).parameters()
+        if self._max_grad_value is not None:
+            parameters = list(parameters)
+            nn.utils.clip_grad_value_(parameters, self._max_grad_value)
+        if self._max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(parameters, self._max_grad_norm)
 
     def _scaled_step(self, scaler: torch.amp.GradScaler) -> bool:
         # Returns whether the scaler skipped the step.

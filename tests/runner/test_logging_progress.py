@@ -104,6 +104,13 @@ def test_default_log_interval_is_a_tenth_of_an_epoch(tmp_path):
     assert make_runner(tmp_path, log_interval=7).log_interval == 7
 
 
+@pytest.mark.parametrize(("batch_size", "log_interval"), [(1, 4), (3, 2), (4, 1), (40, 1)])
+def test_default_log_interval_rounds_a_tenth_of_the_longest_loader_up(tmp_path, batch_size, log_interval):
+    # As the reference DanLing: ceil(batches / 10), at least 1 (40 and 14 train batches give 4 and 2, not 4 and 1).
+    runner = make_runner(tmp_path, dataloader={"batch_size": batch_size})
+    assert runner.log_interval == log_interval
+
+
 def test_logger_is_the_runners_own(tmp_path):
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level

@@ -6,9 +6,12 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import Any
+
+import torch
+from torch.serialization import default_restore_location
 
 from .checkpointing import read_verified
 
@@ -79,6 +82,37 @@ def read_checkpoint(checkpoint: Any, *args: Any, what: str = "checkpoint", **kwa
     if not isinstance(loaded, Mapping):
         raise ValueError(f"{what} file {path!r} holds a {type(loaded).__name__}, but a checkpoint must be a mapping")
     return loaded
+
+
+def restore_location(device: torch.device | str) -> Callable[[Any, str], Any]:
+    r"""
+    A `torch.load` `map_location` that restores a checkpoint on this machine: every tensor saved on an accelerator
+    (`cuda:0`, `cuda:3`, ...) goes to `device`, and tensors saved on the CPU (random states, host copies) stay there.
+
+    Without it `torch.load` puts each tensor back on the device it was saved from: a checkpoint written on a GPU
+    cannot be read on a machine without one, and under DDP every rank would load rank 0's tensors onto `cuda:0`.
+
+    Args:
+        device: Where the runner runs (`runner.device`); `"cpu"` brings accelerator tensors to the host.
+
+    Returns:
+        The function to pass as `map_location`.
+
+    Examples:
+        >>> restore = restore_location("meta")
+        >>> storage = torch.UntypedStorage(4)
+        >>> restore(storage, "cuda:1").device, restore(storage, "cpu").device
+        (device(type='meta'), device(type='cpu'))
+    """
+    target = torch.device(device)
+
+    def restore(storage: Any, location: str) -> Any:
+        # `storage` arrives on the CPU; `location` is where it was saved from.
+        if location == "cpu" or target.type == "cpu":
+            return storage
+        return default_restore_location(storage, str(target))
+
+    return restore
 
 
 def extract_model_state(checkpoint: Mapping) -> Mapping:

@@ -295,9 +295,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             loss: The batch's loss, or `None`.
         """
         if loss is not None:
-            # The batch size, from a tensor target without a call (the common case), else `_batch_length`.
-            n = target.shape[0] if type(target) is torch.Tensor and target.ndim else _batch_length(target, pred)
-            self._loss_meter.update(loss, n=n)
+            self._loss_meter.update(loss, n=_batch_length(target, pred))
         metrics = self.current_metrics
         if metrics is not None:
             metrics.update(pred.detach(), target)

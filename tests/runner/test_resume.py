@@ -101,3 +101,46 @@ def test_from_checkpoint_builds_an_equal_runner(make_runner):
     assert restored.id == first.id
     for ours, reference in zip(parameters_of(restored), parameters_of(first)):
         assert torch.equal(ours, reference)
+
+
+def trained_as_on_a_gpu(runner: dl.TorchRunner, monkeypatch: pytest.MonkeyPatch) -> str:
+    r"""Train `runner`, writing its checkpoints with every tensor tagged `cuda:0`, as a run on a GPU writes them."""
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        runner.train()
+    return os.path.join(runner.checkpoint_dir, "latest.pth")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a plain torch.load succeeds where there is a GPU")
+def test_the_injected_gpu_checkpoint_defeats_a_plain_torch_load(make_runner, monkeypatch):
+    path = trained_as_on_a_gpu(make_runner(epoch_end=1), monkeypatch)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        torch.load(path, weights_only=True)
+
+
+def test_a_checkpoint_written_on_a_gpu_resumes_exactly_on_the_cpu(make_runner, monkeypatch):
+    straight = make_runner(seed=7, epoch_end=2)
+    straight.train()
+    path = trained_as_on_a_gpu(make_runner(seed=7, epoch_end=1), monkeypatch)
+
+    resumed = make_runner(seed=7, epoch_end=2, checkpoint=path)  # read in __init__, before the device is set
+    assert resumed.epoch_begin == 1
+    resumed.train()
+    for ours, reference in zip(parameters_of(resumed), parameters_of(straight)):
+        assert torch.equal(ours, reference)
+    assert without_telemetry(resumed.results) == without_telemetry(straight.results)
+
+
+def test_every_way_of_loading_reads_a_gpu_checkpoint_on_the_cpu(make_runner, monkeypatch):
+    first = make_runner(epoch_end=1)
+    path = trained_as_on_a_gpu(first, monkeypatch)
+    loaded, pretrained = make_runner(), make_runner()
+    loaded.load_checkpoint(path)
+    pretrained.load_pretrained(path)
+    built = ClassifierRunner.from_checkpoint(path)
+    for runner in (loaded, pretrained, built):
+        for ours, reference in zip(parameters_of(runner), parameters_of(first)):
+            assert torch.equal(ours, reference)
+    # A `map_location` the caller gives wins over the runner's.
+    with pytest.raises(dl.runner.checkpointing.CheckpointError, match="cannot be read"):
+        make_runner().load_checkpoint(path, map_location=lambda storage, location: None)

@@ -21,6 +21,7 @@ from danling.utils.io import to_plain
 
 from .. import checkpoints as ckpt
 from ..banner import config_changes
+from ..distributed import resolve_device
 from ..resumption import merge_saved_config
 from .async_writer import AsyncCheckpointWriter
 from .discovery import checkpoint_dir_of, find_run_checkpoint
@@ -57,6 +58,24 @@ class RunnerCheckpoints:
         # What resuming decided (auto_resume's choice, config keys that override the checkpoint), logged once the
         # runner's logger exists.
         self.notes: list[str] = []
+
+    # Reading
+
+    def read(self, checkpoint: ckpt.CheckpointLike, *args: Any, what: str = "checkpoint", **kwargs: Any) -> Mapping:
+        r"""
+        [`read_checkpoint`][danling.runner.checkpoints.read_checkpoint] with this runner's `map_location` (see
+        [`map_location`][danling.runner.checkpointing.runner_state.RunnerCheckpoints.map_location]) unless the caller
+        gives one.
+        """
+        if not args and "map_location" not in kwargs:
+            location = self.map_location()
+            if location is not None:
+                kwargs["map_location"] = location
+        return ckpt.read_checkpoint(checkpoint, *args, what=what, **kwargs)
+
+    def map_location(self) -> Any:
+        r"""Where tensors of a checkpoint file are read to: `None` leaves them where they were saved from."""
+        return None
 
     # Saving
 
@@ -165,7 +184,7 @@ class RunnerCheckpoints:
         if runner.config.get("auto_resume") is True and runner.config.get("checkpoint") is None:
             self.discover()
         if runner.config.get("checkpoint") is not None:
-            self.pending = ckpt.read_checkpoint(runner.config["checkpoint"], weights_only=True)
+            self.pending = self.read(runner.config["checkpoint"], weights_only=True)
             runner.load_config(self.pending)
 
     def log_notes(self) -> None:
@@ -215,7 +234,7 @@ class RunnerCheckpoints:
     def load_config(self, checkpoint: ckpt.CheckpointLike, overwrite: bool, *args: Any, **kwargs: Any) -> None:
         r"""The body of [`load_config`][danling.runner.BaseRunner.load_config]."""
         runner = self.runner
-        loaded = ckpt.read_checkpoint(checkpoint, *args, **kwargs)
+        loaded = self.read(checkpoint, *args, **kwargs)
         config = dict(loaded.get(ckpt.RUNNER, loaded))
         config.pop("checkpoint", None)
         for key in RUN_LOCATION_KEYS:
@@ -246,7 +265,7 @@ class RunnerCheckpoints:
         runner = self.runner
         if runner.model is None:
             raise ValueError("cannot load a checkpoint before the model is set: assign self.model first")
-        loaded = ckpt.read_checkpoint(checkpoint, *args, **kwargs)
+        loaded = self.read(checkpoint, *args, **kwargs)
         runner.load_state_dict(loaded)
         if ckpt.RUNNER in loaded:
             runner.load_config(loaded)
@@ -278,7 +297,7 @@ class RunnerCheckpoints:
         runner = self.runner
         if runner.model is None:
             raise ValueError("cannot load pretrained weights before the model is set: assign self.model first")
-        loaded = ckpt.read_checkpoint(checkpoint, *args, what="pretrained", **kwargs)
+        loaded = self.read(checkpoint, *args, what="pretrained", **kwargs)
         runner.unwrap(runner.model).load_state_dict(ckpt.extract_model_state(loaded))
 
 
@@ -290,6 +309,8 @@ def runner_from_checkpoint(cls: type, checkpoint: ckpt.CheckpointLike, *args: An
     Raises:
         ValueError: If the checkpoint has no runner config.
     """
+    if not args and "map_location" not in kwargs:  # before the runner exists: the device it will choose by default
+        kwargs["map_location"] = ckpt.restore_location(resolve_device(None, dist_utils.get_local_rank()))
     loaded = ckpt.read_checkpoint(checkpoint, *args, **kwargs)
     if ckpt.RUNNER not in loaded:
         raise ValueError(f"checkpoint has no {ckpt.RUNNER!r} config (keys: {list(loaded.keys())})")

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import checkpoints as ckpt
+from ..distributed import resolve_device
 from .manager import CheckpointManager
 from .runner_state import RunnerCheckpoints
 from .sharded import (
@@ -44,6 +45,19 @@ class TorchRunnerCheckpoints(RunnerCheckpoints):
         >>> sorted(runner._checkpoints.state_dict())
         ['model', 'position', 'results', 'rng', 'runner']
     """
+
+    def map_location(self) -> Any:
+        r"""
+        Tensors saved on an accelerator are read onto the runner's device (`cuda:LOCAL_RANK`, or the CPU on a machine
+        without a GPU), those saved on the CPU stay there: see
+        [`restore_location`][danling.runner.checkpoints.restore_location]. Available during `__init__` already,
+        when `config.checkpoint` is read.
+        """
+        runner = self.runner
+        device = getattr(runner, "_device", None)
+        if device is None:  # still in the base `__init__`: the device the runner is about to choose
+            device = resolve_device(runner.config.get("device"), runner.local_rank)
+        return ckpt.restore_location(device)
 
     def state_dict(self) -> dict[str, Any]:
         r"""
@@ -134,5 +148,5 @@ class TorchRunnerCheckpoints(RunnerCheckpoints):
         if is_sharded_checkpoint(checkpoint):  # the model's entries only, in full
             loaded = read_sharded_model(os.fsdecode(checkpoint))
         else:
-            loaded = ckpt.read_checkpoint(checkpoint, *args, what="pretrained", **kwargs)
+            loaded = self.read(checkpoint, *args, what="pretrained", **kwargs)
         runner._parallel.load_model_state(runner.model, ckpt.extract_model_state(loaded))

@@ -32,11 +32,15 @@ by a few percent for their whole life (memory layout, hash seeds), so more round
 interval. `--control` adds a third process per round running the loop again (A'), the A/A null test: its ratio
 A'/A shows how far apart identical code reads in the same run. Each worker waits after its last epoch until all
 have run theirs, so no start-up or teardown ever runs beside a timed epoch; `--cpu N` runs all of them on CPU N.
+`--baseline PATH` adds a process per round running the runner from another checkout of danling (PATH goes first on
+its `PYTHONPATH`, e.g. a `git worktree` of an earlier commit): B0/A is printed and summarised beside B/A, so two
+versions of the runner are compared on the same machine in the same run. It must train exactly like the loop.
 
 Usage:
     python benchmarks/bench_runner.py                           # 5 rounds of 8 epochs, every scenario
     python benchmarks/bench_runner.py --rounds 9 --scenario bf16
     python benchmarks/bench_runner.py --rounds 15 --control      # with the A/A null test in every round
+    python benchmarks/bench_runner.py --rounds 12 --baseline /tmp/danling-old   # against another checkout's runner
     python benchmarks/bench_runner.py --profile                 # runner variant once under cProfile, top 25
     python benchmarks/bench_runner.py --scenario fp32 --runner-variant hand-step   # see runner_variants.py
 """
@@ -50,7 +54,6 @@ import io
 import json
 import os
 import pstats
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,9 +61,9 @@ from dataclasses import dataclass, field
 from time import perf_counter, process_time
 from typing import IO
 
+from bench_stats import print_round, summarise, summarise_other
 from runner_variants import VARIANTS, variant_base, variant_config
 
-TARGET = 1.05
 SAMPLES = 8192
 BATCH_SIZE = 32
 EPOCHS = 8
@@ -68,7 +71,6 @@ ROUNDS = 5
 LR = 0.01
 DATA_SEED = 1234
 MODEL_SEED = 0
-MEASURES = ("train_wall", "full_wall", "train_cpu", "full_cpu")
 
 # Scenario -> runner config; the hand-written loop does the same by hand (see `loop_epochs`).
 SCENARIOS = {
@@ -237,8 +239,29 @@ def worker(variant: str, epochs: int, samples: int, scenario: str, runner_varian
     baton = Baton()
     if variant == "runner":
         runner_epochs(baton, epochs, samples, scenario, runner_variant)
+    elif variant == "baseline":
+        check_baseline_import()
+        runner_epochs(baton, epochs, samples, scenario)
     else:  # the loop, or the control: the loop again
         loop_epochs(baton, epochs, samples, scenario)
+
+
+def check_baseline_import() -> None:
+    # The baseline worker must run the other checkout's danling, not this one's: stop if the path did not win.
+    import danling
+
+    expected = os.path.abspath(os.environ["DANLING_BASELINE"])
+    found = os.path.abspath(danling.__file__)
+    if os.path.commonpath([expected, found]) != expected:
+        raise SystemExit(f"--baseline {expected}: the worker imported danling from {found} instead")
+
+
+def worker_environment(variant: str, baseline: str | None) -> dict[str, str] | None:
+    r"""The baseline worker's environment: `baseline` first on `PYTHONPATH`; the others inherit the parent's."""
+    if variant != "baseline":
+        return None
+    path = os.pathsep.join(filter(None, [os.path.abspath(baseline), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "DANLING_BASELINE": baseline}
 
 
 @dataclass
@@ -252,13 +275,21 @@ class Worker:
 
     @classmethod
     def start(
-        cls, variant: str, epochs: int, samples: int, scenario: str, directory: str, runner_variant: str
+        cls,
+        variant: str,
+        epochs: int,
+        samples: int,
+        scenario: str,
+        directory: str,
+        runner_variant: str,
+        baseline: str | None = None,
     ) -> Worker:
         command = [sys.executable, os.path.abspath(__file__), "--worker", variant, "--scenario", scenario]
         command += ["--runner-variant", runner_variant]
         command += ["--epochs", str(epochs), "--samples", str(samples)]
         stderr = open(os.path.join(directory, f"{variant}.stderr"), "w+", encoding="utf-8")  # noqa: SIM115
-        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": stderr, "text": True}
+        process = subprocess.Popen(command, env=worker_environment(variant, baseline), **pipes)
         return cls(variant, process, stderr)
 
     def wait_ready(self) -> None:
@@ -288,15 +319,22 @@ class Worker:
 
 
 def run_round(
-    index: int, epochs: int, samples: int, scenario: str, control: bool, runner_variant: str = "full"
+    index: int,
+    epochs: int,
+    samples: int,
+    scenario: str,
+    control: bool,
+    runner_variant: str = "full",
+    baseline: str | None = None,
 ) -> dict[str, list[dict]]:
     r"""
     The variants in lockstep for `epochs` epochs; the order within each epoch rotates, so that every variant runs
-    first, second (and third) equally often. `control` adds a second loop process, the A/A null test.
+    first, second (and third) equally often. `control` adds a second loop process, the A/A null test; `baseline`
+    a runner process from that checkout.
     """
     with tempfile.TemporaryDirectory(prefix="bench-runner-ipc-") as directory:
-        variants = ("loop", "runner", "control") if control else ("loop", "runner")
-        workers = {v: Worker.start(v, epochs, samples, scenario, directory, runner_variant) for v in variants}
+        variants = ("loop", "runner") + ("control",) * control + ("baseline",) * (baseline is not None)
+        workers = {v: Worker.start(v, epochs, samples, scenario, directory, runner_variant, baseline) for v in variants}
         try:
             for handle in workers.values():
                 handle.wait_ready()
@@ -314,62 +352,29 @@ def run_round(
     return {variant: handle.epochs for variant, handle in workers.items()}
 
 
-def pair_ratios(rounds: list[dict[str, list[dict]]], measure: str, variant: str = "runner") -> list[float]:
-    return [b[measure] / a[measure] for result in rounds for a, b in zip(result["loop"], result[variant])]
-
-
-def round_ratios(rounds: list[dict[str, list[dict]]], measure: str, variant: str = "runner") -> list[float]:
-    r"""Per round, the median over its epoch pairs of `variant`/loop."""
-    return [statistics.median(pair_ratios([result], measure, variant)) for result in rounds]
-
-
-def total_ratios(rounds: list[dict[str, list[dict]]], measure: str) -> list[float]:
-    return [sum(e[measure] for e in r["runner"]) / sum(e[measure] for e in r["loop"]) for r in rounds]
-
-
-def bootstrap_interval(values: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    r"""
-    A 95% percentile-bootstrap interval of the median of `values` (rounds resampled with replacement; a fixed seed,
-    so the same measurements always print the same interval).
-    """
-    import random
-
-    draw = random.Random(seed)
-    medians = sorted(statistics.median(draw.choices(values, k=len(values))) for _ in range(resamples))
-    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
-
-
-def us_per_batch(epochs: list[dict], measure: str) -> float:
-    return sum(e[measure] for e in epochs) / sum(e["batches"] for e in epochs) * 1e6
-
-
 def check_same_training(scenario: str, result: dict[str, list[dict]]) -> None:
-    loop, runner = result["loop"][-1], result["runner"][-1]
-    if loop["steps"] != runner["steps"]:
-        raise RuntimeError(f"[{scenario}] optimizer steps differ: loop {loop['steps']}, runner {runner['steps']}")
-    if abs(loop["loss"] - runner["loss"]) > 1e-4 * max(1.0, abs(loop["loss"])):
-        raise RuntimeError(f"[{scenario}] final losses differ: loop {loop['loss']}, runner {runner['loss']}")
+    loop = result["loop"][-1]
+    for variant in ("runner", "baseline"):
+        if variant not in result:
+            continue
+        other = result[variant][-1]
+        if loop["steps"] != other["steps"]:
+            raise RuntimeError(f"[{scenario}] optimizer steps differ: loop {loop['steps']}, {variant} {other['steps']}")
+        if abs(loop["loss"] - other["loss"]) > 1e-4 * max(1.0, abs(loop["loss"])):
+            raise RuntimeError(f"[{scenario}] final losses differ: loop {loop['loss']}, {variant} {other['loss']}")
     control = result.get("control")
     if control is not None and (control[-1]["steps"], control[-1]["loss"]) != (loop["steps"], loop["loss"]):
         raise RuntimeError(f"[{scenario}] the control loop differs from the loop: {control[-1]} against {loop}")
 
 
-def print_round(scenario: str, index: int, result: dict[str, list[dict]]) -> None:
-    cells = "".join(f"{us_per_batch(result[v], m):>10.1f}" for v, m in COLUMNS)
-    medians = "".join(f"{statistics.median(pair_ratios([result], m)):>9.3f}" for m in MEASURES)
-    loss = f"{result['loop'][-1]['loss']:.6f} / {result['runner'][-1]['loss']:.6f}"
-    control = ""
-    if "control" in result:
-        control = f"  A'/A {statistics.median(pair_ratios([result], 'train_wall', 'control')):.3f}"
-    print(f"{scenario:>6}{index:>6}{cells}{medians}  {loss}{control}", flush=True)
-
-
-COLUMNS = (("loop", "train_wall"), ("runner", "train_wall"), ("runner", "full_wall"))
-COLUMNS += (("loop", "train_cpu"), ("runner", "train_cpu"), ("runner", "full_cpu"))
-
-
 def benchmark(
-    rounds: int, epochs: int, samples: int, scenarios: list[str], control: bool = False, runner_variant: str = "full"
+    rounds: int,
+    epochs: int,
+    samples: int,
+    scenarios: list[str],
+    control: bool = False,
+    runner_variant: str = "full",
+    baseline: str | None = None,
 ) -> None:
     print(f"tiny MLP, batch {BATCH_SIZE}, {samples} samples, {rounds} rounds of {epochs} epochs in lockstep, 1 thread")
     print("us/batch: A = hand-written loop, B train = inside train_epoch, B full = with the per-epoch writes;")
@@ -381,52 +386,17 @@ def benchmark(
     results: dict[str, list] = {scenario: [] for scenario in scenarios}
     for index in range(rounds):
         for scenario in scenarios:
-            result = run_round(index, epochs, samples, scenario, control, runner_variant)
+            result = run_round(index, epochs, samples, scenario, control, runner_variant, baseline)
             check_same_training(scenario, result)
             results[scenario].append(result)
             print_round(scenario, index, result)
     for scenario in scenarios:
         summarise(scenario, results[scenario])
         if control:
-            summarise_control(scenario, results[scenario])
-
-
-LABELS = {
-    "train_wall": "wall, train-only",
-    "full_wall": "wall, full train()",
-    "train_cpu": "cpu,  train-only",
-    "full_cpu": "cpu,  full train()",
-}
-
-
-def summarise(scenario: str, rounds: list[dict[str, list[dict]]]) -> None:
-    r"""
-    Per measure: the median of the per-round ratios B/A with its bootstrap interval (the verdict), the median over
-    all epoch pairs, the median of the round totals and the median extra time per batch.
-    """
-    for measure in MEASURES:
-        per_round = round_ratios(rounds, measure)
-        ratio, (low, high) = statistics.median(per_round), bootstrap_interval(per_round)
-        pairs = statistics.median(pair_ratios(rounds, measure))
-        totals = statistics.median(total_ratios(rounds, measure))
-        extra = statistics.median(us_per_batch(r["runner"], measure) - us_per_batch(r["loop"], measure) for r in rounds)
-        verdict = "PASS" if ratio <= TARGET else "FAIL"
-        print(
-            f"[{scenario}] {LABELS[measure]}: median of {len(rounds)} round ratios B/A {ratio:.3f} "
-            f"(95% CI {low:.3f}-{high:.3f}; target <= {TARGET:.2f}) {verdict}; over all epoch pairs {pairs:.3f}; "
-            f"of round totals {totals:.3f}; B-A {extra:+.1f} us/batch"
-        )
-
-
-def summarise_control(scenario: str, rounds: list[dict[str, list[dict]]]) -> None:
-    r"""The A/A null test: a second loop process against the first, which should read 1.000 within the noise."""
-    for measure in ("train_wall", "train_cpu"):
-        per_round = round_ratios(rounds, measure, "control")
-        ratio, (low, high) = statistics.median(per_round), bootstrap_interval(per_round)
-        print(
-            f"[{scenario}] control A'/A, {LABELS[measure]}: median of {len(rounds)} round ratios {ratio:.3f} "
-            f"(95% CI {low:.3f}-{high:.3f}; per-round spread {min(per_round):.3f}-{max(per_round):.3f})"
-        )
+            summarise_other(scenario, results[scenario], "control", "control A'/A")
+        if baseline is not None:
+            summarise_other(scenario, results[scenario], "baseline", "baseline B0/A")
+            summarise_other(scenario, results[scenario], "runner", "runner against the baseline B/B0", "baseline")
 
 
 def profile(epochs: int, samples: int, scenario: str) -> None:
@@ -474,6 +444,11 @@ def main() -> None:
         "--control", action="store_true", help="add a second loop process to every round: the A/A null test"
     )
     parser.add_argument(
+        "--baseline",
+        metavar="PATH",
+        help="add a process per round running the runner of the danling checkout at PATH (B0), e.g. a git worktree",
+    )
+    parser.add_argument(
         "--cpu",
         type=int,
         help="run every worker on this CPU (default: not pinned; pinning did not narrow the spread here)",
@@ -486,7 +461,7 @@ def main() -> None:
     )
     parser.add_argument("--samples", type=int, default=SAMPLES, help=argparse.SUPPRESS)
     parser.add_argument("--profile", action="store_true", help="profile the runner variant once with cProfile")
-    parser.add_argument("--worker", choices=("loop", "runner", "control"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("loop", "runner", "control", "baseline"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     scenarios = args.scenario or list(DEFAULT_SCENARIOS)
     if args.worker is not None:
@@ -495,7 +470,7 @@ def main() -> None:
         profile(args.epochs, args.samples, scenarios[0])
     else:
         pin_to_one_cpu(args.cpu)
-        benchmark(args.rounds, args.epochs, args.samples, scenarios, args.control, args.runner_variant)
+        benchmark(args.rounds, args.epochs, args.samples, scenarios, args.control, args.runner_variant, args.baseline)
 
 
 if __name__ == "__main__":

@@ -40,3 +40,22 @@ def test_bench_runner_runs_a_reduced_runner_variant(subprocess_run):
     assert len(rows) == 1, completed.stdout
     assert float(rows[0][-3]) == float(rows[0][-1])  # loss A / loss B
     assert "[fp32] wall, train-only: median of 1 round ratios B/A" in completed.stdout
+
+
+def test_bench_runner_compares_a_baseline_checkout(subprocess_run, tmp_path):
+    # `--baseline` runs the runner of another checkout in a fourth process; this checkout stands in for it here. The
+    # baseline worker stops unless it imported danling from that path, and must train exactly like the loop.
+    checkout = os.path.dirname(os.path.dirname(BENCHMARK))
+    command = [sys.executable, BENCHMARK, "--rounds", "1", "--epochs", "2", "--samples", "256", "--scenario", "fp32"]
+    completed = subprocess_run([*command, "--baseline", checkout], timeout=240)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    row = next(line.split() for line in completed.stdout.splitlines() if line.strip().startswith("fp32"))
+    assert row[-2] == "B0/A" and float(row[-1]) > 0
+    for label in ("baseline B0/A", "runner against the baseline B/B0"):
+        assert re.search(rf"\[fp32\] {re.escape(label)}, wall, +train-only: median of 1 round ratios", completed.stdout)
+
+    elsewhere = tmp_path / "not-a-checkout"  # a path without danling: the worker refuses to run this one's
+    elsewhere.mkdir()
+    refused = subprocess_run([*command, "--baseline", str(elsewhere)], timeout=240)
+    assert refused.returncode != 0
+    assert f"--baseline {elsewhere}: the worker imported danling from" in refused.stderr

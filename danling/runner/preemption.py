@@ -57,11 +57,12 @@ class PreemptionHandler:
 
     The signal handler only records the signal: nothing is saved from inside it. A second signal while the first
     is pending is handled as it would be without this handler (by default: the process ends), so a stuck
-    process can still be stopped. `should_stop()` is free in a
-    single process (an attribute read); distributed, it all-reduces one flag (MAX) so that every rank stops at
-    the same step even when the signal reached one rank only; the same all-reduce carries whether any rank
-    failed (see [`FailureConsensus`][danling.runner.consensus.FailureConsensus]). With `nccl` the flag lives on
-    the GPU and reading it synchronises the host with the device once per optimizer step; on `gloo` it is a CPU tensor.
+    process can still be stopped. `should_stop()` is cheap in a single process (no collective), and the runner's
+    loop there reads `received` itself and asks only once it is set. Distributed, it all-reduces one flag (MAX) so
+    that every rank stops at the same step even when the signal reached one rank only; the same all-reduce carries
+    whether any rank failed (see [`FailureConsensus`][danling.runner.consensus.FailureConsensus]). With `nccl` the
+    flag lives on the GPU and reading it synchronises the host with the device once per optimizer step; on `gloo`
+    it is a CPU tensor.
 
     Args:
         signals: Signals to catch (see [`parse_signals`][danling.runner.preemption.parse_signals]).

@@ -190,6 +190,23 @@ class Recovery:
         saver = runner.async_saver
         if save_steps is None and preemption is None and saver is None:
             return None
+        if save_steps is None and saver is None and not runner.distributed:
+            return self._signal_hook(preemption)  # the default of one process: one attribute read per step
+        return self._boundary_hook(save_steps, preemption, saver)
+
+    def _signal_hook(self, preemption: PreemptionHandler) -> Callable[[str, int, int | None], None]:
+        # One process that only catches signals: nothing to agree on, so the signal handler's own record is read.
+        def at_boundary(split: str, batches: int, length: int | None) -> None:
+            if preemption.received is not None and preemption.should_stop():
+                self.save_position_agreed(split, batches, wait=True)
+                self.exit_preempted()
+
+        return at_boundary
+
+    def _boundary_hook(
+        self, save_steps: int | None, preemption: PreemptionHandler | None, saver: Any
+    ) -> Callable[[str, int, int | None], None]:
+        runner = self.runner
         # Distributed, a background save failing on rank 0 must reach every rank: agree at every boundary (the
         # preemption all-reduce carries it when signals are caught; else a background save adds that one).
         distributed = runner.distributed

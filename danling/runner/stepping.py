@@ -235,7 +235,7 @@ class OptimizationMixin:
     @property
     def steps(self) -> int:
         r"""Optimizer steps taken so far: `config.steps`, which the loop keeps live."""
-        return dict.__getitem__(self.config, "steps")
+        return dict.__getitem__(self._config, "steps")  # read at every batch: no `config` property call
 
     @steps.setter
     def steps(self, steps: int) -> None:

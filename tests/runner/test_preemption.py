@@ -84,6 +84,25 @@ def test_the_config_chooses_the_signals_caught(tmp_path):
         JobRunner(job_config(tmp_path, log=False, preemption_signals=["SIGTERM", "SIGFOO"]))
 
 
+def test_one_process_reads_only_the_signal_flag_per_step_and_stops_at_the_signalled_step(tmp_path, monkeypatch):
+    # Without save_steps or async_save, one process has nothing to agree on: the step boundary only reads the flag
+    # the signal handler set, and asks `should_stop` once a signal has arrived.
+    asked = []
+    should_stop = PreemptionHandler.should_stop
+    monkeypatch.setattr(PreemptionHandler, "should_stop", lambda self, *a: asked.append(1) or should_stop(self, *a))
+    runner = JobRunner(job_config(tmp_path, log=False, auto_resume=False, save_steps=None))
+    runner.actions[5] = lambda: os.kill(os.getpid(), signal.SIGUSR1)  # one of the default signals
+    with pytest.raises(Preempted) as raised:
+        runner.train()
+    assert raised.value.code == 128 + signal.SIGUSR1
+    assert runner.steps == 5
+    assert asked == [1]  # at the signalled step only, not at the four boundaries before it
+    latest = Path(runner.checkpoint_dir) / "latest.pth"
+    verify_checkpoint(latest)
+    assert read_manifest(str(latest))["steps"] == 5
+    runner.close()
+
+
 # One process: a real SIGTERM, then the same job launched again
 
 

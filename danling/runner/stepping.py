@@ -49,29 +49,34 @@ def count_step(config: Any) -> None:
 class StepProbe:
     r"""
     Notes, through an optimizer post-step hook, whether `optimizer.step()` ran: `GradScaler.step` does not call
-    it for a step it skips, so the runner knows without reading the device.
+    it for a step it skips, so the runner knows without reading the device. `blind` is set for an optimizer that
+    cannot tell this way (no post-step hooks, or it unscales inside its own step, `fused=True`): then the runner
+    reads the scaler's overflow flag instead.
 
     Examples:
         >>> optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
         >>> probe = StepProbe()
         >>> probe.attach(optimizer)
-        >>> probe.stepped, (optimizer.step(), probe.stepped)[1]
-        (False, True)
+        >>> probe.blind, probe.stepped, (optimizer.step(), probe.stepped)[1]
+        (False, False, True)
     """
 
-    __slots__ = ("__weakref__", "handle", "optimizer", "stepped")
+    __slots__ = ("__weakref__", "blind", "handle", "optimizer", "stepped")
 
     def __init__(self) -> None:
         self.optimizer: Any = None
         self.handle: Any = None
         self.stepped = False
+        self.blind = True
 
     def attach(self, optimizer: Any) -> None:
         r"""Watch `optimizer` (and stop watching the previous one)."""
         if self.handle is not None:
             self.handle.remove()
         self.optimizer = optimizer
-        self.handle = optimizer.register_step_post_hook(self._note)
+        observable = hasattr(optimizer, "register_step_post_hook")
+        self.handle = optimizer.register_step_post_hook(self._note) if observable else None
+        self.blind = not observable or bool(getattr(optimizer, "_step_supports_amp_scaling", False))
         self.stepped = False
 
     def _note(self, optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -205,15 +210,12 @@ class OptimizationMixin:
     def _scaled_step(self, scaler: torch.amp.GradScaler) -> bool:
         # Returns whether the scaler skipped the step.
         probe, optimizer = self._step_probe, self.optimizer
-        observable = hasattr(optimizer, "register_step_post_hook")
-        if observable and probe.optimizer is not optimizer:
-            probe.attach(optimizer)
+        if probe.optimizer is not optimizer:
+            probe.attach(optimizer)  # decides, once per optimizer, whether its steps can be observed
         probe.stepped = False
         scaler.step(optimizer)
-        if not observable or getattr(optimizer, "_step_supports_amp_scaling", False):
-            skipped = _found_inf(scaler, optimizer)  # its step ran (or is unobservable): read the flag
-        else:
-            skipped = not probe.stepped
+        # A blind probe's optimizer ran its step (or is unobservable): read the flag.
+        skipped = _found_inf(scaler, optimizer) if probe.blind else not probe.stepped
         scaler.update()
         return skipped
 

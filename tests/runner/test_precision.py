@@ -85,6 +85,36 @@ def test_fp16_skips_the_step_when_gradients_overflow(make_runner):
     assert int(runner.ema.n_averaged) == 1
 
 
+class HooklessSGD:
+    # An optimizer-like object without `register_step_post_hook`: the runner cannot watch its steps.
+    def __init__(self, parameters, lr: float) -> None:
+        self.inner = torch.optim.SGD(parameters, lr=lr)
+        self.param_groups = self.inner.param_groups
+
+    def step(self) -> None:
+        self.inner.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+
+@pytest.mark.parametrize("kind", ["fused", "without hooks"])
+def test_fp16_finds_skipped_steps_of_optimizers_it_cannot_watch(make_runner, kind):
+    # A fused optimizer unscales inside its own step (which runs, and calls its hooks, even when skipping); an
+    # optimizer without post-step hooks says nothing. For both the scaler's overflow flag is read instead.
+    runner = make_runner(precision="fp16")
+    parameters = list(runner.model.parameters())
+    fused = kind == "fused"
+    runner.optimizer = torch.optim.SGD(parameters, lr=0.1, fused=True) if fused else HooklessSGD(parameters, 0.1)
+    before = [p.detach().clone() for p in parameters]
+    runner.advance(runner.model(torch.randn(2, 4)).sum() * 1e36)  # scaled gradients overflow: skipped
+    assert all(torch.equal(a, b) for a, b in zip(before, parameters))
+    assert runner.steps == 0
+    runner.advance(runner.model(torch.randn(2, 4)).sum())
+    assert runner.steps == 1
+    assert not all(torch.equal(a, b) for a, b in zip(before, parameters))
+
+
 def count_item_calls(monkeypatch, action) -> int:
     calls = []
     item = torch.Tensor.item

@@ -10,7 +10,7 @@
 """
 
 from . import functional
-from .average_meter import AverageMeter, AverageMeters, MultiTaskAverageMeters
+from .average_meter import AverageMeter, AverageMeters
 from .factory import (
     binary_metrics,
     multiclass_metric_meters,
@@ -22,6 +22,7 @@ from .factory import (
 from .functional import accuracy, auprc, auroc, f1_score, mcc, mse, pearson, r2_score, rmse, spearman
 from .metric_meter import MetricMeter, MetricMeters
 from .metrics import Metrics, MultiTaskMetricMeters, MultiTaskMetrics, ScoreMetrics
+from .multi_task_average_meters import MultiTaskAverageMeters
 from .preprocesses import (
     infer_task,
     preprocess,

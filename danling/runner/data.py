@@ -203,6 +203,40 @@ def loader_length(loader: Any) -> int | None:
         return None
 
 
+def has_more(iterator: Iterator) -> bool:
+    r"""
+    Whether `iterator` has another item (it is consumed): how an epoch of a loader without a length learns that it
+    was cut short.
+
+    Examples:
+        >>> has_more(iter([1])), has_more(iter([]))
+        (True, False)
+    """
+    return next(iterator, _END) is not _END
+
+
+_END = object()
+
+
+def samples_of(target: Any, pred: Any) -> int:
+    r"""
+    Samples of a batch, the weight of its loss: the first dimension of the target (or the predictions), the length
+    of a list of them, else 1.
+
+    Examples:
+        >>> samples_of(torch.zeros(5), None), samples_of(None, [1, 2, 3]), samples_of(torch.tensor(2.0), None)
+        (5, 3, 1)
+    """
+    if type(target) is torch.Tensor and target.ndim:  # the common case first
+        return target.shape[0]
+    for value in (target, pred):
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return value.shape[0]
+        if isinstance(value, (list, tuple)):
+            return len(value)
+    return 1
+
+
 def describe_loader(loader: Any) -> str:
     r"""
     Samples, batch size and `drop_last` of a loader, for error messages.

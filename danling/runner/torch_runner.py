@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from functools import cached_property
 from typing import Any
 
@@ -18,7 +18,7 @@ from .accumulation import AccumulationWindows
 from .base_runner import BaseRunner
 from .checkpointing import CheckpointManager
 from .checkpointing.torch_state import TorchRunnerCheckpoints
-from .data import describe_loader, loader_length
+from .data import describe_loader, has_more, loader_length, samples_of
 from .distributed import init_process_group, resolve_device, share_run_identity
 from .evaluation import EvaluationLoops
 from .finite import NonFiniteLossGuard
@@ -215,7 +215,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             if step_end is not None and self.steps >= step_end:
                 # Without a length (IterableDataset), whether the epoch was cut short is known by asking for more.
                 done = start + iteration - first + 1
-                partial = done < length if length is not None else _has_more(stream)
+                partial = done < length if length is not None else has_more(stream)
                 break
         if iteration < first and start == 0:  # a loader without a length (IterableDataset) that yielded nothing
             raise ValueError(f"split {split!r} yielded no batches to train on ({describe_loader(loader)})")
@@ -295,7 +295,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             loss: The batch's loss, or `None`.
         """
         if loss is not None:
-            self._loss_meter.update(loss, n=_batch_length(target, pred))
+            self._loss_meter.update(loss, n=samples_of(target, pred))
         metrics = self.current_metrics
         if metrics is not None:
             metrics.update(pred.detach(), target)
@@ -487,21 +487,3 @@ class TorchRunner(OptimizationMixin, BaseRunner):
     def load_pretrained(self, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> None:
         r"""[`BaseRunner.load_pretrained`][danling.runner.BaseRunner.load_pretrained], sharding under `fsdp`."""
         self._checkpoints.load_pretrained(checkpoint, *args, **kwargs)
-
-
-def _has_more(iterator: Iterator) -> bool:
-    return next(iterator, _END) is not _END
-
-
-_END = object()
-
-
-def _batch_length(target: Any, pred: Any) -> int:
-    if type(target) is torch.Tensor and target.ndim:  # the common case first
-        return target.shape[0]
-    for value in (target, pred):
-        if isinstance(value, torch.Tensor) and value.dim() > 0:
-            return value.shape[0]
-        if isinstance(value, (list, tuple)):
-            return len(value)
-    return 1

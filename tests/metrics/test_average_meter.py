@@ -147,3 +147,12 @@ def test_skip_empty_leaves_out_meters_never_updated_but_keeps_a_real_nan(meters)
     assert meters.average(skip_empty=True)["loss"] == pytest.approx(np.mean([0.5, 1.5]))
     meters.reset()
     assert dict(meters.average(skip_empty=True)) == {}
+
+
+def test_multi_task_meters_stay_importable_from_the_average_meter_module():
+    # Ported code imports them from `danling.metrics.average_meter`, where the reference keeps them.
+    from danling.metrics import average_meter
+
+    assert average_meter.MultiTaskAverageMeters is MultiTaskAverageMeters
+    with pytest.raises(AttributeError, match="no attribute 'Missing'"):
+        average_meter.Missing

@@ -159,3 +159,21 @@ def test_total_steps_of_an_iterable_train_split_says_why_it_is_unknown(make_runn
     with pytest.raises(ValueError, match=r"epoch_end=2 and train splits \['train'\].*step_end.*IterableDataset"):
         runner.total_steps
     assert make_runner(StreamRunner, step_end=3).total_steps == 3
+
+
+def test_samples_of_a_batch_weigh_its_loss():
+    from danling.runner.data import samples_of
+
+    assert samples_of(torch.zeros(4, 3), torch.zeros(4, 2)) == 4
+    assert samples_of(None, torch.zeros(6, 2)) == 6
+    assert samples_of(torch.tensor(1.0), ["a", "b"]) == 2
+    assert samples_of("label", "prediction") == 1
+
+
+def test_has_more_consumes_one_item():
+    from danling.runner.data import has_more
+
+    items = iter([1, 2])
+    assert has_more(items)
+    assert has_more(items)
+    assert not has_more(items)

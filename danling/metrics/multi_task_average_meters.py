@@ -7,20 +7,10 @@ from typing import Any
 
 from chanfig import NestedDict
 
+from danling.utils.io import flatten
+
 from ._sync import reduce_sums, union_keys
 from .average_meter import AverageMeter, Number, Scalar, _averages, _is_empty, _merge_update_args
-
-
-def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested mappings into dotted keys."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 class MultiTaskAverageMeters(NestedDict):
@@ -63,7 +53,7 @@ class MultiTaskAverageMeters(NestedDict):
             n: Weight of every value.
             **values: More values by name.
         """
-        for name, value in _flatten(_merge_update_args(args, values)).items():
+        for name, value in flatten(_merge_update_args(args, values)).items():
             self._meter(name).update(value, n=n)
 
     def meters(self) -> dict[str, AverageMeter]:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from math import ceil
 from typing import Any
 
-from danling.utils.io import to_plain
+from danling.utils.io import flatten, to_plain
 
 from .config import VOLATILE_KEYS, Config
 
@@ -17,24 +17,6 @@ IDENTITY_KEYS = frozenset({"run_id", "experiment_id", "name", "run_name", "exper
 PROGRESS_KEYS = VOLATILE_KEYS | {"run_id"}
 # Longest value shown in the banner before it is cut.
 MAX_VALUE_WIDTH = 60
-
-
-def flatten(config: Mapping, prefix: str = "") -> dict[str, Any]:
-    r"""
-    A (nested) config as `dotted.key -> value`.
-
-    Examples:
-        >>> flatten({"optim": {"lr": 0.1, "betas": [0.9, 0.99]}, "seed": 1})
-        {'optim.lr': 0.1, 'optim.betas': [0.9, 0.99], 'seed': 1}
-    """
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def config_changes(before: Mapping, after: Mapping, ignored: frozenset[str] = PROGRESS_KEYS) -> list[str]:

@@ -67,6 +67,24 @@ def to_plain(obj: Any) -> Any:
 NON_FINITE_STRINGS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
+def flatten(mapping: Mapping, prefix: str = "") -> dict[str, Any]:
+    r"""
+    A nested mapping as `dotted.key -> value` (sequences stay values).
+
+    Examples:
+        >>> flatten({"optim": {"lr": 0.1, "betas": [0.9, 0.99]}, "seed": 1})
+        {'optim.lr': 0.1, 'optim.betas': [0.9, 0.99], 'seed': 1}
+    """
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
 def encode_non_finite(obj: Any) -> Any:
     r"""
     Replace NaN and infinite floats in nested dicts and lists by the strings `"NaN"`, `"Infinity"`, `"-Infinity"`,

@@ -193,3 +193,11 @@ def test_saved_files_get_the_mode_the_umask_gives_a_new_file(tmp_path, umask, mo
     finally:
         os.umask(previous)
     assert stat.S_IMODE(os.stat(path).st_mode) == mode
+
+
+def test_flatten_joins_nested_keys_with_dots_and_keeps_sequences():
+    from danling.utils.io import flatten
+
+    nested = {"optim": {"lr": 0.1, "betas": (0.9, 0.99), "sched": {"warmup": 5}}, "seed": 1, "empty": {}}
+    assert flatten(nested) == {"optim.lr": 0.1, "optim.betas": (0.9, 0.99), "optim.sched.warmup": 5, "seed": 1}
+    assert flatten({"a": 1}, prefix="run.") == {"run.a": 1}

@@ -80,7 +80,7 @@ class MultiTaskAverageMeters(NestedDict):
         """
         names = union_keys(list(self.meters()))
         meters = [self._meter(name) for name in names]
-        reduced = reduce_sums([m._sum for m in meters], [m._count for m in meters])
+        reduced = reduce_sums([m._running_sum() for m in meters], [m._count for m in meters])
         return NestedDict(_averages(names, reduced, skip_empty))
 
     @property

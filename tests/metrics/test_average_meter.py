@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from danling.metrics import AverageMeter, AverageMeters, MultiTaskAverageMeters
+from danling.metrics.average_meter import FOLD_SIZE, weighted_block_sum
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -25,17 +26,87 @@ def test_weighted_average_matches_numpy(seed: int):
 def test_update_with_tensor_never_syncs(no_device_sync):
     meter = AverageMeter()
     loss = torch.tensor(2.0, requires_grad=True) * 3
-    for _ in range(3):
+    for _ in range(2 * FOLD_SIZE + 3):  # past two folds
         meter.update(loss, n=2)
     no_device_sync.undo()
     assert meter.avg == 6.0
-    assert meter.count == 6
+    assert meter.count == 2 * (2 * FOLD_SIZE + 3)
 
 
 def test_update_detaches_from_graph():
     meter = AverageMeter()
     meter.update(torch.tensor(1.0, requires_grad=True) * 2)
-    assert not meter._sum.requires_grad
+    assert not meter._running_sum().requires_grad
+
+
+def wide_range_updates(count: int, seed: int = 0) -> list[tuple[torch.Tensor, int]]:
+    # float32 losses over twelve decades with varying batch sizes: float64 sums of these depend on the grouping.
+    rng = np.random.default_rng(seed)
+    values = (10.0 ** rng.uniform(-8, 4, size=count)).astype(np.float32)
+    weights = rng.choice([32, 32, 32, 7], size=count)
+    return [(torch.tensor(value), int(weight)) for value, weight in zip(values, weights)]
+
+
+def test_sum_over_many_folds_matches_exact_sum():
+    updates = wide_range_updates(5 * FOLD_SIZE + 17)
+    meter = AverageMeter()
+    for value, n in updates:
+        meter.update(value, n=n)
+    exact = math.fsum(float(value) * n for value, n in updates)
+    assert meter.sum == pytest.approx(exact, rel=1e-12)
+    assert meter.count == sum(n for _, n in updates)
+    assert meter.avg == pytest.approx(exact / meter.count, rel=1e-12)
+    assert meter.val == float(updates[-1][0])
+
+
+@pytest.mark.parametrize(
+    ("saved_after", "sensitive"), [(1, False), (FOLD_SIZE - 1, True), (FOLD_SIZE, False), (FOLD_SIZE + 23, True)]
+)
+def test_restored_meter_sums_bit_for_bit_like_one_never_saved(saved_after: int, sensitive: bool):
+    updates = wide_range_updates(3 * FOLD_SIZE + 5, seed=saved_after)
+    straight, saved = AverageMeter(), AverageMeter()
+    for value, n in updates[:saved_after]:
+        straight.update(value, n=n)
+        saved.update(value, n=n)
+    state = saved.state_dict()
+    restored = AverageMeter()
+    restored.load_state_dict(state)
+    regrouped = AverageMeter()  # what restoring the sum alone would give: the pending block summed apart
+    regrouped.load_state_dict({key: state[key] for key in ("val", "n", "sum", "count")})
+    for value, n in updates[saved_after:]:
+        for meter in (straight, restored, regrouped):
+            meter.update(value, n=n)
+    assert restored.state_dict() == straight.state_dict()
+    assert restored.sum == straight.sum
+    assert restored.avg == straight.avg
+    if sensitive:  # these data are sensitive to the grouping, so the check above can fail
+        assert regrouped.sum != straight.sum
+
+
+def test_state_dict_keeps_pending_updates_until_their_fold():
+    meter = AverageMeter()
+    meter.update(2.0, n=2)
+    meter.update(torch.tensor(0.25), n=4)
+    state = meter.state_dict()
+    assert state["sum"] == 5.0
+    assert state["folded"] == 4.0
+    assert state["pending"] == [[0.25, 4]]
+    for _ in range(FOLD_SIZE - 1):
+        meter.update(torch.tensor(0.25), n=4)
+    assert "pending" not in meter.state_dict()
+    assert meter.sum == 4.0 + FOLD_SIZE
+
+
+def test_weighted_block_sum_matches_numpy():
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=40).astype(np.float32)
+    weights = [int(w) for w in rng.choice([1, 4, 4, 4], size=40)]
+    block = weighted_block_sum([torch.tensor(v) for v in values], weights)
+    assert block.dtype == torch.float64
+    assert block.item() == pytest.approx(float(np.dot(values.astype(np.float64), weights)), rel=1e-12)
+    restored, new = torch.tensor(1.5, dtype=torch.float64), torch.tensor(2.0, dtype=torch.bfloat16)
+    mixed = weighted_block_sum([restored, new], [2, 3])
+    assert mixed.item() == 9.0
 
 
 def test_mixed_python_and_tensor_values():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from functools import cached_property
 from typing import Any
@@ -202,17 +203,20 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         partial = False
         first = self.telemetry.batches_before + 1  # log steps count batches over the run, not per epoch
         at_boundary = self._recovery.boundary_hook()
-        stepped = self.steps
+        # `self.steps`, read up to three times a batch, without a Python call each time.
+        steps_now = functools.partial(dict.__getitem__, self._config, "steps")
+        stepped = steps_now()
+        move = self._batch_mover()
         iteration = first - 1
         stream = iter(self._iterate(batches, split, length))
         for iteration, data in enumerate(stream, first):
-            self.train_step(self.to_device(data))
+            self.train_step(data if move is None else move(data))
             if log_interval is not None and iteration % log_interval == 0:
                 self._log_step(split, iteration, length)
-            if at_boundary is not None and self.steps != stepped:
+            if at_boundary is not None and steps_now() != stepped:
                 at_boundary(split, start + iteration - first + 1, length)  # batches of this epoch so far
-                stepped = self.steps
-            if step_end is not None and self.steps >= step_end:
+                stepped = steps_now()
+            if step_end is not None and steps_now() >= step_end:
                 # Without a length (IterableDataset), whether the epoch was cut short is known by asking for more.
                 done = start + iteration - first + 1
                 partial = done < length if length is not None else has_more(stream)
@@ -321,6 +325,12 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             f"cannot split a batch of type {type(data).__name__} into (input, target); "
             "yield (input, target) pairs or mappings, or override train_step/evaluate_step"
         )
+
+    def _batch_mover(self) -> Any:
+        # `to_device`, or `None` where it would hand every batch back unchanged (a CPU model, not overridden).
+        if self._batches_stay and type(self).to_device is TorchRunner.to_device:
+            return None
+        return self.to_device
 
     def to_device(self, data: Any) -> Any:
         r"""Move a batch to `device` in the main process (non-blocking from pinned memory on CUDA)."""

@@ -30,6 +30,24 @@ def test_train_records_every_epoch_and_counts_steps(make_runner):
     assert runner.epochs == 2
 
 
+class MovingRunner(ClassifierRunner):
+    # Overrides `to_device` on the CPU, where the runner's own would hand every batch back unchanged.
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.moved = 0
+
+    def to_device(self, data):
+        self.moved += 1
+        return super().to_device(data)
+
+
+def test_an_overridden_to_device_sees_every_training_batch_on_the_cpu(make_runner):
+    runner = make_runner(MovingRunner, epoch_end=2)
+    runner.train(evaluate_splits=[])
+    assert runner.moved == 2 * 5  # ceil(40 / 8) batches per epoch
+    assert runner.steps == 2 * 5
+
+
 def test_epoch_loss_is_the_sample_weighted_mean_over_every_batch(make_runner):
     # lr = 0: the model never changes, so the epoch losses must equal the loss over the whole split.
     runner = make_runner(lr=0.0, epoch_end=1, train_size=42, val_size=13)

@@ -154,34 +154,43 @@ def loop_epochs(baton: Baton, epochs: int, samples: int, scenario: str) -> None:
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     loader = DataLoader(TensorDataset(x, y), batch_size=BATCH_SIZE, shuffle=True)
-    accum_steps = SCENARIOS[scenario].get("accum_steps", 1)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(scenario)
     scaler = torch.amp.GradScaler("cpu", enabled=dtype is torch.float16)
     model.train()
     steps = 0
     for _ in range(epochs):
         baton.wait()
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        count = 0
-        for index, (input, target) in enumerate(loader):
-            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-                pred = model(input)
-                loss = criterion(pred, target)
-            if accum_steps > 1:
-                scaler.scale(loss / accum_steps).backward()
-            else:
-                scaler.scale(loss).backward()
-            if (index + 1) % accum_steps == 0:
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                steps += 1
-            loss_sum.add_(loss.detach(), alpha=target.shape[0])
-            count += target.shape[0]
-        loss = loss_sum.item() / count
+        loss, epoch_steps = loop_epoch(model, criterion, optimizer, scaler, loader, scenario)
+        steps += epoch_steps
         baton.train = (perf_counter() - baton.started[0], process_time() - baton.started[1])
         baton.report(steps=steps, batches=len(loader), loss=loss)
     baton.hold()
+
+
+def loop_epoch(model, criterion, optimizer, scaler, loader, scenario: str) -> tuple[float, int]:
+    r"""One epoch of the hand-written loop; returns its sample-weighted mean loss and its optimizer steps."""
+    import torch
+
+    accum_steps = SCENARIOS[scenario].get("accum_steps", 1)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(scenario)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    count = steps = 0
+    for index, (input, target) in enumerate(loader):
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            pred = model(input)
+            loss = criterion(pred, target)
+        if accum_steps > 1:
+            scaler.scale(loss / accum_steps).backward()
+        else:
+            scaler.scale(loss).backward()
+        if (index + 1) % accum_steps == 0:
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            steps += 1
+        loss_sum.add_(loss.detach(), alpha=target.shape[0])
+        count += target.shape[0]
+    return loss_sum.item() / count, steps
 
 
 def build_runner(

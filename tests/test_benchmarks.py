@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
+from collections import Counter
+
+import pytest
 
 BENCHMARK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "bench_runner.py")
 
@@ -60,3 +64,56 @@ def test_bench_runner_compares_a_baseline_checkout(subprocess_run, tmp_path):
     refused = subprocess_run([*command, "--baseline", str(elsewhere)], timeout=240)
     assert refused.returncode != 0
     assert f"--baseline {elsewhere}: the worker imported danling from" in refused.stderr
+
+
+def load_sampling(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.dirname(BENCHMARK))
+    import bench_runner_sampling
+
+    return bench_runner_sampling
+
+
+def test_sampling_sorts_stacks_by_the_work_they_were_doing(monkeypatch):
+    sampling = load_sampling(monkeypatch)
+    loop = ["<module> (bench_runner_sampling.py:180)", "loop_epoch (bench_runner.py:160)"]
+    runner = [
+        "train (danling/runner/torch_runner.py:170)",
+        "TorchRunner.train_epoch (danling/runner/torch_runner.py:215)",
+    ]
+    fetch = "_BaseDataLoaderIter.__next__ (torch/utils/data/dataloader.py:725)"
+    assert sampling.categorize([*loop, fetch]) == ("data", fetch.split(" (")[0] + " [torch/utils/data/dataloader.py]")
+    loss = [
+        "Module._call_impl (torch/nn/modules/module.py:1786)",
+        "CrossEntropyLoss.forward (torch/nn/modules/loss.py:1)",
+    ]
+    assert (
+        sampling.categorize([*runner, "TorchRunner.train_step (danling/runner/torch_runner.py:285)", *loss])[0]
+        == "loss"
+    )
+    meter = "AverageMeter.update (danling/metrics/average_meter.py:130)"
+    assert sampling.categorize([*runner, meter]) == ("rest", "AverageMeter.update [danling/metrics/average_meter.py]")
+    assert sampling.categorize(["<module> (bench_runner_sampling.py:180)", fetch]) is None  # not inside an epoch
+
+
+def test_sampling_ratio_uses_the_shared_work_as_the_yardstick(monkeypatch):
+    sampling = load_sampling(monkeypatch)
+    loop = Counter(data=30, forward=20, loss=5, autocast=5, backward=25, optimizer=5, rest=10)
+    runner = Counter({key: 2 * value for key, value in loop.items()})  # twice the samples, same shares
+    assert sampling.per_batch_ratio(runner, loop) == 1.0
+    runner["rest"] += 9  # 4.5 of the loop's 90 shared samples more rest: 104.5 / 100
+    assert sampling.per_batch_ratio(runner, loop) == pytest.approx(1.045)
+
+
+@pytest.mark.skipif(shutil.which("py-spy") is None, reason="py-spy is not installed (the benchmark extra)")
+def test_bench_runner_sampling_runs_end_to_end(subprocess_run):
+    script = os.path.join(os.path.dirname(BENCHMARK), "bench_runner_sampling.py")
+    command = [sys.executable, script, "--rounds", "1", "--epochs", "2", "--scenario", "fp32", "--top", "3"]
+    completed = subprocess_run(command, timeout=240)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    match = re.search(r"\[fp32\] runner / loop per batch, in place: median of 1 rounds (\d+\.\d+)", completed.stdout)
+    assert match is not None, completed.stdout
+    assert 0.5 < float(match.group(1)) < 2.0
+    shares = re.findall(
+        r"^ +(data|forward|loss|autocast|backward|optimizer|rest) +(\d+\.\d+)% +(\d+\.\d+)%$", completed.stdout, re.M
+    )
+    assert [name for name, _, _ in shares] == ["data", "forward", "loss", "autocast", "backward", "optimizer", "rest"]

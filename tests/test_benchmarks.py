@@ -36,14 +36,23 @@ def test_bench_runner_runs_the_variants_in_lockstep(subprocess_run):
 
 
 def test_bench_runner_runs_a_reduced_runner_variant(subprocess_run):
-    # The hand-written loop inside the runner's process must train exactly like the loop (the script checks it).
-    command = [sys.executable, BENCHMARK, "--rounds", "1", "--epochs", "2", "--samples", "256", "--scenario", "fp32"]
+    # The hand-written loop inside the runner's process (here with fp16 autocast and the scaler) must train exactly
+    # like the loop (the script checks it).
+    command = [sys.executable, BENCHMARK, "--rounds", "1", "--epochs", "2", "--samples", "256", "--scenario", "fp16"]
     completed = subprocess_run([*command, "--runner-variant", "loop-in-runner"], timeout=240)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    rows = [line.split() for line in completed.stdout.splitlines() if line.strip().startswith("fp32")]
+    rows = [line.split() for line in completed.stdout.splitlines() if line.strip().startswith("fp16")]
     assert len(rows) == 1, completed.stdout
     assert float(rows[0][-3]) == float(rows[0][-1])  # loss A / loss B
-    assert "[fp32] wall, train-only: median of 1 round ratios B/A" in completed.stdout
+    assert "[fp16] wall, train-only: median of 1 round ratios B/A" in completed.stdout
+
+
+def test_loop_scenario_reads_the_runner_config(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.dirname(BENCHMARK))
+    from runner_variants import loop_scenario
+
+    assert loop_scenario({"accum_steps": 4, "precision": "bf16"}) == "accum"
+    assert [loop_scenario({"precision": p}) for p in ("bf16", "fp16", None)] == ["bf16", "fp16", "fp32"]
 
 
 def test_bench_runner_compares_a_baseline_checkout(subprocess_run, tmp_path):
@@ -117,3 +126,54 @@ def test_bench_runner_sampling_runs_end_to_end(subprocess_run):
         r"^ +(data|forward|loss|autocast|backward|optimizer|rest) +(\d+\.\d+)% +(\d+\.\d+)%$", completed.stdout, re.M
     )
     assert [name for name, _, _ in shares] == ["data", "forward", "loss", "autocast", "backward", "optimizer", "rest"]
+
+
+def load_paired(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.dirname(BENCHMARK))
+    import bench_runner_paired
+
+    return bench_runner_paired
+
+
+class RecordingLoop:
+    def __init__(self, events: list) -> None:
+        self.events = events
+
+    def start_epoch(self) -> None:
+        self.events.append("epoch")
+
+    def step(self, input, target) -> None:
+        self.events.append(("loop", input))
+
+
+def test_paired_loader_hands_every_batch_to_both_in_alternating_order(monkeypatch):
+    paired_module = load_paired(monkeypatch)
+    events: list = []
+    batches = [(index, -index) for index in range(5)]
+    paired = paired_module.PairedLoader(batches, RecordingLoop(events))
+    assert len(paired) == 5  # everything but iteration is the wrapped loader's
+    assert paired.count((0, 0)) == 1
+    for input, _ in paired:  # the runner's side
+        events.append(("runner", input))
+    expected = ["epoch"]
+    for index in range(5):  # the loop first on even batches, second on odd ones
+        pair = [("loop", index), ("runner", index)]
+        expected += pair if index % 2 == 0 else pair[::-1]
+    assert events == expected
+    assert len(paired.times) == 5
+    assert all(span >= 0 for times in paired.times for span in times)
+
+
+def test_bench_runner_paired_runs_end_to_end(subprocess_run):
+    # The script checks that the runner and the loop end with the same loss and step count.
+    script = os.path.join(os.path.dirname(BENCHMARK), "bench_runner_paired.py")
+    command = [sys.executable, script, "--rounds", "1", "--epochs", "2", "--samples", "256", "--scenario", "fp16"]
+    completed = subprocess_run(command, timeout=240)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    row = next(line.split() for line in completed.stdout.splitlines() if line.strip().startswith("fp16"))
+    assert row[-3] == row[-1]  # loss loop / loss runner
+    for measure in ("wall", "cpu"):
+        pattern = rf"\[fp16\] {measure} +runner/loop per batch: median of 1 rounds (\d+\.\d+)"
+        match = re.search(pattern, completed.stdout)
+        assert match is not None, completed.stdout
+        assert 0.5 < float(match.group(1)) < 2.0

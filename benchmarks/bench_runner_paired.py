@@ -1,0 +1,238 @@
+"""Per-batch overhead of `danling.TorchRunner` against the hand-written loop, measured batch by batch in one process.
+
+`bench_runner.py` compares two processes in lockstep. On a shared VM two processes running the same code differ by
+up to 10-15% for their whole life (the A/A control: seen with address-space randomisation off and the hash seed
+fixed, so physical memory placement is the likely cause), and the machine's speed drifts within an epoch, so a
+few points of overhead take dozens of rounds to resolve. This script removes both: one process holds the runner
+(`bench_runner.build_runner`: a user's config, logging on) and the hand-written loop (`HandLoop`: the same steps as
+`bench_runner.loop_epoch`), each with its own model from the same seed, and they take turns batch by batch:
+
+- the runner's `DataLoader` is wrapped; each time the runner asks for a batch, the wrapper fetches it and hands the
+  same batch to the loop too, which trains one step on it: before the runner's step on even batches, after it on
+  odd ones, so that each side equally often runs right after the fetch and right after the other's step (whoever
+  runs second finds the torch code and the batch hot in the caches: the runner read 2-4% faster than the loop
+  when the loop always went first);
+- the loop's time for a batch is the fetch plus its step; the runner's is the fetch plus everything the runner did
+  from receiving the batch to asking for the next one (its step, its epoch loop, its telemetry, its log step
+  when one falls there). Both include the same fetch, as each would in a real loop.
+
+The two train the same model on the same batches in the same order, so they must end with the same loss (checked).
+What the runner does at the start and the end of an epoch (before its first request and after its last) is not
+counted: those are per-epoch costs, which `bench_runner.py`'s `full` reports. A round is one process; its ratio is the
+runner's total time over the loop's, in wall-clock and CPU time, and the summary gives the median of the round
+ratios with a 95% bootstrap interval (the target is 1.05). Each step runs right after the other's, so each finds
+the caches as the other left them; this is the same for both.
+
+Usage:
+    python benchmarks/bench_runner_paired.py                         # 5 rounds of 4 epochs, every scenario
+    python benchmarks/bench_runner_paired.py --scenario bf16 --rounds 9
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from time import perf_counter, process_time
+from typing import Any
+
+from bench_runner import DEFAULT_SCENARIOS, LR, MODEL_SEED, SAMPLES, SCENARIOS, build_runner, make_model
+from bench_stats import TARGET, bootstrap_interval
+
+EPOCHS = 4
+ROUNDS = 5
+
+
+class HandLoop:
+    r"""
+    The hand-written loop of `bench_runner.loop_epoch`, one batch per `step`: autocast, loss, the (scaled) backward,
+    and at each window's end the optimizer step and zeroing; the sample-weighted loss kept as a float64 tensor.
+    """
+
+    def __init__(self, scenario: str) -> None:
+        import torch
+
+        torch.manual_seed(MODEL_SEED)  # the runner built its model from the same seed
+        self.model = make_model()
+        self.criterion = torch.nn.CrossEntropyLoss()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LR)
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(scenario)
+        self.scaler = torch.amp.GradScaler("cpu", enabled=self.dtype is torch.float16)
+        self.accum_steps = SCENARIOS[scenario].get("accum_steps", 1)
+        self.autocast = torch.autocast
+        self.loss_sum = torch.zeros((), dtype=torch.float64)
+        self.count = self.batches = self.steps = 0
+
+    def start_epoch(self) -> None:
+        self.loss_sum.zero_()
+        self.count = self.batches = 0
+
+    def step(self, input: Any, target: Any) -> None:
+        with self.autocast("cpu", dtype=self.dtype, enabled=self.dtype is not None):
+            loss = self.criterion(self.model(input), target)
+        if self.accum_steps > 1:
+            self.scaler.scale(loss / self.accum_steps).backward()
+        else:
+            self.scaler.scale(loss).backward()
+        self.batches += 1
+        if self.batches % self.accum_steps == 0:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.steps += 1
+        self.loss_sum.add_(loss.detach(), alpha=target.shape[0])
+        self.count += target.shape[0]
+
+
+class PairedLoader:
+    r"""
+    The runner's loader, handing each batch to the hand-written loop first and timing both, batch by batch.
+
+    Everything but iteration (`len`, `dataset`, `batch_size`, ...) is the wrapped loader's.
+    """
+
+    def __init__(self, loader: Any, loop: HandLoop) -> None:
+        self.loader = loader
+        self.loop = loop
+        self.times: list[tuple[float, float, float, float]] = []  # loop wall, loop cpu, runner wall, runner cpu
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+    def __iter__(self) -> Iterator:
+        loop, times = self.loop, self.times
+        loop.start_epoch()
+        iterator = iter(self.loader)
+        loop_first = True
+        while True:
+            begun = perf_counter(), process_time()
+            batch = next(iterator, None)
+            if batch is None:
+                return
+            fetched = perf_counter(), process_time()
+            fetch = fetched[0] - begun[0], fetched[1] - begun[1]
+            if loop_first:  # fetch, the loop's step, the runner's
+                loop.step(*batch)
+                handed = perf_counter(), process_time()
+                yield batch
+                back = perf_counter(), process_time()
+                loop_span, runner_span = _span(fetched, handed), _span(handed, back)
+            else:  # fetch, the runner's step, the loop's
+                yield batch
+                back = perf_counter(), process_time()
+                loop.step(*batch)
+                done = perf_counter(), process_time()
+                loop_span, runner_span = _span(back, done), _span(fetched, back)
+            times.append(
+                (loop_span[0] + fetch[0], loop_span[1] + fetch[1], runner_span[0] + fetch[0], runner_span[1] + fetch[1])
+            )
+            loop_first = not loop_first
+
+
+def _span(start: tuple[float, float], end: tuple[float, float]) -> tuple[float, float]:
+    return end[0] - start[0], end[1] - start[1]
+
+
+def run_process(scenario: str, epochs: int, samples: int) -> dict:
+    r"""One round: the runner trains `epochs` epochs with the loop paired in; returns the totals and the losses."""
+    import torch
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="bench-runner-paired-") as directory:
+        runner = build_runner(epochs, samples, directory, scenario)
+        loop = HandLoop(scenario)
+        if "train" not in runner.dataloaders:
+            runner.build_dataloaders()
+        paired = PairedLoader(runner.dataloaders["train"], loop)
+        runner.dataloaders["train"] = paired
+        runner.train()
+        runner_loss = runner.results[max(runner.results)]["train"]["loss"]
+        runner_steps = runner.steps
+        runner.close()
+    totals = [sum(column) for column in zip(*paired.times)]
+    diffs = [1e6 * (runner - loop) for loop, _, runner, _ in paired.times]
+    return {
+        "wall": totals[2] / totals[0],
+        "cpu": totals[3] / totals[1],
+        "loop_us": 1e6 * totals[0] / len(paired.times),
+        "runner_us": 1e6 * totals[2] / len(paired.times),
+        "median_extra_us": statistics.median(diffs),
+        "loss": (loop.loss_sum.item() / loop.count, runner_loss),
+        "steps": (loop.steps, runner_steps),
+    }
+
+
+def run_round(scenario: str, epochs: int, samples: int) -> dict:
+    command = [sys.executable, os.path.abspath(__file__), "--worker", "--scenario", scenario]
+    command += ["--epochs", str(epochs), "--samples", str(samples)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if completed.returncode != 0:
+        raise RuntimeError(f"[{scenario}] worker failed:\n{completed.stderr[-3000:]}")
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    (loop_loss, runner_loss), (loop_steps, runner_steps) = result["loss"], result["steps"]
+    if loop_steps != runner_steps or abs(loop_loss - runner_loss) > 1e-4 * max(1.0, abs(loop_loss)):
+        raise RuntimeError(f"[{scenario}] the runner trained differently from the loop: {result}")
+    return result
+
+
+def summarise(scenario: str, rounds: list[dict]) -> None:
+    for measure in ("wall", "cpu"):
+        values = [result[measure] for result in rounds]
+        median = statistics.median(values)
+        low, high = bootstrap_interval(values)
+        verdict = "PASS" if median <= TARGET else "FAIL"
+        print(
+            f"[{scenario}] {measure:<4} runner/loop per batch: median of {len(values)} rounds {median:.3f} "
+            f"(95% CI {low:.3f}-{high:.3f}, rounds {min(values):.3f}-{max(values):.3f}; target <= {TARGET}) {verdict}"
+        )
+    extra = statistics.median(result["median_extra_us"] for result in rounds)
+    print(f"[{scenario}] median extra time of the runner per batch: {extra:+.1f} us")
+
+
+def benchmark(rounds: int, epochs: int, samples: int, scenarios: list[str]) -> None:
+    print(f"tiny MLP, batch 32, {samples} samples, {rounds} processes of {epochs} epochs, runner and loop paired")
+    heads = f"{'loop us':>10}{'runner us':>11}{'wall':>8}{'cpu':>8}{'extra us':>10}"
+    print(f"{'scen.':>6}{'round':>6}{heads}  loss loop / runner")
+    results: dict[str, list[dict]] = {scenario: [] for scenario in scenarios}
+    for index in range(rounds):
+        for scenario in scenarios:
+            result = run_round(scenario, epochs, samples)
+            results[scenario].append(result)
+            cells = f"{result['loop_us']:>10.1f}{result['runner_us']:>11.1f}{result['wall']:>8.3f}{result['cpu']:>8.3f}"
+            losses = f"{result['loss'][0]:.6f} / {result['loss'][1]:.6f}"
+            print(f"{scenario:>6}{index:>6}{cells}{result['median_extra_us']:>10.1f}  {losses}", flush=True)
+    for scenario in scenarios:
+        summarise(scenario, results[scenario])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"processes per scenario (default {ROUNDS})")
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help=f"epochs per process (default {EPOCHS})")
+    parser.add_argument("--samples", type=int, default=SAMPLES, help=f"samples per epoch (default {SAMPLES})")
+    parser.add_argument(
+        "--scenario", action="append", choices=tuple(SCENARIOS), help="repeat for several (default: all but async)"
+    )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    scenarios = args.scenario or list(DEFAULT_SCENARIOS)
+    if args.worker:
+        report = os.fdopen(os.dup(1), "w")  # the runner's log lines go to /dev/null, the result here
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+        report.write(json.dumps(run_process(scenarios[0], args.epochs, args.samples)) + "\n")
+        report.close()
+    else:
+        benchmark(args.rounds, args.epochs, args.samples, scenarios)
+
+
+if __name__ == "__main__":
+    main()

@@ -157,14 +157,15 @@ class OptimizationMixin:
             loss: Loss of the micro-batch.
         """
         windows = self._windows
-        self._loss_guard.watch(loss, windows.micro_step)
+        scaled = loss
         if windows.accum_steps != 1:  # without accumulation every window is one micro-step: nothing to divide
             window_size = windows.size()
             if window_size != 1:
-                loss = loss / window_size
+                scaled = scaled / window_size
         if self._scale_gradients:
-            loss = self._precision.scaler.scale(loss)
-        loss.backward()
+            scaled = self._precision.scaler.scale(scaled)
+        scaled.backward()  # right after the forward pass: its activations are still in the caches
+        self._loss_guard.watch(loss, windows.micro_step)
         if windows.advance():
             self.optimizer_step()
 

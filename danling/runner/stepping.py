@@ -157,15 +157,14 @@ class OptimizationMixin:
             loss: Loss of the micro-batch.
         """
         windows = self._windows
-        scaled = loss
+        self._loss_guard.watch(loss, windows.micro_step)
         if windows.accum_steps != 1:  # without accumulation every window is one micro-step: nothing to divide
             window_size = windows.size()
             if window_size != 1:
-                scaled = scaled / window_size
+                loss = loss / window_size
         if self._scale_gradients:
-            scaled = self._precision.scaler.scale(scaled)
-        scaled.backward()  # right after the forward pass: its activations are still in the caches
-        self._loss_guard.watch(loss, windows.micro_step)
+            loss = self._precision.scaler.scale(loss)
+        loss.backward()
         if windows.advance():
             self.optimizer_step()
 

@@ -48,30 +48,6 @@ def test_an_overridden_to_device_sees_every_training_batch_on_the_cpu(make_runne
     assert runner.steps == 2 * 5
 
 
-class OrderRunner(ClassifierRunner):
-    # Notes when the backward pass ran relative to the bookkeeping of each micro-step.
-    def __init__(self, config) -> None:
-        super().__init__(config)
-        self.events: list[str] = []
-
-    def advance(self, loss) -> None:
-        self.events.append("backward")
-        super().advance(loss)
-
-    def record(self, pred, target, loss) -> None:
-        self.events.append("record")
-        super().record(pred, target, loss)
-
-
-def test_the_backward_pass_follows_the_forward_pass_before_any_bookkeeping(make_runner):
-    # The backward runs while the forward's activations are still in the caches; the meter still sees each batch.
-    runner = make_runner(OrderRunner, epoch_end=1)
-    result = runner.train(evaluate_splits=[])
-    assert runner.events == ["backward", "record"] * 5  # ceil(40 / 8) batches
-    assert runner.meters.loss.count == 40
-    assert result[0]["train"]["loss"] == pytest.approx(runner.meters.loss.avg)
-
-
 def test_epoch_loss_is_the_sample_weighted_mean_over_every_batch(make_runner):
     # lr = 0: the model never changes, so the epoch losses must equal the loss over the whole split.
     runner = make_runner(lr=0.0, epoch_end=1, train_size=42, val_size=13)

@@ -1,31 +1,35 @@
-"""Per-batch overhead of `danling.TorchRunner` against the hand-written loop, measured batch by batch in one process.
+"""Per-batch overhead of `danling.TorchRunner` against the hand-written loop, both in one process, taking turns.
 
 `bench_runner.py` compares two processes in lockstep. On a shared VM two processes running the same code differ by
-up to 10-15% for their whole life (the A/A control: seen with address-space randomisation off and the hash seed
+up to 10-15% for their whole life (the A/A control; seen with address-space randomisation off and the hash seed
 fixed, so physical memory placement is the likely cause), and the machine's speed drifts within an epoch, so a
-few points of overhead take dozens of rounds to resolve. This script removes both: one process holds the runner
-(`bench_runner.build_runner`: a user's config, logging on) and the hand-written loop (`HandLoop`: the same steps as
-`bench_runner.loop_epoch`), each with its own model from the same seed, and they take turns batch by batch:
+few points of overhead take dozens of rounds to resolve. This script removes the first and most of the second: one
+process holds the runner (`bench_runner.build_runner`: a user's config, logging on) and the hand-written loop
+(`HandLoop`: the steps of `bench_runner.loop_epoch`), each with its own model from the same seed, and they take
+turns of `--chunk` batches (32 by default, tens of milliseconds) on the same batches:
 
-- the runner's `DataLoader` is wrapped; each time the runner asks for a batch, the wrapper fetches it and hands the
-  same batch to the loop too, which trains one step on it: before the runner's step on even batches, after it on
-  odd ones, so that each side equally often runs right after the fetch and right after the other's step (whoever
-  runs second finds the torch code and the batch hot in the caches: the runner read 2-4% faster than the loop
-  when the loop always went first);
-- the loop's time for a batch is the fetch plus its step; the runner's is the fetch plus everything the runner did
-  from receiving the batch to asking for the next one (its step, its epoch loop, its telemetry, its log step
-  when one falls there). Both include the same fetch, as each would in a real loop.
+- the runner's `DataLoader` is wrapped; the wrapper fetches a chunk of batches, then gives them to the runner one by
+  one and to the loop, one step each: the runner's turn first on one chunk, the loop's first on the next;
+- the loop's time for a batch is its step plus the batch's fetch; the runner's is the fetch plus everything the
+  runner did from receiving the batch to asking for the next one (its step, its epoch loop, its telemetry, its log
+  step when one falls there).
 
 The two train the same model on the same batches in the same order, so they must end with the same loss (checked).
 What the runner does at the start and the end of an epoch (before its first request and after its last) is not
-counted: those are per-epoch costs, which `bench_runner.py`'s `full` reports. A round is one process; its ratio is the
-runner's total time over the loop's, in wall-clock and CPU time, and the summary gives the median of the round
-ratios with a 95% bootstrap interval (the target is 1.05). Each step runs right after the other's, so each finds
-the caches as the other left them; this is the same for both.
+counted: those are per-epoch costs, which `bench_runner.py`'s `full` reports. A round is one process; its ratio is
+the runner's total time over the loop's, in wall-clock and CPU time, and the summary gives the median of the round
+ratios with a 95% bootstrap interval (the target is 1.05).
+
+Why turns of several batches: part of what the runner costs is indirect. Its Python between torch's kernels evicts
+their code and data from the caches, so the torch work of the next steps runs slower. With turns of one batch
+(`--chunk 1`) every step runs after the other side's, so the loop pays half of that cost too, and the ratio reads
+low (bf16 1.030 with turns of 1 against 1.053 with turns of 32, on the same machine); with long turns each side
+pays for its own. Longer turns are also longer stretches for the machine to drift in: rounds spread over about 2
+points with turns of 1, about 2 to 5 with turns of 32.
 
 Usage:
     python benchmarks/bench_runner_paired.py                         # 5 rounds of 4 epochs, every scenario
-    python benchmarks/bench_runner_paired.py --scenario bf16 --rounds 9
+    python benchmarks/bench_runner_paired.py --scenario bf16 --rounds 9 --chunk 64
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from bench_stats import TARGET, bootstrap_interval
 
 EPOCHS = 4
 ROUNDS = 5
+CHUNK = 32
 
 
 class HandLoop:
@@ -91,15 +96,19 @@ class HandLoop:
 
 class PairedLoader:
     r"""
-    The runner's loader, handing each batch to the hand-written loop first and timing both, batch by batch.
+    The runner's loader, handing every batch to the hand-written loop too and timing both, `chunk` batches at a
+    time: the runner's turn, then the loop's on the same batches (or the loop's first, every other chunk).
 
+    `times` holds, per batch, the loop's wall and CPU seconds and the runner's; each includes the batch's fetch.
     Everything but iteration (`len`, `dataset`, `batch_size`, ...) is the wrapped loader's.
     """
 
-    def __init__(self, loader: Any, loop: HandLoop) -> None:
+    def __init__(self, loader: Any, loop: HandLoop, chunk: int = 1) -> None:
         self.loader = loader
         self.loop = loop
-        self.times: list[tuple[float, float, float, float]] = []  # loop wall, loop cpu, runner wall, runner cpu
+        self.chunk = chunk
+        self.loop_first = True  # who starts the next chunk: alternates, over epochs too
+        self.times: list[tuple[float, float, float, float]] = []
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -108,40 +117,56 @@ class PairedLoader:
         return getattr(self.loader, name)
 
     def __iter__(self) -> Iterator:
-        loop, times = self.loop, self.times
-        loop.start_epoch()
+        self.loop.start_epoch()
         iterator = iter(self.loader)
-        loop_first = True
         while True:
-            begun = perf_counter(), process_time()
-            batch = next(iterator, None)
-            if batch is None:
+            fetched = [fetch(iterator) for _ in range(self.chunk)]
+            batches = [(batch, cost) for batch, cost in fetched if batch is not None]
+            if not batches:
                 return
-            fetched = perf_counter(), process_time()
-            fetch = fetched[0] - begun[0], fetched[1] - begun[1]
-            if loop_first:  # fetch, the loop's step, the runner's
-                loop.step(*batch)
-                handed = perf_counter(), process_time()
-                yield batch
-                back = perf_counter(), process_time()
-                loop_span, runner_span = _span(fetched, handed), _span(handed, back)
-            else:  # fetch, the runner's step, the loop's
-                yield batch
-                back = perf_counter(), process_time()
-                loop.step(*batch)
-                done = perf_counter(), process_time()
-                loop_span, runner_span = _span(back, done), _span(fetched, back)
-            times.append(
-                (loop_span[0] + fetch[0], loop_span[1] + fetch[1], runner_span[0] + fetch[0], runner_span[1] + fetch[1])
-            )
-            loop_first = not loop_first
+            runner: list[tuple[float, float]] = []
+            if self.loop_first:
+                loop = self._loop_turn(batches)
+                yield from self._runner_turn(batches, runner)
+            else:
+                yield from self._runner_turn(batches, runner)
+                loop = self._loop_turn(batches)
+            self.loop_first = not self.loop_first
+            for (_, cost), loop_span, runner_span in zip(batches, loop, runner):
+                self.times.append((*_plus(loop_span, cost), *_plus(runner_span, cost)))
+
+    def _loop_turn(self, batches: list) -> list[tuple[float, float]]:
+        spans = []
+        for batch, _ in batches:
+            start = perf_counter(), process_time()
+            self.loop.step(*batch)
+            spans.append(_span(start, (perf_counter(), process_time())))
+        return spans
+
+    def _runner_turn(self, batches: list, spans: list) -> Iterator:
+        # The runner's span for a batch: from handing it over to the runner asking for the next one.
+        for batch, _ in batches:
+            start = perf_counter(), process_time()
+            yield batch
+            spans.append(_span(start, (perf_counter(), process_time())))
+
+
+def fetch(iterator: Iterator) -> tuple[Any, tuple[float, float]]:
+    r"""The next batch (`None` at the end) and the wall and CPU seconds fetching it took."""
+    start = perf_counter(), process_time()
+    batch = next(iterator, None)
+    return batch, _span(start, (perf_counter(), process_time()))
 
 
 def _span(start: tuple[float, float], end: tuple[float, float]) -> tuple[float, float]:
     return end[0] - start[0], end[1] - start[1]
 
 
-def run_process(scenario: str, epochs: int, samples: int) -> dict:
+def _plus(span: tuple[float, float], cost: tuple[float, float]) -> tuple[float, float]:
+    return span[0] + cost[0], span[1] + cost[1]
+
+
+def run_process(scenario: str, epochs: int, samples: int, chunk: int = CHUNK) -> dict:
     r"""One round: the runner trains `epochs` epochs with the loop paired in; returns the totals and the losses."""
     import torch
 
@@ -151,7 +176,7 @@ def run_process(scenario: str, epochs: int, samples: int) -> dict:
         loop = HandLoop(scenario)
         if "train" not in runner.dataloaders:
             runner.build_dataloaders()
-        paired = PairedLoader(runner.dataloaders["train"], loop)
+        paired = PairedLoader(runner.dataloaders["train"], loop, chunk)
         runner.dataloaders["train"] = paired
         runner.train()
         runner_loss = runner.results[max(runner.results)]["train"]["loss"]
@@ -170,9 +195,9 @@ def run_process(scenario: str, epochs: int, samples: int) -> dict:
     }
 
 
-def run_round(scenario: str, epochs: int, samples: int) -> dict:
+def run_round(scenario: str, epochs: int, samples: int, chunk: int) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--worker", "--scenario", scenario]
-    command += ["--epochs", str(epochs), "--samples", str(samples)]
+    command += ["--epochs", str(epochs), "--samples", str(samples), "--chunk", str(chunk)]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if completed.returncode != 0:
         raise RuntimeError(f"[{scenario}] worker failed:\n{completed.stderr[-3000:]}")
@@ -197,14 +222,14 @@ def summarise(scenario: str, rounds: list[dict]) -> None:
     print(f"[{scenario}] median extra time of the runner per batch: {extra:+.1f} us")
 
 
-def benchmark(rounds: int, epochs: int, samples: int, scenarios: list[str]) -> None:
-    print(f"tiny MLP, batch 32, {samples} samples, {rounds} processes of {epochs} epochs, runner and loop paired")
+def benchmark(rounds: int, epochs: int, samples: int, scenarios: list[str], chunk: int) -> None:
+    print(f"tiny MLP, batch 32, {samples} samples, {rounds} processes of {epochs} epochs, turns of {chunk} batches")
     heads = f"{'loop us':>10}{'runner us':>11}{'wall':>8}{'cpu':>8}{'extra us':>10}"
     print(f"{'scen.':>6}{'round':>6}{heads}  loss loop / runner")
     results: dict[str, list[dict]] = {scenario: [] for scenario in scenarios}
     for index in range(rounds):
         for scenario in scenarios:
-            result = run_round(scenario, epochs, samples)
+            result = run_round(scenario, epochs, samples, chunk)
             results[scenario].append(result)
             cells = f"{result['loop_us']:>10.1f}{result['runner_us']:>11.1f}{result['wall']:>8.3f}{result['cpu']:>8.3f}"
             losses = f"{result['loss'][0]:.6f} / {result['loss'][1]:.6f}"
@@ -221,17 +246,20 @@ def main() -> None:
     parser.add_argument(
         "--scenario", action="append", choices=tuple(SCENARIOS), help="repeat for several (default: all but async)"
     )
+    parser.add_argument("--chunk", type=int, default=CHUNK, help=f"batches per turn (default {CHUNK}; 1: alternate)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     scenarios = args.scenario or list(DEFAULT_SCENARIOS)
+    if args.chunk < 1:
+        parser.error(f"--chunk must be a positive number of batches, got {args.chunk}")
     if args.worker:
         report = os.fdopen(os.dup(1), "w")  # the runner's log lines go to /dev/null, the result here
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 1)
-        report.write(json.dumps(run_process(scenarios[0], args.epochs, args.samples)) + "\n")
+        report.write(json.dumps(run_process(scenarios[0], args.epochs, args.samples, args.chunk)) + "\n")
         report.close()
     else:
-        benchmark(args.rounds, args.epochs, args.samples, scenarios)
+        benchmark(args.rounds, args.epochs, args.samples, scenarios, args.chunk)
 
 
 if __name__ == "__main__":

@@ -146,19 +146,21 @@ class RecordingLoop:
         self.events.append(("loop", input))
 
 
-def test_paired_loader_hands_every_batch_to_both_in_alternating_order(monkeypatch):
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_paired_loader_hands_every_batch_to_both_in_alternating_turns(monkeypatch, chunk):
     paired_module = load_paired(monkeypatch)
     events: list = []
     batches = [(index, -index) for index in range(5)]
-    paired = paired_module.PairedLoader(batches, RecordingLoop(events))
+    paired = paired_module.PairedLoader(batches, RecordingLoop(events), chunk)
     assert len(paired) == 5  # everything but iteration is the wrapped loader's
     assert paired.count((0, 0)) == 1
     for input, _ in paired:  # the runner's side
         events.append(("runner", input))
     expected = ["epoch"]
-    for index in range(5):  # the loop first on even batches, second on odd ones
-        pair = [("loop", index), ("runner", index)]
-        expected += pair if index % 2 == 0 else pair[::-1]
+    for turn, first in enumerate(range(0, 5, chunk)):  # the loop's turn first on even chunks, second on odd ones
+        indices = range(first, min(first + chunk, 5))
+        loop, runner = [("loop", index) for index in indices], [("runner", index) for index in indices]
+        expected += loop + runner if turn % 2 == 0 else runner + loop
     assert events == expected
     assert len(paired.times) == 5
     assert all(span >= 0 for times in paired.times for span in times)
@@ -168,7 +170,7 @@ def test_bench_runner_paired_runs_end_to_end(subprocess_run):
     # The script checks that the runner and the loop end with the same loss and step count.
     script = os.path.join(os.path.dirname(BENCHMARK), "bench_runner_paired.py")
     command = [sys.executable, script, "--rounds", "1", "--epochs", "2", "--samples", "256", "--scenario", "fp16"]
-    completed = subprocess_run(command, timeout=240)
+    completed = subprocess_run([*command, "--chunk", "3"], timeout=240)
     assert completed.returncode == 0, completed.stderr[-3000:]
     row = next(line.split() for line in completed.stdout.splitlines() if line.strip().startswith("fp16"))
     assert row[-3] == row[-1]  # loss loop / loss runner

@@ -57,6 +57,9 @@ class HandLoop:
     r"""
     The hand-written loop of `bench_runner.loop_epoch`, one batch per `step`: autocast, loss, the (scaled) backward,
     and at each window's end the optimizer step and zeroing; the sample-weighted loss kept as a float64 tensor.
+
+    The body repeats `loop_epoch`'s on purpose: that one stays a plain inline loop (no call per batch), since it is
+    the baseline `bench_runner.py` measures the runner against, and this one must be callable batch by batch.
     """
 
     def __init__(self, scenario: str) -> None:
@@ -97,17 +100,17 @@ class HandLoop:
 class PairedLoader:
     r"""
     The runner's loader, handing every batch to the hand-written loop too and timing both, `chunk` batches at a
-    time: the runner's turn, then the loop's on the same batches (or the loop's first, every other chunk).
+    time: the loop's turn first on the first chunk, the runner's first on the next, and so on (over epochs too).
 
     `times` holds, per batch, the loop's wall and CPU seconds and the runner's; each includes the batch's fetch.
     Everything but iteration (`len`, `dataset`, `batch_size`, ...) is the wrapped loader's.
     """
 
-    def __init__(self, loader: Any, loop: HandLoop, chunk: int = 1) -> None:
+    def __init__(self, loader: Any, loop: HandLoop, chunk: int = CHUNK) -> None:
         self.loader = loader
         self.loop = loop
         self.chunk = chunk
-        self.loop_first = True  # who starts the next chunk: alternates, over epochs too
+        self.loop_first = True  # who starts the next chunk
         self.times: list[tuple[float, float, float, float]] = []
 
     def __len__(self) -> int:

@@ -16,9 +16,12 @@ turns of `--chunk` batches (32 by default, tens of milliseconds) on the same bat
 
 The two train the same model on the same batches in the same order, so they must end with the same loss (checked).
 What the runner does at the start and the end of an epoch (before its first request and after its last) is not
-counted: those are per-epoch costs, which `bench_runner.py`'s `full` reports. A round is one process; its ratio is
-the runner's total time over the loop's, in wall-clock and CPU time, and the summary gives the median of the round
-ratios with a 95% bootstrap interval (the target is 1.05).
+counted: those are per-epoch costs, which `bench_runner.py`'s `full` reports. Nor is the first epoch (`--warmup`):
+the first time a kernel runs in a process it pays a one-time set-up (oneDNN primitives, autocast's first casts), and
+the side that happens to run it first, the loop on the first turn, pays for both; counting it read bf16 about 2
+points low (1.053 with it, 1.06-1.07 without, on the same machine). A round is one process; its ratio is the
+runner's total time over the loop's, in wall-clock and CPU time, and the summary gives the median of the round ratios
+with a 95% bootstrap interval (the target is 1.05).
 
 Why turns of several batches: part of what the runner costs is indirect. Its Python between torch's kernels evicts
 their code and data from the caches, so the torch work of the next steps runs slower. With turns of one batch
@@ -28,7 +31,7 @@ pays for its own. Longer turns are also longer stretches for the machine to drif
 points with turns of 1, about 2 to 5 with turns of 32.
 
 Usage:
-    python benchmarks/bench_runner_paired.py                         # 5 rounds of 4 epochs, every scenario
+    python benchmarks/bench_runner_paired.py                         # 5 rounds of 5 epochs, every scenario
     python benchmarks/bench_runner_paired.py --scenario bf16 --rounds 9 --chunk 64
 """
 
@@ -48,7 +51,8 @@ from typing import Any
 from bench_runner import DEFAULT_SCENARIOS, LR, MODEL_SEED, SAMPLES, SCENARIOS, build_runner, make_model
 from bench_stats import TARGET, bootstrap_interval
 
-EPOCHS = 4
+EPOCHS = 5
+WARMUP = 1  # epochs timed but left out: whoever runs a kernel first pays its one-time set-up
 ROUNDS = 5
 CHUNK = 32
 
@@ -169,8 +173,11 @@ def _plus(span: tuple[float, float], cost: tuple[float, float]) -> tuple[float, 
     return span[0] + cost[0], span[1] + cost[1]
 
 
-def run_process(scenario: str, epochs: int, samples: int, chunk: int = CHUNK) -> dict:
-    r"""One round: the runner trains `epochs` epochs with the loop paired in; returns the totals and the losses."""
+def run_process(scenario: str, epochs: int, samples: int, chunk: int = CHUNK, warmup: int = WARMUP) -> dict:
+    r"""
+    One round: the runner trains `epochs` epochs with the loop paired in; returns the totals over the epochs after
+    the first `warmup` and the losses.
+    """
     import torch
 
     torch.set_num_threads(1)
@@ -185,22 +192,25 @@ def run_process(scenario: str, epochs: int, samples: int, chunk: int = CHUNK) ->
         runner_loss = runner.results[max(runner.results)]["train"]["loss"]
         runner_steps = runner.steps
         runner.close()
-    totals = [sum(column) for column in zip(*paired.times)]
-    diffs = [1e6 * (runner - loop) for loop, _, runner, _ in paired.times]
+    times = paired.times[warmup * len(paired) :]
+    if not times:
+        raise ValueError(f"no batches left to time: {epochs} epochs, {warmup} of them warm-up")
+    totals = [sum(column) for column in zip(*times)]
+    diffs = [1e6 * (runner - loop) for loop, _, runner, _ in times]
     return {
         "wall": totals[2] / totals[0],
         "cpu": totals[3] / totals[1],
-        "loop_us": 1e6 * totals[0] / len(paired.times),
-        "runner_us": 1e6 * totals[2] / len(paired.times),
+        "loop_us": 1e6 * totals[0] / len(times),
+        "runner_us": 1e6 * totals[2] / len(times),
         "median_extra_us": statistics.median(diffs),
         "loss": (loop.loss_sum.item() / loop.count, runner_loss),
         "steps": (loop.steps, runner_steps),
     }
 
 
-def run_round(scenario: str, epochs: int, samples: int, chunk: int) -> dict:
+def run_round(scenario: str, epochs: int, samples: int, chunk: int, warmup: int = WARMUP) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--worker", "--scenario", scenario]
-    command += ["--epochs", str(epochs), "--samples", str(samples), "--chunk", str(chunk)]
+    command += ["--epochs", str(epochs), "--samples", str(samples), "--chunk", str(chunk), "--warmup", str(warmup)]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if completed.returncode != 0:
         raise RuntimeError(f"[{scenario}] worker failed:\n{completed.stderr[-3000:]}")
@@ -225,14 +235,17 @@ def summarise(scenario: str, rounds: list[dict]) -> None:
     print(f"[{scenario}] median extra time of the runner per batch: {extra:+.1f} us")
 
 
-def benchmark(rounds: int, epochs: int, samples: int, scenarios: list[str], chunk: int) -> None:
-    print(f"tiny MLP, batch 32, {samples} samples, {rounds} processes of {epochs} epochs, turns of {chunk} batches")
+def benchmark(rounds: int, epochs: int, samples: int, scenarios: list[str], chunk: int, warmup: int = WARMUP) -> None:
+    print(
+        f"tiny MLP, batch 32, {samples} samples, {rounds} processes of {epochs} epochs (the first {warmup} not "
+        f"counted), turns of {chunk} batches"
+    )
     heads = f"{'loop us':>10}{'runner us':>11}{'wall':>8}{'cpu':>8}{'extra us':>10}"
     print(f"{'scen.':>6}{'round':>6}{heads}  loss loop / runner")
     results: dict[str, list[dict]] = {scenario: [] for scenario in scenarios}
     for index in range(rounds):
         for scenario in scenarios:
-            result = run_round(scenario, epochs, samples, chunk)
+            result = run_round(scenario, epochs, samples, chunk, warmup)
             results[scenario].append(result)
             cells = f"{result['loop_us']:>10.1f}{result['runner_us']:>11.1f}{result['wall']:>8.3f}{result['cpu']:>8.3f}"
             losses = f"{result['loss'][0]:.6f} / {result['loss'][1]:.6f}"
@@ -250,19 +263,25 @@ def main() -> None:
         "--scenario", action="append", choices=tuple(SCENARIOS), help="repeat for several (default: all but async)"
     )
     parser.add_argument("--chunk", type=int, default=CHUNK, help=f"batches per turn (default {CHUNK}; 1: alternate)")
+    parser.add_argument(
+        "--warmup", type=int, default=WARMUP, help=f"first epochs left out of the totals (default {WARMUP})"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     scenarios = args.scenario or list(DEFAULT_SCENARIOS)
     if args.chunk < 1:
         parser.error(f"--chunk must be a positive number of batches, got {args.chunk}")
+    if not 0 <= args.warmup < args.epochs:
+        parser.error(f"--warmup must leave at least one of the {args.epochs} epochs to time, got {args.warmup}")
     if args.worker:
         report = os.fdopen(os.dup(1), "w")  # the runner's log lines go to /dev/null, the result here
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 1)
-        report.write(json.dumps(run_process(scenarios[0], args.epochs, args.samples, args.chunk)) + "\n")
+        result = run_process(scenarios[0], args.epochs, args.samples, args.chunk, args.warmup)
+        report.write(json.dumps(result) + "\n")
         report.close()
     else:
-        benchmark(args.rounds, args.epochs, args.samples, scenarios, args.chunk)
+        benchmark(args.rounds, args.epochs, args.samples, scenarios, args.chunk, args.warmup)
 
 
 if __name__ == "__main__":

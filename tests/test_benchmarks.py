@@ -179,3 +179,10 @@ def test_bench_runner_paired_runs_end_to_end(subprocess_run):
         match = re.search(pattern, completed.stdout)
         assert match is not None, completed.stdout
         assert 0.5 < float(match.group(1)) < 2.0
+
+
+def test_bench_runner_paired_refuses_a_warmup_that_leaves_nothing_to_time(subprocess_run):
+    script = os.path.join(os.path.dirname(BENCHMARK), "bench_runner_paired.py")
+    completed = subprocess_run([sys.executable, script, "--epochs", "2", "--warmup", "2"], timeout=120)
+    assert completed.returncode == 2
+    assert "--warmup must leave at least one of the 2 epochs to time, got 2" in completed.stderr

@@ -3,10 +3,50 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 
 _NULL_CONTEXT = nullcontext()  # reusable and reentrant
+
+# Idle autocast contexts a `Precision` keeps for reuse: enough for a few nested or concurrent uses.
+POOL_SIZE = 4
+
+
+class PooledAutocast(torch.autocast):
+    r"""
+    A `torch.autocast` that goes back to its pool when its `with` block ends, so the next micro-step reuses it
+    instead of paying `torch.autocast`'s constructor (a few microseconds of Python, per micro-step).
+
+    Each object is used by one `with` block at a time: [`Precision.autocast`][danling.runner.precision.Precision]
+    never hands out one that is inside a block, so nesting and threads each get their own.
+
+    Examples:
+        >>> pool = []
+        >>> with PooledAutocast(pool, "cpu", dtype=torch.bfloat16) as context:
+        ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype, context.entered
+        (torch.bfloat16, True)
+        >>> pool == [context], context.entered
+        (True, False)
+    """
+
+    def __init__(self, pool: list, device_type: str, dtype: torch.dtype) -> None:
+        super().__init__(device_type, dtype=dtype)
+        self.pool = pool
+        self.entered = False
+
+    def __enter__(self) -> PooledAutocast:
+        self.entered = True
+        return super().__enter__()
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        try:
+            return super().__exit__(*exc_info)
+        finally:
+            self.entered = False
+            if len(self.pool) < POOL_SIZE:
+                self.pool.append(self)
+
 
 # Accepted spellings of each precision; `None` (or any "full" spelling) trains in float32.
 PRECISION_ALIASES = {
@@ -56,6 +96,7 @@ class Precision:
         self.dtype = None if precision is None else PRECISION_ALIASES[self.name]
         self.device_type = device_type
         self.scaler = torch.amp.GradScaler(device_type, enabled=self.dtype is torch.float16)
+        self._pool: list[PooledAutocast] = []  # idle autocast contexts, reused across micro-steps
 
     @property
     def enabled(self) -> bool:
@@ -64,11 +105,17 @@ class Precision:
 
     def autocast(self) -> AbstractContextManager:
         r"""
-        A fresh context manager: `torch.autocast` for mixed precision, else a `nullcontext`.
+        A context manager for one `with` block: `torch.autocast` for mixed precision (an idle one reused, see
+        [`PooledAutocast`][danling.runner.precision.PooledAutocast]), else a shared `nullcontext`.
 
         Returns:
             The context manager (entered by the caller's `with`).
         """
         if self.dtype is None:
             return _NULL_CONTEXT
-        return torch.autocast(self.device_type, dtype=self.dtype)
+        pool = self._pool
+        while pool:
+            context = pool.pop()
+            if not context.entered:  # one a caller kept and re-entered itself stays with that caller
+                return context
+        return PooledAutocast(pool, self.device_type, self.dtype)

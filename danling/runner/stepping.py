@@ -9,6 +9,7 @@ from warnings import warn
 
 import torch
 from torch import nn
+from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from .accumulation import AccumulationWindows
@@ -17,6 +18,10 @@ from .precision import Precision
 
 # A GradScaler scale below this means the fp16 gradients overflow step after step: training has diverged.
 MIN_LOSS_SCALE = 1e-4
+
+# Whether a torch profiler is recording (a C call); a torch without it is assumed to be recording, so that
+# `clear_gradients` always leaves the work to `zero_grad` there.
+_profiler_enabled = getattr(torch.autograd, "_profiler_enabled", lambda: True)
 
 # One shared no-op context (reusable and reentrant): cheaper than a new nullcontext per micro-step.
 _NULL_CONTEXT = nullcontext()
@@ -44,6 +49,32 @@ def count_step(config: Any) -> None:
         return
     dict.__setitem__(config, "steps", steps + 1)
     config.__dict__["steps"] = steps + 1  # chanfig mirrors keys as attributes for fast reads
+
+
+def clear_gradients(optimizer: Any) -> None:
+    r"""
+    `optimizer.zero_grad(set_to_none=True)`, in a fraction of its time for a `torch.optim` optimizer.
+
+    `Optimizer.zero_grad` opens a profiler range (`Optimizer.zero_grad#SGD.zero_grad`) at every call, whether or
+    not a profiler runs; for a small model that costs more than the work itself, about 20 us on a CPU. When no
+    profiler is recording and the optimizer keeps torch's own `zero_grad`, this sets every gradient of its
+    parameter groups to `None` directly, which is all that call does; otherwise (a profiler recording, an
+    optimizer with its own `zero_grad`) it calls `optimizer.zero_grad(set_to_none=True)`.
+
+    Examples:
+        >>> parameter = torch.ones(2, requires_grad=True)
+        >>> optimizer = torch.optim.SGD([parameter], lr=0.1)
+        >>> parameter.sum().backward()
+        >>> clear_gradients(optimizer)
+        >>> parameter.grad is None
+        True
+    """
+    if type(optimizer).zero_grad is not Optimizer.zero_grad or _profiler_enabled():
+        optimizer.zero_grad(set_to_none=True)
+        return
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            parameter.grad = None
 
 
 class StepProbe:
@@ -170,7 +201,9 @@ class OptimizationMixin:
 
     def optimizer_step(self) -> None:
         r"""
-        Clip, step and zero the gradients, then update the EMA and the scheduler, and count the step.
+        Clip, step and clear the gradients (set to `None`, see
+        [`clear_gradients`][danling.runner.stepping.clear_gradients]), then update the EMA and the scheduler, and
+        count the step.
 
         Under `fp16`, a step whose gradients overflow is skipped by the scaler and neither updates the EMA, nor
         steps the scheduler, nor counts in `steps`. The runner learns that the optimizer did not step from an
@@ -186,7 +219,7 @@ class OptimizationMixin:
             skipped = self._scaled_step(self._precision.scaler)
         else:
             self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        clear_gradients(self.optimizer)
         self._windows.pending = 0
         if skipped:
             self._skipped_step()

@@ -299,7 +299,9 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             loss: The batch's loss, or `None`.
         """
         if loss is not None:
-            self._loss_meter.update(loss, n=samples_of(target, pred))
+            # The common batch, a tensor target, without the call to `samples_of`.
+            samples = target.shape[0] if type(target) is torch.Tensor and target.ndim else samples_of(target, pred)
+            self._loss_meter.update(loss, n=samples)
         metrics = self.current_metrics
         if metrics is not None:
             metrics.update(pred.detach(), target)

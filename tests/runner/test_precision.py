@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from danling.runner.precision import Precision
+from danling.runner.precision import POOL_SIZE, PooledAutocast, Precision
 
 from .conftest import ClassifierRunner
 
@@ -52,6 +52,86 @@ def test_autocast_is_a_real_context_manager(make_runner):
         assert torch.is_autocast_enabled("cpu")
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
     assert not torch.is_autocast_enabled("cpu")
+
+
+def test_autocast_contexts_are_reused_across_blocks_not_rebuilt():
+    precision = Precision("bf16", "cpu")
+    with precision.autocast() as first:
+        pass
+    with precision.autocast() as second:
+        assert torch.is_autocast_enabled("cpu")
+    assert second is first
+    assert isinstance(first, PooledAutocast)
+    assert not torch.is_autocast_enabled("cpu")
+
+
+def test_nested_autocast_blocks_get_their_own_context_and_restore_the_state():
+    precision = Precision("fp16", "cpu")
+    with precision.autocast() as outer:
+        with precision.autocast() as inner:
+            assert inner is not outer
+            assert torch.get_autocast_dtype("cpu") == torch.float16
+        assert torch.is_autocast_enabled("cpu")  # the inner block's exit restored the outer block's state
+        with torch.autocast("cpu", enabled=False):
+            assert not torch.is_autocast_enabled("cpu")
+        assert torch.is_autocast_enabled("cpu")
+    assert not torch.is_autocast_enabled("cpu")
+
+
+def test_a_context_kept_by_its_caller_is_not_handed_out_while_it_is_entered():
+    precision = Precision("bf16", "cpu")
+    kept = precision.autocast()
+    for _ in range(3):  # each exit puts it back in the pool; re-entering it must not share it with a nested block
+        with kept:
+            with precision.autocast() as nested:
+                assert nested is not kept
+            assert torch.is_autocast_enabled("cpu")
+        assert not torch.is_autocast_enabled("cpu")
+    assert len(precision._pool) <= POOL_SIZE
+
+
+def test_an_exception_inside_autocast_restores_the_state_and_returns_the_context():
+    precision = Precision("bf16", "cpu")
+    with pytest.raises(RuntimeError, match="boom"), precision.autocast() as context:
+        raise RuntimeError("boom")
+    assert not torch.is_autocast_enabled("cpu")
+    with precision.autocast() as again:
+        assert torch.is_autocast_enabled("cpu")
+    assert again is context
+
+
+def test_autocast_contexts_in_two_threads_do_not_share_state():
+    import threading
+
+    precision = Precision("bf16", "cpu")
+    inside, release, seen = threading.Barrier(2), threading.Event(), {}
+
+    def work(name: str) -> None:
+        with precision.autocast() as context:
+            seen[name] = context
+            inside.wait()  # both threads are inside their block at once
+            release.wait()
+            seen[name + " enabled"] = torch.is_autocast_enabled("cpu")
+        seen[name + " after"] = torch.is_autocast_enabled("cpu")
+
+    threads = [threading.Thread(target=work, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    release.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert seen["a"] is not seen["b"]
+    assert seen["a enabled"]
+    assert seen["b enabled"]
+    assert not seen["a after"]
+    assert not seen["b after"]
+
+
+def test_fp32_autocast_is_a_shared_no_op():
+    precision = Precision(None, "cpu")
+    assert precision.autocast() is precision.autocast()
+    with precision.autocast():
+        assert not torch.is_autocast_enabled("cpu")
 
 
 def test_fp16_uses_an_enabled_grad_scaler_saved_in_checkpoints(make_runner):

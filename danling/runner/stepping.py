@@ -59,7 +59,8 @@ def clear_gradients(optimizer: Any) -> None:
     not a profiler runs; for a small model that costs more than the work itself, about 20 us on a CPU. When no
     profiler is recording and the optimizer keeps torch's own `zero_grad`, this sets every gradient of its
     parameter groups to `None` directly, which is all that call does; otherwise (a profiler recording, an
-    optimizer with its own `zero_grad`) it calls `optimizer.zero_grad(set_to_none=True)`.
+    optimizer with its own `zero_grad`, in its class or set on the object) it calls
+    `optimizer.zero_grad(set_to_none=True)`.
 
     Examples:
         >>> parameter = torch.ones(2, requires_grad=True)
@@ -69,7 +70,8 @@ def clear_gradients(optimizer: Any) -> None:
         >>> parameter.grad is None
         True
     """
-    if type(optimizer).zero_grad is not Optimizer.zero_grad or _profiler_enabled():
+    own = type(optimizer).zero_grad is not Optimizer.zero_grad or "zero_grad" in optimizer.__dict__
+    if own or _profiler_enabled():
         optimizer.zero_grad(set_to_none=True)
         return
     for group in optimizer.param_groups:

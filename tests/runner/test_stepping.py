@@ -90,6 +90,15 @@ def test_clear_gradients_leaves_an_optimizer_with_its_own_zero_grad_to_it():
     assert parameter.grad is not None  # its zero_grad decided to keep them
 
 
+def test_clear_gradients_calls_a_zero_grad_set_on_the_optimizer_object():
+    optimizer, parameters = two_group_optimizer()
+    calls = []
+    optimizer.zero_grad = lambda set_to_none=True: calls.append(set_to_none)  # e.g. patched by another library
+    clear_gradients(optimizer)
+    assert calls == [True]
+    assert all(parameter.grad is not None for parameter in parameters)
+
+
 def test_clear_gradients_keeps_the_profiler_range_while_a_profiler_records():
     optimizer, parameters = two_group_optimizer()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:

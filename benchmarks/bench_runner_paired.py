@@ -19,7 +19,7 @@ What the runner does at the start and the end of an epoch (before its first requ
 counted: those are per-epoch costs, which `bench_runner.py`'s `full` reports. Nor is the first epoch (`--warmup`):
 the first time a kernel runs in a process it pays a one-time set-up (oneDNN primitives, autocast's first casts), and
 the side that happens to run it first, the loop on the first turn, pays for both; counting it read bf16 about 2
-points low (1.053 with it, 1.06-1.07 without, on the same machine). A round is one process; its ratio is the
+points low (1.053 with it, 1.06 to 1.09 without, on the same machine). A round is one process; its ratio is the
 runner's total time over the loop's, in wall-clock and CPU time, and the summary gives the median of the round ratios
 with a 95% bootstrap interval (the target is 1.05).
 

@@ -299,9 +299,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             loss: The batch's loss, or `None`.
         """
         if loss is not None:
-            # The common batch, a tensor target, without the call to `samples_of`.
-            samples = target.shape[0] if type(target) is torch.Tensor and target.ndim else samples_of(target, pred)
-            self._loss_meter.update(loss, n=samples)
+            self._loss_meter.update(loss, n=samples_of(target, pred))
         metrics = self.current_metrics
         if metrics is not None:
             metrics.update(pred.detach(), target)

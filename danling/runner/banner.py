@@ -108,6 +108,8 @@ def banner_lines(runner: Any, mode: str) -> list[str]:
             lines.append(f"evaluating {file}, saved at epoch {runner.epochs}, step {runner.steps}")
         changes = resume.get("changes") or []
         lines.append("changed since the checkpoint: " + (", ".join(changes) if changes else "nothing"))
+        if resume.get("schedule") is not None:
+            lines.append(resume["schedule"])
     differences = non_defaults(config)
     lines.append("differs from the defaults: " + (", ".join(differences) if differences else "nothing"))
     return lines

@@ -408,19 +408,26 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         self._checkpoints.load_state_dict(state)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> BaseRunner:
+    def from_checkpoint(
+        cls, checkpoint: ckpt.CheckpointLike, *args: Any, overrides: Mapping | None = None, **kwargs: Any
+    ) -> BaseRunner:
         r"""
-        Build a runner from the config stored in a checkpoint and load its state.
+        Build a runner from the config stored in a checkpoint and load its state, to evaluate, infer or train on.
+
+        The new runner has a directory of its own (a new launch of the run): evaluating or inferring from it writes
+        nothing into the training run's directory, and `overrides={"log": False}` (with `tensorboard` off) keeps it
+        from creating a directory at all.
 
         Args:
             checkpoint: Checkpoint or its path.
             *args: Passed to [`load`][danling.utils.io.load].
+            overrides: Config keys that replace the checkpoint's (`{"log": False}`, `{"dir": ...}`).
             **kwargs: Passed to [`load`][danling.utils.io.load].
 
         Returns:
             The restored runner.
         """
-        return runner_from_checkpoint(cls, checkpoint, *args, **kwargs)
+        return runner_from_checkpoint(cls, checkpoint, *args, overrides=overrides, **kwargs)
 
     def load_pretrained(self, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> None:
         r"""

@@ -70,10 +70,7 @@ def read_checkpoint(checkpoint: Any, *args: Any, what: str = "checkpoint", **kwa
         )
     path = os.fsdecode(checkpoint)
     if os.path.isdir(path):
-        raise CheckpointIsADirectoryError(
-            f"{what} is set to {path!r}, which is a directory; give a checkpoint file such as "
-            f"{os.path.join(path, 'latest.pth')!r}"
-        )
+        raise CheckpointIsADirectoryError(describe_directory(path, what))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} is set to {path!r}, but no such file exists")
     if args:  # `map_location` given positionally
@@ -82,6 +79,27 @@ def read_checkpoint(checkpoint: Any, *args: Any, what: str = "checkpoint", **kwa
     if not isinstance(loaded, Mapping):
         raise ValueError(f"{what} file {path!r} holds a {type(loaded).__name__}, but a checkpoint must be a mapping")
     return loaded
+
+
+def describe_directory(path: str, what: str = "checkpoint") -> str:
+    r"""
+    Why a directory cannot be read as one checkpoint file, naming only checkpoints that exist in it.
+
+    Examples:
+        >>> import tempfile
+        >>> describe_directory(tempfile.mkdtemp()).endswith("it holds no checkpoint file (*.pth)")
+        True
+    """
+    try:
+        files = sorted(name for name in os.listdir(path) if name.endswith((".pth", ".pt")))
+    except OSError:
+        files = []
+    message = f"{what} is set to {path!r}, which is a directory, but a checkpoint file is needed here: "
+    if os.path.isfile(os.path.join(path, ".metadata")):
+        return message + "it is a sharded checkpoint (load it with the runner's load_checkpoint or config.checkpoint)"
+    if not files:
+        return message + "it holds no checkpoint file (*.pth)"
+    return message + "it holds " + ", ".join(repr(os.path.join(path, name)) for name in files[:8])
 
 
 def restore_location(device: torch.device | str) -> Callable[[Any, str], Any]:

@@ -67,6 +67,7 @@ VOLATILE_KEYS = frozenset(
         "checkpoint",
         "pretrained",
         "auto_resume",
+        "resume_schedule",
         "log",
         "log_interval",
         "save_interval",
@@ -158,6 +159,8 @@ class Config(chanfig.Config):
         save_steps: Also save `latest.pth` every this many optimizer steps (`None`: at epoch ends only).
         keep_checkpoints: Step-stamped `step-N.pth` copies kept besides `latest.pth`/`best.pth` (0: none).
         auto_resume: Continue the newest valid checkpoint of the same run (name and id) when launched again.
+        resume_schedule: When a resumed run's plan differs from its checkpoint's: `"rebuild"` (default) continues
+            the schedule built for the new plan, `"keep"` keeps the checkpoint's.
         preemption_signals: Signals that request a save-and-stop at the next optimizer step: names (`"SIGTERM"`,
             `"TERM"`, any case) or numbers, stored as names; `[]` (or `None`) catches none. Defaults to
             `["SIGTERM", "SIGUSR1"]`.
@@ -228,6 +231,7 @@ class Config(chanfig.Config):
     save_steps: Optional[int] = None
     keep_checkpoints: Optional[int] = 2
     auto_resume: bool = False
+    resume_schedule: str = "rebuild"
     preemption_signals: Optional[list] = list(DEFAULT_PREEMPTION_SIGNALS)
     async_save: bool = False
     progress_bar: Optional[bool] = None

@@ -49,6 +49,7 @@ class Recovery:
         self.collected: list[dict[str, Any]] | None = None
         self.resume: ResumePoint | None = None
         self.saved_plan: Mapping | None = None
+        self.saved_world_size: int | None = None
         self.preemption: PreemptionHandler | None = None
         self.failures = FailureConsensus()
 
@@ -285,7 +286,10 @@ class Recovery:
         return state
 
     def plan(self) -> dict[str, Any]:
-        r"""The training plan: `epoch_end`, `step_end`, world size and the length of each train dataset."""
+        r"""
+        The training plan: `epoch_end`, `step_end`, world size, the length of each train dataset, `total_steps` and
+        the global batch (`batch_size x world_size x accum_steps`); `None` for what the runner cannot tell.
+        """
         runner = self.runner
         lengths = {}
         for split in runner.train_splits if runner.datasets else []:
@@ -294,6 +298,14 @@ class Recovery:
                 lengths[split] = len(dataset)
         plan = {"epoch_end": runner.epoch_end, "step_end": runner.step_end, "world_size": runner.world_size}
         plan["train_lengths"] = lengths
+        try:
+            plan["total_steps"] = runner.total_steps
+        except (ValueError, TypeError, AttributeError):
+            plan["total_steps"] = None
+        try:
+            plan["global_batch"] = runner.batch_size_equivalent
+        except (ValueError, TypeError, AttributeError):
+            plan["global_batch"] = None
         return plan
 
     def add_to(self, state: dict[str, Any]) -> None:
@@ -320,42 +332,58 @@ class Recovery:
         runner = self.runner
         position = state.get(POSITION) or {}
         rng_states = state.get("rng") or []
-        saved_world = int(position.get("world_size", len(rng_states) or 1))
+        self.saved_world_size = int(position.get("world_size", len(rng_states) or 1))
         self.resume = resume_point(state, runner.rank)
-        if saved_world != runner.world_size:
-            if self.resume is not None:
-                raise ValueError(
-                    f"the checkpoint was saved in the middle of epoch {self.resume.epoch} with world_size "
-                    f"{saved_world}, but this run has world_size {runner.world_size}: the data shards differ, so the "
-                    "epoch cannot continue exactly; resume on the same world size or from an epoch-boundary checkpoint"
-                )
-            message = f"resuming a checkpoint saved with world_size {saved_world} on world_size {runner.world_size}"
-            warn(message, RuntimeWarning, stacklevel=4)
-            runner.log(message, logging.WARNING)
         if runner.rank < len(rng_states):
             set_rng_state(rng_states[runner.rank])
         elif rng_states:
             seed_derived_stream(rng_states[0], runner.rank)
         self.saved_plan = position.get("plan")
 
-    def after_load(self) -> None:
-        r"""Continue a mid-epoch checkpoint's epoch, and warn when the plan differs from the saved one."""
+    def check_world_size(self) -> None:
+        r"""
+        When training resumes a checkpoint saved on another world size: warn, or stop for a mid-epoch checkpoint.
+        Evaluating or inferring from such a checkpoint is not resuming: it says nothing.
+
+        Raises:
+            ValueError: If a mid-epoch checkpoint was saved on another world size.
+        """
+        runner, saved_world = self.runner, self.saved_world_size
+        if saved_world is None or saved_world == runner.world_size:
+            return
+        if self.resume is not None:
+            raise ValueError(
+                f"the checkpoint was saved in the middle of epoch {self.resume.epoch} with world_size "
+                f"{saved_world}, but this run has world_size {runner.world_size}: the data shards differ, so the "
+                "epoch cannot continue exactly; resume on the same world size or from an epoch-boundary checkpoint"
+            )
+        message = f"resuming a checkpoint saved with world_size {saved_world} on world_size {runner.world_size}"
+        warn(message, RuntimeWarning, stacklevel=5)
+        runner.log(message, logging.WARNING)
+
+    def after_load(self, replanned: Any = None) -> None:
+        r"""
+        Continue a mid-epoch checkpoint's epoch, and say how the plan differs from the saved one: how the schedule
+        was rebuilt for it (`replanned`, a [`Replan`][danling.runner.replan.Replan]), else that it was kept.
+        """
         runner = self.runner
         if self.resume is not None:
             runner.epoch_begin = self.resume.epoch
         changes = plan_changes(self.saved_plan, self.plan())
-        if changes:
-            try:
-                total_steps: int | None = runner.total_steps
-            except ValueError:
-                total_steps = None
-            message = (
-                f"the training plan changed since the checkpoint ({'; '.join(changes)}): total_steps is now "
-                f"{total_steps}. A scheduler keeps the state it was saved with: rebuild it for the new plan after "
-                "loading if its schedule depends on the length of the run"
-            )
-            warn(message, RuntimeWarning, stacklevel=5)  # past the runner's checkpoint subsystem and delegate
-            runner.log(message, logging.WARNING)
+        if replanned is not None:
+            message = replanned.describe() + (f" ({'; '.join(changes)})" if changes else "")
+            runner.resume_record = {**(runner.resume_record or {}), "schedule": message}
+        elif changes:
+            message = f"the training plan changed since the checkpoint ({'; '.join(changes)})"
+            if runner.scheduler is not None:
+                message += (
+                    ". The scheduler keeps the state it was saved with (resume_schedule: keep, or a scheduler "
+                    "that does not follow the steps)"
+                )
+        else:
+            return
+        warn(message, RuntimeWarning, stacklevel=5)  # past the runner's checkpoint subsystem and delegate
+        runner.log(message, logging.WARNING)
 
 
 def fast_forward(iterator: Iterator, batches: int, split: str) -> Iterator:

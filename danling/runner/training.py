@@ -45,8 +45,13 @@ class TrainingLoop:
         runner = self.runner
         epochs = self.epochs()
         runner.check_score_split([*train_splits, *evaluate_splits])
+        complete = self.completion()
+        if complete is not None:
+            runner.log(f"the run is already complete ({complete}): nothing to train; returning its results")
+            return runner.results
         runner.announce("train")
         recovery = runner._recovery
+        recovery.check_world_size()
         with recovery.catch_preemption(), recovery.explain_timeouts(), self.saves_drained():
             for epoch in epochs:
                 if self.step_end_reached():
@@ -121,6 +126,33 @@ class TrainingLoop:
         for split in evaluate_splits:
             result[split] = runner.evaluate_epoch(split)
         return result
+
+    def completion(self) -> str | None:
+        r"""
+        Why a run that already has results has nothing left to train (`epoch_end` or `step_end` reached, or
+        `patience` exhausted), or `None` when it has.
+
+        Examples:
+            >>> import tempfile
+            >>> from danling.runner import TorchRunner
+            >>> runner = TorchRunner({"log": False, "dir": tempfile.mkdtemp(), "epoch_begin": 3, "epoch_end": 3})
+            >>> runner._training.completion() is None  # no results: a run that never trained
+            True
+            >>> runner.append_result({"val": {"loss": 1.0}}, index=2)
+            >>> runner._training.completion()
+            'epoch_end 3 reached'
+        """
+        runner = self.runner
+        if not runner.results:
+            return None
+        if runner.epoch_end is not None and runner.epoch_begin >= runner.epoch_end:
+            return f"epoch_end {runner.epoch_end} reached"
+        if self.step_end_reached():
+            return f"step_end {runner.step_end} reached at step {runner.steps}"
+        patience = runner.config.get("patience")
+        if patience is not None and res.epochs_without_improvement(runner.scores or {}, runner.best_fn) >= patience:
+            return f"stopped early: no improvement within patience {patience}"
+        return None
 
     def step_end_reached(self) -> bool:
         r"""Whether `step_end` is set and the optimizer steps reached it."""

@@ -192,16 +192,20 @@ def test_sigterm_to_one_rank_stops_both_at_the_same_step_and_requeue_finishes(tm
     assert second[0]["steps"] == 3 * 6  # 48 samples, 2 ranks, batches of 4: 6 steps per epoch
     assert second[0]["parameters"] == second[1]["parameters"]
 
-    # An epoch-boundary checkpoint of two ranks resumes on one, with a warning naming both sizes.
-    with pytest.warns(RuntimeWarning, match="world_size 2 on world_size 1"):
-        single = JobRunner(
-            {"dir": str(tmp_path / "single"), "log": False, "checkpoint": str(run_dir / "checkpoints" / "epoch-1.pth")}
-        )
+    # An epoch-boundary checkpoint of two ranks resumes on one, with a warning naming both sizes when training
+    # starts (loading it to evaluate is not resuming, and says nothing).
+    single = JobRunner(
+        {"dir": str(tmp_path / "single"), "log": False, "checkpoint": str(run_dir / "checkpoints" / "epoch-1.pth")}
+    )
     assert single.steps == 12
     assert single.epoch_begin == 2
-    # A mid-epoch one cannot continue its epoch on another world size: a clear error.
+    with pytest.warns(RuntimeWarning, match="world_size 2 on world_size 1"):
+        single.train()
+    # A mid-epoch one cannot continue its epoch on another world size: a clear error before any training.
+    resumed = JobRunner({"dir": str(tmp_path / "single2"), "log": False, "checkpoint": str(mid_epoch)})
     with pytest.raises(ValueError, match="world_size 2, but this run has world_size 1"):
-        JobRunner({"dir": str(tmp_path / "single2"), "log": False, "checkpoint": str(mid_epoch)})
+        resumed.train()
+    assert resumed.steps == 6
 
 
 def test_a_hung_rank_ends_the_job_within_dist_timeout(tmp_path, torchrun):

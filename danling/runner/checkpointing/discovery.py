@@ -44,7 +44,9 @@ def run_checkpoint_dirs(
     return [path for path in candidates if os.path.isdir(path)]
 
 
-def find_resumable(directories: list[str], warn: Callable[[str], None] | None = None) -> str | None:
+def find_resumable(
+    directories: list[str], warn: Callable[[str], None] | None = None, quarantine: bool = True
+) -> str | None:
     r"""
     The newest checkpoint in `directories` that verifies; bad ones are reported and moved aside.
 
@@ -55,6 +57,7 @@ def find_resumable(directories: list[str], warn: Callable[[str], None] | None = 
     Args:
         directories: Checkpoint directories (see [`run_checkpoint_dirs`][danling.runner.checkpointing.discovery]).
         warn: Called with a message for each bad checkpoint skipped.
+        quarantine: Rename a bad checkpoint `{file}.corrupt`; `False` only skips it (a directory the user named).
 
     Returns:
         The path of the checkpoint to resume from, or `None` when there is none.
@@ -70,9 +73,10 @@ def find_resumable(directories: list[str], warn: Callable[[str], None] | None = 
         problem = checkpoint_problem(path, manager.format)
         if problem is None:
             return path
-        aside = manager.quarantine(path)
+        if quarantine:
+            problem += f"; moved it to {manager.quarantine(path)!r}"
         if warn is not None:
-            warn(f"auto_resume skips checkpoint {path!r}: {problem}; moved it to {aside!r}")
+            warn(f"auto_resume skips checkpoint {path!r}: {problem}")
     return None
 
 
@@ -122,3 +126,76 @@ def sharded(directory: str) -> CheckpointManager:
     from .sharded import ShardedCheckpointManager
 
     return ShardedCheckpointManager(directory)
+
+
+def resolve_checkpoint(
+    path: str | os.PathLike, checkpoint_dir_name: str = "checkpoints", warn: Callable[[str], None] | None = None
+) -> str:
+    r"""
+    The checkpoint a user's `--checkpoint` points at: a checkpoint file, a sharded `*.dcp` directory, a directory of
+    checkpoints, a run directory (its `checkpoint_dir_name` folder) or the folder of a run's launches.
+
+    For a directory that is not itself a sharded checkpoint, the newest checkpoint in it that verifies is chosen,
+    as `auto_resume` chooses (bad ones are skipped and reported through `warn`, never moved).
+
+    Args:
+        path: Where the user pointed.
+        checkpoint_dir_name: `config.checkpoint_dir_name`: the checkpoint folder of a run directory.
+        warn: Called with a message for each bad checkpoint skipped.
+
+    Returns:
+        The path of a checkpoint file or of a sharded checkpoint directory.
+
+    Raises:
+        FileNotFoundError: If `path` does not exist, or names a directory without a valid checkpoint (the message
+            says where it looked; it never suggests a path that does not exist).
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from danling.runner.checkpointing import CheckpointManager
+        >>> run = tempfile.mkdtemp()
+        >>> _ = CheckpointManager(os.path.join(run, "checkpoints")).save({"w": torch.ones(1)}, steps=4, keep=1)
+        >>> os.path.relpath(resolve_checkpoint(run), run)
+        'checkpoints/latest.pth'
+    """
+    path = os.fsdecode(path)
+    if os.path.isfile(path) or is_sharded_dir(path):
+        return path
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint is set to {path!r}, but no such file or directory exists")
+    directories = checkpoint_dirs_under(path, checkpoint_dir_name)
+    found = find_resumable(directories, warn=warn, quarantine=False)
+    if found is None:
+        looked = ", ".join(repr(directory) for directory in directories) or repr(path)
+        raise FileNotFoundError(
+            f"checkpoint is set to the directory {path!r}, but no checkpoint that verifies was found in {looked}; "
+            "point it at a checkpoint file (*.pth), a sharded checkpoint directory (*.dcp), a checkpoint directory "
+            "or a run directory"
+        )
+    return found
+
+
+def checkpoint_dirs_under(path: str, checkpoint_dir_name: str = "checkpoints") -> list[str]:
+    r"""
+    The checkpoint directories a directory stands for: itself, its `checkpoint_dir_name` folder (a run
+    directory), or those of its sub-directories (the folder `{name}-{id}/` of a run's launches).
+
+    Examples:
+        >>> checkpoint_dirs_under("/nonexistent")
+        ['/nonexistent']
+    """
+    own = os.path.join(path, checkpoint_dir_name)
+    if os.path.isdir(own):
+        return [own]
+    try:
+        children = sorted(os.listdir(path))
+    except OSError:
+        return [path]
+    launches = [os.path.join(path, child, checkpoint_dir_name) for child in children]
+    launches = [launch for launch in launches if os.path.isdir(launch)]
+    return launches or [path]
+
+
+def is_sharded_dir(path: str) -> bool:
+    r"""Whether `path` is a `torch.distributed.checkpoint` directory (it holds `.metadata`)."""
+    return os.path.isfile(os.path.join(path, ".metadata"))

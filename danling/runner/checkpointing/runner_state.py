@@ -24,7 +24,7 @@ from ..banner import config_changes
 from ..distributed import resolve_device
 from ..resumption import merge_saved_config
 from .async_writer import AsyncCheckpointWriter
-from .discovery import checkpoint_dir_of, find_run_checkpoint
+from .discovery import checkpoint_dir_of, find_run_checkpoint, is_sharded_dir, resolve_checkpoint
 from .manager import CheckpointManager
 from .manifest import checkpoint_problem
 
@@ -184,8 +184,32 @@ class RunnerCheckpoints:
         if runner.config.get("auto_resume") is True and runner.config.get("checkpoint") is None:
             self.discover()
         if runner.config.get("checkpoint") is not None:
-            self.pending = self.read(runner.config["checkpoint"], weights_only=True)
-            runner.load_config(self.pending)
+            path = self.resolve(runner.config["checkpoint"])
+            if isinstance(path, str) and is_sharded_dir(path):
+                # Sharded: read its config now; the shards load once the model is built (on any world size).
+                from .sharded import read_sharded_entries  # imports torch.distributed.checkpoint: only when used
+
+                self.pending = path
+                runner.load_config(read_sharded_entries(path, {ckpt.RUNNER}))
+                runner.config["checkpoint"] = path
+            else:
+                self.pending = self.read(path, weights_only=True)
+                runner.load_config(self.pending)
+
+    def resolve(self, checkpoint: Any) -> Any:
+        r"""
+        The checkpoint `config.checkpoint` stands for (see
+        [`resolve_checkpoint`][danling.runner.checkpointing.discovery.resolve_checkpoint]); a mapping as it is.
+        When it names a directory, the choice (and any checkpoint skipped) is noted for the log.
+        """
+        if not isinstance(checkpoint, (str, bytes, os.PathLike)) or not os.path.isdir(os.fsdecode(checkpoint)):
+            return checkpoint
+        name = self.runner.config.get("checkpoint_dir_name") or "checkpoints"
+        path = resolve_checkpoint(checkpoint, name, warn=self.notes.append)
+        if path != os.fsdecode(checkpoint):
+            self.notes.append(f"checkpoint {os.fsdecode(checkpoint)!r}: resuming from {path}")
+            self.runner.config["checkpoint"] = path
+        return path
 
     def log_notes(self) -> None:
         r"""Log the notes of resuming: `auto_resume` skipping a checkpoint as a warning, the others as info."""
@@ -200,7 +224,7 @@ class RunnerCheckpoints:
         if self.pending is not None:
             checkpoint, self.pending = self.pending, None
             if runner.model is not None:
-                runner.load_checkpoint(checkpoint)
+                runner.load_checkpoint(checkpoint)  # a mapping, or the path of a sharded checkpoint
 
     def discover(self) -> None:
         r"""
@@ -265,6 +289,7 @@ class RunnerCheckpoints:
         runner = self.runner
         if runner.model is None:
             raise ValueError("cannot load a checkpoint before the model is set: assign self.model first")
+        checkpoint = self.resolve(checkpoint)
         loaded = self.read(checkpoint, *args, **kwargs)
         runner.load_state_dict(loaded)
         if ckpt.RUNNER in loaded:
@@ -276,15 +301,23 @@ class RunnerCheckpoints:
         r"""The body of [`load_state_dict`][danling.runner.BaseRunner.load_state_dict]."""
         runner = self.runner
         runner.unwrap(runner.model).load_state_dict(ckpt.extract_model_state(state))
-        for key, part in ((ckpt.OPTIMIZER, runner.optimizer), (ckpt.SCHEDULER, runner.scheduler)):
-            if part is None:
-                continue
-            if key in state:
-                part.load_state_dict(state[key])
-            else:
-                # stacklevel: past this object and the runner's delegates, to the caller of `load_checkpoint`
-                warn(f"{key} state is not in the checkpoint; {key} starts fresh", RuntimeWarning, stacklevel=5)
+        self.load_part(state, ckpt.OPTIMIZER, runner.optimizer)
+        self.load_scheduler(state)
         self.load_results(state)
+
+    def load_part(self, state: Mapping, key: str, part: Any) -> None:
+        r"""Load `state[key]` into `part` when both exist; warn when the runner has `part` but `state` lacks it."""
+        if part is None:
+            return
+        if key in state:
+            part.load_state_dict(state[key])
+        else:
+            # stacklevel: past this object and the runner's delegates, to the caller of `load_checkpoint`
+            warn(f"{key} state is not in the checkpoint; {key} starts fresh", RuntimeWarning, stacklevel=6)
+
+    def load_scheduler(self, state: Mapping) -> None:
+        r"""Restore the scheduler's state (framework runners may continue a schedule rebuilt for a new plan)."""
+        self.load_part(state, ckpt.SCHEDULER, self.runner.scheduler)
 
     def load_results(self, state: Mapping) -> None:
         r"""Restore the runner's results from `state`, when it has them."""
@@ -301,10 +334,13 @@ class RunnerCheckpoints:
         runner.unwrap(runner.model).load_state_dict(ckpt.extract_model_state(loaded))
 
 
-def runner_from_checkpoint(cls: type, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> Any:
+def runner_from_checkpoint(
+    cls: type, checkpoint: ckpt.CheckpointLike, *args: Any, overrides: Mapping | None = None, **kwargs: Any
+) -> Any:
     r"""
     The body of [`from_checkpoint`][danling.runner.BaseRunner.from_checkpoint]: build `cls` from the config stored
-    in `checkpoint` (without its run locations) and load the checkpoint into it.
+    in `checkpoint` (without its run locations and `auto_resume`: the checkpoint is named, not searched for), with
+    `overrides` applied, and load the checkpoint into it.
 
     Raises:
         ValueError: If the checkpoint has no runner config.
@@ -315,10 +351,29 @@ def runner_from_checkpoint(cls: type, checkpoint: ckpt.CheckpointLike, *args: An
     if ckpt.RUNNER not in loaded:
         raise ValueError(f"checkpoint has no {ckpt.RUNNER!r} config (keys: {list(loaded.keys())})")
     config = dict(loaded[ckpt.RUNNER])
-    for key in ("checkpoint", *RUN_LOCATION_KEYS):
+    for key in ("checkpoint", "auto_resume", *RUN_LOCATION_KEYS):
         config.pop(key, None)
-    runner = cls(config)
+    runner = cls(merge_overrides(config, overrides))
     runner.load_checkpoint(loaded)
     if not isinstance(checkpoint, Mapping):
         runner.resume_record = {**(runner.resume_record or {}), "file": os.fsdecode(checkpoint)}
     return runner
+
+
+def merge_overrides(config: dict[str, Any], overrides: Mapping | None) -> dict[str, Any]:
+    r"""
+    `config` with `overrides` merged in (nested mappings key by key).
+
+    Examples:
+        >>> merge_overrides({"log": True, "optim": {"lr": 0.1, "type": "sgd"}}, {"log": False, "optim": {"lr": 1}})
+        {'log': False, 'optim': {'lr': 1, 'type': 'sgd'}}
+    """
+    if not overrides:
+        return config
+    merged = dict(config)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_overrides(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged

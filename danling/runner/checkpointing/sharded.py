@@ -330,7 +330,7 @@ def load_sharded(
         dist.broadcast_object_list(problem, src=0)  # every rank stops, not only rank 0
     if problem[0] is not None:
         raise CheckpointError(describe_problem(path, problem[0], fmt))
-    saved = {key.split(".", 1)[0] for key in _dcp().FileSystemReader(path).read_metadata().state_dict_metadata}
+    saved = stored_keys(path)
     modules = {key: module for key, module in (modules or {}).items() if key in saved}
     target = sharded_state(model, optimizer, modules)
     fmt.read(path, target)
@@ -343,6 +343,34 @@ def load_sharded(
         _dcp().state_dict.set_model_state_dict(module, target[key])
     extra = saved - {MODEL, OPTIMIZER, *modules}
     return fmt.read(path, keys=extra) if extra else {}
+
+
+def stored_keys(path: str) -> set[str]:
+    r"""The top-level entries (`model`, `optimizer`, `runner`...) a sharded checkpoint holds, from its metadata."""
+    return {key.split(".", 1)[0] for key in _dcp().FileSystemReader(path).read_metadata().state_dict_metadata}
+
+
+def read_sharded_entries(path: str, keys: set[str]) -> dict[str, Any]:
+    r"""
+    Verify the sharded checkpoint at `path` and read those of its top-level entries `keys` that it holds, in full,
+    in this process (the runner's config before the model exists). Not collective.
+
+    Raises:
+        CheckpointError: If it fails verification (the message names the directory).
+
+    Examples:
+        >>> import tempfile
+        >>> manager = ShardedCheckpointManager(tempfile.mkdtemp())
+        >>> path = manager.save({"model": {"w": torch.ones(1)}, "runner": {"steps": 3}}, steps=3, keep=0)
+        >>> read_sharded_entries(path, {"runner", "results"})
+        {'runner': {'steps': 3}}
+    """
+    fmt = ShardedFormat()
+    problem = checkpoint_problem(path, fmt)
+    if problem is not None:
+        raise CheckpointError(describe_problem(path, problem, fmt))
+    wanted = set(keys) & stored_keys(path)
+    return fmt.read(path, keys=wanted) if wanted else {}
 
 
 def read_sharded_model(path: str) -> dict[str, Any]:

@@ -12,6 +12,8 @@ from typing import Any
 
 from .. import checkpoints as ckpt
 from ..distributed import resolve_device
+from ..replan import check_resume_schedule, continue_schedule, follows_plan, group_lrs, replan
+from ..resumption import POSITION
 from .manager import CheckpointManager
 from .runner_state import RunnerCheckpoints
 from .sharded import (
@@ -45,6 +47,9 @@ class TorchRunnerCheckpoints(RunnerCheckpoints):
         >>> sorted(runner._checkpoints.state_dict())
         ['model', 'position', 'results', 'rng', 'runner']
     """
+
+    fresh_lrs: list[dict[str, Any]] | None = None  # the optimizer's learning rates before a load
+    replanned: Any = None  # how the last load continued a schedule rebuilt for a new plan (a `Replan`), if it did
 
     def map_location(self) -> Any:
         r"""
@@ -109,6 +114,7 @@ class TorchRunnerCheckpoints(RunnerCheckpoints):
     def load_state_dict(self, state: Mapping) -> None:
         r"""The body of [`load_state_dict`][danling.runner.TorchRunner.load_state_dict]."""
         runner = self.runner
+        self.fresh_lrs = group_lrs(runner.optimizer) if runner.optimizer is not None else None
         state = runner._parallel.import_state(state, runner.model, runner.optimizer, runner.ema)
         super().load_state_dict(state)
         if ckpt.SCALER in state and runner.scaler.is_enabled():
@@ -117,23 +123,44 @@ class TorchRunnerCheckpoints(RunnerCheckpoints):
             runner.ema.load_state_dict(state[ckpt.EMA])
         runner._recovery.restore(state)
 
+    def load_scheduler(self, state: Mapping) -> None:
+        r"""
+        Restore the scheduler; when the plan changed since the checkpoint (`total_steps`, or the global batch) and
+        `resume_schedule` is `"rebuild"` (the default), the scheduler the runner built for the new plan is advanced
+        to the matching position instead (see [`replan`][danling.runner.replan.replan]).
+        """
+        runner = self.runner
+        self.replanned = None
+        mode = check_resume_schedule(runner.config.get("resume_schedule"))
+        scheduler, fresh_lrs, self.fresh_lrs = runner.scheduler, self.fresh_lrs, None
+        if mode == "rebuild" and follows_plan(scheduler) and fresh_lrs is not None:
+            saved_plan = (state.get(POSITION) or {}).get("plan")
+            steps = int((state.get(ckpt.RUNNER) or {}).get("steps", 0))
+            self.replanned = replan(saved_plan, runner._recovery.plan(), steps)
+        if self.replanned is None:
+            super().load_scheduler(state)
+            return
+        continue_schedule(scheduler, runner.optimizer, fresh_lrs, self.replanned.position)
+
     def load_checkpoint(self, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> None:
         r"""The body of [`load_checkpoint`][danling.runner.TorchRunner.load_checkpoint]."""
+        checkpoint = self.resolve(checkpoint)  # a directory stands for the newest valid checkpoint in it
         if is_sharded_checkpoint(checkpoint):
             self._load_sharded(os.fsdecode(checkpoint))
         else:
             super().load_checkpoint(checkpoint, *args, **kwargs)
-        self.runner._recovery.after_load()
+        self.runner._recovery.after_load(self.replanned)
 
     def _load_sharded(self, path: str) -> None:
         # A `*.dcp` directory, on any world size and wrapping: model, optimizer and EMA through the DCP helpers,
         # the rest (read in full) as from a single-file checkpoint.
         runner = self.runner
         modules = {ckpt.EMA: runner.ema} if runner.ema is not None else {}
+        self.fresh_lrs = group_lrs(runner.optimizer) if runner.optimizer is not None else None
         state = load_sharded(path, runner.unwrap(runner.model), runner.optimizer, modules=modules)
-        for key, part in ((ckpt.SCHEDULER, runner.scheduler), (ckpt.SCALER, runner.scaler)):
-            if part is not None and key in state and (key != ckpt.SCALER or runner.scaler.is_enabled()):
-                part.load_state_dict(state[key])
+        self.load_scheduler(state)
+        if ckpt.SCALER in state and runner.scaler.is_enabled():
+            runner.scaler.load_state_dict(state[ckpt.SCALER])
         self.load_results(state)
         runner._recovery.restore(state)
         if ckpt.RUNNER in state:

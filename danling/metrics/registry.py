@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from chanfig import Registry
-
+from ..optim._registry import Registry
 from .factory import binary_metrics, multiclass_metrics, multilabel_metrics, regression_metrics
 
-METRICS = Registry(key="type", case_sensitive=False)
+
+class MetricRegistry(Registry):
+    """Case-insensitive registry of metric factories.
+
+    It works as [`OPTIMIZERS`][danling.optim.OPTIMIZERS] and [`SCHEDULERS`][danling.optim.SCHEDULERS] do:
+    a config key that the factory does not accept raises
+    [`UnexpectedArgumentError`][danling.optim._registry.UnexpectedArgumentError] (a [`TypeError`][TypeError]) before
+    the factory runs, unless the factory takes ``**kwargs``.
+    """
+
+    kind = "metric"
+
+
+METRICS = MetricRegistry(key="type", case_sensitive=False)
 r"""
 Metric factories by task name: `binary`, `multiclass`, `multilabel`, `regression`.
 

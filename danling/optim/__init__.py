@@ -11,7 +11,24 @@ Examples:
 """
 
 from . import lr_scheduler, registry
-from .lr_scheduler import SCHEDULERS, LRScheduler
+from .lr_scheduler import (
+    SCHEDULERS,
+    CosineWithWarmupLR,
+    LinearWithWarmupLR,
+    LRScheduler,
+    WarmupDecayLR,
+    planned_lrs,
+)
 from .registry import OPTIMIZERS
 
-__all__ = ["OPTIMIZERS", "SCHEDULERS", "LRScheduler", "lr_scheduler", "registry"]
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "CosineWithWarmupLR",
+    "LRScheduler",
+    "LinearWithWarmupLR",
+    "WarmupDecayLR",
+    "lr_scheduler",
+    "planned_lrs",
+    "registry",
+]

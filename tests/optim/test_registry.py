@@ -9,7 +9,9 @@ from torch.optim import lr_scheduler
 
 import danling.optim.lr_scheduler.registry
 import danling.optim.registry
+from danling.metrics.registry import METRICS
 from danling.optim import OPTIMIZERS, SCHEDULERS, LRScheduler
+from danling.optim._registry import Registry, UnexpectedArgumentError, check_arguments
 
 # Extra constructor arguments some schedulers need.
 SCHEDULER_KWARGS: dict[str, dict[str, Any]] = {
@@ -155,3 +157,82 @@ def test_total_steps_reaches_schedulers_that_take_it() -> None:
 def test_total_steps_is_dropped_for_schedulers_without_it() -> None:
     scheduler = SCHEDULERS.build(make_optimizer(), total_steps=123, type="step", step_size=3)
     assert type(scheduler) is lr_scheduler.StepLR
+
+
+def test_unknown_section_key_names_key_builder_parameters_and_closest_name() -> None:
+    # What `--sched.warmup 5` gives: the key is checked before LRScheduler runs.
+    with pytest.raises(UnexpectedArgumentError) as info:
+        SCHEDULERS.build(make_optimizer(), type="cosine", total_steps=10, warmup=5)
+    error = info.value
+    assert isinstance(error, TypeError)
+    message = str(error)
+    assert "'warmup'" in message
+    assert "LRScheduler (scheduler 'cosine')" in message
+    assert "Did you mean 'warmup_steps'?" in message
+    assert "It accepts: optimizer, total_steps, final_lr_ratio," in message
+    assert (error.unexpected, error.suggestions()) == (["warmup"], {"warmup": "warmup_steps"})
+
+
+def test_unknown_keys_of_torch_components() -> None:
+    with pytest.raises(TypeError, match=r"SGD \(optimizer 'sgd'\) got unexpected argument 'momentun'\. Did you mean"):
+        OPTIMIZERS.build(params=make_params(), type="sgd", momentun=0.9)
+    with pytest.raises(TypeError, match=r"StepLR \(scheduler 'step'\).*'gama'.*'gamma'"):
+        SCHEDULERS.build(make_optimizer(), total_steps=10, type="step", step_size=2, gama=0.5)
+    with pytest.raises(TypeError, match=r"MultiStepLR \(scheduler 'multistep / multi_step'\)"):
+        SCHEDULERS.build(make_optimizer(), type="multistep", milestones=[2], gama=0.5)
+
+
+def test_key_check_applies_to_config_mappings() -> None:
+    section = chanfig.Config(type="cosine_with_warmup", warmup=3)
+    with pytest.raises(TypeError, match=r"CosineWithWarmupLR \(scheduler 'cosine_with_warmup'\).*'warmup_steps'"):
+        SCHEDULERS.build(section, make_optimizer(), total_steps=10)
+
+
+def test_several_unknown_keys_are_all_named() -> None:
+    with pytest.raises(TypeError) as info:
+        SCHEDULERS.build(make_optimizer(), type="linear", total_steps=10, warmup=1, zzz=2)
+    message = str(info.value)
+    assert "unexpected arguments 'warmup', 'zzz'" in message
+    assert "'warmup' -> 'warmup_steps'" in message
+    assert "'zzz' ->" not in message
+
+
+def test_errors_inside_a_constructor_are_not_rewritten() -> None:
+    with pytest.raises(TypeError) as info:
+        SCHEDULERS.build(object(), type="step", step_size=2)  # torch: not an Optimizer
+    assert type(info.value) is TypeError
+    with pytest.raises(ValueError, match="total_steps"):
+        SCHEDULERS.build(make_optimizer(), type="cosine", total_steps=0)
+
+
+def test_components_taking_kwargs_or_without_signature_are_not_checked() -> None:
+    registry = Registry()
+    registry.register(lambda **kwargs: kwargs, "anything")
+    registry.register(dict, "dict")  # a builtin: inspect.signature fails
+    assert registry.build(type="anything", whatever=1) == {"whatever": 1}
+    assert registry.build(type="dict", whatever=1) == {"whatever": 1}
+
+
+def test_check_arguments_outside_a_registry() -> None:
+    def scale(x, /, factor=2, *, offset=0):
+        return x * factor + offset
+
+    check_arguments(scale, (1,), {"factor": 3, "offset": 1})
+    with pytest.raises(
+        UnexpectedArgumentError, match=r"^.*scale got unexpected argument 'x'.*accepts: factor, offset\.$"
+    ):
+        check_arguments(scale, (), {"x": 1})  # positional-only
+    with pytest.raises(UnexpectedArgumentError) as info:
+        Registry.init(scale, 1, offest=1)
+    assert info.value.registered_as is None
+    assert "Did you mean 'offset'?" in str(info.value)
+
+
+def test_metrics_registry_checks_keys_too() -> None:
+    def accuracy_only(threshold=0.5):
+        return threshold
+
+    with pytest.raises(UnexpectedArgumentError, match="'treshold'.*'threshold'"):
+        METRICS.init(accuracy_only, treshold=0.3)
+    assert isinstance(METRICS, Registry)
+    assert METRICS.lookup("MultiClass") is METRICS.lookup("multiclass")

@@ -1,8 +1,10 @@
 """[`SCHEDULERS`][danling.optim.SCHEDULERS]: learning-rate schedulers by name.
 
 Our [`LRScheduler`][danling.optim.LRScheduler] strategies are registered as ``cosine``, ``linear`` and
-``constant``; PyTorch's schedulers are registered under snake_case names (PyTorch's own ``ConstantLR`` and
-``LinearLR`` as ``constant_lr`` and ``linear_lr``, so they do not shadow our strategies).
+``constant``, and the textbook warmup schedules [`CosineWithWarmupLR`][danling.optim.CosineWithWarmupLR] and
+[`LinearWithWarmupLR`][danling.optim.LinearWithWarmupLR] as ``cosine_with_warmup`` and ``linear_with_warmup``.
+PyTorch's schedulers are registered under snake_case names (PyTorch's own ``ConstantLR`` and ``LinearLR`` as
+``constant_lr`` and ``linear_lr``, so they do not shadow our strategies).
 ``ChainedScheduler`` is not registered: it takes schedulers, not an optimizer, as its first argument.
 
 Examples:
@@ -26,6 +28,7 @@ from torch.optim import lr_scheduler as torch_lr_scheduler
 
 from .._registry import Registry
 from .lr_scheduler import STRATEGIES, LRScheduler
+from .warmup import CosineWithWarmupLR, LinearWithWarmupLR
 
 __all__ = ["SCHEDULERS", "SchedulerRegistry"]
 
@@ -90,6 +93,8 @@ SCHEDULERS = SchedulerRegistry()
 
 for _strategy in STRATEGIES:
     SCHEDULERS.register(partial(LRScheduler, strategy=_strategy), _strategy)
+SCHEDULERS.register(CosineWithWarmupLR, "cosine_with_warmup")
+SCHEDULERS.register(LinearWithWarmupLR, "linear_with_warmup")
 
 for _name, _class_name in TORCH_SCHEDULERS.items():
     _scheduler = getattr(torch_lr_scheduler, _class_name, None)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from math import ceil
 from typing import Any
 
+from danling.optim.lr_scheduler.preview import DEFAULT_FRACTIONS, planned_lrs
 from danling.utils.io import flatten, to_plain
 
 from .config import VOLATILE_KEYS, Config
@@ -98,6 +99,9 @@ def banner_lines(runner: Any, mode: str) -> list[str]:
         lines.append(parameters)
     if mode == "train":
         lines.append(_steps_line(runner))
+        planned = _planned_lr_line(runner)
+        if planned is not None:
+            lines.append(planned)
     lines.append(_score_line(runner))
     resume = getattr(runner, "resume_record", None)
     if resume is not None:
@@ -149,6 +153,27 @@ def _steps_line(runner: Any) -> str:
     except (ValueError, TypeError):
         total = "unknown"
     return f"optimizer steps: {per_epoch} per epoch, {total} in total"
+
+
+def _planned_lr_line(runner: Any) -> str | None:
+    # The lr the schedule plans at 0, 25, 50, 75 and 100% of the run, so that no schedule is a surprise.
+    optimizer = getattr(runner, "optimizer", None)
+    if optimizer is None or not getattr(optimizer, "param_groups", None):
+        return None
+    try:
+        total = runner.total_steps
+    except (ValueError, TypeError, AttributeError):
+        return None
+    scheduler = getattr(runner, "scheduler", None)
+    if scheduler is None:
+        lr = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
+        planned = [(fraction, round(fraction * total), lr) for fraction in DEFAULT_FRACTIONS]
+    else:
+        planned = planned_lrs(scheduler, total)
+    if not planned:
+        return None
+    points = ", ".join(f"{fraction:.0%} (step {step}): {float(lr):.3g}" for fraction, step, lr in planned)
+    return f"planned lr: {points}"
 
 
 def _score_line(runner: Any) -> str:

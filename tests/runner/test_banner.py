@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import pytest
 
+import danling as dl
 from danling.runner import Config
 from danling.runner.banner import config_changes, non_defaults
 
@@ -90,3 +92,26 @@ def test_banner_goes_through_the_runners_logger_only(make_runner, capsys, runner
     runner = make_runner(runner_class, log=False, epoch_end=1)
     runner.train()
     assert capsys.readouterr().out == ""
+
+
+class WarmupCosineRunner(ClassifierRunner):
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.scheduler = dl.optim.SCHEDULERS.build(
+            self.optimizer, type="cosine_with_warmup", warmup_steps=2, total_steps=self.total_steps
+        )
+
+
+def test_train_banner_prints_the_planned_lr_at_quarters_of_the_run(make_runner):
+    runner = make_runner(WarmupCosineRunner, epoch_end=2, log=True)  # 40 samples, batches of 8: 10 steps
+    runner.train()
+    line = next(line for line in log_text(runner).splitlines() if "planned lr:" in line)
+    for fraction, step in ((0.0, 0), (0.25, 3), (0.5, 5), (0.75, 8), (1.0, 10)):
+        closed = 0.1 * step / 2 if step < 2 else 0.1 * 0.5 * (1 + math.cos(math.pi * (step - 2) / 8))
+        assert f"{fraction:.0%} (step {step}): {closed:.3g}" in line
+
+
+def test_train_banner_prints_a_constant_lr_without_a_scheduler(make_runner):
+    runner = make_runner(epoch_end=1, log=True, lr=0.25)
+    runner.train()
+    assert "planned lr: 0% (step 0): 0.25, 25% (step 1): 0.25" in log_text(runner)

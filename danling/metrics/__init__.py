@@ -3,7 +3,7 @@
 - [`AverageMeter`][danling.metrics.AverageMeter] / [`AverageMeters`][danling.metrics.AverageMeters]: running
   averages of scalars such as the loss; `update` never synchronises with the device.
 - [`Metrics`][danling.metrics.Metrics]: metrics that need every prediction (AUROC, Spearman, ...), gathered
-  across ranks on `average()`.
+  across ranks on `value()` and `average()` (`local_value()` scores this rank's latest batch alone).
 - [`MetricMeter`][danling.metrics.MetricMeter] / [`MetricMeters`][danling.metrics.MetricMeters]: per-batch metrics
   averaged over batches.
 - [`functional`][danling.metrics.functional]: the metric functions themselves, in plain torch.

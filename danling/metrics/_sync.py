@@ -7,11 +7,18 @@ Every function is the identity in a single process. In a process group each one 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import distributed as dist
 
-from danling.utils.distributed import all_reduce, communication_device, get_world_size, is_distributed
+from danling.utils.distributed import (
+    all_gather_uneven,
+    all_reduce,
+    communication_device,
+    get_world_size,
+    is_distributed,
+)
 
 
 def accumulation_dtype(device: torch.device) -> torch.dtype:
@@ -83,3 +90,34 @@ def reduce_sums(
     reduced = all_reduce(stacked, op="sum").tolist()
     half = len(sums)
     return list(zip(reduced[:half], reduced[half:]))
+
+
+def gather_rows(local: torch.Tensor | None) -> torch.Tensor | None:
+    r"""
+    Concatenate every rank's rows in rank order; a rank with nothing (`None`) contributes no rows.
+
+    Collective when distributed: call on all ranks. Ranks may hold different numbers of rows; the trailing
+    dimensions and dtype come from the ranks that hold data.
+
+    Args:
+        local: This rank's rows, or `None` when it has none.
+
+    Returns:
+        The rows of every rank, or `None` when no rank has any.
+
+    Examples:
+        >>> gather_rows(torch.tensor([1, 2])), gather_rows(None)
+        (tensor([1, 2]), None)
+    """
+    if not is_distributed():
+        return local
+    meta = None if local is None else (tuple(local.shape[1:]), local.dtype)
+    metas: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(metas, meta)
+    known = next((m for m in metas if m is not None), None)
+    if known is None:
+        return None
+    if local is None:
+        trailing, dtype = known
+        local = torch.empty((0, *trailing), dtype=dtype, device=communication_device())
+    return all_gather_uneven(local)

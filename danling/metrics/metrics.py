@@ -1,7 +1,9 @@
 """Dataset-level metrics that need every prediction (AUROC, Spearman, ...), with one shared state.
 
 [`Metrics`][danling.metrics.Metrics] keeps the (detached) predictions and targets of every batch. `update` only
-reshapes and stores them, so it never waits for the device; the metric functions run when a value is read.
+reshapes and stores them, so it never waits for the device nor communicates; the metric functions run when a value
+is read. Under `torch.distributed`, `value()` and `average()` score the data of every rank (collectives), while
+`local_value()` scores this rank's latest batch alone, for per-step logs.
 """
 
 from __future__ import annotations
@@ -13,10 +15,8 @@ from typing import Any, Callable
 import torch
 from chanfig import FlatDict, NestedDict
 from torch import Tensor
-from torch import distributed as dist
 
-from danling.utils.distributed import all_gather_uneven, communication_device, get_world_size, is_distributed
-
+from ._sync import gather_rows
 from .metric_meter import MetricMeter, MetricMeters
 from .preprocesses import ArrayLike, NonFiniteInputError, bind_options, flatten_batch, warn_non_finite
 from .preprocesses import preprocess as default_preprocess
@@ -31,38 +31,20 @@ def _to_python(score: Any) -> Any:
     return score
 
 
-def _gather(local: Tensor | None) -> Tensor | None:
-    r"""
-    Concatenate every rank's shard; a rank without data contributes an empty shard.
-
-    Collective when distributed: call on all ranks.
-    """
-    if not is_distributed():
-        return local
-    meta = None if local is None else (tuple(local.shape[1:]), local.dtype)
-    metas: list[Any] = [None] * get_world_size()
-    dist.all_gather_object(metas, meta)
-    known = next((m for m in metas if m is not None), None)
-    if known is None:
-        return None
-    if local is None:
-        trailing, dtype = known
-        local = torch.empty((0, *trailing), dtype=dtype, device=communication_device())
-    return all_gather_uneven(local)
-
-
 class Metrics:
     r"""
     Several metric functions computed on the same stored predictions and targets.
 
-    `val`/`value()` score the latest batch of this process; `bat`/`batch()` the latest batch of every process;
-    `avg`/`average()` every batch since the last `reset()` on every process (shards of any size). A metric function
-    that returns a mapping has its entries merged into the result.
+    `val`/`value()` (and their aliases `bat`/`batch()`) score the latest batch of every process, concatenated in
+    rank order; `avg`/`average()` every batch since the last `reset()` on every process (shards of any size). Both
+    are collectives when distributed, as in the reference library. `local_value()` scores the latest batch of this
+    process alone and never communicates: use it where ranks do not call in step, such as per-step logs. A metric
+    function that returns a mapping has its entries merged into the result.
 
     `input`/`target` are the latest batch and `inputs`/`targets` every batch, as the reference library has them:
     a single-output `(N, 1)` prediction is stored flat, nothing stored reads as `torch.empty(0)`, and under
     `torch.distributed` each is every rank's data concatenated in rank order. `update` itself never communicates;
-    the gather happens when one of these attributes (or `batch()`/`average()`) is read, so read them on every rank.
+    the gather happens when one of these attributes (or `value()`/`average()`) is read, so read them on every rank.
 
     Args:
         *args: Mappings from name to metric function, metric functions (named by their `__name__`), or a
@@ -118,7 +100,6 @@ class Metrics:
         self._target: Tensor | None = None
         self._inputs: list[Tensor] = []
         self._targets: list[Tensor] = []
-        self._gathered_batch: tuple[Tensor | None, Tensor | None] | None = None
 
     @torch.no_grad()
     def update(self, input: ArrayLike, target: ArrayLike) -> None:
@@ -141,13 +122,11 @@ class Metrics:
         self._input, self._target = input, target
         self._inputs.append(input)
         self._targets.append(target)
-        self._gathered_batch = None
 
     def reset(self) -> None:
         r"""Forget every stored batch."""
         self._input = self._target = None
         self._inputs, self._targets = [], []
-        self._gathered_batch = None
 
     @torch.no_grad()
     def calculate(self, input: Tensor | None, target: Tensor | None) -> FlatDict:
@@ -188,14 +167,6 @@ class Metrics:
             self._targets = [torch.cat(self._targets)]
         return self._inputs[0], self._targets[0]
 
-    def _latest_batch(self) -> tuple[Tensor | None, Tensor | None]:
-        """The latest batch of every rank, gathered once per `update` (collective when distributed)."""
-        if not is_distributed():
-            return self._input, self._target
-        if self._gathered_batch is None:
-            self._gathered_batch = _gather(self._input), _gather(self._target)
-        return self._gathered_batch
-
     @property
     def input(self) -> Tensor:
         r"""
@@ -209,30 +180,53 @@ class Metrics:
             >>> metrics.input
             tensor([0.2000, 0.9000])
         """
-        return _or_empty(self._latest_batch()[0])
+        return _or_empty(gather_rows(self._input))
 
     @property
     def target(self) -> Tensor:
         r"""Targets of the latest batch; under `torch.distributed` every rank's, in rank order (collective)."""
-        return _or_empty(self._latest_batch()[1])
+        return _or_empty(gather_rows(self._target))
 
     @property
     def inputs(self) -> Tensor:
         r"""Predictions of every batch on every process, in rank order; collective when distributed."""
-        return _or_empty(_gather(self._local_all()[0]))
+        return _or_empty(gather_rows(self._local_all()[0]))
 
     @property
     def targets(self) -> Tensor:
         r"""Targets of every batch on every process, in rank order; collective when distributed."""
-        return _or_empty(_gather(self._local_all()[1]))
+        return _or_empty(gather_rows(self._local_all()[1]))
 
     def value(self) -> FlatDict:
-        r"""Metrics of the latest batch on this process."""
+        r"""
+        Metrics of the latest batch of every process, concatenated in rank order.
+
+        Collective when distributed: call on all ranks. Batches may have different sizes across ranks, and a rank
+        that has no batch yet contributes nothing; one that skipped an `update` contributes its previous batch. Every
+        call gathers afresh (a cache would leave a rank that did not update out of the next gather). In a single
+        process this is [`local_value`][danling.metrics.Metrics.local_value].
+
+        Examples:
+            >>> from danling.metrics.functional import accuracy
+            >>> metrics = Metrics(acc=accuracy)
+            >>> metrics.update([0.9, 0.2], [1, 1])
+            >>> metrics.value()["acc"], metrics.local_value()["acc"]
+            (0.5, 0.5)
+        """
+        return self.calculate(gather_rows(self._input), gather_rows(self._target))
+
+    def local_value(self) -> FlatDict:
+        r"""
+        Metrics of the latest batch of this process only; never communicates.
+
+        The per-rank counterpart of [`value`][danling.metrics.Metrics.value], safe to call on some ranks only
+        (the runner's per-step results use it).
+        """
         return self.calculate(self._input, self._target)
 
     def batch(self) -> FlatDict:
-        r"""Metrics of the latest batch of every process; collective when distributed."""
-        return self.calculate(*self._latest_batch())
+        r"""Same as [`value`][danling.metrics.Metrics.value]; collective when distributed."""
+        return self.value()
 
     def average(self) -> FlatDict:
         r"""
@@ -241,7 +235,7 @@ class Metrics:
         Collective when distributed: call on all ranks. Shards may have different sizes.
         """
         input, target = self._local_all()
-        return self.calculate(_gather(input), _gather(target))
+        return self.calculate(gather_rows(input), gather_rows(target))
 
     def compute(self) -> FlatDict:
         r"""Same as [`average`][danling.metrics.Metrics.average] (the reference library's name)."""
@@ -249,17 +243,17 @@ class Metrics:
 
     @property
     def val(self) -> FlatDict:
-        r"""Same as [`value`][danling.metrics.Metrics.value]."""
+        r"""Same as [`value`][danling.metrics.Metrics.value]; collective when distributed."""
         return self.value()
 
     @property
     def bat(self) -> FlatDict:
-        r"""Same as [`batch`][danling.metrics.Metrics.batch]."""
-        return self.batch()
+        r"""Same as [`value`][danling.metrics.Metrics.value]; collective when distributed."""
+        return self.value()
 
     @property
     def avg(self) -> FlatDict:
-        r"""Same as [`average`][danling.metrics.Metrics.average]."""
+        r"""Same as [`average`][danling.metrics.Metrics.average]; collective when distributed."""
         return self.average()
 
     def __format__(self, format_spec: str) -> str:
@@ -343,8 +337,8 @@ class ScoreMetrics(Metrics):
 
     @property
     def batch_score(self) -> Any:
-        r"""Score of the latest batch of every process; collective when distributed."""
-        return self.batch()[self.score_name]
+        r"""Score of the latest batch of every process, in rank order; collective when distributed."""
+        return self.value()[self.score_name]
 
     @property
     def average_score(self) -> Any:
@@ -425,8 +419,26 @@ class MultiTaskMetrics(NestedDict):
             metric.reset()
 
     def value(self) -> NestedDict:
-        r"""Latest-batch metrics of every task on this process."""
+        r"""
+        Latest-batch metrics of every task: each task's `value()`.
+
+        For a [`Metrics`][danling.metrics.Metrics] task that is the latest batch of every process, so this is a
+        collective when distributed: call it on all ranks.
+        """
         return NestedDict({name: _plain(metric.value()) for name, metric in self.tasks().items()})
+
+    def local_value(self) -> NestedDict:
+        r"""
+        Latest-batch metrics of every task on this process only; never communicates.
+
+        Examples:
+            >>> from danling.metrics.functional import accuracy
+            >>> metrics = MultiTaskMetrics(task=Metrics(acc=accuracy))
+            >>> metrics.update({"task": ([0.9, 0.2], [1, 1])})
+            >>> metrics.local_value().dict()
+            {'task': {'acc': 0.5}}
+        """
+        return NestedDict({name: _plain(_local_value(metric)) for name, metric in self.tasks().items()})
 
     def average(self) -> NestedDict:
         r"""Metrics of every task over all batches and processes; collective when distributed."""
@@ -434,7 +446,7 @@ class MultiTaskMetrics(NestedDict):
 
     @property
     def val(self) -> NestedDict:
-        r"""Same as [`value`][danling.metrics.MultiTaskMetrics.value]."""
+        r"""Same as [`value`][danling.metrics.MultiTaskMetrics.value]; collective when distributed."""
         return self.value()
 
     @property
@@ -451,7 +463,8 @@ class MultiTaskMetricMeters(MultiTaskMetrics):
     One [`MetricMeters`][danling.metrics.MetricMeters] (or `MetricMeter`) per task, nested by dotted names.
 
     The streaming counterpart of [`MultiTaskMetrics`][danling.metrics.MultiTaskMetrics], with the same `update`.
-    Assigning a `Metrics` streams its functions; assigning a function makes a `MetricMeter`.
+    Assigning a `Metrics` streams its functions; assigning a function makes a `MetricMeter`. As for the meters
+    themselves, `value()` (like `local_value()`) is each meter's latest value on this process and never communicates.
 
     Examples:
         >>> from danling.metrics.functional import accuracy
@@ -474,6 +487,11 @@ class MultiTaskMetricMeters(MultiTaskMetrics):
         if callable(value) and not isinstance(value, (Mapping, MetricMeter, MultiTaskMetrics)):
             return MetricMeter(value)
         return value
+
+
+def _local_value(metric: Any) -> Any:
+    """A task's latest-batch value on this process: `local_value()` of a `Metrics`, `value()` of a meter."""
+    return metric.local_value() if isinstance(metric, Metrics) else metric.value()
 
 
 def _plain(result: Any) -> Any:

@@ -62,7 +62,8 @@ class ReportingMixin:
 
     def get_step_result(self) -> NestedDict:
         r"""
-        Values of the meters and the current split's metrics on the latest batch. A meter not updated since the
+        Values of the meters and the current split's metrics on this rank's latest batch (the metrics'
+        `local_value()`: no gather, since ranks need not log in step). A meter not updated since the
         epoch began (e.g. `meters.time.reset()` and nothing more) is left out rather than shown as `nan`. In
         distributed training every rank then reduces the same values, so a meter is left out only when no rank
         updated it (one all-reduce of the counts; training log steps are collective there anyway).
@@ -70,7 +71,8 @@ class ReportingMixin:
         result = nested_result(self._updated_meter_values())
         metrics = self.current_metrics
         if metrics is not None:
-            result.merge(_flatten_single(metrics.value()))
+            local_value = getattr(metrics, "local_value", None)  # meters have none: their `value()` is local
+            result.merge(_flatten_single(metrics.value() if local_value is None else local_value()))
         return result
 
     def _updated_meter_values(self) -> Mapping:

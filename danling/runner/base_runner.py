@@ -18,6 +18,7 @@ from .attributes import config_attribute, runner_repr
 from .checkpointing import AsyncCheckpointWriter, CheckpointManager
 from .checkpointing.runner_state import RUN_LOCATION_KEYS, RunnerCheckpoints, runner_from_checkpoint
 from .config import Config
+from .config_checks import validate_config
 from .distributed import ProcessMixin
 from .log import close_logger, create_logger, create_tensorboard_writer
 from .printing import install_print, restore_print
@@ -110,6 +111,7 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         self._mode = RunnerMode.train
         if not isinstance(config, Config):
             config = Config(config)
+        validate_config(config)  # bad values stop the run here, before any directory or process group
         if config.getattr("auto_run_id", False):
             config.refresh_run_id()
         self._config = config

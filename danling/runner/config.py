@@ -16,7 +16,10 @@ from uuid import UUID, uuid5
 
 import chanfig
 
+from .config_help import HELP_EPILOG, describe_arguments
 from .config_parsing import (
+    CONFIG_FILE_EXTENSIONS,
+    DATALOADER_TYPES,
     DEFAULT_PREEMPTION_SIGNALS,
     FALSE_STRINGS,
     NO_SIGNAL_STRINGS,
@@ -26,6 +29,7 @@ from .config_parsing import (
     _missing_config_file,
     _pop_flag,
     _read_config_file,
+    check_file_typos,
     check_typos,
     parse_preemption_signals,
     parse_switch,
@@ -37,6 +41,7 @@ __all__ = [
     "checked_value",
     "checked_switches",
     "check_typos",
+    "check_file_typos",
     "parse_switch",
     "parse_preemption_signals",
     "DEFAULT_EXPERIMENT_ID",
@@ -48,6 +53,8 @@ __all__ = [
     "DEFAULT_PREEMPTION_SIGNALS",
     "NO_SIGNAL_STRINGS",
     "UNCATCHABLE_SIGNALS",
+    "CONFIG_FILE_EXTENSIONS",
+    "DATALOADER_TYPES",
 ]
 
 DEFAULT_EXPERIMENT_ID = "xxxxxxxxxxxxxxxx"
@@ -182,6 +189,17 @@ class Config(chanfig.Config):
         backend: `torch.distributed` backend (`None`: `nccl` on CUDA, else `gloo`).
         dist_timeout: Timeout of collectives, in seconds (`None`: PyTorch's default).
 
+    Attributes: Data:
+        dataloader.batch_size: Samples per batch of every split (`dataloader.<split>.batch_size` for one split).
+        dataloader.shuffle: Shuffle the samples (default: only the training splits).
+        dataloader.num_workers: Worker processes loading the batches (0: the main process).
+        dataloader.pin_memory: Put the batches in page-locked memory (faster copies to the GPU).
+        dataloader.drop_last: Drop the last batch of an epoch when it is smaller than `batch_size`.
+        dataloader.timeout: Seconds to wait for a batch from the workers (0: no limit).
+        dataloader.prefetch_factor: Batches loaded ahead by each worker.
+        dataloader.persistent_workers: Keep the worker processes alive between epochs.
+        dataloader.pin_memory_device: Device of the page-locked memory.
+
     Examples:
         >>> config = Config({"optim": {"lr": 1e-3}})
         >>> config.run_name, config.score_name, config.optim.lr
@@ -265,9 +283,11 @@ class Config(chanfig.Config):
 
         `--config exp.yaml` names a YAML or JSON file whose values override the class defaults; the other flags
         override the file. Without the flag, the defaults are used (set `no_default_config_action="raise"` to
-        require it). `default_config` renames the flag (`None` turns it off). A flag that is not a key of the config
-        but is close to one (`--precison` for `precision`) is an error; a new key far from every known one is
-        accepted.
+        require it). `default_config` renames the flag (`None` turns it off). A flag, or a key of the file, that is
+        not a key of the config but is close to one (`--precison` for `precision`) is an error; a new key far from
+        every known one is accepted. A file other than `.yaml`, `.yml` or `.json` is refused before it is opened.
+        `--help` prints every key with its type, default and description (see
+        [`describe_arguments`][danling.runner.config_help.describe_arguments]) and exits.
 
         Args:
             args: Command-line arguments (default: `sys.argv[1:]`).
@@ -280,9 +300,11 @@ class Config(chanfig.Config):
             The config itself.
 
         Raises:
-            ValueError: If a flag looks like a typo of a known key, or `no_default_config_action` is unknown.
+            ValueError: If a flag or a key of the config file looks like a typo of a known key, the config file is
+                not YAML or JSON, or `no_default_config_action` is unknown.
             FileNotFoundError: If the config file does not exist.
             RuntimeError: If the config-file flag is absent and `no_default_config_action` is `"raise"`.
+            SystemExit: After `--help`, or when argparse rejects a value (`--accum_steps two`).
 
         Examples:
             >>> Config().parse(["--accum_steps", "2", "--progress_bar", "false"]).accum_steps
@@ -292,10 +314,20 @@ class Config(chanfig.Config):
             ValueError: unknown config key 'precison' (from --precison); did you mean 'precision'? ...
         """
         args = list(sys.argv[1:] if args is None else args)
+        parser = self.getattr("parser", None)
+        if parser is None:
+            parser = chanfig.ConfigParser(epilog=HELP_EPILOG)
+            self.setattr("parser", parser)
+        describe_arguments(parser, self, args, default_config)
+        if "-h" in args or "--help" in args:
+            parser.print_help()
+            raise SystemExit(0)
         if default_config is not None:
             args, path = _pop_flag(args, default_config)
             if path is not None:
-                self.merge(_read_config_file(path))
+                content = _read_config_file(path)
+                check_file_typos(content, self, path)
+                self.merge(content)
             else:
                 _missing_config_file(default_config, no_default_config_action)
         check_typos(args, self)

@@ -7,6 +7,7 @@ functions, usable (and testable) without a config.
 from __future__ import annotations
 
 import difflib
+import os
 import signal
 import warnings
 from collections.abc import Iterable, Mapping
@@ -23,6 +24,21 @@ DEFAULT_PREEMPTION_SIGNALS = tuple(name for name in ("SIGTERM", "SIGUSR1") if ha
 # Strings that mean "no signal" for `preemption_signals` (from the command line or a config file).
 NO_SIGNAL_STRINGS = frozenset({"", "[]", "none", "null"})
 UNCATCHABLE_SIGNALS = frozenset(name for name in ("SIGKILL", "SIGSTOP") if hasattr(signal, name))
+# Extensions `--config` reads; anything else (a pickle would run code when loaded) is refused before it is opened.
+CONFIG_FILE_EXTENSIONS = ("yaml", "yml", "json")
+# Options of `torch.utils.data.DataLoader` that `dataloader.*` and `dataloader.<split>.*` take, with their types:
+# the command line converts them (`--dataloader.drop_last true` is the boolean), and typos of them are caught.
+DATALOADER_TYPES: dict[str, type] = {
+    "batch_size": int,
+    "shuffle": bool,
+    "num_workers": int,
+    "pin_memory": bool,
+    "drop_last": bool,
+    "timeout": float,
+    "prefetch_factor": int,
+    "persistent_workers": bool,
+    "pin_memory_device": str,
+}
 
 
 def check_typos(args: Iterable[str], config: Mapping, cutoff: float = TYPO_CUTOFF) -> None:
@@ -44,9 +60,11 @@ def check_typos(args: Iterable[str], config: Mapping, cutoff: float = TYPO_CUTOF
         Traceback (most recent call last):
         ValueError: unknown config key 'acum_steps' (from --acum_steps); did you mean 'accum_steps'? ...
     """
-    known = set(config.all_keys()) if hasattr(config, "all_keys") else set(config)
+    known = known_keys(config)
     for flag in args:
-        if not flag.startswith("--") or flag == "--":
+        if flag == "--":
+            break
+        if not flag.startswith("--"):
             continue
         key = flag[2:].split("=", 1)[0].replace("-", "_")
         closest = _closest_key(key, known, cutoff)
@@ -55,6 +73,71 @@ def check_typos(args: Iterable[str], config: Mapping, cutoff: float = TYPO_CUTOF
                 f"unknown config key {key!r} (from --{key}); did you mean {closest!r}? "
                 f"Declare {key!r} on your Config if it is a new key."
             )
+
+
+def check_file_typos(content: Mapping, config: Mapping, path: str, cutoff: float = TYPO_CUTOFF) -> None:
+    r"""
+    Raise on a key of a config file that is not a key of `config` but close to one, as
+    [`check_typos`][danling.runner.config_parsing.check_typos] does for command-line flags.
+
+    Nested sections are walked level by level: `optim: {lrr: 0.1}` is `optim.lrr`, close to `optim.lr`, while
+    `optim: {weight_decay: 0.01}` (far from every key of `optim`) is a new key, left to the builder to check.
+
+    Args:
+        content: What the file holds.
+        config: The config the file is merged into (before merging).
+        path: The file, for the message.
+        cutoff: Similarity (0 to 1, `difflib`) from which an unknown key counts as a typo.
+
+    Raises:
+        ValueError: Naming the key, the file and the closest known key.
+
+    Examples:
+        >>> from danling.runner import Config
+        >>> check_file_typos({"epoch_end": 3, "optim": {"weight_decay": 0.1}}, Config({"optim": {"lr": 1}}), "a.yaml")
+        >>> check_file_typos({"epochs_end": 3}, Config(), "exp.yaml")
+        Traceback (most recent call last):
+        ValueError: unknown config key 'epochs_end' in config file 'exp.yaml'; did you mean 'epoch_end'? ...
+    """
+    known = known_keys(config)
+    for key in _dotted_keys(content):
+        closest = _closest_key(key, known, cutoff)
+        if closest is not None:
+            raise ValueError(
+                f"unknown config key {key!r} in config file {path!r}; did you mean {closest!r}? "
+                f"Declare {key!r} on your Config if it is a new key."
+            )
+
+
+def known_keys(config: Mapping) -> set[str]:
+    r"""
+    The keys a file or a flag may set without being taken for a typo: the config's keys (nested ones dotted), the
+    keys its class declares (annotations, even without a default), and the `DataLoader` options under
+    `dataloader.`.
+
+    Examples:
+        >>> from danling.runner import Config
+        >>> known = known_keys(Config({"optim": {"lr": 0.1}}))
+        >>> {"optim.lr", "epoch_end", "dataloader.drop_last"} <= known
+        True
+    """
+    known = set(config.all_keys()) if hasattr(config, "all_keys") else {str(key) for key in config}
+    for klass in type(config).__mro__:
+        known.update(getattr(klass, "__annotations__", {}))
+    known.update(f"dataloader.{option}" for option in DATALOADER_TYPES)
+    return known
+
+
+def _dotted_keys(content: Mapping, prefix: str = "") -> list[str]:
+    # Leaves of a nested mapping as dotted keys; an empty section is a key of its own.
+    keys: list[str] = []
+    for key, value in content.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            keys.extend(_dotted_keys(value, f"{name}."))
+        else:
+            keys.append(name)
+    return keys
 
 
 def _closest_key(key: str, known: set[str], cutoff: float) -> str | None:
@@ -98,6 +181,13 @@ def _pop_flag(args: list[str], name: str) -> tuple[list[str], str | None]:
 def _read_config_file(path: str) -> Mapping:
     from danling.utils.io import load
 
+    extension = os.path.splitext(path)[1].lower().lstrip(".")
+    if extension not in CONFIG_FILE_EXTENSIONS:
+        # Checked before the file is opened: loading a pickle (or a torch file) runs whatever code it holds.
+        raise ValueError(
+            f"config file {path!r} has the extension {extension!r}; --config reads YAML or JSON only, with the "
+            f"extensions {', '.join('.' + name for name in CONFIG_FILE_EXTENSIONS)}"
+        )
     content = load(path)
     if not isinstance(content, Mapping):
         raise ValueError(f"config file {path!r} holds a {type(content).__name__}, not a mapping of keys to values")

@@ -329,7 +329,7 @@ class ReportingMixin:
         Returns:
             The path written.
         """
-        return write_config_file(self.config, self.dir)
+        return write_config_file(self.config, self.dir, log=self.logger)
 
     @on_main_process
     def save_result(self) -> None:

@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Mapping
 
-from danling.utils.io import save, to_plain
+from danling.utils.io import save, to_serializable
+
+logger = logging.getLogger(__name__)
 
 # Progress keys left out of `config.yaml`: rerunning it starts a run afresh.
 PROGRESS_KEYS = frozenset({"steps", "epochs", "step_begin", "epoch_begin", "results"})
 
 
-def write_config_file(config: Mapping, directory: str, name: str = "config.yaml") -> str:
+def write_config_file(
+    config: Mapping, directory: str, name: str = "config.yaml", log: logging.Logger | None = None
+) -> str:
     r"""
     Write a config as safe-loadable YAML, atomically, without its progress counters.
+
+    A value YAML cannot represent (a transform object, a lambda) is written as its `repr` string rather than
+    stopping the run (see [`to_serializable`][danling.utils.io.to_serializable]); one WARNING line names those keys.
 
     Args:
         config: The config (chanfig configs and plain mappings alike).
         directory: Where to write.
         name: File name.
+        log: Logger of that warning (default: this module's).
 
     Returns:
         The path written.
@@ -31,9 +40,16 @@ def write_config_file(config: Mapping, directory: str, name: str = "config.yaml"
         ...     yaml.safe_load(fp)
         {'optim': {'lr': 0.1}}
     """
-    plain = to_plain(config.dict() if hasattr(config, "dict") else dict(config))
-    content = {key: value for key, value in plain.items() if key not in PROGRESS_KEYS}
-    return save(content, os.path.join(directory, name), sort_keys=False)
+    mapping = config.dict() if hasattr(config, "dict") else dict(config)
+    content, written_as_repr = to_serializable({key: v for key, v in mapping.items() if key not in PROGRESS_KEYS})
+    path = save(content, os.path.join(directory, name), sort_keys=False)
+    if written_as_repr:
+        (logger if log is None else log).warning(
+            "%s: YAML cannot represent the values of %s; they were written as their repr strings",
+            path,
+            ", ".join(repr(key) for key in written_as_repr),
+        )
+    return path
 
 
 def run_dir_of(config: Mapping, name_id: str, timestamp: str) -> str:

@@ -12,6 +12,7 @@ from contextlib import suppress
 from typing import Any, Callable
 
 import torch
+from chanfig import Variable
 
 PathStr = str | os.PathLike
 
@@ -61,6 +62,83 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     return obj
+
+
+# Scalars that both JSON and YAML (`yaml.safe_dump`) write as they are; exact base types, subclasses are converted.
+SAFE_SCALARS = (str, bool, int, float, type(None))
+
+
+def to_serializable(obj: Any) -> tuple[Any, list[str]]:
+    r"""
+    Convert an object into types that JSON and safe YAML both write, turning whatever else it holds into its `repr`.
+
+    Like [`to_plain`][danling.utils.io.to_plain] (mappings, sequences, tensors, arrays and paths become plain types),
+    then every value that is still no plain scalar (a transform, a lambda, a module) becomes its `repr` string, and
+    subclasses of `str`/`int`/`float` (enums) become the base type. NaN and infinities stay floats: YAML writes them
+    as `.nan`/`.inf`, and [`save`][danling.utils.io.save] writes them to JSON as `"NaN"`/`"Infinity"`. So writing the
+    result never fails, and a file written from it loads with `yaml.safe_load`/`json.load`.
+
+    Args:
+        obj: Object to convert (usually a config or a result).
+
+    Returns:
+        The converted object, and the dotted keys whose values (or mapping keys) had to be written as `repr`
+        strings (`"transform"`, `"optim.betas[1]"`; `""` for `obj` itself).
+
+    Examples:
+        >>> class Compose:
+        ...     def __repr__(self):
+        ...         return "Compose()"
+        >>> to_serializable({"data": {"transform": Compose(), "size": (28, 28)}, "lr": 0.1})
+        ({'data': {'transform': 'Compose()', 'size': [28, 28]}, 'lr': 0.1}, ['data.transform'])
+    """
+    written_as_repr: list[str] = []
+    return _serializable(obj, "", written_as_repr, set()), written_as_repr
+
+
+def _serializable(obj: Any, path: str, written_as_repr: list[str], ancestors: set[int]) -> Any:
+    if type(obj) in SAFE_SCALARS:
+        return obj
+    if isinstance(obj, Variable):  # chanfig's wrapper of a declared value
+        obj = obj.value
+    plain = _plain_or_none(obj) if id(obj) not in ancestors else None  # None: a container holding itself
+    if plain is None:
+        written_as_repr.append(path)
+        return _safe_repr(obj)
+    if type(plain) in SAFE_SCALARS:
+        return plain
+    ancestors = ancestors | {id(obj)}
+    if isinstance(plain, Mapping):
+        converted = {}
+        for key, value in plain.items():
+            name = f"{path}.{key}" if path else str(key)
+            if type(key) not in SAFE_SCALARS:
+                written_as_repr.append(name)
+                key = _safe_repr(key)
+            converted[key] = _serializable(value, name, written_as_repr, ancestors)
+        return converted
+    return [_serializable(value, f"{path}[{i}]", written_as_repr, ancestors) for i, value in enumerate(plain)]
+
+
+def _plain_or_none(obj: Any) -> Any:
+    # The plain form of one level of `obj` (a scalar of a base type, a mapping or a sequence), or None.
+    try:
+        for base in (bool, int, float, str):
+            if isinstance(obj, base):  # an enum, numpy.float64...: the value as its base type
+                return str.__str__(obj) if base is str else base(obj)
+        plain = obj if isinstance(obj, (Mapping, list, tuple, set, frozenset)) else to_plain(obj)
+    except Exception:  # a conversion that fails is written as repr instead
+        return None
+    if type(plain) in SAFE_SCALARS or isinstance(plain, (Mapping, list, tuple, set, frozenset)):
+        return plain
+    return None
+
+
+def _safe_repr(obj: Any) -> str:
+    try:
+        return repr(obj)
+    except Exception:  # a broken __repr__ must not stop a write either
+        return object.__repr__(obj)
 
 
 # How NaN and infinities are spelled in JSON files (bare `NaN`/`Infinity` are not JSON), and back.
@@ -118,13 +196,6 @@ def decode_non_finite(obj: Any) -> Any:
     if isinstance(obj, list):
         return [decode_non_finite(value) for value in obj]
     return obj
-
-
-def _json_default(obj: Any) -> Any:
-    plain = to_plain(obj)
-    if plain is obj:
-        raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
-    return plain
 
 
 def current_umask() -> int:
@@ -218,14 +289,14 @@ def save(obj: Any, file: PathStr, *args: Any, **kwargs: Any) -> PathStr:
     elif extension in NUMPY_EXTENSIONS:
         _write(path, _numpy_writer(obj, extension, *args, **kwargs))
     elif extension in JSON_EXTENSIONS:
-        kwargs.setdefault("default", _json_default)
         kwargs.setdefault("allow_nan", False)
-        obj = encode_non_finite(to_plain(obj))
+        obj = encode_non_finite(to_serializable(obj)[0])
         _write(path, _text_writer(lambda fp: json.dump(obj, fp, *args, **kwargs)))
     elif extension in YAML_EXTENSIONS:
         import yaml
 
-        _write(path, _text_writer(lambda fp: yaml.safe_dump(to_plain(obj), fp, *args, **kwargs)))
+        obj = to_serializable(obj)[0]
+        _write(path, _text_writer(lambda fp: yaml.safe_dump(obj, fp, *args, **kwargs)))
     else:
         _write(path, _binary_writer(lambda fp: pickle.dump(obj, fp, *args, **kwargs)))
     return file

@@ -201,3 +201,76 @@ def test_flatten_joins_nested_keys_with_dots_and_keeps_sequences():
     nested = {"optim": {"lr": 0.1, "betas": (0.9, 0.99), "sched": {"warmup": 5}}, "seed": 1, "empty": {}}
     assert flatten(nested) == {"optim.lr": 0.1, "optim.betas": (0.9, 0.99), "optim.sched.warmup": 5, "seed": 1}
     assert flatten({"a": 1}, prefix="run.") == {"run.a": 1}
+
+
+# Objects JSON and YAML cannot hold are written as their repr
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "Opaque()"
+
+
+class BrokenRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def test_to_serializable_writes_unrepresentable_values_as_repr_and_names_their_keys() -> None:
+    import enum
+
+    from danling.utils.io import to_serializable
+
+    class Mode(str, enum.Enum):
+        train = "train"
+
+    fn = lambda x: x  # noqa: E731
+    obj = {
+        "transform": Opaque(),
+        "optim": {"lr": 0.1, "betas": (0.9, fn)},
+        "net": torch.nn.Linear(1, 1),
+        "mode": Mode.train,
+        "weights": torch.tensor([1.0, 2.0]),
+        "path": Path("a/b"),
+        "loss": float("nan"),
+        (1, 2): "tuple key",
+    }
+    converted, written_as_repr = to_serializable(obj)
+    assert converted["transform"] == "Opaque()"
+    assert converted["optim"] == {"lr": 0.1, "betas": [0.9, repr(fn)]}
+    assert converted["net"] == repr(torch.nn.Linear(1, 1))
+    assert converted["mode"] == "train"
+    assert type(converted["mode"]) is str
+    assert converted["weights"] == [1.0, 2.0]
+    assert converted["path"] == "a/b"
+    assert converted["(1, 2)"] == "tuple key"
+    assert written_as_repr == ["transform", "optim.betas[1]", "net", "(1, 2)"]
+    assert to_serializable({"a": 1, "b": [None, True, "x"]}) == ({"a": 1, "b": [None, True, "x"]}, [])
+
+
+def test_to_serializable_survives_broken_reprs_and_cycles() -> None:
+    from danling.utils.io import to_serializable
+
+    cyclic: dict = {"name": "x"}
+    cyclic["self"] = cyclic
+    converted, written_as_repr = to_serializable({"broken": BrokenRepr(), "cyclic": cyclic})
+    assert converted["broken"].startswith("<")
+    assert "BrokenRepr object at" in converted["broken"]
+    assert converted["cyclic"]["name"] == "x"
+    assert isinstance(converted["cyclic"]["self"], str)
+    assert written_as_repr == ["broken", "cyclic.self"]
+
+
+@pytest.mark.parametrize("extension", ["json", "yaml"])
+def test_json_and_yaml_writes_never_fail_on_objects(tmp_path: Path, extension: str) -> None:
+    path = tmp_path / f"data.{extension}"
+    save({"transform": Opaque(), "fn": len, "loss": float("nan"), "best": float("inf")}, path)
+    loaded = load(path)
+    assert loaded["transform"] == "Opaque()"
+    assert loaded["fn"] == repr(len)
+    assert np.isnan(loaded["loss"])
+    assert loaded["best"] == float("inf")
+    if extension == "json":  # strict JSON: non-finite floats are strings in the file
+        assert json.loads(path.read_text(), parse_constant=pytest.fail)["loss"] == "NaN"
+    else:
+        assert yaml.safe_load(path.read_text())["transform"] == "Opaque()"

@@ -17,7 +17,7 @@ from warnings import warn
 from chanfig import NestedDict
 
 from danling.utils import distributed as dist_utils
-from danling.utils.io import to_plain
+from danling.utils.io import to_serializable
 
 from .. import checkpoints as ckpt
 from ..banner import config_changes
@@ -82,7 +82,9 @@ class RunnerCheckpoints:
     def state_dict(self) -> dict[str, Any]:
         r"""The runner config (plain types), the results, the unwrapped model, the optimizer and the scheduler."""
         runner = self.runner
-        state: dict[str, Any] = {ckpt.RUNNER: to_plain(runner.config.dict()), ckpt.RESULTS: to_plain(runner.results)}
+        # Plain types only (an object in the config is stored as its repr): the file loads with weights_only=True.
+        config, results = to_serializable(runner.config.dict())[0], to_serializable(runner.results)[0]
+        state: dict[str, Any] = {ckpt.RUNNER: config, ckpt.RESULTS: results}
         if runner.model is not None:
             state[ckpt.MODEL] = runner.unwrap(runner.model).state_dict()
         for key, part in ((ckpt.OPTIMIZER, runner.optimizer), (ckpt.SCHEDULER, runner.scheduler)):

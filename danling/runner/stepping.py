@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
-from warnings import warn
 
 import torch
 from torch import nn
@@ -16,7 +15,8 @@ from .accumulation import AccumulationWindows
 from .finite import NonFiniteLossGuard
 from .precision import Precision
 
-# A GradScaler scale below this means the fp16 gradients overflow step after step: training has diverged.
+# A GradScaler scale below this means the fp16 gradients overflow step after step: training has diverged. From
+# the default initial scale (2**16) it takes 30 overflows in a row (halving it each time) to fall below.
 MIN_LOSS_SCALE = 1e-4
 
 # Whether a torch profiler is recording (a C call); a torch without it is assumed to be recording, so that
@@ -133,7 +133,6 @@ class OptimizationMixin:
     _loss_guard: NonFiniteLossGuard
     _step_probe: StepProbe
     _parallel: Any
-    _scale_collapse_warned: bool = False  # until a skipped step finds the scale healthy again
     _clips: bool = False  # whether `max_grad_norm` or `max_grad_value` is set (read once an epoch)
 
     @property
@@ -211,8 +210,13 @@ class OptimizationMixin:
         steps the scheduler, nor counts in `steps`. The runner learns that the optimizer did not step from an
         optimizer post-step hook, after the synchronisation `GradScaler.step` makes anyway: no extra one. (An
         optimizer that unscales inside its own step, `fused=True`, never tells the host: for it the overflow
-        flag is read, one synchronisation per optimizer step.) A scale falling below `MIN_LOSS_SCALE` is warned
-        about once (again only after a skipped step finds it above).
+        flag is read, one synchronisation per optimizer step.)
+
+        Raises:
+            FloatingPointError: If a skipped step leaves the scale below `MIN_LOSS_SCALE`: the gradients overflow
+                step after step and training has stopped making progress (see
+                [`collapsed_scale_error`][danling.runner.stepping.collapsed_scale_error]). Logged at `ERROR`
+                first, and raised on every rank at the same step (their scales are equal).
         """
         if self._clips:
             self._clip_gradients()
@@ -255,19 +259,18 @@ class OptimizationMixin:
         return skipped
 
     def _skipped_step(self) -> None:
+        # The scale is read only here, after a skipped step (one sync, on top of the one `GradScaler.step` made).
+        # Every rank reads the same value: under DDP the gradients are all-reduced (averaged by hand for a window
+        # cut short) before `unscale_` checks them, so every scaler skips, and backs off at, the same steps (the
+        # runner refuses FSDP with fp16). Every rank thus raises at the same step, and none waits in a collective.
         scale = self._precision.scaler.get_scale()
-        if scale >= MIN_LOSS_SCALE:
-            self._scale_collapse_warned = False
-        elif not self._scale_collapse_warned:  # once per collapse, not at every skipped step after it
-            self._scale_collapse_warned = True
-            message = (
-                f"fp16 loss scale collapsed to {scale:.3g} at step {self.steps + 1}: the gradients overflow step "
-                "after step and the optimizer is not stepping; the run has likely diverged"
-            )
-            warn(message, RuntimeWarning, stacklevel=3)
-            log = getattr(self, "log", None)
-            if log is not None:
-                log(message, logging.WARNING)
+        if scale >= MIN_LOSS_SCALE:  # false for a NaN scale too
+            return
+        error = collapsed_scale_error(scale, self.steps)
+        log = getattr(self, "log", None)
+        if log is not None:
+            log(str(error), logging.ERROR)
+        raise error
 
     @property
     def steps(self) -> int:
@@ -311,6 +314,24 @@ class OptimizationMixin:
         if windows.accum_steps > 1 and hasattr(self.model, "no_sync"):
             _average_across_ranks([parameter.grad for parameter in parameters])
         self.optimizer_step()
+
+
+def collapsed_scale_error(scale: float, steps: int) -> FloatingPointError:
+    r"""
+    The error that stops a run whose fp16 loss scale collapsed below `MIN_LOSS_SCALE` after `steps` optimizer
+    steps: it names the step, the scale and what to try.
+
+    Examples:
+        >>> raise collapsed_scale_error(2**-14, 174)
+        Traceback (most recent call last):
+        FloatingPointError: fp16 loss scale collapsed to 6.1e-05 (below 0.0001) at step 175, after 174 optimizer ...
+    """
+    return FloatingPointError(
+        f"fp16 loss scale collapsed to {scale:.3g} (below {MIN_LOSS_SCALE:g}) at step {steps + 1}, after {steps} "
+        "optimizer steps: the gradients overflow at every step, so the GradScaler skips every step and training "
+        "makes no progress. Lower the learning rate, use precision='bf16' (no loss scaling), or check the data "
+        "and the loss for inf/NaN"
+    )
 
 
 def _found_inf(scaler: torch.amp.GradScaler, optimizer: Any) -> bool:

@@ -173,6 +173,8 @@ class TorchRunner(OptimizationMixin, BaseRunner):
 
         Raises:
             ValueError: If neither `epoch_end` nor `step_end` is set, or `epoch_end < epoch_begin`.
+            FloatingPointError: If the training loss goes NaN/inf, or the fp16 loss scale collapses (the gradients
+                overflow step after step); the message names the step.
         """
         train_splits = self.train_splits if train_splits is None else train_splits
         evaluate_splits = self.evaluate_splits if evaluate_splits is None else evaluate_splits

@@ -229,25 +229,24 @@ def test_detecting_skipped_fp16_steps_adds_no_synchronisation(make_runner, monke
     assert runner.steps == 1
 
 
-def test_a_collapsing_fp16_scale_warns_naming_the_step(make_runner):
+def test_a_collapsing_fp16_scale_raises_naming_the_step_and_the_scale(make_runner):
     runner = make_runner(precision="fp16")
     runner.scaler.scale(torch.ones(()))  # the scaler creates its scale lazily
     runner.scaler.update(new_scale=1.5e-4)
-    with pytest.warns(RuntimeWarning, match="scale collapsed.*step 1"):
+    with pytest.raises(FloatingPointError, match=r"scale collapsed to 7\.5e-05 .*at step 1, after 0 optimizer"):
         runner.advance(runner.model(torch.randn(2, 4)).sum() * float("inf"))
 
 
-def test_a_collapsed_fp16_scale_warns_once_not_at_every_skipped_step(make_runner):
+def test_a_skipped_fp16_step_that_leaves_the_scale_above_the_floor_does_not_raise(make_runner):
     runner = make_runner(precision="fp16")
     runner.scaler.scale(torch.ones(()))
-    runner.scaler.update(new_scale=1.5e-4)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for _ in range(5):  # every step overflows; the scale halves each time
-            runner.advance(runner.model(torch.randn(2, 4)).sum() * float("inf"))
-    collapsed = [w for w in caught if "scale collapsed" in str(w.message)]
-    assert runner.scaler.get_scale() < 1e-5
-    assert len(collapsed) == 1
+    runner.scaler.update(new_scale=2.5e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        runner.advance(runner.model(torch.randn(2, 4)).sum() * float("inf"))  # halved to 1.25e-4: still above
+    assert runner.scaler.get_scale() == pytest.approx(1.25e-4)
+    with pytest.raises(FloatingPointError, match=r"6\.25e-05"):
+        runner.advance(runner.model(torch.randn(2, 4)).sum() * float("inf"))
     assert runner.steps == 0
 
 

@@ -16,7 +16,7 @@ from warnings import warn
 import torch
 from chanfig import NestedDict
 
-from danling.utils.io import to_plain
+from danling.utils.io import to_plain, to_serializable
 
 from .consensus import FailureConsensus, RankFailedError
 from .preemption import DEFAULT_SIGNALS, Preempted, PreemptionHandler
@@ -102,7 +102,7 @@ class Recovery:
             result[split] = train_epoch(split)
             if result[split].get("partial"):
                 result["partial"] = True
-            self.position.finished[split] = to_plain(result[split])
+            self.position.finished[split] = to_serializable(result[split])[0]
         self.resume = None
         return result
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
+from contextlib import suppress
 from typing import Callable
 
-from .manager import CheckpointManager
+from .manager import CORRUPT_SUFFIX, CheckpointManager
 from .manifest import checkpoint_problem, read_manifest
 
 
@@ -45,7 +47,10 @@ def run_checkpoint_dirs(
 
 
 def find_resumable(
-    directories: list[str], warn: Callable[[str], None] | None = None, quarantine: bool = True
+    directories: list[str],
+    warn: Callable[[str], None] | None = None,
+    quarantine: bool = True,
+    problems: list[str] | None = None,
 ) -> str | None:
     r"""
     The newest checkpoint in `directories` that verifies; bad ones are reported and moved aside.
@@ -58,6 +63,7 @@ def find_resumable(
         directories: Checkpoint directories (see [`run_checkpoint_dirs`][danling.runner.checkpointing.discovery]).
         warn: Called with a message for each bad checkpoint skipped.
         quarantine: Rename a bad checkpoint `{file}.corrupt`; `False` only skips it (a directory the user named).
+        problems: Gets `"{path}: {problem}"` for each checkpoint that fails verification.
 
     Returns:
         The path of the checkpoint to resume from, or `None` when there is none.
@@ -69,15 +75,40 @@ def find_resumable(
             manifest = read_manifest(path) or {}
             priority = manager.priority(os.path.basename(path))
             found.append((int(manifest.get("steps") or 0), priority, os.path.getmtime(path), path, manager))
+        for path in unverifiable(manager):
+            if warn is not None:
+                warn(f"auto_resume skips checkpoint {path!r}: it has no manifest to verify it against")
     for *_, path, manager in sorted(found, key=lambda item: item[:3], reverse=True):
         problem = checkpoint_problem(path, manager.format)
         if problem is None:
             return path
+        if problems is not None:
+            problems.append(f"{path}: {problem}")
         if quarantine:
             problem += f"; moved it to {manager.quarantine(path)!r}"
         if warn is not None:
             warn(f"auto_resume skips checkpoint {path!r}: {problem}")
     return None
+
+
+def unverifiable(manager: CheckpointManager) -> list[str]:
+    r"""The checkpoints of `manager`'s format in its directory that have no manifest (never resumed from)."""
+    try:
+        names = sorted(os.listdir(manager.directory))
+    except OSError:
+        return []
+    paths = [os.path.join(manager.directory, name) for name in names if not name.startswith(".")]
+    return [path for path in paths if path.endswith(manager.format.suffix) and read_manifest(path) is None]
+
+
+def quarantined(directories: list[str]) -> list[str]:
+    r"""Checkpoints moved aside as corrupt (`*.corrupt`) in `directories`."""
+    found = []
+    for directory in directories:
+        with suppress(OSError):
+            names = sorted(os.listdir(directory))
+            found += [os.path.join(directory, name) for name in names if name.endswith(CORRUPT_SUFFIX)]
+    return found
 
 
 def checkpoint_dir_of(config: Mapping, run_dir_name: str, timestamp: str) -> str:
@@ -98,27 +129,61 @@ def checkpoint_dir_of(config: Mapping, run_dir_name: str, timestamp: str) -> str
     return os.path.join(config.get("project_root") or "experiments", run_dir_name, timestamp, name)
 
 
-def find_run_checkpoint(config: Mapping, run_dir_name: str, warn: Callable[[str], None] | None = None) -> str | None:
+def same_run_dirs(project_root: str, name: str, checkpoint_dir_name: str = "checkpoints") -> list[str]:
     r"""
-    The checkpoint `auto_resume` continues from: the newest valid one of the run `run_dir_name` (`"{name}-{id}"`).
+    Checkpoint directories of every launch of every run named `name` under `project_root`, whatever its id: the
+    id hashes the git revision and the config, so a hotfix or a new config key between a preemption and its requeue
+    gives the same run another id.
 
-    With `config.checkpoint_dir` or `config.dir` set, only that directory is searched; otherwise every launch
-    directory of the run under `config.project_root`.
+    Examples:
+        >>> import tempfile
+        >>> root = tempfile.mkdtemp()
+        >>> runs = ("DanLing-Run-aaaaaaaabbbbbbbb", "DanLing-Run-ccccccccdddddddd", "DanLing-Run2-ccccccccdddddddd")
+        >>> for run in runs:
+        ...     os.makedirs(os.path.join(root, run, "000", "checkpoints"))
+        >>> [os.path.relpath(path, root) for path in same_run_dirs(root, "DanLing-Run")]
+        ['DanLing-Run-aaaaaaaabbbbbbbb/000/checkpoints', 'DanLing-Run-ccccccccdddddddd/000/checkpoints']
+    """
+    pattern = re.compile(re.escape(name) + r"-[^-]{16}")
+    try:
+        runs = sorted(entry for entry in os.listdir(project_root) if pattern.fullmatch(entry))
+    except OSError:
+        return []
+    return [path for run in runs for path in run_checkpoint_dirs(project_root, run, checkpoint_dir_name)]
+
+
+def find_run_checkpoint(
+    config: Mapping, name: str, warn: Callable[[str], None] | None = None, problems: list[str] | None = None
+) -> str | None:
+    r"""
+    The checkpoint `auto_resume` continues from: the newest valid one of the runs called `name`
+    (`"{experiment_name}-{run_name}"`, any id) under `config.project_root`.
+
+    With `config.checkpoint_dir` or `config.dir` set, only that directory is searched.
 
     Args:
         config: The run's config.
-        run_dir_name: `"{name}-{id}"` of the run.
-        warn: Called with a message for each bad checkpoint skipped (and moved aside).
+        name: The run's name, without its id.
+        warn: Called with a message for each checkpoint skipped (bad ones are moved aside).
+        problems: Gets `"{path}: {problem}"` for each checkpoint that fails verification, and the checkpoints
+            moved aside earlier.
 
     Returns:
         Its path, or `None` when the run has no valid checkpoint.
     """
-    name = config.get("checkpoint_dir_name") or "checkpoints"
+    checkpoint_dir_name = config.get("checkpoint_dir_name") or "checkpoints"
     explicit = config.get("checkpoint_dir")
     if explicit is None and config.get("dir") is not None:
-        explicit = os.path.join(config["dir"], name)
-    directories = run_checkpoint_dirs(config.get("project_root") or "experiments", run_dir_name, name, explicit)
-    return find_resumable(directories, warn=warn)
+        explicit = os.path.join(config["dir"], checkpoint_dir_name)
+    if explicit is not None:
+        directories = [explicit] if os.path.isdir(explicit) else []
+    else:
+        directories = same_run_dirs(config.get("project_root") or "experiments", name, checkpoint_dir_name)
+    earlier = quarantined(directories)
+    path = find_resumable(directories, warn=warn, problems=problems)
+    if path is None and problems is not None:
+        problems += [f"{aside}: moved aside as corrupt by an earlier auto_resume" for aside in earlier]
+    return path
 
 
 def sharded(directory: str) -> CheckpointManager:

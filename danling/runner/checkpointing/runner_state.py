@@ -26,7 +26,7 @@ from ..resumption import merge_saved_config
 from .async_writer import AsyncCheckpointWriter
 from .discovery import checkpoint_dir_of, find_run_checkpoint, is_sharded_dir, resolve_checkpoint
 from .manager import CheckpointManager
-from .manifest import checkpoint_problem
+from .manifest import CheckpointError, checkpoint_problem
 
 # Where a run writes: never taken from a checkpoint, so that resuming or evaluating a run writes a new directory.
 RUN_LOCATION_KEYS = ("dir", "log_file", "checkpoint_dir")
@@ -58,6 +58,8 @@ class RunnerCheckpoints:
         # What resuming decided (auto_resume's choice, config keys that override the checkpoint), logged once the
         # runner's logger exists.
         self.notes: list[str] = []
+        # The `{name}-{id}` directory of the checkpoint auto_resume chose, when the run's id changed since.
+        self.renamed_from: str | None = None
 
     # Reading
 
@@ -192,11 +194,13 @@ class RunnerCheckpoints:
                 from .sharded import read_sharded_entries  # imports torch.distributed.checkpoint: only when used
 
                 self.pending = path
-                runner.load_config(read_sharded_entries(path, {ckpt.RUNNER}))
+                saved = read_sharded_entries(path, {ckpt.RUNNER})
+                runner.load_config(saved)
                 runner.config["checkpoint"] = path
             else:
-                self.pending = self.read(path, weights_only=True)
+                self.pending = saved = self.read(path, weights_only=True)
                 runner.load_config(self.pending)
+            self.note_renamed_run(saved.get(ckpt.RUNNER) or {})
 
     def resolve(self, checkpoint: Any) -> Any:
         r"""
@@ -216,7 +220,8 @@ class RunnerCheckpoints:
     def log_notes(self) -> None:
         r"""Log the notes of resuming: `auto_resume` skipping a checkpoint as a warning, the others as info."""
         for note in self.notes:
-            self.runner.log(note, logging.WARNING if note.startswith("auto_resume skips") else logging.INFO)
+            warning = note.startswith(("auto_resume skips", "auto_resume: the run id changed"))
+            self.runner.log(note, logging.WARNING if warning else logging.INFO)
 
     def resume(self) -> None:
         r"""The body of [`init_resume`][danling.runner.BaseRunner.init_resume]."""
@@ -230,8 +235,12 @@ class RunnerCheckpoints:
 
     def discover(self) -> None:
         r"""
-        `auto_resume`: rank 0 looks for the newest valid checkpoint of this run and every rank adopts its answer
-        (a collective when distributed); sets `config.checkpoint` when one is found.
+        `auto_resume`: rank 0 looks for the newest valid checkpoint of this run (its experiment and run name, any
+        id) and every rank adopts its answer (a collective when distributed); sets `config.checkpoint` when one is
+        found, and continues in the launch directory it belongs to.
+
+        Raises:
+            CheckpointError: If checkpoints of the run exist but none verifies (each file and why).
         """
         runner = self.runner
         found = None
@@ -240,20 +249,51 @@ class RunnerCheckpoints:
         found = dist_utils.broadcast_object(found) if runner.distributed else found
         self.notes.extend(found["notes"])
         if found["path"] is None:
+            if found["problems"]:
+                raise CheckpointError(
+                    "auto_resume found checkpoints of this run, but none verifies:\n  "
+                    + "\n  ".join(found["problems"])
+                    + "\nrepair or remove them (or set auto_resume to false) to start the run afresh"
+                )
             self.notes.append("auto_resume: no checkpoint of this run found; starting fresh")
             return
         self.notes.append(f"auto_resume: resuming from {found['path']}")
         runner.config["checkpoint"] = found["path"]
         if runner.config.get("dir") is None and runner.config.get("checkpoint_dir") is None:
-            # Continue in the launch directory the checkpoint belongs to: one run, one directory.
-            runner.timestamp = os.path.basename(os.path.dirname(os.path.dirname(found["path"])))
+            self.continue_in(os.path.dirname(os.path.dirname(found["path"])))
+
+    def continue_in(self, launch: str) -> None:
+        r"""Write into `launch`, the launch directory of the checkpoint `auto_resume` chose: one run, one directory."""
+        runner = self.runner
+        run_dir_name = os.path.basename(os.path.dirname(launch))
+        if run_dir_name == f"{runner.name}-{runner.id}":
+            runner.timestamp = os.path.basename(launch)
+            return
+        runner.config["dir"] = launch
+        self.renamed_from = run_dir_name
+
+    def note_renamed_run(self, saved: Mapping) -> None:
+        r"""After `auto_resume` crossed run ids: note at WARNING what differs (config keys and git revision)."""
+        runner, record = self.runner, self.runner.resume_record or {}
+        if self.renamed_from is None:
+            return
+        changes = [change for change in record.get("changes") or [] if not change.startswith(("run_id", "dir"))]
+        revision = saved.get("experiment_id")
+        if revision is not None and revision != runner.config.get("experiment_id"):
+            changes.append(f"git revision (experiment_id): {revision!r} -> {runner.config.get('experiment_id')!r}")
+        self.notes.append(
+            f"auto_resume: the run id changed ({self.renamed_from} -> {runner.name}-{runner.id}); resuming "
+            f"{record.get('file')} in its own directory {runner.config['dir']}; changed since the checkpoint: "
+            + (", ".join(changes) if changes else "nothing but the id")
+        )
 
     def _find_resumable(self) -> dict[str, Any]:
         notes: list[str] = []
-        path = find_run_checkpoint(self.runner.config, f"{self.runner.name}-{self.runner.id}", warn=notes.append)
+        problems: list[str] = []
+        path = find_run_checkpoint(self.runner.config, self.runner.name, warn=notes.append, problems=problems)
         for note in notes:
             warn(note, RuntimeWarning, stacklevel=5)  # to the caller of the runner's `__init__`
-        return {"path": path, "notes": notes}
+        return {"path": path, "notes": notes, "problems": problems}
 
     # Loading
 

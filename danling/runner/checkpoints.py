@@ -81,6 +81,47 @@ def read_checkpoint(checkpoint: Any, *args: Any, what: str = "checkpoint", **kwa
     return loaded
 
 
+class NotACheckpointError(ValueError):
+    r"""A file holds a mapping, but not a DanLing checkpoint (an unrelated `torch.save`): a `ValueError`."""
+
+
+def check_is_checkpoint(loaded: Mapping, source: str, model_keys: Any = None) -> None:
+    r"""
+    Stop when `loaded` is not a DanLing checkpoint: it has no `runner` config and no `model`, and (given the model's
+    state-dict keys) is not a bare state dict of this model either.
+
+    Args:
+        loaded: What the file held.
+        source: The file, for the message.
+        model_keys: Keys of the model's state dict, when a bare state dict of it is acceptable.
+
+    Raises:
+        NotACheckpointError: Naming the file and its top-level keys.
+
+    Examples:
+        >>> check_is_checkpoint({"runner": {}, "model": {}}, "a.pth")
+        >>> check_is_checkpoint({"epoch": 3, "net": {}}, "b.pth")
+        Traceback (most recent call last):
+        danling.runner.checkpoints.NotACheckpointError: 'b.pth' is not a DanLing checkpoint: its top-level keys are ['epoch', 'net'], and a DanLing checkpoint has 'runner' (its config) and 'model'; to take only model weights from another file, use load_pretrained (config.pretrained)
+    """
+    if RUNNER in loaded or MODEL in loaded:
+        return
+    keys = [str(key) for key in loaded.keys()]
+    if model_keys is not None and keys and set(ckpt_keys(keys)) <= set(model_keys):
+        return  # a bare state dict of this model
+    shown = keys[:20] + (["..."] if len(keys) > 20 else [])
+    raise NotACheckpointError(
+        f"{source!r} is not a DanLing checkpoint: its top-level keys are {shown}, and a DanLing checkpoint has "
+        f"{RUNNER!r} (its config) and {MODEL!r}; to take only model weights from another file, use load_pretrained "
+        "(config.pretrained)"
+    )
+
+
+def ckpt_keys(keys: list[str]) -> list[str]:
+    r"""State-dict keys without a DDP `module.` prefix."""
+    return [key[len("module.") :] if key.startswith("module.") else key for key in keys]
+
+
 def describe_directory(path: str, what: str = "checkpoint") -> str:
     r"""
     Why a directory cannot be read as one checkpoint file, naming only checkpoints that exist in it.

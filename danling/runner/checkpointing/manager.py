@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import re
 import shutil
 import time
@@ -272,9 +273,31 @@ def read_verified(path: str, fmt: CheckpointFormat | None = None, **kwargs: Any)
         raise CheckpointError(describe_problem(path, problem, fmt))
     try:
         return fmt.read(path, **kwargs)
+    except pickle.UnpicklingError as error:  # `weights_only`: it holds objects that only pickle can rebuild
+        raise CheckpointError(refuse_pickle(path, error)) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as error:
         message = describe_problem(path, f"it cannot be read ({type(error).__name__}: {error})", fmt)
         raise CheckpointError(message) from error
+
+
+def refuse_pickle(path: str, error: BaseException) -> str:
+    r"""
+    Why a checkpoint that needs pickle to load is refused: the objects it holds, never advice to unpickle it.
+
+    Examples:
+        >>> message = refuse_pickle("x.pth", ValueError("Unsupported global: GLOBAL os.system was not allowed"))
+        >>> message[:73]
+        "checkpoint file 'x.pth' holds Python objects that only pickle can rebuild"
+        >>> "(os.system)" in message, "weights_only" in message
+        (True, False)
+    """
+    names = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(error))))
+    held = f" ({', '.join(names)})" if names else ""
+    return (
+        f"checkpoint file {path!r} holds Python objects that only pickle can rebuild{held}, and unpickling a file "
+        "can run any code it carries: DanLing refuses it. A DanLing checkpoint holds tensors and plain values only; "
+        "if you wrote this file yourself, save the state dicts (tensors) instead of the objects"
+    )
 
 
 def _size(path: str) -> int:

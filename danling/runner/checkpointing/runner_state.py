@@ -199,6 +199,8 @@ class RunnerCheckpoints:
                 runner.config["checkpoint"] = path
             else:
                 self.pending = saved = self.read(path, weights_only=True)
+                if ckpt.RUNNER not in saved:  # a resume needs the run's config: weights alone are `pretrained`
+                    ckpt.check_is_checkpoint(saved, os.fsdecode(path) if not isinstance(path, Mapping) else "mapping")
                 runner.load_config(self.pending)
             self.note_renamed_run(saved.get(ckpt.RUNNER) or {})
 
@@ -333,6 +335,9 @@ class RunnerCheckpoints:
             raise ValueError("cannot load a checkpoint before the model is set: assign self.model first")
         checkpoint = self.resolve(checkpoint)
         loaded = self.read(checkpoint, *args, **kwargs)
+        if not isinstance(checkpoint, Mapping):
+            model_keys = runner.unwrap(runner.model).state_dict().keys()
+            ckpt.check_is_checkpoint(loaded, os.fsdecode(checkpoint), model_keys)
         runner.load_state_dict(loaded)
         if ckpt.RUNNER in loaded:
             runner.load_config(loaded)

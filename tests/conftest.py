@@ -113,6 +113,40 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def descendants(pid: int) -> list[int]:
+    r"""Every process below `pid` (children, grandchildren...), read from `/proc` (empty where there is none)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as fp:
+                fields = fp.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(entry))
+    found, queue = [], [pid]
+    while queue:
+        children = parents.get(queue.pop(), [])
+        found += children
+        queue += children
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    r"""
+    SIGKILL `pid`, its process group and every descendant with its own group: `torchrun` starts each worker in a
+    session of its own, which a kill of the launcher's group alone would leave running.
+    """
+    victims = descendants(pid)
+    for target in [pid, *victims]:
+        for kill in (lambda p: os.killpg(os.getpgid(p), signal.SIGKILL), lambda p: os.kill(p, signal.SIGKILL)):
+            try:
+                kill(target)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
 def run_process(
     command: list[str], cwd: Path | None = None, timeout: float = 240, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess:
@@ -133,7 +167,7 @@ def run_process(
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        kill_tree(process.pid)
         stdout, stderr = process.communicate()
         pytest.fail(f"{command} timed out after {timeout} s:\n{stdout[-4000:]}\n{stderr[-4000:]}")
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 SCRIPT = Path(__file__).with_name("reference_mnist_script.py")
 METRIC_KEYS = {"loss", "auroc", "auprc", "acc", "mcc", "f1"}
@@ -34,3 +35,6 @@ def test_reference_mnist_script_runs_unchanged(tmp_path: Path, subprocess_run) -
         assert {"train", "val"} <= set(epoch)
         assert set(epoch["val"]) >= METRIC_KEYS
     assert (run_dir / "best.json").is_file()
+    # The config held a Compose (YAML cannot represent it): config.yaml was written with its repr, and loads.
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["dataset"]["transform"].startswith("Compose([Normalize(mean=0.1307")

@@ -3,50 +3,10 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
 
 import torch
 
 _NULL_CONTEXT = nullcontext()  # reusable and reentrant
-
-# Idle autocast contexts a `Precision` keeps for reuse: enough for a few nested or concurrent uses.
-POOL_SIZE = 4
-
-
-class PooledAutocast(torch.autocast):
-    r"""
-    A `torch.autocast` that goes back to its pool when its `with` block ends, so the next micro-step reuses it
-    instead of paying `torch.autocast`'s constructor (a few microseconds of Python, per micro-step).
-
-    Each object is used by one `with` block at a time: [`Precision.autocast`][danling.runner.precision.Precision]
-    never hands out one that is inside a block, so nesting and threads each get their own.
-
-    Examples:
-        >>> pool = []
-        >>> with PooledAutocast(pool, "cpu", dtype=torch.bfloat16) as context:
-        ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype, context.entered
-        (torch.bfloat16, True)
-        >>> pool == [context], context.entered
-        (True, False)
-    """
-
-    def __init__(self, pool: list, device_type: str, dtype: torch.dtype) -> None:
-        super().__init__(device_type, dtype=dtype)
-        self.pool = pool
-        self.entered = False
-
-    def __enter__(self) -> PooledAutocast:
-        self.entered = True
-        return super().__enter__()
-
-    def __exit__(self, *exc_info: Any) -> Any:
-        try:
-            return super().__exit__(*exc_info)
-        finally:
-            self.entered = False
-            if len(self.pool) < POOL_SIZE:
-                self.pool.append(self)
-
 
 # Accepted spellings of each precision; `None` (or any "full" spelling) trains in float32.
 PRECISION_ALIASES = {
@@ -96,7 +56,6 @@ class Precision:
         self.dtype = None if precision is None else PRECISION_ALIASES[self.name]
         self.device_type = device_type
         self.scaler = torch.amp.GradScaler(device_type, enabled=self.dtype is torch.float16)
-        self._pool: list[PooledAutocast] = []  # idle autocast contexts, reused across micro-steps
 
     @property
     def enabled(self) -> bool:
@@ -105,17 +64,23 @@ class Precision:
 
     def autocast(self) -> AbstractContextManager:
         r"""
-        A context manager for one `with` block: `torch.autocast` for mixed precision (an idle one reused, see
-        [`PooledAutocast`][danling.runner.precision.PooledAutocast]), else a shared `nullcontext`.
+        A context manager for one `with` block: a new `torch.autocast` for mixed precision, else a shared
+        `nullcontext` (it holds no state, so sharing it is safe).
+
+        Each call builds its own `torch.autocast`, which saves the autocast state on entering and restores it on
+        leaving: blocks nest, and each thread gets its own.
 
         Returns:
             The context manager (entered by the caller's `with`).
+
+        Examples:
+            >>> precision = Precision("fp16", "cpu")
+            >>> with precision.autocast(), precision.autocast():
+            ...     torch.is_autocast_enabled("cpu")
+            True
+            >>> torch.is_autocast_enabled("cpu")
+            False
         """
         if self.dtype is None:
             return _NULL_CONTEXT
-        pool = self._pool
-        while pool:
-            context = pool.pop()
-            if not context.entered:  # one a caller kept and re-entered itself stays with that caller
-                return context
-        return PooledAutocast(pool, self.device_type, self.dtype)
+        return torch.autocast(self.device_type, dtype=self.dtype)

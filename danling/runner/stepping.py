@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 from torch import nn
-from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from .accumulation import AccumulationWindows
@@ -18,10 +18,6 @@ from .precision import Precision
 # A GradScaler scale below this means the fp16 gradients overflow step after step: training has diverged. From
 # the default initial scale (2**16) it takes 30 overflows in a row (halving it each time) to fall below.
 MIN_LOSS_SCALE = 1e-4
-
-# Whether a torch profiler is recording (a C call); a torch without it is assumed to be recording, so that
-# `clear_gradients` always leaves the work to `zero_grad` there.
-_profiler_enabled = getattr(torch.autograd, "_profiler_enabled", lambda: True)
 
 # One shared no-op context (reusable and reentrant): cheaper than a new nullcontext per micro-step.
 _NULL_CONTEXT = nullcontext()
@@ -51,50 +47,37 @@ def count_step(config: Any) -> None:
     config.__dict__["steps"] = steps + 1  # chanfig mirrors keys as attributes for fast reads
 
 
-def clear_gradients(optimizer: Any) -> None:
-    r"""
-    `optimizer.zero_grad(set_to_none=True)`, in a fraction of its time for a `torch.optim` optimizer.
-
-    `Optimizer.zero_grad` opens a profiler range (`Optimizer.zero_grad#SGD.zero_grad`) at every call, whether or
-    not a profiler runs; for a small model that costs more than the work itself, about 20 us on a CPU. When no
-    profiler is recording and the optimizer keeps torch's own `zero_grad`, this sets every gradient of its
-    parameter groups to `None` directly, which is all that call does; otherwise (a profiler recording, an
-    optimizer with its own `zero_grad`, in its class or set on the object) it calls
-    `optimizer.zero_grad(set_to_none=True)`.
-
-    Examples:
-        >>> parameter = torch.ones(2, requires_grad=True)
-        >>> optimizer = torch.optim.SGD([parameter], lr=0.1)
-        >>> parameter.sum().backward()
-        >>> clear_gradients(optimizer)
-        >>> parameter.grad is None
-        True
-    """
-    own = type(optimizer).zero_grad is not Optimizer.zero_grad or "zero_grad" in optimizer.__dict__
-    if own or _profiler_enabled():
-        optimizer.zero_grad(set_to_none=True)
-        return
-    for group in optimizer.param_groups:
-        for parameter in group["params"]:
-            parameter.grad = None
-
-
 class StepProbe:
     r"""
-    Notes, through an optimizer post-step hook, whether `optimizer.step()` ran: `GradScaler.step` does not call
-    it for a step it skips, so the runner knows without reading the device. `blind` is set for an optimizer that
-    cannot tell this way (no post-step hooks, or it unscales inside its own step, `fused=True`): then the runner
-    reads the scaler's overflow flag instead.
+    Steps an optimizer through a `GradScaler` and tells whether the scaler skipped the step, without reading the
+    device when it can.
+
+    `GradScaler.step` calls `optimizer.step()` only when the gradients are finite, so a post-step hook
+    (`Optimizer.register_step_post_hook`) that did not run means a skipped step: the probe adds no synchronisation
+    to the one `GradScaler.step` makes. An optimizer that unscales inside its own step (`fused=True` in a parameter
+    group, or a `step` taking `grad_scaler`) runs its step, and its hooks, even when it skips, and one without
+    post-step hooks says nothing: for these (`blind`) the probe compares the scale before and after
+    `GradScaler.update`, which lowers it exactly when the step was skipped (two reads of the scale per step). An
+    optimizer that handles the scaler in its own step but says so neither way is not told apart: its skipped steps
+    count as steps. [`detach`][danling.runner.stepping.StepProbe.detach] removes the hook; the runner calls it when
+    it closes.
 
     Examples:
-        >>> optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        >>> parameter = torch.zeros(1, requires_grad=True)
+        >>> optimizer = torch.optim.SGD([parameter], lr=0.1)
+        >>> scaler = torch.amp.GradScaler("cpu")
         >>> probe = StepProbe()
-        >>> probe.attach(optimizer)
-        >>> probe.blind, probe.stepped, (optimizer.step(), probe.stepped)[1]
-        (False, False, True)
+        >>> scaler.scale(parameter.sum() * float("inf")).backward()
+        >>> probe.step(scaler, optimizer), probe.blind
+        (True, False)
+        >>> optimizer.zero_grad()
+        >>> scaler.scale(parameter.sum()).backward()
+        >>> probe.step(scaler, optimizer)
+        False
+        >>> probe.detach()
     """
 
-    __slots__ = ("__weakref__", "blind", "handle", "optimizer", "stepped")
+    __slots__ = ("blind", "handle", "optimizer", "stepped")
 
     def __init__(self) -> None:
         self.optimizer: Any = None
@@ -104,16 +87,51 @@ class StepProbe:
 
     def attach(self, optimizer: Any) -> None:
         r"""Watch `optimizer` (and stop watching the previous one)."""
-        if self.handle is not None:
-            self.handle.remove()
+        self.detach()
         self.optimizer = optimizer
         observable = hasattr(optimizer, "register_step_post_hook")
         self.handle = optimizer.register_step_post_hook(self._note) if observable else None
-        self.blind = not observable or bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+        self.blind = not observable or _unscales_in_step(optimizer)
         self.stepped = False
+
+    def detach(self) -> None:
+        r"""Remove the hook from the watched optimizer, if any, and forget it."""
+        if self.handle is not None:
+            self.handle.remove()
+        self.handle = None
+        self.optimizer = None
+
+    def step(self, scaler: torch.amp.GradScaler, optimizer: Any) -> bool:
+        r"""
+        `scaler.step(optimizer)` then `scaler.update()`.
+
+        Returns:
+            Whether the scaler skipped the step (inf/NaN gradients).
+        """
+        if self.optimizer is not optimizer:
+            self.attach(optimizer)  # decides, once per optimizer, whether its steps can be observed
+        if self.blind:
+            scaler.step(optimizer)
+            scale = scaler.get_scale()
+            scaler.update()
+            return scaler.get_scale() < scale  # `update` backs off (lowers the scale) only after an overflow
+        self.stepped = False
+        scaler.step(optimizer)
+        scaler.update()
+        return not self.stepped
 
     def _note(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.stepped = True
+
+
+def _unscales_in_step(optimizer: Any) -> bool:
+    # Whether `GradScaler.step` hands the scaling to the optimizer's own step, which then runs even when it skips.
+    if any(group.get("fused") for group in getattr(optimizer, "param_groups", ())):
+        return True
+    try:
+        return "grad_scaler" in inspect.signature(optimizer.step).parameters
+    except (TypeError, ValueError):  # no signature to read
+        return False
 
 
 class OptimizationMixin:
@@ -147,12 +165,18 @@ class OptimizationMixin:
 
     def autocast(self) -> AbstractContextManager:
         r"""
-        Context manager running the forward pass in `config.precision` (`torch.autocast`), or a no-op in float32.
+        Context manager running the forward pass in `config.precision` (a new `torch.autocast` per call), or a
+        no-op in float32.
         """
-        precision = self._precision
-        if precision.dtype is None:  # float32: the shared no-op, without a second call per micro-step
-            return _NULL_CONTEXT
-        return precision.autocast()
+        return self._precision.autocast()
+
+    def close(self) -> None:
+        r"""
+        Remove the hook the runner put on the optimizer (see [`StepProbe`][danling.runner.stepping.StepProbe]),
+        then close the rest of the runner.
+        """
+        self._step_probe.detach()
+        super().close()  # type: ignore[misc]
 
     def accumulate(self) -> AbstractContextManager:
         r"""
@@ -202,15 +226,14 @@ class OptimizationMixin:
 
     def optimizer_step(self) -> None:
         r"""
-        Clip, step and clear the gradients (set to `None`, see
-        [`clear_gradients`][danling.runner.stepping.clear_gradients]), then update the EMA and the scheduler, and
-        count the step.
+        Clip, step and clear the gradients (`optimizer.zero_grad(set_to_none=True)`), then update the EMA and the
+        scheduler, and count the step.
 
         Under `fp16`, a step whose gradients overflow is skipped by the scaler and neither updates the EMA, nor
         steps the scheduler, nor counts in `steps`. The runner learns that the optimizer did not step from an
         optimizer post-step hook, after the synchronisation `GradScaler.step` makes anyway: no extra one. (An
-        optimizer that unscales inside its own step, `fused=True`, never tells the host: for it the overflow
-        flag is read, one synchronisation per optimizer step.)
+        optimizer that unscales inside its own step, `fused=True`, runs its step either way: for it the scale is
+        read before and after `GradScaler.update`, see [`StepProbe`][danling.runner.stepping.StepProbe].)
 
         Raises:
             FloatingPointError: If a skipped step leaves the scale below `MIN_LOSS_SCALE`: the gradients overflow
@@ -222,10 +245,10 @@ class OptimizationMixin:
             self._clip_gradients()
         skipped = False
         if self._scale_gradients:
-            skipped = self._scaled_step(self._precision.scaler)
+            skipped = self._step_probe.step(self._precision.scaler, self.optimizer)
         else:
             self.optimizer.step()
-        clear_gradients(self.optimizer)
+        self.optimizer.zero_grad(set_to_none=True)
         self._windows.pending = 0
         if skipped:
             self._skipped_step()
@@ -245,18 +268,6 @@ class OptimizationMixin:
             nn.utils.clip_grad_value_(parameters, self._max_grad_value)
         if self._max_grad_norm is not None:
             nn.utils.clip_grad_norm_(parameters, self._max_grad_norm)
-
-    def _scaled_step(self, scaler: torch.amp.GradScaler) -> bool:
-        # Returns whether the scaler skipped the step.
-        probe, optimizer = self._step_probe, self.optimizer
-        if probe.optimizer is not optimizer:
-            probe.attach(optimizer)  # decides, once per optimizer, whether its steps can be observed
-        probe.stepped = False
-        scaler.step(optimizer)
-        # A blind probe's optimizer ran its step (or is unobservable): read the flag.
-        skipped = _found_inf(scaler, optimizer) if probe.blind else not probe.stepped
-        scaler.update()
-        return skipped
 
     def _skipped_step(self) -> None:
         # The scale is read only here, after a skipped step (one sync, on top of the one `GradScaler.step` made).
@@ -332,12 +343,6 @@ def collapsed_scale_error(scale: float, steps: int) -> FloatingPointError:
         "makes no progress. Lower the learning rate, use precision='bf16' (no loss scaling), or check the data "
         "and the loss for inf/NaN"
     )
-
-
-def _found_inf(scaler: torch.amp.GradScaler, optimizer: Any) -> bool:
-    # The overflow flags `unscale_` computed: the same values `GradScaler.step` reads to decide to skip.
-    found = scaler._per_optimizer_states[id(optimizer)]["found_inf_per_device"]
-    return any(bool(value.item()) for value in found.values())
 
 
 def _average_across_ranks(tensors: list[torch.Tensor]) -> None:

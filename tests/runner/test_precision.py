@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from danling.runner.precision import POOL_SIZE, PooledAutocast, Precision
+from danling.runner.precision import Precision
+from danling.runner.stepping import StepProbe
 
 from .conftest import ClassifierRunner
 
@@ -54,14 +55,41 @@ def test_autocast_is_a_real_context_manager(make_runner):
     assert not torch.is_autocast_enabled("cpu")
 
 
-def test_autocast_contexts_are_reused_across_blocks_not_rebuilt():
+def test_each_autocast_call_builds_a_new_torch_autocast():
     precision = Precision("bf16", "cpu")
     with precision.autocast() as first:
         pass
     with precision.autocast() as second:
         assert torch.is_autocast_enabled("cpu")
-    assert second is first
-    assert isinstance(first, PooledAutocast)
+    assert second is not first
+    assert type(first) is torch.autocast
+    assert not torch.is_autocast_enabled("cpu")
+
+
+def test_two_nested_runner_autocast_blocks_leave_autocast_off_after_both(make_runner):
+    runner = make_runner(precision="bf16")
+    with runner.autocast():
+        with runner.autocast():
+            assert torch.is_autocast_enabled("cpu")
+        assert torch.is_autocast_enabled("cpu")
+    assert not torch.is_autocast_enabled("cpu")
+    for _ in range(3):  # the same holds block after block
+        with runner.autocast(), runner.autocast():
+            pass
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_a_context_the_caller_holds_is_never_handed_out_again(make_runner):
+    # A pool of autocast objects handed this held one out again after its block: entering it inside the new block
+    # then overwrote its saved state, and autocast stayed on after both blocks.
+    runner = make_runner(precision="bf16")
+    held = runner.autocast()
+    with held:
+        pass
+    with runner.autocast() as other:
+        assert other is not held
+        with held:
+            pass
     assert not torch.is_autocast_enabled("cpu")
 
 
@@ -78,16 +106,15 @@ def test_nested_autocast_blocks_get_their_own_context_and_restore_the_state():
     assert not torch.is_autocast_enabled("cpu")
 
 
-def test_a_context_kept_by_its_caller_is_not_handed_out_while_it_is_entered():
+def test_a_context_kept_by_its_caller_nests_with_new_ones_and_restores_the_state():
     precision = Precision("bf16", "cpu")
     kept = precision.autocast()
-    for _ in range(3):  # each exit puts it back in the pool; re-entering it must not share it with a nested block
+    for _ in range(3):  # re-entering the kept context, with a new one nested inside
         with kept:
             with precision.autocast() as nested:
                 assert nested is not kept
             assert torch.is_autocast_enabled("cpu")
         assert not torch.is_autocast_enabled("cpu")
-    assert len(precision._pool) <= POOL_SIZE
 
 
 def test_an_exception_inside_autocast_restores_the_state_and_returns_the_context():
@@ -97,7 +124,7 @@ def test_an_exception_inside_autocast_restores_the_state_and_returns_the_context
     assert not torch.is_autocast_enabled("cpu")
     with precision.autocast() as again:
         assert torch.is_autocast_enabled("cpu")
-    assert again is context
+    assert again is not context
 
 
 def test_autocast_contexts_in_two_threads_do_not_share_state():
@@ -181,7 +208,7 @@ class HooklessSGD:
 @pytest.mark.parametrize("kind", ["fused", "without hooks"])
 def test_fp16_finds_skipped_steps_of_optimizers_it_cannot_watch(make_runner, kind):
     # A fused optimizer unscales inside its own step (which runs, and calls its hooks, even when skipping); an
-    # optimizer without post-step hooks says nothing. For both the scaler's overflow flag is read instead.
+    # optimizer without post-step hooks says nothing. For both the scale is compared before and after the update.
     runner = make_runner(precision="fp16")
     parameters = list(runner.model.parameters())
     fused = kind == "fused"
@@ -227,6 +254,62 @@ def test_detecting_skipped_fp16_steps_adds_no_synchronisation(make_runner, monke
 
     assert count_item_calls(monkeypatch, with_the_runner) == count_item_calls(monkeypatch, by_hand)
     assert runner.steps == 1
+
+
+def spy_on_step_post_hooks(optimizer: torch.optim.Optimizer) -> list:
+    # The handles of the post-step hooks registered on `optimizer` from now on.
+    handles = []
+    register = optimizer.register_step_post_hook
+
+    def registering(hook):
+        handles.append(register(hook))
+        return handles[-1]
+
+    optimizer.register_step_post_hook = registering
+    return handles
+
+
+def is_registered(handle) -> bool:
+    hooks = handle.hooks_dict_ref()
+    return hooks is not None and handle.id in hooks
+
+
+def test_closing_the_runner_removes_the_hook_it_put_on_the_optimizer(make_runner):
+    runner = make_runner(precision="fp16", epoch_end=1)
+    handles = spy_on_step_post_hooks(runner.optimizer)
+    runner.train()
+    assert len(handles) == 1
+    assert is_registered(handles[0])
+    runner.close()
+    assert not is_registered(handles[0])
+    runner.close()  # closing again is fine
+    runner.optimizer.step()  # the optimizer still works on its own
+
+
+def test_a_replaced_optimizer_loses_the_runners_hook(make_runner):
+    runner = make_runner(precision="fp16")
+    handles = spy_on_step_post_hooks(runner.optimizer)
+    runner.advance(runner.model(torch.randn(2, 4)).sum())
+    runner.optimizer = torch.optim.SGD(runner.model.parameters(), lr=0.1)
+    handles_of_second = spy_on_step_post_hooks(runner.optimizer)
+    runner.advance(runner.model(torch.randn(2, 4)).sum())
+    assert runner.steps == 2
+    assert [is_registered(handle) for handle in handles + handles_of_second] == [False, True]
+    runner.close()
+    assert not is_registered(handles_of_second[0])
+
+
+def test_an_optimizer_whose_step_takes_the_scaler_is_watched_through_the_scale():
+    class ScalerAwareSGD(torch.optim.SGD):
+        def step(self, closure=None, grad_scaler=None):  # GradScaler passes itself: the step runs either way
+            return super().step(closure)
+
+    probe = StepProbe()
+    probe.attach(ScalerAwareSGD([torch.zeros(1, requires_grad=True)], lr=0.1))
+    assert probe.blind
+    probe.attach(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1))
+    assert not probe.blind
+    probe.detach()
 
 
 def test_a_collapsing_fp16_scale_raises_naming_the_step_and_the_scale(make_runner):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from danling.runner import Config
-from danling.runner.stepping import clear_gradients
 
 from .conftest import ClassifierRunner
 
@@ -59,53 +58,18 @@ def test_setting_steps_sets_every_view(make_runner):
     assert runner.steps == 7
 
 
-def two_group_optimizer() -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
-    parameters = [torch.ones(3, requires_grad=True) for _ in range(3)]
-    optimizer = torch.optim.SGD([{"params": parameters[:2]}, {"params": parameters[2:], "lr": 0.5}], lr=0.1)
-    sum(parameter.sum() for parameter in parameters).backward()
-    return optimizer, parameters
-
-
-def test_clear_gradients_sets_every_gradient_of_every_group_to_none():
-    optimizer, parameters = two_group_optimizer()
-    assert all(parameter.grad is not None for parameter in parameters)
-    clear_gradients(optimizer)
-    assert all(parameter.grad is None for parameter in parameters)
-    clear_gradients(optimizer)  # nothing to clear: still fine
-    assert all(parameter.grad is None for parameter in parameters)
-
-
-def test_clear_gradients_leaves_an_optimizer_with_its_own_zero_grad_to_it():
-    class KeepsGradients(torch.optim.SGD):
-        calls: list = []
-
-        def zero_grad(self, set_to_none: bool = True) -> None:
-            self.calls.append(set_to_none)  # e.g. an optimizer that must zero buffers of its own
-
-    parameter = torch.ones(2, requires_grad=True)
-    optimizer = KeepsGradients([parameter], lr=0.1)
-    parameter.sum().backward()
-    clear_gradients(optimizer)
-    assert KeepsGradients.calls == [True]
-    assert parameter.grad is not None  # its zero_grad decided to keep them
-
-
-def test_clear_gradients_calls_a_zero_grad_set_on_the_optimizer_object():
-    optimizer, parameters = two_group_optimizer()
+def test_each_optimizer_step_clears_the_gradients_through_the_optimizers_zero_grad(make_runner):
+    runner = make_runner(ClassifierRunner, epoch_end=1, accum_steps=2)  # 5 batches: 3 optimizer steps
     calls = []
-    optimizer.zero_grad = lambda set_to_none=True: calls.append(set_to_none)  # e.g. patched by another library
-    clear_gradients(optimizer)
-    assert calls == [True]
-    assert all(parameter.grad is not None for parameter in parameters)
+    zero_grad = runner.optimizer.zero_grad
 
+    def counting_zero_grad(set_to_none: bool = True) -> None:  # e.g. set on the object by another library
+        calls.append(set_to_none)
+        zero_grad(set_to_none=set_to_none)
 
-def test_clear_gradients_keeps_the_profiler_range_while_a_profiler_records():
-    optimizer, parameters = two_group_optimizer()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
-        clear_gradients(optimizer)
-    assert all(parameter.grad is None for parameter in parameters)
-    names = {event.key for event in profiler.key_averages()}
-    assert "Optimizer.zero_grad#SGD.zero_grad" in names
+    runner.optimizer.zero_grad = counting_zero_grad
+    runner.train_epoch("train")
+    assert calls == [True] * runner.steps == [True] * 3
 
 
 def test_training_clears_the_gradients_after_each_optimizer_step(make_runner):

@@ -82,6 +82,7 @@ VOLATILE_KEYS = frozenset(
         "keep_checkpoints",
         "dist_timeout",
         "preemption_signals",
+        "preemption_check_steps",
         "tensorboard",
         "dir",
         "log_file",
@@ -168,9 +169,14 @@ class Config(chanfig.Config):
         auto_resume: Continue the newest valid checkpoint of the same run (name and id) when launched again.
         resume_schedule: When a resumed run's plan differs from its checkpoint's: `"rebuild"` (default) continues
             the schedule built for the new plan, `"keep"` keeps the checkpoint's.
-        preemption_signals: Signals that request a save-and-stop at the next optimizer step: names (`"SIGTERM"`,
-            `"TERM"`, any case) or numbers, stored as names; `[]` (or `None`) catches none. Defaults to
-            `["SIGTERM", "SIGUSR1"]`.
+        preemption_signals: Signals that request a save-and-stop at the next optimizer step (distributed: the next
+            check, see `preemption_check_steps`): names (`"SIGTERM"`, `"TERM"`, any case) or numbers, stored as
+            names; `[]` (or `None`) catches none. Defaults to `["SIGTERM", "SIGUSR1"]`.
+        preemption_check_steps: Distributed, the ranks agree on preemption signals (and on a failure of one rank,
+            such as a background save) every this many optimizer steps and at epoch ends, over a CPU (`gloo`)
+            channel: no collective or device sync in the other steps. A signal stops the run at the next check,
+            up to this many optimizer steps later (about this many times the step time; keep it well within the
+            scheduler's warning time). An integer >= 1; defaults to 16. One process checks every step for free.
         async_save: Write checkpoints in the background.
         progress_bar: Show a progress bar (`None`: only on an interactive terminal).
 
@@ -251,6 +257,7 @@ class Config(chanfig.Config):
     auto_resume: bool = False
     resume_schedule: str = "rebuild"
     preemption_signals: Optional[list] = list(DEFAULT_PREEMPTION_SIGNALS)
+    preemption_check_steps: int = 16
     async_save: bool = False
     progress_bar: Optional[bool] = None
 

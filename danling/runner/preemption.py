@@ -60,16 +60,18 @@ class PreemptionHandler:
     process can still be stopped. `should_stop()` is cheap in a single process (no collective), and the runner's
     loop there reads `received` itself and asks only once it is set. Distributed, it all-reduces one flag (MAX) so
     that every rank stops at the same step even when the signal reached one rank only; the same all-reduce carries
-    whether any rank failed (see [`FailureConsensus`][danling.runner.consensus.FailureConsensus]). With `nccl` the
-    flag lives on the GPU and reading it synchronises the host with the device once per optimizer step; on `gloo`
-    it is a CPU tensor.
+    whether any rank failed (see [`FailureConsensus`][danling.runner.consensus.FailureConsensus]). The runner asks
+    every `preemption_check_steps` optimizer steps and at epoch ends, over a `gloo` group
+    ([`cpu_channel`][danling.runner.consensus.cpu_channel]) with a CPU flag: no per-step collective, and reading
+    the flag never synchronises the host with an accelerator.
 
     Args:
         signals: Signals to catch (see [`parse_signals`][danling.runner.preemption.parse_signals]).
-        device: Device of the flag tensor for the all-reduce.
+        device: Device of the flag tensor for the all-reduce (`"cpu"` for a `gloo` group).
         grace: Seconds after a signal within which the loop must reach a step boundary; past it the process is
             taken as stuck and the signal gets its previous behaviour (terminate). `None` waits forever. The
             runner uses `dist_timeout` when distributed: by then any collective has failed anyway.
+        group: Process group of every rank for the all-reduce (`None`: the default group).
 
     Examples:
         >>> import os
@@ -83,11 +85,16 @@ class PreemptionHandler:
     """
 
     def __init__(
-        self, signals: Iterable[Any] = DEFAULT_SIGNALS, device: torch.device | str = "cpu", grace: float | None = None
+        self,
+        signals: Iterable[Any] = DEFAULT_SIGNALS,
+        device: torch.device | str = "cpu",
+        grace: float | None = None,
+        group: Any = None,
     ) -> None:
         self.signals = parse_signals(list(signals))
         self.device = torch.device(device)
         self.grace = grace
+        self.group = group
         self.received: int | None = None
         self.acknowledged = False
         self._previous: dict[signal.Signals, Any] = {}
@@ -159,7 +166,7 @@ class PreemptionHandler:
             self.acknowledged = self.received is not None
             return self.acknowledged
         failures = FailureConsensus() if failures is None else failures
-        agreed = failures.agree(self.received or 0, self.device)
+        agreed = failures.agree(self.received or 0, self.device, self.group)
         if agreed and self.received is None:
             self.received = agreed
         self.acknowledged = bool(agreed)

@@ -13,12 +13,12 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Callable
 from warnings import warn
 
-import torch
 from chanfig import NestedDict
 
 from danling.utils.io import to_plain, to_serializable
 
-from .consensus import FailureConsensus, RankFailedError
+from .consensus import FailureConsensus, RankFailedError, cpu_channel
+from .distributed import process_group_timeout
 from .preemption import DEFAULT_SIGNALS, Preempted, PreemptionHandler
 from .resumption import (
     POSITION,
@@ -33,6 +33,8 @@ from .resumption import (
     seed_derived_stream,
 )
 from .rng import get_rng_state, set_rng_state
+
+DEFAULT_CHECK_STEPS = 16  # `preemption_check_steps`: optimizer steps between two agreements of the ranks
 
 
 class Recovery:
@@ -52,6 +54,7 @@ class Recovery:
         self.saved_world_size: int | None = None
         self.preemption: PreemptionHandler | None = None
         self.failures = FailureConsensus()
+        self.channel: Any = None  # the CPU process group the ranks agree over (`None`: one process)
 
     # Around the loop
 
@@ -60,9 +63,24 @@ class Recovery:
         runner = self.runner
         signals = runner.config.get("preemption_signals", DEFAULT_SIGNALS)
         grace = runner.config.get("dist_timeout") if runner.distributed else None
-        device = runner.device if runner.distributed and torch.distributed.get_backend() == "nccl" else "cpu"
-        self.preemption = PreemptionHandler(signals, device, grace)
+        self.preemption = PreemptionHandler(signals, "cpu", grace, self.open_channel())
         return self.preemption
+
+    def open_channel(self) -> Any:
+        r"""
+        The CPU process group every agreement runs over (see [`cpu_channel`][danling.runner.consensus.cpu_channel]),
+        made the first time; `None` in a single process. Collective the first time: call it on every rank.
+        """
+        if self.channel is None and self.runner.distributed:
+            self.channel = cpu_channel(process_group_timeout(self.runner.config.get("dist_timeout")))
+        return self.channel
+
+    def agree_failures(self, signum: int = 0) -> int:
+        r"""[`FailureConsensus.agree`][danling.runner.consensus.FailureConsensus.agree] over the CPU channel."""
+        channel = self.open_channel()
+        if channel is None:
+            return self.failures.agree(signum)
+        return self.failures.agree(signum, "cpu", channel)
 
     @contextmanager
     def explain_timeouts(self) -> Iterator[None]:
@@ -136,11 +154,12 @@ class Recovery:
         r"""
         Whether any rank was signalled; when any rank kept a failure, every rank raises
         [`RankFailedError`][danling.runner.consensus.RankFailedError] instead. Collective when distributed (the
-        signal and the failures share one all-reduce); a single process reads two attributes.
+        signal and the failures share one all-reduce of a CPU tensor over a `gloo` group); a single process reads
+        two attributes.
         """
         handler = self.preemption
         if handler is None or not handler.active:
-            self.failures.agree()
+            self.agree_failures()
             return False
         return handler.should_stop(self.failures)
 
@@ -177,23 +196,27 @@ class Recovery:
     def boundary_hook(self) -> Callable[[str, int, int | None], None] | None:
         r"""
         What to do at each optimizer-step boundary (`save_steps`, preemption, the failure of a background save),
-        or `None` when nothing is needed.
+        or `None` when nothing is needed. Distributed, the ranks agree on signals and failures every
+        `preemption_check_steps` optimizer steps only (and at epoch ends), so a signal stops every rank at the
+        next multiple of it: up to that many steps after the signal.
 
         Raises:
-            ValueError: If `save_steps` is not a positive integer or `None`.
+            ValueError: If `save_steps` is not a positive integer or `None`, or `preemption_check_steps` is not a
+                positive integer.
         """
         runner = self.runner
         save_steps = runner.config.get("save_steps")
         invalid = isinstance(save_steps, bool) or not isinstance(save_steps, int) or save_steps < 1
         if save_steps is not None and invalid:
             raise ValueError(f"save_steps must be a positive integer (None: no mid-epoch saves), got {save_steps!r}")
+        every = check_steps(runner.config.get("preemption_check_steps", DEFAULT_CHECK_STEPS))
         preemption = self.preemption if self.preemption is not None and self.preemption.active else None
         saver = runner.async_saver
         if save_steps is None and preemption is None and saver is None:
             return None
         if save_steps is None and saver is None and not runner.distributed:
             return self._signal_hook(preemption)  # the default of one process: one attribute read per step
-        return self._boundary_hook(save_steps, preemption, saver)
+        return self._boundary_hook(save_steps, preemption, saver, every)
 
     def _signal_hook(self, preemption: PreemptionHandler) -> Callable[[str, int, int | None], None]:
         # One process that only catches signals: nothing to agree on, so the signal handler's own record is read.
@@ -205,16 +228,18 @@ class Recovery:
         return at_boundary
 
     def _boundary_hook(
-        self, save_steps: int | None, preemption: PreemptionHandler | None, saver: Any
+        self, save_steps: int | None, preemption: PreemptionHandler | None, saver: Any, every: int
     ) -> Callable[[str, int, int | None], None]:
         runner = self.runner
-        # Distributed, a background save failing on rank 0 must reach every rank: agree at every boundary (the
-        # preemption all-reduce carries it when signals are caught; else a background save adds that one).
+        # Distributed, a background save failing on rank 0 must reach every rank: agree every `every` steps (the
+        # preemption all-reduce carries it when signals are caught; else a background save adds that one). The
+        # steps are in lockstep, so every rank reaches the same checks. One process asks the handler every step.
         distributed = runner.distributed
         if distributed and (preemption is not None or saver is not None):
+            self.open_channel()
             should_stop: Callable[[], bool] | None = self.agree_to_stop
         else:  # one process: a failure is raised where it happens, nothing to agree on
-            should_stop = None if preemption is None else preemption.should_stop
+            should_stop, every = None if preemption is None else preemption.should_stop, 1
         failures = self.failures
 
         def at_boundary(split: str, batches: int, length: int | None) -> None:
@@ -224,7 +249,9 @@ class Recovery:
                         saver.check()
                 else:
                     saver.check()  # a background save that failed stops the run here, naming its file
-            stop = should_stop is not None and should_stop()
+            if preemption is not None and preemption.received is not None:
+                preemption.acknowledged = True  # not stuck: the grace period ends; the next check stops the run
+            stop = should_stop is not None and runner.steps % every == 0 and should_stop()
             due = save_steps is not None and runner.steps % save_steps == 0 and (length is None or batches < length)
             if stop or due:
                 self.save_position_agreed(split, batches, wait=stop)
@@ -248,7 +275,7 @@ class Recovery:
             runner.save_position(split, batches)
             if wait and runner.async_saver is not None:
                 runner.async_saver.wait()
-        self.failures.agree()
+        self.agree_failures()
 
     def mid_epoch_state(self, split: str, batches: int) -> Mapping:
         r"""The checkpoint after `batches` micro-batches of `split`. Collective when distributed."""
@@ -384,6 +411,28 @@ class Recovery:
             return
         warn(message, RuntimeWarning, stacklevel=5)  # past the runner's checkpoint subsystem and delegate
         runner.log(message, logging.WARNING)
+
+
+def check_steps(value: Any) -> int:
+    r"""
+    `config.preemption_check_steps`: optimizer steps between two agreements of the ranks on preemption signals and
+    failures, checked.
+
+    Raises:
+        ValueError: If it is not an integer >= 1.
+
+    Examples:
+        >>> check_steps(16)
+        16
+        >>> check_steps(0)
+        Traceback (most recent call last):
+        ValueError: preemption_check_steps must be an integer >= 1 (optimizer steps between two checks), got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"preemption_check_steps must be an integer >= 1 (optimizer steps between two checks), got {value!r}"
+        )
+    return value
 
 
 def fast_forward(iterator: Iterator, batches: int, split: str) -> Iterator:

@@ -1,14 +1,18 @@
 """
-Contract: a training step that is not a log step makes no host-device sync.
+Contract: a training step that is not a log step makes no host-device sync, and under DDP the loop body makes no
+per-step collective.
 
 Every `train_step` (forward, loss, meters, metrics, backward, clipping, optimizer, EMA and scheduler step) runs
 under a `TorchFunctionMode` that records calls reading a tensor's value on the host (`item`, `tolist`,
 `__bool__`, `cpu`, `numpy`, ...). Logging happens between steps and may sync; the steps themselves must not.
+Under 2-rank DDP (gloo) the whole loop body is watched: every Python-level collective of `torch.distributed`,
+and host reads in the steps and at the optimizer-step boundaries (see `workers/collective_count.py`).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ _spec = importlib.util.spec_from_file_location("host_sync", Path(__file__).paren
 host_sync = sys.modules.setdefault("host_sync", importlib.util.module_from_spec(_spec))  # Dynamo imports it by name
 _spec.loader.exec_module(host_sync)
 HostSyncCounter = host_sync.HostSyncCounter
+COLLECTIVE_WORKER = Path(__file__).parent / "workers" / "collective_count.py"
 
 
 class CountingRunner(dl.TorchRunner):
@@ -122,6 +127,31 @@ def test_averaged_model_would_sync_where_ours_does_not(make_config):
         runner.train()
     assert len(runner.counter.calls) >= 6
     assert {name for name, _ in runner.counter.calls} <= {"__bool__", "item", "is_nonzero"}
+
+
+@pytest.mark.parametrize(
+    ("args", "checks", "group"),
+    [
+        pytest.param((), [16, 32], "default", id="default"),  # preemption_check_steps: 16
+        # The control: a check every step is seen at every step; over a gloo group of its own, as under nccl.
+        pytest.param(("--check-steps", "1", "--own-channel"), list(range(1, 33)), "own", id="every-step"),
+    ],
+)
+def test_ddp_loop_body_makes_no_per_step_collective(tmp_path, torchrun, args, checks, group):
+    # 32 optimizer steps on 2 ranks with the default config: the preemption agreement (signals and failures of
+    # one rank) runs every `preemption_check_steps` steps on a CPU tensor, nowhere else in the loop body.
+    torchrun(COLLECTIVE_WORKER, str(tmp_path), *args)
+    for rank in range(2):
+        report = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert report["backend"] == "gloo"
+        assert (report["steps"], report["boundaries"]) == (32, 32)
+        assert "step" not in report["collectives"], report  # DDP's gradient all-reduce runs in C++, unseen
+        assert "step" not in report["host_reads"], report
+        assert report["collectives"]["boundary"] == {"all_reduce": len(checks)}, report
+        assert report["boundary_steps"] == checks
+        assert report["boundary_groups"] == [group]
+        # Each check reads its flags from a CPU tensor: counted here, but no wait for a device.
+        assert report["host_reads"]["boundary"] == {"tolist": len(checks)}, report
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

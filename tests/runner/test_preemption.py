@@ -165,7 +165,9 @@ def test_auto_resume_starts_fresh_when_there_is_nothing(tmp_path):
 
 
 def test_sigterm_to_one_rank_stops_both_at_the_same_step_and_requeue_finishes(tmp_path, torchrun):
-    stopped = torchrun(WORKER, str(tmp_path), "--signal-at", "6", "--signal-rank", "1", "--launch", "a", check=False)
+    # The ranks agree at every step here (preemption_check_steps: 1), so both stop at the signalled step.
+    signal_at = ("--signal-at", "6", "--signal-rank", "1", "--check-steps", "1")
+    stopped = torchrun(WORKER, str(tmp_path), *signal_at, "--launch", "a", check=False)
     assert stopped.returncode != 0
     first = reports(tmp_path, "a")
     assert [report["outcome"] for report in first] == ["exit 143", "exit 143"], first
@@ -206,6 +208,34 @@ def test_sigterm_to_one_rank_stops_both_at_the_same_step_and_requeue_finishes(tm
     with pytest.raises(ValueError, match="world_size 2, but this run has world_size 1"):
         resumed.train()
     assert resumed.steps == 6
+
+
+@pytest.mark.parametrize(
+    ("args", "stop", "split"),
+    [
+        # A check every 4 steps, over a gloo group of their own (as under nccl): the signal at step 1 stops both
+        # ranks at step 4, in the middle of the epoch.
+        pytest.param(("--check-steps", "4", "--own-channel"), 4, "train", id="next-check"),
+        # The default (16): the epoch's end (step 6) comes first, and its agreement stops both there.
+        pytest.param((), 6, None, id="epoch-end"),
+    ],
+)
+def test_a_signal_stops_every_rank_at_the_next_check(tmp_path, torchrun, args, stop, split):
+    result = torchrun(WORKER, str(tmp_path), "--signal-at", "1", "--signal-rank", "1", *args, check=False)
+    assert result.returncode != 0
+    ranks = reports(tmp_path, "0")
+    assert [report["outcome"] for report in ranks] == ["exit 143", "exit 143"], ranks
+    assert [report["steps"] for report in ranks] == [stop, stop]
+    state = torch.load(Path(ranks[0]["dir"]) / "checkpoints" / "latest.pth", weights_only=True)
+    assert state["runner"]["steps"] == stop
+    assert state["position"]["split"] == split
+    assert f"stopped at step {stop}" in (Path(ranks[0]["dir"]) / "run.log").read_text()
+
+
+def test_preemption_check_steps_must_be_a_positive_integer(tmp_path):
+    runner = JobRunner(job_config(tmp_path, log=False, auto_resume=False, preemption_check_steps=0))
+    with pytest.raises(ValueError, match="preemption_check_steps must be an integer >= 1.*got 0"):
+        runner.train()
 
 
 def test_a_hung_rank_ends_the_job_within_dist_timeout(tmp_path, torchrun):

@@ -2,13 +2,16 @@
 A training job that can be preempted, requeued, or hang, for `tests/runner/test_preemption.py`.
 
     python preemptible.py OUT_DIR [--signal-at STEP] [--signal-rank R] [--hang-at STEP] [--dist-timeout S]
+        [--check-steps N] [--own-channel]
     python -m torch.distributed.run --nproc_per_node=2 ... preemptible.py OUT_DIR ...
 
 The job trains with `auto_resume=True` under `OUT_DIR/experiments`, so launching the same command again continues
 it. `--signal-at` makes rank R (default 0) send itself SIGTERM when it reaches that optimizer step (the signal
 reaches that rank only); `--hang-at` makes rank 1 sleep at that step, as a hung rank would. Under `torchrun`,
 rank 0 first calls `save_checkpoint` alone, as code decorated to run on the main process does. Each rank writes
-`OUT_DIR/report-{launch}-rank{R}.json` on its way out, however it ends.
+`OUT_DIR/report-{launch}-rank{R}.json` on its way out, however it ends. `--check-steps` sets
+`preemption_check_steps` (the ranks agree on signals every that many steps); `--own-channel` makes them agree over
+a `gloo` group of their own, as under `nccl`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import danling as dl
+from danling.runner import consensus
 
 
 def make_data(n: int) -> TensorDataset:
@@ -57,6 +61,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--hang-at", type=int)
     parser.add_argument("--dist-timeout", type=float)
     parser.add_argument("--launch", default="0")
+    parser.add_argument("--check-steps", type=int)
+    parser.add_argument("--own-channel", action="store_true")
     return parser.parse_args()
 
 
@@ -75,6 +81,10 @@ def main() -> None:
     }
     if args.dist_timeout is not None:
         config["dist_timeout"] = args.dist_timeout
+    if args.check_steps is not None:
+        config["preemption_check_steps"] = args.check_steps
+    if args.own_channel:  # as under nccl: the default group is taken as one that cannot carry CPU tensors
+        consensus.carries_cpu = lambda backend: False
     report: dict[str, Any] = {"outcome": "running"}
     runner = JobRunner(config)
     rank = runner.rank

@@ -109,12 +109,14 @@ def cases(out: str, rank: int) -> list[tuple[str, dict, Callable[[], Any]]]:
         ),
         (
             "async_in_epoch",
-            {"async_save": True, "step_sleep": 0.1},  # the failure rides on the preemption all-reduce
+            # The failure rides on the preemption all-reduce, every 2 steps: found at step 6, before the epoch's end.
+            {"async_save": True, "step_sleep": 0.1, "preemption_check_steps": 2},
             lambda: patched(writer, "write", disk_full, rank == 0),
         ),
         (
             "async_no_signals",
-            {"async_save": True, "preemption_signals": [], "step_sleep": 0.1},  # no preemption all-reduce
+            # No signals: the failures still get their all-reduce, every 2 steps.
+            {"async_save": True, "preemption_signals": [], "step_sleep": 0.1, "preemption_check_steps": 2},
             lambda: patched(writer, "write", disk_full, rank == 0),
         ),
         (

@@ -100,13 +100,15 @@ def check_is_checkpoint(loaded: Mapping, source: str, model_keys: Any = None) ->
 
     Examples:
         >>> check_is_checkpoint({"runner": {}, "model": {}}, "a.pth")
-        >>> check_is_checkpoint({"epoch": 3, "net": {}}, "b.pth")
-        Traceback (most recent call last):
-        danling.runner.checkpoints.NotACheckpointError: 'b.pth' is not a DanLing checkpoint: its top-level keys are ['epoch', 'net'], and a DanLing checkpoint has 'runner' (its config) and 'model'; to take only model weights from another file, use load_pretrained (config.pretrained)
+        >>> try:
+        ...     check_is_checkpoint({"epoch": 3, "net": {}}, "b.pth")
+        ... except NotACheckpointError as error:
+        ...     print(str(error)[:69])
+        'b.pth' is not a DanLing checkpoint: its top-level keys are ['epoch',
     """
     if RUNNER in loaded or MODEL in loaded:
         return
-    keys = [str(key) for key in loaded.keys()]
+    keys = [str(key) for key in loaded]
     if model_keys is not None and keys and set(ckpt_keys(keys)) <= set(model_keys):
         return  # a bare state dict of this model
     shown = keys[:20] + (["..."] if len(keys) > 20 else [])

@@ -25,12 +25,8 @@ _NULL_CONTEXT = nullcontext()
 
 def count_step(config: Any) -> None:
     r"""
-    Add one optimizer step to `config.steps`, the one place the count lives, without a chanfig write.
-
-    The hot loop must not pay for chanfig's `__setitem__` (validation, annotations, `Variable` handling) per
-    step, so this updates the config's own storage directly: its mapping entry and the attribute mirror chanfig
-    keeps of it. Every reader (`runner.steps`, `config.steps`, `config["steps"]`, `runner.dict()`, a hook, a
-    checkpoint) sees the live count as a plain `int`.
+    Add one optimizer step to `config.steps`, the one place the count lives (through chanfig's own `__setitem__`,
+    so every reader sees the live count: `runner.steps`, `config.steps`, `config["steps"]`, a checkpoint).
 
     Examples:
         >>> from danling.runner import Config
@@ -39,12 +35,7 @@ def count_step(config: Any) -> None:
         >>> config.steps, config["steps"], config.dict()["steps"]
         (1, 1, 1)
     """
-    steps = dict.__getitem__(config, "steps")
-    if type(steps) is not int:  # a Variable or another wrapper: let chanfig handle it
-        config["steps"] = steps + 1
-        return
-    dict.__setitem__(config, "steps", steps + 1)
-    config.__dict__["steps"] = steps + 1  # chanfig mirrors keys as attributes for fast reads
+    config["steps"] = config["steps"] + 1
 
 
 class StepProbe:
@@ -282,15 +273,6 @@ class OptimizationMixin:
         if log is not None:
             log(str(error), logging.ERROR)
         raise error
-
-    @property
-    def steps(self) -> int:
-        r"""Optimizer steps taken so far: `config.steps`, which the loop keeps live."""
-        return dict.__getitem__(self._config, "steps")  # read at every batch: no `config` property call
-
-    @steps.setter
-    def steps(self, steps: int) -> None:
-        self.config["steps"] = steps
 
     @staticmethod
     def has_nan_inf_grad(model: nn.Module) -> bool:

@@ -49,6 +49,7 @@ class Recovery:
         self.runner = runner
         self.position = EpochPosition()
         self.collected: list[dict[str, Any]] | None = None
+        self.collected_at: tuple | None = None
         self.resume: ResumePoint | None = None
         self.saved_plan: Mapping | None = None
         self.saved_world_size: int | None = None
@@ -130,7 +131,7 @@ class Recovery:
         when distributed.
         """
         self.runner._loss_guard.check(self.runner.distributed)
-        self.collected = gather_to_main(self.rank_state(mid_epoch=False))
+        self.collected, self.collected_at = gather_to_main(self.rank_state(mid_epoch=False)), self.moment()
 
     def contain(self) -> AbstractContextManager:
         r"""
@@ -282,7 +283,7 @@ class Recovery:
         self.runner._loss_guard.check(self.runner.distributed)  # never checkpoint non-finite weights
         self.position.split, self.position.batches = split, batches
         try:
-            self.collected = gather_to_main(self.rank_state(mid_epoch=True))
+            self.collected, self.collected_at = gather_to_main(self.rank_state(mid_epoch=True)), self.moment()
             return self.runner.checkpoint_state()
         finally:
             self.position.split, self.position.batches = None, 0
@@ -335,10 +336,15 @@ class Recovery:
             plan["global_batch"] = None
         return plan
 
+    def moment(self) -> tuple:
+        r"""Where the run is: steps, epoch, and the split and batch of a mid-epoch save."""
+        return (self.runner.steps, self.runner.epochs, self.position.split, self.position.batches)
+
     def add_to(self, state: dict[str, Any]) -> None:
         r"""Put the `rng` of every rank gathered (else this rank's) and the `position` into a checkpoint."""
         position = self.position
-        ranks, self.collected = self.collected, None
+        # Every rank's state when it was gathered at this very moment (no side effect: two calls agree).
+        ranks = self.collected if self.collected_at == self.moment() else None
         if ranks is None:
             ranks = [self.rank_state(mid_epoch=position.split is not None)]
         state["rng"] = [rank["rng"] for rank in ranks]

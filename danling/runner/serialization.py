@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any, Callable
@@ -13,6 +14,7 @@ from danling.utils import cached_ensure_dir, cached_ensure_parent_dir, catch
 from danling.utils.io import PathStr, load, save
 
 from .config import Config
+from .run_lock import LOCK_FILE, RunLock
 
 CHECK_DIR_ACTIONS = ("warn", "raise", "ignore")
 
@@ -23,6 +25,9 @@ class SerializationMixin:
     """
 
     config: Any
+    # The lock of the run directory, taken by the main process when it first uses the directory.
+    _run_lock: RunLock | None = None
+    _run_lock_note: str | None = None
 
     @catch(OSError)
     def save(self, obj: Any, file: PathStr, main_process_only: bool = True, *args: Any, **kwargs: Any) -> PathStr:
@@ -86,7 +91,8 @@ class SerializationMixin:
 
     def check_dir(self, action: str = "warn") -> bool:
         r"""
-        Whether [`dir`][danling.runner.BaseRunner.dir] is empty; when not, warn, raise or ignore per `action`.
+        Whether [`dir`][danling.runner.BaseRunner.dir] is empty (its lock file `run.lock` aside); when not, warn,
+        raise or ignore per `action`.
 
         Args:
             action: One of `"warn"`, `"raise"`, `"ignore"`.
@@ -100,7 +106,7 @@ class SerializationMixin:
         """
         if action not in CHECK_DIR_ACTIONS:
             raise ValueError(f"action must be one of {', '.join(CHECK_DIR_ACTIONS)}, but got {action!r}")
-        if not os.listdir(self.dir):
+        if not [name for name in os.listdir(self.dir) if name != LOCK_FILE]:
             return True
         if action == "warn":
             warn(f"directory {self.dir!r} is not empty", RuntimeWarning, stacklevel=2)
@@ -110,10 +116,43 @@ class SerializationMixin:
 
     @cached_ensure_dir
     def dir(self) -> str:
-        r"""Directory of the run: `config.dir`, else `project_root/{name}-{id}/{timestamp}`. Created on access."""
+        r"""
+        Directory of the run: `config.dir`, else `project_root/{name}-{id}/{timestamp}`. Created on access.
+
+        The main process that first reads it takes the directory's lock (`run.lock`, see
+        [`RunLock`][danling.runner.run_lock.RunLock]): a second process writing into the same directory stops with
+        [`RunDirectoryLocked`][danling.runner.run_lock.RunDirectoryLocked] naming the first.
+        """
         if self.config.get("dir") is not None:
-            return self.config["dir"]
-        return os.path.join(self.config.get("project_root", "experiments"), f"{self.name}-{self.id}", self.timestamp)
+            path = self.config["dir"]
+        else:
+            path = os.path.join(
+                self.config.get("project_root", "experiments"), f"{self.name}-{self.id}", self.timestamp
+            )
+        self._claim_run_dir(path)
+        return path
+
+    def _claim_run_dir(self, path: str) -> None:
+        # Main process only: the other ranks of the same job write into the directory the main process holds.
+        if self._run_lock is not None or not self.is_main_process:
+            return
+        lock = RunLock(path)
+        note = lock.acquire()  # raises RunDirectoryLocked; warns when it takes over a stale lock
+        self._run_lock = lock  # held until `close`, or the end of the process
+        if note is not None:
+            self._run_lock_note = note
+            self._log_run_dir_lock()
+
+    def _log_run_dir_lock(self) -> None:
+        # Log a takeover of a stale lock once the run's logger exists (the lock is often taken while it is created).
+        if self._run_lock_note is not None and self.logger is not None:
+            self.log(self._run_lock_note, logging.WARNING)
+            self._run_lock_note = None
+
+    def _release_run_dir(self) -> None:
+        if self._run_lock is not None:
+            self._run_lock.release()
+            self._run_lock = None
 
     @cached_ensure_parent_dir
     def log_file(self) -> str:

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 
 from danling.utils.io import save, to_serializable
 
+from .run_lock import held_by_another
+
 logger = logging.getLogger(__name__)
 
 # Progress keys left out of `config.yaml`: rerunning it starts a run afresh.
@@ -70,7 +72,9 @@ def run_dir_of(config: Mapping, name_id: str, timestamp: str) -> str:
 class RunDirGuard:
     r"""
     Remembers which folders of a run directory's path exist before a start, and removes the ones the start made
-    when it fails (the run directory with its content, the folders above it only when left empty).
+    when it fails (the run directory with its content, the folders above it only when left empty). A run directory
+    another live process holds (see [`RunLock`][danling.runner.run_lock.RunLock]) is never removed: two launches
+    racing to create it both found it missing, and the one refused must not delete the other's.
 
     Args:
         path: The run directory the start will use.
@@ -99,7 +103,7 @@ class RunDirGuard:
 
     def discard(self) -> None:
         r"""Remove what the start created: the run directory, then each folder above it that is left empty."""
-        if not self.missing or not os.path.isdir(self.path):
+        if not self.missing or not os.path.isdir(self.path) or held_by_another(self.path):
             return
         shutil.rmtree(self.path, ignore_errors=True)
         for folder in self.missing[1:]:

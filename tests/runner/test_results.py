@@ -151,7 +151,7 @@ def test_save_result_writes_results_latest_and_best(new_runner: MakeRunner) -> N
     runner = new_runner()
     runner.append_result({"val": {"loss": 1.0}}, index=0)
     runner.save_result()
-    assert sorted(os.listdir(runner.dir)) == ["best.json", "latest.json", "results.json"]
+    assert sorted(os.listdir(runner.dir)) == ["best.json", "latest.json", "results.json", "run.lock"]
     with open(os.path.join(runner.dir, "results.json")) as fp:
         saved = json.load(fp)
     assert saved["id"] == runner.id

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import torch
@@ -14,7 +14,29 @@ from ..consensus import FailureConsensus
 
 
 class AsyncSaveError(OSError):
-    r"""A checkpoint saved in the background failed; the message names the file, the cause is chained."""
+    r"""
+    A checkpoint saved in the background failed; the message names the file, the cause is chained, and `errno` is
+    the cause's (`errno.ENOSPC` for a full disk).
+
+    Examples:
+        >>> error = AsyncSaveError.of(OSError(28, "No space left on device"), "background save of 'x.pth' failed")
+        >>> error.errno, str(error)
+        (28, "background save of 'x.pth' failed: No space left on device")
+    """
+
+    @classmethod
+    def of(cls, cause: BaseException, what: str) -> AsyncSaveError:
+        r"""The error of `what` (e.g. "background save of checkpoint 'x.pth' failed") caused by `cause`."""
+        if isinstance(cause, OSError) and cause.errno is not None:
+            error = cls(cause.errno, f"{what}: {cause.strerror or cause}")
+        else:
+            error = cls(f"{what}: {cause}")
+        error.__cause__ = cause
+        return error
+
+    def __str__(self) -> str:
+        # The message alone, as for an error without errno: "[Errno 28]" would hide the file it names.
+        return self.strerror if self.errno is not None and self.strerror else super().__str__()
 
 
 def snapshot(state: Any, memo: dict[int, torch.Tensor] | None = None) -> Any:
@@ -79,8 +101,13 @@ class AsyncCheckpointWriter:
     the committed file run in the thread. A failure is kept and raised by the next
     [`check`][danling.runner.checkpointing.async_writer.AsyncCheckpointWriter.check], `submit` or
     [`wait`][danling.runner.checkpointing.async_writer.AsyncCheckpointWriter.wait] as an
-    [`AsyncSaveError`][danling.runner.checkpointing.AsyncSaveError] naming the file. The thread is not a daemon:
-    the interpreter waits for a save in flight before it exits.
+    [`AsyncSaveError`][danling.runner.checkpointing.AsyncSaveError] naming the file (and given to `on_error` at
+    once, from the thread, e.g. to write it to the run's log). The thread is not a daemon: the interpreter waits
+    for a save in flight before it exits.
+
+    Args:
+        verify: Returns what is wrong with a committed file (`None`: nothing).
+        on_error: Called with each failure, in the background thread, when it happens.
 
     Examples:
         >>> import os, tempfile
@@ -95,8 +122,13 @@ class AsyncCheckpointWriter:
         tensor([0.])
     """
 
-    def __init__(self, verify: Callable[[str], str | None] | None = None) -> None:
+    def __init__(
+        self,
+        verify: Callable[[str], str | None] | None = None,
+        on_error: Callable[[AsyncSaveError], None] | None = None,
+    ) -> None:
         self.verify = verify
+        self.on_error = on_error
         self._thread: threading.Thread | None = None
         self._error: AsyncSaveError | None = None
         self._after: list[Callable[[], None]] = []
@@ -178,8 +210,7 @@ class AsyncCheckpointWriter:
             if problem is not None:
                 raise OSError(f"the committed file does not verify: {problem}")
         except BaseException as error:
-            self._error = AsyncSaveError(f"background save of checkpoint {path!r} failed: {error}")
-            self._error.__cause__ = error
+            self._fail(AsyncSaveError.of(error, f"background save of checkpoint {path!r} failed"))
             with self._lock:
                 self._after, self._pending = [], False  # nothing describes a checkpoint that was not written
             return
@@ -189,6 +220,11 @@ class AsyncCheckpointWriter:
             try:
                 callback()
             except BaseException as error:
-                self._error = AsyncSaveError(f"after saving checkpoint {path!r}: {error}")
-                self._error.__cause__ = error
+                self._fail(AsyncSaveError.of(error, f"after saving checkpoint {path!r}"))
                 return
+
+    def _fail(self, error: AsyncSaveError) -> None:
+        self._error = error
+        if self.on_error is not None:
+            with suppress(Exception):  # reporting a failure must not hide it
+                self.on_error(error)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import re
 import shutil
+import traceback
 import zipfile
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -12,6 +16,11 @@ import torch
 
 # Bytes read at a time when hashing a file.
 CHUNK_SIZE = 1 << 22
+# How `torch.save` reports a write that failed (it keeps no errno): "[enforce fail at inline_container.cc:...] .
+# unexpected pos 768 vs 696", "PytorchStreamWriter failed writing file data/0: file write failed".
+TORCH_WRITE_FAILURE = re.compile(r"unexpected pos \d+ vs \d+|PytorchStreamWriter failed|file write failed")
+# A write that failed with less free space than this (or than it still had to write) ran out of space.
+LOW_SPACE = 1 << 20
 
 
 class CheckpointFormat(Protocol):
@@ -83,6 +92,93 @@ def zip_problem(path: str) -> str | None:
     return None
 
 
+def free_space(directory: str) -> int | None:
+    r"""
+    Bytes free for this user in the file system of `directory` (`shutil.disk_usage`), `None` when unknown.
+
+    Examples:
+        >>> free_space(".") > 0, free_space("/no/such/directory")
+        (True, None)
+    """
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
+
+
+def state_bytes(state: object) -> int:
+    r"""
+    Bytes of the tensors in a (nested) state, each storage counted once: about what a save of it writes.
+
+    Examples:
+        >>> weight = torch.zeros(4)
+        >>> state_bytes({"model": {"w": weight, "tied": weight}, "optimizer": [torch.zeros(2, dtype=torch.int64)]})
+        32
+    """
+    seen: dict[int, int] = {}
+    stack = [state]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, torch.Tensor):
+            storage = value.untyped_storage()
+            seen[storage.data_ptr() or id(storage)] = storage.nbytes()
+        elif isinstance(value, Mapping):
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    return sum(seen.values())
+
+
+def release_frames(error: BaseException | None) -> None:
+    r"""
+    Clear the local variables of the frames of `error` and the errors it chains.
+
+    After a failed `torch.save`, its writer, referenced from those frames, keeps the file open: until it is closed,
+    deleting the file frees no space, and not even the error fits into the run's log.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
+
+
+def write_failure(error: BaseException, path: str, needed: int = 0) -> OSError | None:
+    r"""
+    The `OSError` a failed write of `path` stands for, or `None` when `error` is no write failure.
+
+    An `OSError` is itself. A `RuntimeError` of `torch.save` that says its write failed (it keeps no errno) is
+    `errno.ENOSPC` when the file system of `path` has less free space than `LOW_SPACE` (1 MiB) or than the `needed`
+    bytes not yet written, else `errno.EIO` with torch's message. Other errors (a state that cannot be pickled...)
+    are not write failures.
+
+    Args:
+        error: What the write raised.
+        path: The file written.
+        needed: Bytes the write had to write in all (see
+            [`state_bytes`][danling.runner.checkpointing.formats.state_bytes]).
+
+    Examples:
+        >>> write_failure(RuntimeError("Can't pickle local object"), "x.pth") is None
+        True
+        >>> write_failure(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 768 vs 696"),
+        ...               "x.pth", needed=1 << 60).errno == errno.ENOSPC
+        True
+    """
+    if isinstance(error, OSError):
+        return error
+    if not isinstance(error, RuntimeError) or TORCH_WRITE_FAILURE.search(str(error)) is None:
+        return None
+    free = free_space(os.path.dirname(os.path.abspath(path)))
+    try:
+        written = os.path.getsize(path)
+    except OSError:
+        written = 0
+    if free is not None and free < max(LOW_SPACE, needed - written):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return OSError(errno.EIO, f"{os.strerror(errno.EIO)}: torch.save could not write the file ({error})")
+
+
 class TorchFileFormat:
     r"""
     One `torch.save` file per checkpoint (`.pth`), loadable with `torch.load(..., weights_only=True)`.
@@ -99,7 +195,14 @@ class TorchFileFormat:
     suffix = ".pth"
 
     def write(self, state: Mapping, path: str) -> None:
-        torch.save(state, path)
+        try:
+            torch.save(state, path)
+        except RuntimeError as error:
+            failure = write_failure(error, path, state_bytes(state))
+            if failure is None:
+                raise
+            release_frames(error)
+            raise failure from error
 
     def read(self, path: str, **kwargs: Any) -> Any:
         return torch.load(path, **kwargs)

@@ -7,7 +7,7 @@ from . import metrics, optim, runner, utils
 from ._version import __version__
 from .metrics import METRICS, AverageMeter, AverageMeters, MetricMeter, MetricMeters, Metrics, MultiTaskMetrics
 from .optim import OPTIMIZERS, SCHEDULERS, LRScheduler
-from .runner import BaseRunner, Config, Runner, TorchRunner
+from .runner import BaseRunner, Callback, CallbackError, Config, Runner, TorchRunner
 from .utils import catch, debug, ensure_dir, flexible_decorator, is_json_serializable, load, method_cache, save
 
 __all__ = [
@@ -20,6 +20,8 @@ __all__ = [
     "BaseRunner",
     "TorchRunner",
     "Runner",
+    "Callback",
+    "CallbackError",
     "AverageMeter",
     "AverageMeters",
     "MetricMeter",

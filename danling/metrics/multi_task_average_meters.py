@@ -10,7 +10,7 @@ from chanfig import NestedDict
 from danling.utils.io import flatten
 
 from ._sync import reduce_sums, union_keys
-from .average_meter import AverageMeter, Number, Scalar, _averages, _is_empty, _merge_update_args
+from .meter import AverageMeter, Number, Scalar, _averages, _is_empty, _merge_update_args
 
 
 class MultiTaskAverageMeters(NestedDict):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping
 from functools import cached_property
+from types import FunctionType
 from typing import Any, Callable
 from uuid import UUID, uuid5
 from warnings import warn
@@ -15,6 +17,7 @@ from danling.metrics import AverageMeters
 
 from . import checkpoints as ckpt
 from .attributes import config_attribute, runner_repr
+from .callbacks import CallbackList, CallbacksMixin, LogCallback, ProgressBarCallback, TensorBoardCallback
 from .checkpointing import AsyncCheckpointWriter, CheckpointManager
 from .checkpointing.runner_state import RUN_LOCATION_KEYS, RunnerCheckpoints, runner_from_checkpoint
 from .config import Config
@@ -32,7 +35,18 @@ from .utils import RunnerMeta, RunnerMode, get_time_str, on_main_process
 __all__ = ["BaseRunner", "SEED_RANGE", "RUN_LOCATION_KEYS"]
 
 
-class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin, metaclass=RunnerMeta):
+def is_method(cls: type, name: str) -> bool:
+    r"""
+    Whether `name` is a method of `cls` (a function, static or class method), not data or a property.
+
+    Examples:
+        >>> is_method(BaseRunner, "log"), is_method(BaseRunner, "dir"), is_method(BaseRunner, "nothing")
+        (True, False, False)
+    """
+    return isinstance(inspect.getattr_static(cls, name, None), (FunctionType, staticmethod, classmethod))
+
+
+class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin, CallbacksMixin, metaclass=RunnerMeta):
     r"""
     Base class of DanLing runners: owns the config, progress, results, experiment directory and checkpoints.
 
@@ -107,6 +121,8 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
                 setattr(self, name, FlatDict())
         if "results" not in self.__dict__:
             self.results = NestedDict()
+        if "_callbacks" not in self.__dict__:  # a framework runner may have made it, sharing its failure consensus
+            self._callbacks = CallbackList()
         self.meters = AverageMeters()
         self._mode = RunnerMode.train
         if not isinstance(config, Config):
@@ -136,6 +152,7 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         guard = RunDirGuard(run_dir_of(self.config, f"{self.name}-{self.id}", self.timestamp))
         try:
             self.init_environment()
+            self._log_run_dir_lock()  # a stale lock of the run directory taken over, now that the log exists
             self._checkpoints.log_notes()
             self._checkpoints.remove_temporaries()  # left by killed saves
             self.setup()
@@ -148,12 +165,15 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
 
     def init_environment(self) -> None:
         r"""
-        Logging and TensorBoard (seeding and deterministic mode happen in `__init__`, before the model is built).
+        Logging, TensorBoard and the progress bar, each with its built-in callback (seeding and deterministic mode
+        happen in `__init__`, before the model is built).
         """
         if self.config.get("log") is True:
             self.init_logging()
         if self.config.get("tensorboard") is True:
             self.init_tensorboard()
+        if ProgressBarCallback.shown(self):
+            self._callbacks.add(ProgressBarCallback(), builtin=True)
 
     def setup(self) -> None:
         r"""
@@ -182,6 +202,7 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         if self.logger is not None:
             close_logger(self.logger)
         self.logger = create_logger(f"danling.runner.{self.id}", self.log_file, main_process=True)
+        self._callbacks.add(LogCallback(), builtin=True)  # the step lines
 
     def init_print(self, process: int = 0) -> None:
         r"""
@@ -207,16 +228,18 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         Create a TensorBoard writer in [`dir`][danling.runner.BaseRunner.dir] (main process only).
         """
         self.writer = create_tensorboard_writer(self.dir, *args, **kwargs)
+        self._callbacks.add(TensorBoardCallback(), builtin=True)
 
     def close(self) -> None:
         r"""
-        Flush and close the TensorBoard writer and the log file handlers.
+        Flush and close the TensorBoard writer and the log file handlers, and release the run directory's lock.
         """
         if self.writer is not None:
             self.writer.close()
             self.writer = None
         if self.logger is not None:
             close_logger(self.logger)
+        self._release_run_dir()
 
     # Environment
 
@@ -325,6 +348,7 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         result is the best. No collective: calling it on the main process only works under `torchrun` (other
         ranks' random states are then not in the checkpoint; the training loop gathers them before it saves).
         Only the main process writes. A failed write raises an `OSError` naming the file and the free space.
+        Once committed, the callbacks' `on_save_checkpoint` runs where it was written.
 
         Args:
             name: File name without extension.
@@ -332,6 +356,7 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
             save_best: Also write `best.pth` when [`is_best`][danling.runner.BaseRunner.is_best].
         """
         self._checkpoints.save(name, epochs, save_best)
+        self._checkpoint_saved(name)  # `on_save_checkpoint`, once committed
 
     def checkpoint_state(self) -> Mapping:
         r"""What a checkpoint save writes: [`state_dict`][danling.runner.BaseRunner.state_dict] by default."""
@@ -492,13 +517,30 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
             object.__setattr__(self, name, value)
             return
         config = self.__dict__.get("_config")
-        on_runner = name in self.__dict__ or name in type(self)._class_attribute_names
-        if on_runner or config is None or name not in config:
+        if is_method(type(self), name) and not callable(value):
+            # A method is never replaced by a value: `runner.log = True` writes `config.log`, or raises. (A callable
+            # assigned to a method's name overrides it on this runner, as a patch in a test does.)
+            if config is None or name not in config:
+                raise AttributeError(
+                    f"cannot assign {value!r} to {name!r}: it is a method of {type(self).__name__}, not a config key"
+                )
+        elif name in self.__dict__ or name in type(self)._class_attribute_names or config is None or name not in config:
             object.__setattr__(self, name, value)
-        elif isinstance(config[name], Variable):
+            return
+        if isinstance(config[name], Variable):
             config[name].set(value)
         else:
             config[name] = value
+        self.config_changed(name)
+
+    def config_changed(self, name: str) -> None:
+        r"""
+        Called after `runner.<name> = value` wrote the config key `name`; framework runners re-read what they
+        cache from the config (the clipping settings of `TorchRunner` take effect at the next optimizer step).
+
+        Args:
+            name: The config key written.
+        """
 
     def __contains__(self, name: str) -> bool:
         return hasattr(type(self), name) or name in self.__dict__ or name in self.config

@@ -3,7 +3,8 @@
 The runner holds an [`EvaluationLoops`][danling.runner.evaluation.EvaluationLoops]; its `evaluate_epoch` and
 `infer` delegate to it (inside the parallelism policy's evaluation context). The loops call back through the
 runner's methods (`evaluate_step`, `to_device`, `autocast`, `get_epoch_result`...), so a subclass's override is
-the one that runs.
+the one that runs. An evaluation calls the callbacks' `on_epoch_begin`, `on_log` and `on_evaluate_end`; inference
+calls none.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class EvaluationLoops:
         r"""The body of [`evaluate_epoch`][danling.runner.TorchRunner.evaluate_epoch]."""
         runner = self.runner
         loader = runner._start_epoch(split, RunnerMode.evaluate)
+        runner._callbacks.dispatch("on_epoch_begin", runner, split)
         length = loader_length(loader)
         log_interval = runner.config.get("log_interval")
         first = runner.telemetry.batches_before + 1
@@ -62,7 +64,9 @@ class EvaluationLoops:
                 runner._log_step(split, iteration, length)
         if iteration < first and not runner.distributed:  # under DDP, one rank's shard may be empty
             raise ValueError(f"split {split!r} yielded no batches to evaluate ({describe_loader(loader)})")
-        return runner.get_epoch_result()
+        result = runner.get_epoch_result()
+        runner._callbacks.dispatch("on_evaluate_end", runner, split, result)
+        return result
 
     def infer(self, data: Any) -> torch.Tensor:
         r"""The body of [`infer`][danling.runner.TorchRunner.infer]."""

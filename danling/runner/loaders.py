@@ -8,10 +8,10 @@ The runner holds a [`SplitLoaders`][danling.runner.loaders.SplitLoaders]; `build
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterable
 from typing import Any
 
+from .callbacks import ProgressBarCallback
 from .data import (
     build_dataloader,
     build_evaluation_loader,
@@ -145,24 +145,14 @@ class SplitLoaders:
 
     def iterate(self, loader: Iterable, split: str, length: int | None) -> Iterable:
         r"""
-        The batches of `loader`, timed by the runner's telemetry, through a progress bar when one is shown (kept
-        as `runner._bar`, `None` otherwise).
+        The batches of `loader`, timed by the runner's telemetry, through the progress bar of its
+        [`ProgressBarCallback`][danling.runner.callbacks.ProgressBarCallback] when one is shown.
         """
         runner = self.runner
         batches = runner.telemetry.iterate(loader)
-        runner._bar = None
-        if not self.show_progress_bar():
-            return batches
-        from tqdm.auto import tqdm
-
-        desc = split if split == str(runner.mode) else f"{runner.mode} {split}"
-        runner._bar = tqdm(batches, total=length, desc=desc, leave=False, dynamic_ncols=True)
-        return runner._bar
+        bar = runner._callbacks.find(ProgressBarCallback)
+        return batches if bar is None else bar.wrap(runner, batches, split, length)
 
     def show_progress_bar(self) -> bool:
         r"""`config.progress_bar` on the main process; `None` means only on an interactive terminal."""
-        runner = self.runner
-        setting = runner.config.get("progress_bar")
-        if not runner.is_main_process or setting is False:
-            return False
-        return setting is True or sys.stderr.isatty()
+        return ProgressBarCallback.shown(self.runner)

@@ -44,6 +44,8 @@ class ReportingMixin:
     logger: logging.Logger | None = None
     writer: Any = None
     _score_split_warned: bool = False
+    _callbacks: Any  # the runner's `CallbackList`
+    _log_position: tuple[int, int | None] = (0, None)  # where the log step being reported is: batch, last batch
 
     def append_result(self, result: Mapping, index: int | None = None) -> None:
         r"""
@@ -243,18 +245,35 @@ class ReportingMixin:
 
     def step_log(self, split: str, iteration: int, length: int | None = None) -> NestedDict:
         r"""
-        Log the step result of `split` and, when training, write it to TensorBoard as `{split}/step/{metric}` at
-        the global step (dataset-level metrics left out).
+        Take the step result of `split` and hand it to the callbacks' `on_log`, on every process: the built-in
+        ones write its line to the log (`[iteration/length]`), to TensorBoard as `{split}/step/{metric}` at the
+        global step when training (dataset-level metrics left out) and onto the progress bar.
+
+        Args:
+            split: The split running.
+            iteration: The batch the line shows.
+            length: The last batch the line shows (default: from the split's dataloader).
+
+        Returns:
+            The step result.
         """
         loader = self.dataloaders.get(split) if length is None else None
         if loader is not None:
             batches = loader_length(loader)  # None for an iterable dataset without a length
             length = None if batches is None else batches - 1
         result = self.get_step_result()
-        self.log(self.format_step_result(result, split, iteration, length))
-        if self.writer is not None and self.mode == RunnerMode.train:
-            write_scalars(self.writer, step_view(result), f"{split}/step", self.steps)
+        self._log_position = (iteration, length)
+        self._callbacks.dispatch("on_log", self, split, result)
         return result
+
+    def format_log_step(self, result: Mapping, split: str | None, format_spec: str = ".4f") -> str:
+        r"""
+        The line of the log step being reported (what [`LogCallback`][danling.runner.callbacks.LogCallback]
+        writes): [`format_step_result`][danling.runner.BaseRunner.format_step_result] at the position
+        [`step_log`][danling.runner.BaseRunner.step_log] was given.
+        """
+        iteration, length = self._log_position
+        return self.format_step_result(result, split, iteration, length, format_spec)
 
     def log(self, message: str, level: int = logging.INFO) -> None:
         r"""Log `message` through the runner's logger (main process only; no-op when logging is off)."""

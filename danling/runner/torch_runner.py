@@ -17,6 +17,7 @@ from danling.utils import distributed as dist_utils
 from . import checkpoints as ckpt
 from .accumulation import AccumulationWindows
 from .base_runner import BaseRunner
+from .callbacks import CallbackList
 from .checkpointing import CheckpointManager
 from .checkpointing.torch_state import TorchRunnerCheckpoints
 from .data import describe_loader, has_more, loader_length, samples_of
@@ -67,7 +68,6 @@ class TorchRunner(OptimizationMixin, BaseRunner):
     """
 
     model: nn.Module | None = None
-    _bar: Any = None
     _checkpoints_type = TorchRunnerCheckpoints
 
     def __init__(self, config: Any) -> None:
@@ -75,6 +75,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         self._loss_guard = NonFiniteLossGuard()
         self._step_probe = StepProbe()
         self._recovery = Recovery(self)
+        self._callbacks = CallbackList(self._recovery.failures)  # failures agreed where recovery's are
         self._training = TrainingLoop(self)
         self._evaluation = EvaluationLoops(self)
         self._loaders = SplitLoaders(self)
@@ -148,6 +149,13 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             else:
                 return model
 
+    def config_changed(self, name: str) -> None:
+        r"""`runner.max_grad_norm = 1.0` (or `max_grad_value`) takes effect at the next optimizer step."""
+        if name in ("max_grad_norm", "max_grad_value"):
+            self._max_grad_norm = self.config.get("max_grad_norm")
+            self._max_grad_value = self.config.get("max_grad_value")
+            self._clips = self._max_grad_norm is not None or self._max_grad_value is not None
+
     def reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         r"""Mean of `tensor` over all processes (for logging); a copy, the input is unchanged. Collective."""
         return dist_utils.all_reduce(tensor, op="mean")
@@ -197,6 +205,8 @@ class TorchRunner(OptimizationMixin, BaseRunner):
                 f"split {split!r} has no batches to train on ({describe_loader(loader)}); "
                 "add data, lower dataloader.batch_size or set dataloader.drop_last=False"
             )
+        self._callbacks.dispatch("on_epoch_begin", self, split)
+        step_end_hook = self._callbacks.hook("on_step_end")  # None unless a callback overrides it
         self._begin_accumulation(length)
         self._loss_guard.start(split, self.epochs, self.steps, self.accum_steps)
         batches, start = self._recovery.enter_epoch(split, loader)
@@ -213,6 +223,8 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         stream = iter(self._iterate(batches, split, length))
         for iteration, data in enumerate(stream, first):
             self.train_step(data if move is None else move(data))
+            if step_end_hook is not None:
+                step_end_hook(self, split)
             if log_interval is not None and iteration % log_interval == 0:
                 self._log_step(split, iteration, length)
             if at_boundary is not None and steps_now() != stepped:
@@ -230,6 +242,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         result = self.get_epoch_result()
         if partial:  # cut short by step_end
             result["partial"] = True
+        self._callbacks.dispatch("on_epoch_end", self, split, result)
         return result
 
     def save_position(self, split: str, batches: int) -> None:
@@ -245,6 +258,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         state = self._recovery.mid_epoch_state(split, batches)
         if self.is_main_process or self.checkpoint_manager.collective:
             self._checkpoints.commit(state, "latest", self.epochs, best=False, epoch_copy=False)
+            self._checkpoint_saved("latest")
 
     def verify_resume(self, steps: int = 2, split: str | None = None) -> ResumeCheck:
         r"""
@@ -264,9 +278,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         if self.mode == RunnerMode.train:
             self._loss_guard.check(self.distributed)
         position = self.telemetry.batches - 1
-        result = self.step_log(split, position, None if length is None else length - 1)
-        if self._bar is not None:
-            self._bar.set_postfix_str(self.format_bar_postfix(result), refresh=False)
+        self.step_log(split, position, None if length is None else length - 1)
 
     def train_step(self, data: Any) -> tuple[Any, torch.Tensor]:
         r"""
@@ -350,9 +362,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         """
         splits = self.evaluate_splits if evaluate_splits is None else evaluate_splits
         self.announce("evaluate")
-        result = NestedDict({split: self.evaluate_epoch(split) for split in splits})
-        self.write_epoch_result(result)
-        return result
+        return NestedDict({split: self.evaluate_epoch(split) for split in splits})
 
     @evaluation_context
     def evaluate_epoch(self, split: str = "val") -> NestedDict:

@@ -3,7 +3,8 @@ what is saved after it, and when training stops.
 
 The runner holds a [`TrainingLoop`][danling.runner.training.TrainingLoop] and its `train` delegates to it. The loop
 calls back through the runner's public methods (`train_epoch`, `evaluate_epoch`, `append_result`,
-`save_checkpoint`...), so a subclass's override is the one that runs. The batches of an epoch are the runner's own
+`save_checkpoint`...), so a subclass's override is the one that runs, and calls the callbacks' `on_train_begin` and
+`on_train_end` (the epochs call the others). The batches of an epoch are the runner's own
 [`train_epoch`][danling.runner.TorchRunner.train_epoch]: nothing here runs per batch.
 """
 
@@ -50,33 +51,40 @@ class TrainingLoop:
             runner.log(f"the run is already complete ({complete}): nothing to train; returning its results")
             return runner.results
         runner.announce("train")
-        recovery = runner._recovery
+        recovery, callbacks = runner._recovery, runner._callbacks
         recovery.check_world_size()
-        with recovery.catch_preemption(), recovery.explain_timeouts(), self.saves_drained():
-            for epoch in epochs:
-                if self.step_end_reached():
-                    runner.log(
-                        f"step_end ({runner.step_end}) already reached at step {runner.steps}: nothing left to train"
-                    )
-                    break
-                runner.epochs = epoch
-                result = self.run_epoch(train_splits, evaluate_splits)
-                self.record_epoch(epoch, result)
-                if self.should_stop():
-                    break
-        runner.write_hparams()
+        callbacks.dispatch("on_train_begin", runner)  # distributed: every rank agrees on its failures here
+        # Inside, a callback's failure on one rank waits for the loop's own agreements (see `CallbackList`).
+        training = callbacks.training(runner.world_size)
+        with training, recovery.catch_preemption(), recovery.explain_timeouts(), self.saves_drained():
+            self.run_epochs(epochs, train_splits, evaluate_splits)
+        callbacks.dispatch("on_train_end", runner)  # after the last save committed; agreed here too
         return runner.results
+
+    def run_epochs(self, epochs: Iterable[int], train_splits: list[str], evaluate_splits: list[str]) -> None:
+        r"""Run, record and save `epochs` until they end, `step_end` is reached or `patience` runs out."""
+        runner = self.runner
+        for epoch in epochs:
+            if self.step_end_reached():
+                reached = f"step_end ({runner.step_end}) already reached at step {runner.steps}"
+                runner.log(f"{reached}: nothing left to train")
+                break
+            runner.epochs = epoch
+            result = self.run_epoch(train_splits, evaluate_splits)
+            self.record_epoch(epoch, result)
+            if self.should_stop():
+                break
 
     def record_epoch(self, epoch: int, result: NestedDict) -> None:
         r"""
         After an epoch: append and log its result, step a plateau scheduler, save the checkpoint and then the
-        results that describe it, and stop on a preemption request.
+        results that describe it, and stop on a preemption request (or a failure of any rank, a callback's
+        included). Its TensorBoard scalars were written as each split ended (`TensorBoardCallback`).
         """
         runner = self.runner
         recovery = runner._recovery
         runner.append_result(result, index=epoch)
         self.step_plateau_scheduler()
-        runner.write_epoch_result(result)
         runner.log(runner.format_epoch_result(result))
         # Commit order: the checkpoint first, then the JSON files that describe it.
         recovery.end_of_epoch()

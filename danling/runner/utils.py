@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from enum import Enum
 from functools import wraps
@@ -59,6 +59,10 @@ class RunnerMeta(type):
 
     This lets a subclass assign `model`, `datasets`, `optimizer`... in its `__init__` and still have the base
     class act on them (seeding, building dataloaders, resuming) afterwards.
+
+    It also takes the `callbacks` keyword of any runner (`TorchRunner(config, callbacks=[...])`) before the
+    class is called, so a subclass's `__init__(self, config)` need not accept it, and adds them with
+    `add_callback` before `__post_init__`.
     """
 
     def __init__(cls, name: str, bases: tuple[type, ...], namespace: dict[str, Any]) -> None:
@@ -66,8 +70,10 @@ class RunnerMeta(type):
         # Names defined on the class: assignments to them stay on the runner and never fall through to config.
         cls._class_attribute_names = frozenset(dir(cls))
 
-    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+    def __call__(cls, *args: Any, callbacks: Iterable[Any] | None = None, **kwargs: Any) -> Any:
         instance = super().__call__(*args, **kwargs)
+        for callback in () if callbacks is None else callbacks:
+            instance.add_callback(callback)
         instance.__post_init__()
         return instance
 

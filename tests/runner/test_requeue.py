@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from danling.runner.checkpointing import CheckpointError
+from danling.runner.checkpointing import CheckpointError, read_manifest
 
 from .workers.preemptible import JobRunner
 
@@ -125,3 +126,33 @@ def test_two_ranks_resumed_on_one_process_follow_the_one_process_schedule(tmp_pa
     banner = log.split("differs from the defaults")[0]
     assert "16 -> 32 total steps; continues at step 16 of 32" in banner
     assert "global_batch changed from 16 to 8" in banner
+
+
+BEST_KILL_WORKER = Path(__file__).parent / "workers" / "best_kill_worker.py"
+
+
+@pytest.mark.parametrize("instant", ["before-best", "before-json"])
+def test_best_checkpoint_and_results_agree_after_a_kill_at_any_instant_of_a_save(tmp_path, instant, subprocess_run):
+    from .workers.best_kill_worker import BestRunner, config
+
+    root = tmp_path / "experiments"
+    killed = subprocess_run([sys.executable, str(BEST_KILL_WORKER), str(root), "1", instant], timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    run_dir = next(root.glob("*/*"))
+    checkpoints = run_dir / "checkpoints"
+    latest = torch.load(checkpoints / "latest.pth", weights_only=True)
+    assert sorted(latest["results"]) == [0, 1]  # epoch 1 was committed, then the kill
+    resumed = BestRunner(config(str(root)))  # the requeue
+    assert resumed.dir == str(run_dir)
+    assert resumed.best_index == 1
+    best = torch.load(checkpoints / "best.pth", weights_only=True)
+    assert best["runner"]["epochs"] == 1  # best.pth holds the epoch the results name the best
+    assert torch.equal(best["model"]["weight"], latest["model"]["weight"])
+    assert read_manifest(str(checkpoints / "best.pth"))["epochs"] == 1
+    assert json.loads((run_dir / "best.json").read_text())["index"] == 1
+    assert sorted(json.loads((run_dir / "results.json").read_text())["results"]) == ["0", "1"]
+    resumed.train()
+    assert sorted(resumed.results) == [0, 1, 2, 3]
+    resumed.close()
+    if instant == "before-best":
+        assert "repaired best.pth: it held epoch 0" in (run_dir / "run.log").read_text()

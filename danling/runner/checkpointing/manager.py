@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pickle
 import re
@@ -12,17 +13,14 @@ from collections.abc import Mapping
 from contextlib import suppress
 from typing import Any, Callable
 
-from danling.utils import io as dl_io
-
-from .formats import CheckpointFormat, TorchFileFormat
+from .formats import CheckpointFormat, TorchFileFormat, free_space
 from .manifest import CheckpointError, checkpoint_problem, describe_problem, manifest_path, read_manifest
+from .temporaries import TEMPORARY_PATTERN, remove_stale_temporaries, write_atomically  # noqa: F401 (re-exported)
 
 LATEST = "latest"
 BEST = "best"
 STEP_PATTERN = re.compile(r"step-(\d+)")
 EPOCH_PATTERN = re.compile(r"epoch-(\d+)")
-# Hidden temporary files of interrupted writes (`.latest.pth.abc123.tmp`, manifests included).
-TEMPORARY_PATTERN = re.compile(r"\..+\.tmp")
 CORRUPT_SUFFIX = ".corrupt"
 
 
@@ -33,7 +31,8 @@ class CheckpointManager:
     Every save writes `{name}.pth` atomically, then its manifest (SHA-256 and size); a `latest` save also keeps a
     step-stamped copy `step-{steps}.pth`, of which the newest `keep` survive, so a fallback always exists;
     `epoch-{epochs}.pth` and `best.pth` copies are made on request. Retention never deletes `latest` or `best`.
-    Temporary files left by killed saves are removed before each save. The bytes are the business of a
+    Temporary files left by killed saves (`.{name}.{pid}.{token}.tmp`) are removed before each save, unless their
+    writer still runs. The bytes are the business of a
     [`CheckpointFormat`][danling.runner.checkpointing.CheckpointFormat] (`torch.save` files by default).
 
     Args:
@@ -90,8 +89,9 @@ class CheckpointManager:
             The path of `{name}.pth`.
 
         Raises:
-            OSError: If a write fails (disk full...): the message names the path and the free space, and the
-                files committed before are intact.
+            OSError: If a write fails: the message names the path and the free space, and the files committed
+                before are intact, no temporary file is left. A full disk is `errno.ENOSPC` ("No space left on
+                device"), also when `torch.save` reports it as a `RuntimeError`.
         """
         os.makedirs(self.directory, exist_ok=True)
         self.remove_temporaries()
@@ -111,6 +111,20 @@ class CheckpointManager:
             self.prune(keep)
         return primary
 
+    def copy_to(self, source: str, name: str) -> str:
+        r"""
+        Commit a copy of the checkpoint `source` (of this directory) as `name`, atomically, with its manifest's steps,
+        epoch and digest.
+
+        Returns:
+            The path of `name`.
+        """
+        manifest = read_manifest(source) or {}
+        info = {key: manifest.get(key) for key in ("steps", "epochs", "format")}
+        path = self.path(name)
+        self._commit(path, lambda tmp: self.format.copy(source, tmp), info, manifest.get("sha256"))
+        return path
+
     def _commit(self, path: str, writer: Callable[[str], None], info: dict[str, Any], digest: str | None = None) -> str:
         # 1. write a temporary file; 2. record its digest as `pending` next to the current one; 3. rename it over
         # `path`; 4. make the new digest the only one. A kill at any instant leaves a file its manifest accepts.
@@ -124,7 +138,7 @@ class CheckpointManager:
             self._write_manifest(path, transition)
 
         try:
-            dl_io._write(path, write_and_announce)  # temporary file, fsync, rename
+            write_atomically(path, write_and_announce)  # temporary file, fsync, rename
         except OSError as error:
             raise _explain_write_error(error, path) from error
         self._write_manifest(path, {"file": os.path.basename(path), **info, **new, "written": time.time()})
@@ -144,8 +158,12 @@ class CheckpointManager:
         return {"sha256": manifest.get("sha256"), "size": manifest.get("size")}
 
     def _write_manifest(self, path: str, manifest: dict[str, Any]) -> None:
+        def write(temporary: str) -> None:
+            with open(temporary, "w", encoding="utf-8") as fp:
+                json.dump(manifest, fp, indent=2, allow_nan=False)
+
         try:
-            dl_io.save(manifest, manifest_path(path), indent=2)
+            write_atomically(manifest_path(path), write)
         except OSError as error:
             raise _explain_write_error(error, manifest_path(path)) from error
 
@@ -153,18 +171,12 @@ class CheckpointManager:
 
     def remove_temporaries(self) -> list[str]:
         r"""
-        Remove hidden temporary files left in the directory by killed saves; returns their names.
+        Remove hidden temporary files (and directories) left in the directory by killed saves; returns their names.
 
-        Call it only when no save of this directory is in flight (the manager does, before each save).
+        A temporary whose name holds the PID of a process alive on this host is kept: its save may be in flight
+        (see [`remove_stale_temporaries`][danling.runner.checkpointing.temporaries.remove_stale_temporaries]).
         """
-        try:
-            names = [name for name in os.listdir(self.directory) if TEMPORARY_PATTERN.fullmatch(name)]
-        except FileNotFoundError:
-            return []
-        for name in names:
-            with suppress(FileNotFoundError):
-                os.remove(os.path.join(self.directory, name))
-        return names
+        return remove_stale_temporaries(self.directory)
 
     def prune(self, keep: int) -> list[str]:
         r"""
@@ -307,13 +319,16 @@ def _size(path: str) -> int:
 
 
 def _explain_write_error(error: OSError, path: str) -> OSError:
+    # The error a failed write raises: the file, the cause, the free space. Explained once, at the deepest level.
+    if getattr(error, "checkpoint_path", None) is not None:
+        return error
     directory = os.path.dirname(path) or "."
-    try:
-        free = f"{shutil.disk_usage(directory).free / 2**20:.1f} MiB free"
-    except OSError:
-        free = "free space unknown"
+    free = free_space(directory)
+    space = "free space unknown" if free is None else f"{free / 2**20:.1f} MiB free"
     reason = error.strerror or str(error)
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         reason += " (the disk is full)"
-    message = f"could not write checkpoint file {path!r}: {reason} ({free} in {directory!r}); earlier files are intact"
-    return OSError(error.errno, message) if error.errno is not None else OSError(message)
+    message = f"could not write checkpoint file {path!r}: {reason} ({space} in {directory!r}); earlier files are intact"
+    explained = OSError(error.errno, message) if error.errno is not None else OSError(message)
+    explained.checkpoint_path = path  # type: ignore[attr-defined]
+    return explained

@@ -17,16 +17,19 @@ from warnings import warn
 from chanfig import NestedDict
 
 from danling.utils import distributed as dist_utils
-from danling.utils.io import to_serializable
+from danling.utils import io as dl_io
+from danling.utils.io import to_plain, to_serializable
 
 from .. import checkpoints as ckpt
 from ..banner import config_changes
 from ..distributed import resolve_device
 from ..resumption import merge_saved_config
 from .async_writer import AsyncCheckpointWriter
+from .consistency import reconcile_best
 from .discovery import checkpoint_dir_of, find_run_checkpoint, is_sharded_dir, resolve_checkpoint
 from .manager import CheckpointManager
 from .manifest import CheckpointError, checkpoint_problem
+from .temporaries import run_directories, sweep_run_directories
 
 # Where a run writes: never taken from a checkpoint, so that resuming or evaluating a run writes a new directory.
 RUN_LOCATION_KEYS = ("dir", "log_file", "checkpoint_dir")
@@ -123,9 +126,20 @@ class RunnerCheckpoints:
             raise ValueError(f"keep_checkpoints must be a non-negative integer (default 2), but got {keep!r}")
         steps = int(state.get(ckpt.RUNNER, {}).get("steps", runner.config.get("steps", 0)))
         manager = runner.checkpoint_manager
+        policy: dict[str, Any] = {
+            "steps": steps,
+            "epochs": epochs,
+            "best": best,
+            "keep": keep,
+            "epoch_copy": epoch_copy,
+        }
 
         def commit(state: Mapping) -> str:
-            return manager.save(state, name, steps=steps, epochs=epochs, best=best, keep=keep, epoch_copy=epoch_copy)
+            try:
+                return manager.save(state, name, **policy)
+            except OSError as error:  # a full disk: into run.log when it happens (in the thread with async_save)
+                runner.log(f"rank {runner.rank}: saving checkpoint {name!r} failed: {error}", logging.ERROR)
+                raise
 
         saver = runner.async_saver
         if saver is None:
@@ -173,9 +187,13 @@ class RunnerCheckpoints:
         return checkpoint_dir_of(runner.config, f"{runner.name}-{runner.id}", runner.timestamp)
 
     def remove_temporaries(self) -> None:
-        r"""Remove what killed saves left in the checkpoint directory, when it exists (main process only)."""
-        if self.runner.is_main_process and os.path.isdir(self.dir_path()):
-            CheckpointManager(self.dir_path()).remove_temporaries()
+        r"""
+        Remove what killed saves left in the run's checkpoint directories that no live process writes: this
+        launch's and, without an explicit `dir`, the run's other launches' (main process only).
+        """
+        runner = self.runner
+        if runner.is_main_process:
+            sweep_run_directories(run_directories(runner.config, f"{runner.name}-{runner.id}", runner.timestamp))
 
     # Resuming
 
@@ -234,6 +252,25 @@ class RunnerCheckpoints:
             checkpoint, self.pending = self.pending, None
             if runner.model is not None:
                 runner.load_checkpoint(checkpoint)  # a mapping, or the path of a sharded checkpoint
+                self.reconcile()
+
+    def reconcile(self) -> None:
+        r"""
+        A run that continues in the directory of its checkpoint: make `best.pth` and the JSON files agree with the
+        results it restored, whatever instant a kill of the last save landed at (main process).
+        """
+        runner, path = self.runner, self.runner.config.get("checkpoint")
+        if not runner.is_main_process or path is None or not runner.results:
+            return
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(self.dir_path()) or not os.path.samefile(directory, self.dir_path()):
+            return  # a new directory: the old one is not this launch's to touch
+        best = runner.best_index
+        reconcile_best(runner.checkpoint_manager, best, lambda message: runner.log(message, logging.WARNING))
+        runner.save_result()
+        if best is not None and runner.best_result is not None:
+            header = {"name": runner.name, "id": runner.id, "timestamp": runner.timestamp}
+            dl_io.save({**header, **to_plain(runner.best_result)}, os.path.join(runner.dir, "best.json"), indent=4)
 
     def discover(self) -> None:
         r"""

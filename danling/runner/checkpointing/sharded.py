@@ -11,13 +11,14 @@ so a checkpoint saved on N ranks (FSDP2, DDP or one process) loads on any other 
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import importlib
 import os
 import shutil
 import warnings
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -25,9 +26,10 @@ from torch import distributed as dist
 from torch import nn
 
 from ..consensus import FailureConsensus
-from .formats import sha256_file
-from .manager import LATEST, TEMPORARY_PATTERN, CheckpointManager, _size
-from .manifest import CheckpointError, checkpoint_problem, describe_problem
+from .formats import release_frames, sha256_file, write_failure
+from .manager import LATEST, CheckpointManager, _explain_write_error, _size
+from .manifest import CheckpointError, checkpoint_problem, describe_problem, read_manifest
+from .temporaries import remove_path, temporary_path
 
 MODEL, OPTIMIZER = "model", "optimizer"
 
@@ -66,7 +68,14 @@ class ShardedFormat:
 
     def write(self, state: Mapping, path: str) -> None:
         with _single_process_quiet():
-            _dcp().save(dict(state), storage_writer=_dcp().FileSystemWriter(path, sync_files=True))
+            try:
+                _dcp().save(dict(state), storage_writer=_dcp().FileSystemWriter(path, sync_files=True))
+            except BaseException as error:  # DCP's CheckpointException is a BaseException
+                failure = None if isinstance(error, (KeyboardInterrupt, SystemExit)) else dcp_write_failure(error, path)
+                if failure is None:
+                    raise
+                release_frames(error)  # files still referenced from its frames hold their space
+                raise failure from error
 
     def read(self, path: str, state: dict | None = None, **kwargs: Any) -> Any:
         with _single_process_quiet():
@@ -91,6 +100,22 @@ def _single_process_quiet() -> Iterator[None]:
         if not _distributed():
             warnings.filterwarnings("ignore", message="torch.distributed is", category=UserWarning)
         yield
+
+
+def dcp_write_failure(error: BaseException, path: str) -> OSError | None:
+    r"""
+    The `OSError` a failed `torch.distributed.checkpoint` write stands for (see
+    [`write_failure`][danling.runner.checkpointing.formats.write_failure]; a full disk is `errno.ENOSPC`), or `None`.
+
+    DCP gathers the errors of every rank into one `CheckpointException`; a full disk on any rank wins.
+    """
+    failures = getattr(error, "failures", None)
+    causes = [error]
+    if isinstance(failures, Mapping):  # rank -> (exception, traceback)
+        causes = [cause[0] if isinstance(cause, tuple) else cause for cause in failures.values()]
+    found = [failure for cause in causes if (failure := write_failure(cause, path)) is not None]
+    found.sort(key=lambda failure: failure.errno != errno.ENOSPC)
+    return found[0] if found else None
 
 
 def file_digests(path: str) -> dict[str, str]:
@@ -140,7 +165,7 @@ def swap_into_place(temporary: str, target: str) -> None:
     elif _exchange(temporary, target):
         shutil.rmtree(temporary)
     else:
-        aside = temporary + ".old.tmp"
+        aside = temporary[: -len(".tmp")] + "-old.tmp"  # still a temporary of the same writer
         os.rename(target, aside)
         os.rename(temporary, target)
         shutil.rmtree(aside)
@@ -178,12 +203,14 @@ class ShardedCheckpointManager(CheckpointManager):
     A [`CheckpointManager`][danling.runner.checkpointing.CheckpointManager] of `*.dcp` directories.
 
     `save` is collective when a process group is initialised: every rank writes its shards into a hidden
-    temporary directory `.{name}.dcp.{steps}.tmp`; after a barrier, rank 0 hashes every file, records the
-    digests in the manifest (as `pending` first), swaps the directory into place, makes the step-stamped,
-    `epoch-N` and `best` copies and prunes old ones, exactly as for single files; a final agreement makes the
-    checkpoint visible to every rank before `save` returns. When rank 0's part fails (preparing the directory,
-    or the commit), every rank raises [`RankFailedError`][danling.runner.consensus.RankFailedError] naming it,
-    instead of waiting for rank 0 until `dist_timeout`.
+    temporary directory `.{name}.dcp.{pid}.{steps}.tmp` (rank 0's PID); after a barrier, rank 0 hashes every file,
+    records the digests in the manifest (as `pending` first), swaps the directory into place, makes the
+    step-stamped, `epoch-N` and `best` copies and prunes old ones, exactly as for single files; a final agreement
+    makes the checkpoint visible to every rank before `save` returns. A failure leaves no temporary directory; a
+    full disk is an `OSError` with `errno.ENOSPC` naming the checkpoint and the free space. When rank 0's part fails
+    (preparing the directory, or the commit), every rank raises
+    [`RankFailedError`][danling.runner.consensus.RankFailedError] naming it, instead of waiting for rank 0 until
+    `dist_timeout`.
 
     Examples:
         >>> import tempfile
@@ -200,6 +227,16 @@ class ShardedCheckpointManager(CheckpointManager):
 
     def __init__(self, directory: str, fmt: ShardedFormat | None = None) -> None:
         super().__init__(directory, ShardedFormat() if fmt is None else fmt)
+        self._writer_pid: int | None = None
+
+    def writer_pid(self) -> int:
+        r"""Rank 0's PID, which names the temporary directories (asked once, collectively, when distributed)."""
+        if self._writer_pid is None:
+            pid = [os.getpid()]
+            if _distributed():
+                dist.broadcast_object_list(pid, src=0)
+            self._writer_pid = int(pid[0])
+        return self._writer_pid
 
     def save(
         self,
@@ -213,14 +250,14 @@ class ShardedCheckpointManager(CheckpointManager):
         epoch_copy: bool = False,
     ) -> str:
         primary = self.path(name)
-        temporary = os.path.join(self.directory, f".{name}{self.format.suffix}.{int(steps)}.tmp")
+        temporary = temporary_path(primary, token=str(int(steps)), pid=self.writer_pid())
         failures = FailureConsensus()  # rank 0's own steps: every rank learns of their failure, none waits
         if _is_main():
             with failures.contain():
                 os.makedirs(self.directory, exist_ok=True)
                 self.remove_temporaries()
         failures.agree()  # also the barrier before the shards are written
-        self.format.write(state, temporary)  # collective: every rank its shards (DCP raises on every rank)
+        self._write_shards(state, temporary, primary)
         _barrier()
         if _is_main():
             info = {"steps": int(steps), "epochs": epochs, "format": self.format.name}
@@ -229,19 +266,49 @@ class ShardedCheckpointManager(CheckpointManager):
         failures.agree()  # also the barrier that makes the checkpoint visible to every rank
         return primary
 
+    def _write_shards(self, state: Mapping, temporary: str, primary: str) -> None:
+        # Collective: every rank its shards (DCP raises on every rank). A failure leaves no temporary directory.
+        try:
+            self.format.write(state, temporary)
+        except BaseException as error:
+            if _is_main():
+                remove_path(temporary)
+            if isinstance(error, OSError):
+                raise _explain_write_error(error, primary) from error
+            raise
+
+    def copy_to(self, source: str, name: str) -> str:
+        r"""Commit a copy of the sharded checkpoint `source` (of this directory) as `name`, on this process."""
+        manifest = read_manifest(source) or {}
+        info = {key: manifest.get(key) for key in ("steps", "epochs", "format")}
+        staging = temporary_path(self.path(name), token=str(int(info["steps"] or 0)), pid=self.writer_pid())
+        self._commit_staged(staging, self.path(name), info, source=source)
+        return self.path(name)
+
     def _commit_all(self, temporary: str, name: str, info: dict[str, Any], **policy: Any) -> None:
         # Rank 0, after every rank wrote its shards: the checkpoint, its copies, retention.
         primary, steps, epochs = self.path(name), info["steps"], info["epochs"]
-        self._commit_directory(temporary, primary, info)
+        self._commit_staged(temporary, primary, info)
         copies = [f"step-{steps}"] if name == LATEST and policy["keep"] > 0 else []
         copies += [f"epoch-{epochs}"] if policy["epoch_copy"] and epochs is not None else []
         copies += ["best"] if policy["best"] and name != "best" else []
         for copy in copies:
-            staging = os.path.join(self.directory, f".{copy}{self.format.suffix}.{steps}.tmp")
-            self.format.copy(primary, staging)
-            self._commit_directory(staging, self.path(copy), info)
+            staging = temporary_path(self.path(copy), token=str(steps), pid=self.writer_pid())
+            self._commit_staged(staging, self.path(copy), info, source=primary)
         if name == LATEST:
             self.prune(policy["keep"])
+
+    def _commit_staged(self, staging: str, path: str, info: dict[str, Any], source: str | None = None) -> None:
+        # Copy `source` to `staging` when given, then commit `staging` as `path`; a failure removes `staging`.
+        try:
+            if source is not None:
+                self.format.copy(source, staging)
+            self._commit_directory(staging, path, info)
+        except BaseException as error:
+            remove_path(staging)
+            if isinstance(error, OSError):
+                raise _explain_write_error(error, path) from error
+            raise
 
     def _commit_directory(self, temporary: str, path: str, info: dict[str, Any]) -> None:
         # As `_commit` for files: digests of the new directory as `pending`, swap, then the only digest.
@@ -253,21 +320,6 @@ class ShardedCheckpointManager(CheckpointManager):
         self._write_manifest(path, {"file": name, **info, **current, "pending": dict(new)})
         swap_into_place(temporary, path)
         self._write_manifest(path, {"file": name, **info, **new, "files": files})
-
-    def remove_temporaries(self) -> list[str]:
-        r"""Remove hidden temporary directories and files left by killed saves; returns their names."""
-        try:
-            names = [name for name in os.listdir(self.directory) if TEMPORARY_PATTERN.fullmatch(name)]
-        except FileNotFoundError:
-            return []
-        for name in names:
-            path = os.path.join(self.directory, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                with suppress(FileNotFoundError):
-                    os.remove(path)
-        return names
 
 
 def is_sharded_checkpoint(checkpoint: Any) -> bool:

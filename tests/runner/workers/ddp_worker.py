@@ -24,6 +24,7 @@ from torch.utils.data import TensorDataset
 import danling as dl
 from danling.runner import base_runner
 from danling.runner import checkpoints as ckpt
+from danling.runner.checkpointing import manager as checkpoint_manager
 from danling.utils import io as dl_io
 from danling.utils.io import to_plain
 
@@ -53,19 +54,26 @@ class LinearRunner(dl.TorchRunner):
 
 
 def record_writes(run_dir: str) -> list[str]:
-    # Every file the library writes goes through `io._write` (atomic save) or `link_or_copy`.
+    # Every file the library writes goes through `io._write` (atomic save), the checkpoint manager's
+    # `write_atomically` (checkpoints and manifests) or `link_or_copy`.
     writes: list[str] = []
-    write, link = dl_io._write, ckpt.link_or_copy
+    write, link, atomic = dl_io._write, ckpt.link_or_copy, checkpoint_manager.write_atomically
 
     def recording_write(file: str, writer: Any) -> None:
         writes.append(os.path.relpath(file, run_dir))
         write(file, writer)
+
+    def recording_atomic(file: str, writer: Any) -> None:
+        if not file.endswith(".manifest.json"):
+            writes.append(os.path.relpath(file, run_dir))
+        atomic(file, writer)
 
     def recording_link(source: str, destination: str) -> None:
         writes.append(os.path.relpath(destination, run_dir))
         link(source, destination)
 
     dl_io._write = recording_write
+    checkpoint_manager.write_atomically = recording_atomic
     ckpt.link_or_copy = recording_link
     return writes
 

@@ -1,0 +1,93 @@
+"""Keeping `best.pth` in agreement with the results a run resumes with.
+
+A save commits `latest.pth` first and its `best.pth` copy after it, then the JSON files that describe them. A kill
+between two of those commits leaves `best.pth` one best behind the results. Nothing written later fixes that by
+itself (the next epoch may not be a best one), so a run that continues in its directory checks `best.pth` against
+the best result of the results it restored, and repairs it from the checkpoint of that epoch when one is left.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from .manager import BEST, CheckpointManager
+from .manifest import checkpoint_problem, read_manifest
+
+
+def best_epoch_of(manager: CheckpointManager) -> int | None:
+    r"""
+    The epoch `best.pth` holds, as its manifest records it (`None` without one).
+
+    Examples:
+        >>> import tempfile, torch
+        >>> manager = CheckpointManager(tempfile.mkdtemp())
+        >>> _ = manager.save({"w": torch.ones(1)}, steps=4, epochs=1, best=True, keep=0)
+        >>> best_epoch_of(manager)
+        1
+    """
+    manifest = read_manifest(manager.path(BEST)) if os.path.exists(manager.path(BEST)) else None
+    if manifest is None or manifest.get("epochs") is None:
+        return None
+    return int(manifest["epochs"])
+
+
+def checkpoint_of_epoch(manager: CheckpointManager, epoch: int) -> str | None:
+    r"""
+    The checkpoint saved at the end of `epoch` in `manager`'s directory that verifies: of those whose manifest
+    names `epoch` (other than `best`), the one with the most steps (a mid-epoch save of `epoch` has fewer).
+    """
+    found = []
+    for path in manager.candidates():
+        manifest = read_manifest(path) or {}
+        if os.path.basename(path) == os.path.basename(manager.path(BEST)) or manifest.get("epochs") != epoch:
+            continue
+        found.append((int(manifest.get("steps") or 0), manager.priority(os.path.basename(path)), path))
+    for *_, path in sorted(found, reverse=True):
+        if checkpoint_problem(path, manager.format) is None:
+            return path
+    return None
+
+
+def reconcile_best(manager: CheckpointManager, best_epoch: int | None, log: Callable[[str], None]) -> str | None:
+    r"""
+    Make `best.pth` hold the epoch the results name as the best, when it holds another one.
+
+    Args:
+        manager: The manager of the run's checkpoint directory.
+        best_epoch: The index (epoch) of the best result of the restored results (`None`: nothing to check).
+        log: Called with a message saying what was repaired, or what could not be.
+
+    Returns:
+        The path of the checkpoint `best.pth` was repaired from, or `None` when nothing was repaired.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> manager = CheckpointManager(tempfile.mkdtemp())
+        >>> _ = manager.save({"w": torch.zeros(1)}, steps=4, epochs=0, best=True, keep=0)
+        >>> _ = manager.save({"w": torch.ones(1)}, steps=8, epochs=1, best=False, keep=0)  # killed before its best
+        >>> os.path.basename(reconcile_best(manager, 1, print))
+        repaired best.pth: it held epoch 0, but the results name epoch 1 the best; copied latest.pth
+        'latest.pth'
+        >>> manager.load(manager.path("best"), weights_only=True)["w"]
+        tensor([1.])
+    """
+    if best_epoch is None:
+        return None
+    held = best_epoch_of(manager)
+    if held == best_epoch or not os.path.isdir(manager.directory):
+        return None
+    source = checkpoint_of_epoch(manager, best_epoch)
+    what = "no best.pth" if held is None else f"it held epoch {held}"
+    if source is None:
+        log(
+            f"best.pth disagrees with the results ({what}, the results name epoch {best_epoch} the best) and no "
+            f"checkpoint of epoch {best_epoch} is left to repair it from"
+        )
+        return None
+    manager.copy_to(source, BEST)
+    log(
+        f"repaired best.pth: {what}, but the results name epoch {best_epoch} the best; copied "
+        f"{os.path.basename(source)}"
+    )
+    return source

@@ -3,8 +3,8 @@
 from .base_runner import BaseRunner
 from .callbacks import Callback, CallbackError
 from .config import Config
-from .ema import ExponentialMovingAverage
-from .run_lock import RunDirectoryLocked
+from .loop.ema import ExponentialMovingAverage
+from .rundir.lock import RunDirectoryLocked
 from .runner import Runner
 from .torch_runner import TorchRunner
 from .utils import RunnerMeta, RunnerMode, on_local_main_process, on_main_process

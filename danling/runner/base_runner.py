@@ -15,21 +15,21 @@ from chanfig import FlatDict, NestedDict, Variable
 
 from danling.metrics import AverageMeters
 
-from . import checkpoints as ckpt
-from .attributes import config_attribute, runner_repr
 from .callbacks import CallbackList, CallbacksMixin, LogCallback, ProgressBarCallback, TensorBoardCallback
 from .checkpointing import AsyncCheckpointWriter, CheckpointManager
+from .checkpointing import files as ckpt
+from .checkpointing.rng import SEED_RANGE, biased_seed, draw_seed, seed_python_and_numpy
 from .checkpointing.runner_state import RUN_LOCATION_KEYS, RunnerCheckpoints, runner_from_checkpoint
 from .config import Config
-from .config_checks import validate_config
-from .distributed import ProcessMixin
-from .log import close_logger, create_logger, create_tensorboard_writer
-from .printing import install_print, restore_print
-from .progress import ProgressMixin
-from .reporting import ReportingMixin
-from .rng import SEED_RANGE, biased_seed, draw_seed, seed_python_and_numpy
-from .serialization import SerializationMixin
-from .startup import RunDirGuard, run_dir_of
+from .config.attributes import config_attribute, runner_repr
+from .config.checks import validate_config
+from .distributed.processes import ProcessMixin
+from .loop.progress import ProgressMixin
+from .reporting.log import close_logger, create_logger, create_tensorboard_writer
+from .reporting.printing import install_print, restore_print
+from .reporting.reporter import ReportingMixin
+from .rundir.files import SerializationMixin
+from .rundir.startup import RunDirGuard, run_dir_of
 from .utils import RunnerMeta, RunnerMode, get_time_str, on_main_process
 
 __all__ = ["BaseRunner", "SEED_RANGE", "RUN_LOCATION_KEYS"]

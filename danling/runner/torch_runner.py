@@ -14,26 +14,26 @@ from torch.nn.parallel import DistributedDataParallel
 
 from danling.utils import distributed as dist_utils
 
-from . import checkpoints as ckpt
-from .accumulation import AccumulationWindows
 from .base_runner import BaseRunner
 from .callbacks import CallbackList
 from .checkpointing import CheckpointManager
+from .checkpointing import files as ckpt
+from .checkpointing.rng import use_deterministic_algorithms
 from .checkpointing.torch_state import TorchRunnerCheckpoints
-from .data import describe_loader, has_more, loader_length, samples_of
-from .distributed import init_process_group, resolve_device, share_run_identity
-from .evaluation import EvaluationLoops
-from .finite import NonFiniteLossGuard
-from .loaders import SplitLoaders
-from .parallel import build_parallelism, evaluation_context
-from .precision import Precision
-from .recovery import Recovery
-from .rng import use_deterministic_algorithms
-from .stepping import OptimizationMixin, StepProbe
-from .telemetry import Telemetry
-from .training import TrainingLoop
+from .checkpointing.verification import ResumeCheck, verify_resume
+from .distributed.parallel import build_parallelism, evaluation_context
+from .distributed.processes import init_process_group, resolve_device, share_run_identity
+from .loop.accumulation import AccumulationWindows
+from .loop.data import describe_loader, has_more, loader_length, samples_of
+from .loop.evaluation import EvaluationLoops
+from .loop.finite import NonFiniteLossGuard
+from .loop.interruptions import Recovery
+from .loop.loaders import SplitLoaders
+from .loop.precision import Precision
+from .loop.stepping import OptimizationMixin, StepProbe
+from .loop.training import TrainingLoop
+from .reporting.telemetry import Telemetry
 from .utils import RunnerMode, to_device
-from .verification import ResumeCheck, verify_resume
 
 
 class TorchRunner(OptimizationMixin, BaseRunner):
@@ -263,10 +263,11 @@ class TorchRunner(OptimizationMixin, BaseRunner):
     def verify_resume(self, steps: int = 2, split: str | None = None) -> ResumeCheck:
         r"""
         Check that this training script resumes bit for bit: see
-        [`verify_resume`][danling.runner.verification.verify_resume]. Trains this runner; call it on a fresh one.
+        [`verify_resume`][danling.runner.checkpointing.verification.verify_resume]. Trains this runner; call it on a
+        fresh one.
 
         Returns:
-            A [`ResumeCheck`][danling.runner.verification.ResumeCheck]: `check.ok`, `check.mismatches`.
+            A [`ResumeCheck`][danling.runner.checkpointing.verification.ResumeCheck]: `check.ok`, `check.mismatches`.
         """
         return verify_resume(self, steps, split)
 
@@ -435,7 +436,8 @@ class TorchRunner(OptimizationMixin, BaseRunner):
     def get_epoch_result(self) -> NestedDict:
         r"""
         The epoch's meters and metrics, the learning rate at its end (training), and its
-        [telemetry][danling.runner.telemetry.Telemetry.epoch_stats]: `samples_per_s`, `epoch_time`, `data_time`,
+        [telemetry][danling.runner.reporting.telemetry.Telemetry.epoch_stats]: `samples_per_s`, `epoch_time`,
+        `data_time`,
         `compute_time` (and `tokens_per_s`, `peak_memory_mib` when known).
         """
         result = super().get_epoch_result()

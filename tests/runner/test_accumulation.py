@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import danling as dl
-from danling.runner.accumulation import AccumulationWindows
+from danling.runner.loop.accumulation import AccumulationWindows
 
 from .conftest import ClassifierRunner, parameters_of
 

@@ -16,7 +16,7 @@ from torch import nn
 
 import danling as dl
 from danling.runner.checkpointing import find_resumable, verify_checkpoint
-from danling.runner.checkpoints import find_latest_checkpoint
+from danling.runner.checkpointing.files import find_latest_checkpoint
 
 from .conftest import killed_save_dirs, make_regression_data
 

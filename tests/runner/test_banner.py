@@ -10,7 +10,7 @@ import pytest
 
 import danling as dl
 from danling.runner import Config
-from danling.runner.banner import config_changes, non_defaults
+from danling.runner.reporting.banner import config_changes, non_defaults
 
 from .conftest import ClassifierRunner
 

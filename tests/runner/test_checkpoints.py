@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from danling.runner import BaseRunner
-from danling.runner import checkpoints as ckpt
+from danling.runner.checkpointing import files as ckpt
 
 MakeRunner = Callable[..., BaseRunner]
 Step = Callable[[BaseRunner], None]

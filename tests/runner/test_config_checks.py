@@ -8,7 +8,7 @@ import pytest
 
 from danling.runner import Config
 from danling.runner.config import DATALOADER_TYPES
-from danling.runner.config_checks import validate_config
+from danling.runner.config.checks import validate_config
 
 from .conftest import ClassifierRunner
 

@@ -8,7 +8,7 @@ from typing import get_type_hints
 import pytest
 
 from danling.runner import Config
-from danling.runner.config_help import key_descriptions, type_name
+from danling.runner.config.help import key_descriptions, type_name
 
 SCRIPT = '''
 import danling as dl

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from danling.runner.consensus import FailureConsensus, RankFailedError
+from danling.runner.distributed.consensus import FailureConsensus, RankFailedError
 
 WORKER = Path(__file__).parent / "workers" / "rank_failure_worker.py"
 DIST_TIMEOUT = 120  # what the worker sets: a rank left waiting would take this long

@@ -162,7 +162,7 @@ def test_total_steps_of_an_iterable_train_split_says_why_it_is_unknown(make_runn
 
 
 def test_samples_of_a_batch_weigh_its_loss():
-    from danling.runner.data import samples_of
+    from danling.runner.loop.data import samples_of
 
     assert samples_of(torch.zeros(4, 3), torch.zeros(4, 2)) == 4
     assert samples_of(None, torch.zeros(6, 2)) == 6
@@ -171,7 +171,7 @@ def test_samples_of_a_batch_weigh_its_loss():
 
 
 def test_has_more_consumes_one_item():
-    from danling.runner.data import has_more
+    from danling.runner.loop.data import has_more
 
     items = iter([1, 2])
     assert has_more(items)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import danling as dl
-from danling.runner.finite import NonFiniteLossGuard
+from danling.runner.loop.finite import NonFiniteLossGuard
 from danling.utils.io import load, save
 
 from .conftest import ClassifierRunner

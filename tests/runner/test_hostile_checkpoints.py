@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from danling.runner.checkpointing import CheckpointError
-from danling.runner.checkpoints import NotACheckpointError
+from danling.runner.checkpointing.files import NotACheckpointError
 
 
 class Payload:

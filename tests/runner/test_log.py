@@ -8,8 +8,8 @@ from typing import Callable
 import pytest
 
 from danling.runner import BaseRunner
-from danling.runner.log import close_logger, setup_logger
-from danling.runner.printing import BUILTIN_PRINT, RankAwarePrint
+from danling.runner.reporting.log import close_logger, setup_logger
+from danling.runner.reporting.printing import BUILTIN_PRINT, RankAwarePrint
 
 NewRunner = Callable[..., BaseRunner]
 
@@ -133,7 +133,7 @@ def test_setup_logger_on_other_ranks_only_warns(capsys: pytest.CaptureFixture[st
 
 
 def test_a_record_is_formatted_once_for_stdout_and_the_log_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    from danling.runner.log import SharedFormatter
+    from danling.runner.reporting.log import SharedFormatter
 
     calls = []
     original = logging.Formatter.format
@@ -159,7 +159,7 @@ def test_a_record_is_formatted_once_for_stdout_and_the_log_file(tmp_path: Path, 
 
 @pytest.mark.parametrize("datefmt", [None, "%H:%M:%S"])
 def test_the_time_of_day_rendered_once_a_second_matches_the_standard_formatter(datefmt: str | None) -> None:
-    from danling.runner.log import FORMAT, SharedFormatter
+    from danling.runner.reporting.log import FORMAT, SharedFormatter
 
     shared, standard = SharedFormatter(FORMAT, datefmt), logging.Formatter(FORMAT, datefmt)
     # Several lines in one second, the last instant of a second, the first of the next, and back in time.

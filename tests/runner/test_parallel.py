@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from danling.runner.checkpointing import ShardedFormat
-from danling.runner.parallel import (
+from danling.runner.distributed.parallel import (
     DataParallel,
     FullyShardedDataParallel,
     build_parallelism,

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from danling.runner.precision import Precision
-from danling.runner.stepping import StepProbe
+from danling.runner.loop.precision import Precision
+from danling.runner.loop.stepping import StepProbe
 
 from .conftest import ClassifierRunner
 

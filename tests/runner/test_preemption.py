@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from danling.runner.checkpointing import read_manifest, verify_checkpoint
-from danling.runner.preemption import Preempted, PreemptionHandler, parse_signals
-from danling.runner.telemetry import without_telemetry
+from danling.runner.distributed.preemption import Preempted, PreemptionHandler, parse_signals
+from danling.runner.reporting.telemetry import without_telemetry
 
 from .workers.preemptible import JobRunner
 
@@ -254,7 +254,7 @@ def test_a_hung_rank_ends_the_job_within_dist_timeout(tmp_path, torchrun):
 
 ESCALATION = """
 import os, signal, sys, time
-from danling.runner.preemption import PreemptionHandler
+from danling.runner.distributed.preemption import PreemptionHandler
 handler = PreemptionHandler(["SIGUSR1"], grace=0.5)
 handler.install()
 os.kill(os.getpid(), signal.SIGUSR1)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from danling.runner.distributed import destroy_process_group_at_exit
+from danling.runner.distributed.processes import destroy_process_group_at_exit
 
 WORKERS = Path(__file__).parent / "workers"
 

@@ -279,7 +279,7 @@ def test_a_meter_never_updated_is_left_out_of_step_and_epoch_results_and_log_lin
     ],
 )
 def test_a_step_result_is_built_like_the_nested_dict_constructor_would(values):
-    from danling.runner.reporting import nested_result
+    from danling.runner.reporting.reporter import nested_result
 
     built, reference = nested_result(values), NestedDict(values)
     assert type(built) is NestedDict

@@ -8,7 +8,7 @@ import pytest
 from chanfig import NestedDict
 
 from danling.runner import BaseRunner
-from danling.runner import results as res
+from danling.runner.reporting import results as res
 
 MakeRunner = Callable[..., BaseRunner]
 

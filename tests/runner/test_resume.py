@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import danling as dl
-from danling.runner.telemetry import without_telemetry
+from danling.runner.reporting.telemetry import without_telemetry
 
 from .conftest import ClassifierRunner, parameters_of
 

@@ -14,7 +14,7 @@ from torch import nn
 
 import danling as dl
 from danling.runner.checkpointing import ShardedCheckpointManager
-from danling.runner.replan import replan
+from danling.runner.checkpointing.replan import replan
 
 from .conftest import make_data
 

@@ -15,9 +15,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import danling as dl
-from danling.runner.resumption import merge_saved_config, seed_derived_stream
-from danling.runner.rng import get_rng_state, set_rng_state
-from danling.runner.telemetry import without_telemetry
+from danling.runner.checkpointing.restore import merge_saved_config, seed_derived_stream
+from danling.runner.checkpointing.rng import get_rng_state, set_rng_state
+from danling.runner.reporting.telemetry import without_telemetry
 
 from .conftest import ClassifierRunner, parameters_of
 

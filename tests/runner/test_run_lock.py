@@ -20,8 +20,8 @@ import torch
 
 from danling.runner import BaseRunner, RunDirectoryLocked
 from danling.runner.checkpointing import CheckpointManager
-from danling.runner.run_lock import LOCK_FILE, LockHolder, RunLock, held_by_another, process_start_ticks
-from danling.runner.startup import RunDirGuard
+from danling.runner.rundir.lock import LOCK_FILE, LockHolder, RunLock, held_by_another, process_start_ticks
+from danling.runner.rundir.startup import RunDirGuard
 
 from .workers.run_lock_worker import LockRunner, first_save_config
 

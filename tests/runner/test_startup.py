@@ -11,7 +11,7 @@ import torch
 import yaml
 
 import danling as dl
-from danling.runner.startup import RunDirGuard, write_config_file
+from danling.runner.rundir.startup import RunDirGuard, write_config_file
 
 from .conftest import ClassifierRunner
 

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import danling as dl
-from danling.runner.telemetry import Telemetry, format_step_values, step_view
+from danling.runner.reporting.telemetry import Telemetry, format_step_values, step_view
 
 DATA_DELAY = 0.01  # seconds per sample fetched
 COMPUTE_DELAY = 0.03  # seconds per forward pass

@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from chanfig import NestedDict
 from torch import nn
 
 import danling as dl
@@ -147,7 +148,7 @@ class ScriptedRunner(ClassifierRunner):
     script = [1.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
 
     def evaluate_epoch(self, split="val"):
-        return dl.runner.results.NestedDict({"loss": self.script[self.epochs]})
+        return NestedDict({"loss": self.script[self.epochs]})
 
 
 def test_early_stopping_after_patience_epochs_without_improvement(make_runner):

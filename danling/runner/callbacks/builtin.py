@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..telemetry import step_view, write_scalars
+from ..reporting.telemetry import step_view, write_scalars
 from ..utils import RunnerMode
 from .base import Callback
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from danling.utils.distributed import is_distributed
 
-from ..consensus import FailureConsensus, RankFailedError, describe
+from ..distributed.consensus import FailureConsensus, RankFailedError, describe
 from .base import HOOKS, Callback, CallbackError
 
 __all__ = ["CallbackList", "CallbacksMixin"]
@@ -31,7 +31,8 @@ class CallbackList:
     Failures: in a single process a hook that raises is re-raised at once as a
     [`CallbackError`][danling.runner.callbacks.CallbackError] chained from the original error. Under
     `torch.distributed` a raise on one rank would leave the others waiting in their next collective, so the
-    failure is kept in `failures` (the runner's [`FailureConsensus`][danling.runner.consensus.FailureConsensus])
+    failure is kept in `failures` (the runner's
+    [`FailureConsensus`][danling.runner.distributed.consensus.FailureConsensus])
     and the failing callback is skipped until every rank agrees on it and raises the `CallbackError`:
 
     - inside [`training`][danling.runner.callbacks.dispatch.CallbackList.training] (`train()`), at the next point
@@ -146,7 +147,8 @@ class CallbackList:
     def training(self, world_size: int) -> Iterator[None]:
         r"""
         The `train()` loop: failures wait for the loop's own agreements, and a failure agreed there
-        ([`RankFailedError`][danling.runner.consensus.RankFailedError]) that a callback caused is raised as the
+        ([`RankFailedError`][danling.runner.distributed.consensus.RankFailedError]) that a callback caused is raised as
+        the
         `CallbackError` it describes.
         """
         self.deferring = True

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..consensus import FailureConsensus
+from ..distributed.consensus import FailureConsensus
 
 
 class AsyncSaveError(OSError):
@@ -187,7 +187,7 @@ class AsyncCheckpointWriter:
 
         When the block ends normally in a process group of several ranks, every rank must drain (a collective):
         they agree on the outcome, so a failure of rank 0's last save raises
-        [`RankFailedError`][danling.runner.consensus.RankFailedError] on every rank, not on rank 0 alone.
+        [`RankFailedError`][danling.runner.distributed.consensus.RankFailedError] on every rank, not on rank 0 alone.
         """
         try:
             yield

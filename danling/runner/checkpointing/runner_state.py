@@ -20,15 +20,15 @@ from danling.utils import distributed as dist_utils
 from danling.utils import io as dl_io
 from danling.utils.io import to_plain, to_serializable
 
-from .. import checkpoints as ckpt
-from ..banner import config_changes
-from ..distributed import resolve_device
-from ..resumption import merge_saved_config
+from ..distributed.processes import resolve_device
+from ..reporting.banner import config_changes
+from . import files as ckpt
 from .async_writer import AsyncCheckpointWriter
 from .consistency import reconcile_best
 from .discovery import checkpoint_dir_of, find_run_checkpoint, is_sharded_dir, resolve_checkpoint
 from .manager import CheckpointManager
 from .manifest import CheckpointError, checkpoint_problem
+from .restore import merge_saved_config
 from .temporaries import run_directories, sweep_run_directories
 
 # Where a run writes: never taken from a checkpoint, so that resuming or evaluating a run writes a new directory.
@@ -68,7 +68,7 @@ class RunnerCheckpoints:
 
     def read(self, checkpoint: ckpt.CheckpointLike, *args: Any, what: str = "checkpoint", **kwargs: Any) -> Mapping:
         r"""
-        [`read_checkpoint`][danling.runner.checkpoints.read_checkpoint] with this runner's `map_location` (see
+        [`read_checkpoint`][danling.runner.checkpointing.files.read_checkpoint] with this runner's `map_location` (see
         [`map_location`][danling.runner.checkpointing.runner_state.RunnerCheckpoints.map_location]) unless the caller
         gives one.
         """

@@ -25,7 +25,7 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
-from ..consensus import FailureConsensus
+from ..distributed.consensus import FailureConsensus
 from .formats import release_frames, sha256_file, write_failure
 from .manager import LATEST, CheckpointManager, _explain_write_error, _size
 from .manifest import CheckpointError, checkpoint_problem, describe_problem, read_manifest
@@ -209,7 +209,8 @@ class ShardedCheckpointManager(CheckpointManager):
     makes the checkpoint visible to every rank before `save` returns. A failure leaves no temporary directory; a
     full disk is an `OSError` with `errno.ENOSPC` naming the checkpoint and the free space. When rank 0's part fails
     (preparing the directory, or the commit), every rank raises
-    [`RankFailedError`][danling.runner.consensus.RankFailedError] naming it, instead of waiting for rank 0 until
+    [`RankFailedError`][danling.runner.distributed.consensus.RankFailedError] naming it, instead of waiting for rank 0
+    until
     `dist_timeout`.
 
     Examples:

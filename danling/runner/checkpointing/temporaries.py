@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
 
-from ..run_lock import held_by_another, process_alive
+from ..rundir.lock import held_by_another, process_alive
 
 # Hidden temporary files and directories of interrupted writes (`.latest.pth.4242.9f3a1c2e.tmp`, older names too).
 TEMPORARY_PATTERN = re.compile(r"\..+\.tmp")
@@ -131,7 +131,7 @@ def remove_path(path: str) -> None:
 def sweep_run_directories(directories: Iterable[tuple[str, str]]) -> list[str]:
     r"""
     At a run's start: remove stale temporaries from each `(run directory, checkpoint directory)` pair whose run
-    directory no other live process holds (see [`held_by_another`][danling.runner.run_lock.held_by_another]).
+    directory no other live process holds (see [`held_by_another`][danling.runner.rundir.lock.held_by_another]).
 
     Returns:
         The paths removed.

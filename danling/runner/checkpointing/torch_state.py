@@ -10,11 +10,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from .. import checkpoints as ckpt
-from ..distributed import resolve_device
-from ..replan import check_resume_schedule, continue_schedule, follows_plan, group_lrs, replan
-from ..resumption import POSITION
+from ..distributed.processes import resolve_device
+from . import files as ckpt
 from .manager import CheckpointManager
+from .replan import check_resume_schedule, continue_schedule, follows_plan, group_lrs, replan
+from .restore import POSITION
 from .runner_state import RunnerCheckpoints
 from .sharded import (
     ShardedCheckpointManager,
@@ -55,7 +55,7 @@ class TorchRunnerCheckpoints(RunnerCheckpoints):
         r"""
         Tensors saved on an accelerator are read onto the runner's device (`cuda:LOCAL_RANK`, or the CPU on a machine
         without a GPU), those saved on the CPU stay there: see
-        [`restore_location`][danling.runner.checkpoints.restore_location]. Available during `__init__` already,
+        [`restore_location`][danling.runner.checkpointing.files.restore_location]. Available during `__init__` already,
         when `config.checkpoint` is read.
         """
         runner = self.runner
@@ -127,7 +127,7 @@ class TorchRunnerCheckpoints(RunnerCheckpoints):
         r"""
         Restore the scheduler; when the plan changed since the checkpoint (`total_steps`, or the global batch) and
         `resume_schedule` is `"rebuild"` (the default), the scheduler the runner built for the new plan is advanced
-        to the matching position instead (see [`replan`][danling.runner.replan.replan]).
+        to the matching position instead (see [`replan`][danling.runner.checkpointing.replan.replan]).
         """
         runner = self.runner
         self.replanned = None

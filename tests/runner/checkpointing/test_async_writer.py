@@ -29,7 +29,7 @@ from danling.runner.checkpointing import (
     snapshot,
     verify_checkpoint,
 )
-from danling.runner.preemption import Preempted
+from danling.runner.distributed.preemption import Preempted
 
 WORKERS = Path(__file__).parents[1] / "workers"
 SLOW_WRITE = 0.25  # seconds a slowed write takes

@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import danling as dl
-from danling.runner import consensus
+from danling.runner.distributed import consensus
 
 STEPS = 32
 BATCH_SIZE = 4

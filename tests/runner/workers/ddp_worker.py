@@ -23,7 +23,7 @@ from torch.utils.data import TensorDataset
 
 import danling as dl
 from danling.runner import base_runner
-from danling.runner import checkpoints as ckpt
+from danling.runner.checkpointing import files as ckpt
 from danling.runner.checkpointing import manager as checkpoint_manager
 from danling.utils import io as dl_io
 from danling.utils.io import to_plain

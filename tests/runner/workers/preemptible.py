@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import danling as dl
-from danling.runner import consensus
+from danling.runner.distributed import consensus
 
 
 def make_data(n: int) -> TensorDataset:

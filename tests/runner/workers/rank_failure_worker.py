@@ -28,7 +28,7 @@ from torch.utils.data import TensorDataset
 
 import danling as dl
 from danling.runner.checkpointing import formats, sharded
-from danling.runner.consensus import RankFailedError
+from danling.runner.distributed.consensus import RankFailedError
 
 
 class Job(dl.TorchRunner):

@@ -1,0 +1,236 @@
+"""Resuming a run: the saved config against the user's, the position inside an epoch, and per-rank state."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import distributed as dist
+
+from danling.utils.io import to_plain
+
+from ..config import VOLATILE_KEYS
+
+POSITION = "position"
+RANKS = "ranks"
+# Progress comes from the checkpoint alone; identity and paths stay with the run being built.
+PROGRESS_KEYS = frozenset({"steps", "epochs", "step_begin", "epoch_begin", "checkpoint"})
+KEPT_KEYS = frozenset({"run_id", "experiment_id", "auto_resume"})
+
+
+def flatten(mapping: Mapping, prefix: str = "") -> dict[str, Any]:
+    r"""
+    Dotted keys of a nested mapping.
+
+    Examples:
+        >>> flatten({"a": {"b": 1}, "c": 2})
+        {'a.b': 1, 'c': 2}
+    """
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def default_values(config_type: type) -> dict[str, Any]:
+    r"""Dotted keys and values of a config built with no arguments (what "not set by the user" means)."""
+    try:
+        defaults = config_type()
+    except Exception:  # a config class that needs arguments: fall back to the library's defaults
+        from ..config import Config
+
+        defaults = Config()
+    return flatten(to_plain(defaults.dict()))
+
+
+def merge_saved_config(config: Any, saved: Mapping) -> list[tuple[str, Any, Any]]:
+    r"""
+    Restore a checkpoint's config into `config`, letting the keys the user set win.
+
+    A key counts as set by the user when `config` holds it with a value other than its default (command line
+    or code). Progress keys come from the checkpoint (set elsewhere); identity keys and the keys saying where and
+    how this launch writes (`dir`, `log`, `tensorboard`... the volatile keys) stay when present.
+
+    Args:
+        config: The run's [`Config`][danling.runner.Config] (modified in place).
+        saved: The config stored in the checkpoint.
+
+    Returns:
+        `(key, checkpoint value, value kept)` for every key the user overrode.
+
+    Examples:
+        >>> from danling.runner import Config
+        >>> config = Config({"lr": 0.5})
+        >>> merge_saved_config(config, {"lr": 0.1, "seed": 7, "epoch_end": 4})
+        [('lr', 0.1, 0.5)]
+        >>> config.seed, config.epoch_end, config.lr
+        (7, 4, 0.5)
+    """
+    defaults = default_values(type(config))
+    current = flatten(to_plain(config.dict()))
+    overrides = []
+    for key, value in flatten(to_plain(saved)).items():
+        top = key.split(".", 1)[0]
+        if top in PROGRESS_KEYS or top in KEPT_KEYS:
+            continue
+        if key in current and top in VOLATILE_KEYS:
+            continue  # where and how this launch writes: its own business
+        if key in current and (key not in defaults or defaults[key] != current[key]):
+            if current[key] != value:
+                overrides.append((key, value, current[key]))
+            continue
+        try:
+            config[key] = value
+        except (TypeError, ValueError, KeyError, AttributeError):
+            continue
+    return overrides
+
+
+# Per-rank state
+
+
+def metrics_state(metrics: Any) -> Any:
+    r"""State of a partial epoch's metrics: `state_dict()` when they have one, else the stored batches."""
+    if metrics is None:
+        return None
+    if hasattr(metrics, "state_dict"):
+        return metrics.state_dict()
+    if hasattr(metrics, "_local_all"):
+        inputs, targets = metrics._local_all()
+        return {"inputs": inputs, "targets": targets}
+    return None
+
+
+def load_metrics_state(metrics: Any, state: Any) -> None:
+    r"""Restore what [`metrics_state`][danling.runner.checkpointing.restore.metrics_state] captured."""
+    if metrics is None or state is None:
+        return
+    if hasattr(metrics, "load_state_dict"):
+        metrics.load_state_dict(state)
+    elif isinstance(state, Mapping) and "inputs" in state:
+        metrics.reset()
+        if state["inputs"] is not None:
+            metrics.update(state["inputs"], state["targets"])
+
+
+def gather_to_main(obj: Any) -> list[Any] | None:
+    r"""
+    Every rank's `obj`, in rank order, on the main process (`None` on the others). Collective when distributed.
+
+    Examples:
+        >>> gather_to_main({"x": 1})
+        [{'x': 1}]
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    gathered: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
+def seed_derived_stream(state: Mapping, rank: int) -> int:
+    r"""
+    Seed Python, numpy and torch with a stream derived from a saved rank's torch state and this `rank`.
+
+    Used when a run resumes on more ranks than it saved: the new ranks get their own streams, not rank 0's.
+
+    Returns:
+        The seed.
+    """
+    data = state["torch"].numpy().tobytes() + int(rank).to_bytes(4, "little")
+    seed = int.from_bytes(hashlib.sha256(data).digest()[:4], "little")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return seed
+
+
+@dataclass
+class ResumePoint:
+    r"""
+    Where a mid-epoch checkpoint left a training epoch, for this rank.
+
+    Attributes:
+        epoch: The epoch.
+        split: The train split that was running.
+        batches: Micro-batches of `split` consumed (always at an optimizer-step boundary).
+        finished: Results of the train splits already finished in this epoch.
+        rng: This rank's random state at the checkpoint.
+        epoch_rng: This rank's random state when the split's epoch started (replays the loader's draws).
+        meters: State of the meters of the partial epoch.
+        metrics: State of the metrics of the partial epoch.
+    """
+
+    epoch: int
+    split: str
+    batches: int
+    finished: dict = field(default_factory=dict)
+    rng: Any = None
+    epoch_rng: Any = None
+    meters: Any = None
+    metrics: Any = None
+
+
+def resume_point(state: Mapping, rank: int) -> ResumePoint | None:
+    r"""
+    The [`ResumePoint`][danling.runner.checkpointing.restore.ResumePoint] of `rank` in a checkpoint, or `None` when the
+    checkpoint was saved at an epoch boundary.
+    """
+    position = state.get(POSITION) or {}
+    if position.get("split") is None:
+        return None
+    ranks = position.get(RANKS) or [{}]
+    own = ranks[rank] if rank < len(ranks) else {}
+    rng_states = state.get("rng") or [None]
+    return ResumePoint(
+        epoch=int(position["epoch"]),
+        split=position["split"],
+        batches=int(position["batches"]),
+        finished=dict(position.get("finished") or {}),
+        rng=rng_states[rank] if rank < len(rng_states) else None,
+        epoch_rng=own.get("epoch_rng"),
+        meters=own.get("meters"),
+        metrics=own.get("metrics"),
+    )
+
+
+def plan_changes(saved: Mapping | None, current: Mapping) -> list[str]:
+    r"""
+    Human descriptions of how the training plan differs from the one a checkpoint was saved under.
+
+    Examples:
+        >>> plan_changes({"epoch_end": 2, "world_size": 1}, {"epoch_end": 4, "world_size": 1})
+        ['epoch_end changed from 2 to 4']
+    """
+    if not saved:
+        return []
+    return [
+        f"{key} changed from {saved[key]} to {current[key]}"
+        for key in current
+        if key in saved and key != "world_size" and to_plain(saved[key]) != to_plain(current[key])
+    ]
+
+
+class EpochPosition:
+    r"""
+    Where the training loop is inside the current epoch: the split running, the batches it consumed (set only
+    while a mid-epoch checkpoint is written), the random state its loader started from, and the results of
+    the train splits already finished in this epoch.
+    """
+
+    __slots__ = ("split", "batches", "epoch_rng", "finished")
+
+    def __init__(self) -> None:
+        self.split: str | None = None
+        self.batches = 0
+        self.epoch_rng: Any = None
+        self.finished: dict[str, Any] = {}

@@ -1,0 +1,112 @@
+"""Range checks of a config's values, run when a runner is built: a bad value stops the run before anything starts.
+
+Each rule names a key and what it accepts, so the message of
+[`validate_config`][danling.runner.config.checks.validate_config] says both (`dataloader.batch_size` 0 would
+otherwise be a `ZeroDivisionError` deep in the loop, a negative `step_end` a scheduler error).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from numbers import Integral, Real
+from typing import Any
+
+from .parsing import DATALOADER_TYPES
+
+# Integer keys and the smallest value each accepts; `None` is accepted too, except for those in REQUIRED_KEYS.
+INTEGER_MINIMUMS: dict[str, int] = {
+    "steps": 0,
+    "epochs": 0,
+    "step_begin": 0,
+    "epoch_begin": 0,
+    "step_end": 0,
+    "epoch_end": 0,
+    "accum_steps": 1,
+    "log_interval": 1,
+    "save_steps": 1,
+    "keep_checkpoints": 0,
+    "patience": 0,
+}
+# Number keys that must be positive when set (`None`: off, or the default).
+POSITIVE_KEYS = ("max_grad_norm", "max_grad_value", "dist_timeout")
+# Keys that must hold a value (their defaults are not `None`).
+REQUIRED_KEYS = frozenset({"steps", "epochs", "step_begin", "epoch_begin", "accum_steps"})
+# `DataLoader` options under `dataloader.` and `dataloader.<split>.` with a range (`None`: DataLoader's default).
+DATALOADER_MINIMUMS: dict[str, int] = {"batch_size": 1, "num_workers": 0, "prefetch_factor": 1}
+
+
+def validate_config(config: Mapping) -> None:
+    r"""
+    Check the values of a run's config: progress bounds, intervals, clipping and the `dataloader` options.
+
+    Accepted values: `epoch_end`, `step_end`, `epoch_begin`, `step_begin`, `keep_checkpoints` and `patience` are
+    integers >= 0; `accum_steps`, `log_interval` and `save_steps` integers >= 1; `max_grad_norm`,
+    `max_grad_value` and `dist_timeout` numbers > 0; `dataloader.batch_size` (and `dataloader.<split>.batch_size`)
+    and `prefetch_factor` integers >= 1, `num_workers` an integer >= 0, `timeout` a number >= 0, and
+    `shuffle`, `drop_last`, `pin_memory` and `persistent_workers` booleans. Optional keys may be `None`. A float is
+    no integer here (`range` and the schedulers reject `1e4`), nor is a boolean a number.
+
+    Args:
+        config: The config (a [`Config`][danling.runner.Config] or any mapping).
+
+    Raises:
+        ValueError: Naming every key with a bad value, the value and the accepted range.
+
+    Examples:
+        >>> validate_config({"epoch_end": 3, "dataloader": {"batch_size": 8, "val": {"batch_size": 16}}})
+        >>> validate_config({"step_end": -1, "dataloader": {"batch_size": 0}})
+        Traceback (most recent call last):
+        ValueError: invalid config values:
+          step_end: got -1; accepted values are integers >= 0, or None
+          dataloader.batch_size: got 0; accepted values are integers >= 1, or None
+    """
+    problems = [
+        _integer_problem(key, config[key], minimum) for key, minimum in INTEGER_MINIMUMS.items() if key in config
+    ]
+    problems += [_positive_problem(key, config[key]) for key in POSITIVE_KEYS if key in config]
+    dataloader = config.get("dataloader")
+    if isinstance(dataloader, Mapping):
+        problems += _dataloader_problems(dataloader, "dataloader")
+        for split, options in dataloader.items():
+            if isinstance(options, Mapping):
+                problems += _dataloader_problems(options, f"dataloader.{split}")
+    problems = [problem for problem in problems if problem is not None]
+    if problems:
+        raise ValueError("invalid config values:\n  " + "\n  ".join(problems))
+
+
+def _integer_problem(key: str, value: Any, minimum: int, optional: bool | None = None) -> str | None:
+    optional = key not in REQUIRED_KEYS if optional is None else optional
+    if value is None and optional:
+        return None
+    if _is_integer(value) and value >= minimum:
+        return None
+    return f"{key}: got {value!r}; accepted values are integers >= {minimum}{', or None' if optional else ''}"
+
+
+def _positive_problem(key: str, value: Any) -> str | None:
+    if value is None or (_is_number(value) and value > 0):
+        return None
+    return f"{key}: got {value!r}; accepted values are numbers > 0, or None"
+
+
+def _dataloader_problems(options: Mapping, prefix: str) -> list[str | None]:
+    problems: list[str | None] = []
+    for option, value in options.items():
+        key = f"{prefix}.{option}"
+        if option in DATALOADER_MINIMUMS:
+            problems.append(_integer_problem(key, value, DATALOADER_MINIMUMS[option], optional=True))
+        elif option == "timeout" and not (_is_number(value) and value >= 0):
+            problems.append(f"{key}: got {value!r}; accepted values are numbers >= 0")
+        elif DATALOADER_TYPES.get(option) is bool and not isinstance(value, bool) and value is not None:
+            problems.append(f"{key}: got {value!r}; accepted values are True, False, or None")
+    return problems
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)

@@ -1,0 +1,1 @@
+"""Processes and ranks: the process group, DDP/FSDP2, agreement across ranks, preemption."""

@@ -1,0 +1,1 @@
+"""One batch and one epoch: training, evaluation and inference loops, stepping, precision, data."""

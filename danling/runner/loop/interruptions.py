@@ -1,0 +1,469 @@
+"""`Recovery`: what a training loop needs to survive interruptions, held by `TorchRunner` (composition).
+
+It knows where the loop is inside an epoch, gathers every rank's state before a checkpoint, replays a resumed
+epoch up to its saved batch, turns preemption signals into a save-and-stop at a step boundary, and checks a
+loaded checkpoint against the current world size and plan.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Callable
+from warnings import warn
+
+from chanfig import NestedDict
+
+from danling.utils.io import to_plain, to_serializable
+
+from ..checkpointing.restore import (
+    POSITION,
+    RANKS,
+    EpochPosition,
+    ResumePoint,
+    gather_to_main,
+    load_metrics_state,
+    metrics_state,
+    plan_changes,
+    resume_point,
+    seed_derived_stream,
+)
+from ..checkpointing.rng import get_rng_state, set_rng_state
+from ..distributed.consensus import FailureConsensus, RankFailedError, cpu_channel
+from ..distributed.preemption import DEFAULT_SIGNALS, Preempted, PreemptionHandler
+from ..distributed.processes import process_group_timeout
+
+DEFAULT_CHECK_STEPS = 16  # `preemption_check_steps`: optimizer steps between two agreements of the ranks
+
+
+class Recovery:
+    r"""
+    Interruption handling of one [`TorchRunner`][danling.runner.TorchRunner]: position, resume, preemption.
+
+    Args:
+        runner: The runner it serves (read for its config, ranks, meters and loop state).
+    """
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+        self.position = EpochPosition()
+        self.collected: list[dict[str, Any]] | None = None
+        self.collected_at: tuple | None = None
+        self.resume: ResumePoint | None = None
+        self.saved_plan: Mapping | None = None
+        self.saved_world_size: int | None = None
+        self.preemption: PreemptionHandler | None = None
+        self.failures = FailureConsensus()
+        self.channel: Any = None  # the CPU process group the ranks agree over (`None`: one process)
+
+    # Around the loop
+
+    def catch_preemption(self) -> PreemptionHandler:
+        r"""A handler of `config.preemption_signals`, installed for the duration of a `with` block."""
+        runner = self.runner
+        signals = runner.config.get("preemption_signals", DEFAULT_SIGNALS)
+        grace = runner.config.get("dist_timeout") if runner.distributed else None
+        self.preemption = PreemptionHandler(signals, "cpu", grace, self.open_channel())
+        return self.preemption
+
+    def open_channel(self) -> Any:
+        r"""
+        The CPU process group every agreement runs over (see
+        [`cpu_channel`][danling.runner.distributed.consensus.cpu_channel]),
+        made the first time; `None` in a single process. Collective the first time: call it on every rank.
+        """
+        if self.channel is None and self.runner.distributed:
+            self.channel = cpu_channel(process_group_timeout(self.runner.config.get("dist_timeout")))
+        return self.channel
+
+    def agree_failures(self, signum: int = 0) -> int:
+        r"""[`FailureConsensus.agree`][danling.runner.distributed.consensus.FailureConsensus.agree] over the CPU
+        channel."""
+        channel = self.open_channel()
+        if channel is None:
+            return self.failures.agree(signum)
+        return self.failures.agree(signum, "cpu", channel)
+
+    @contextmanager
+    def explain_timeouts(self) -> Iterator[None]:
+        r"""Log a collective that timed out (`dist_timeout`) as what it means: another rank hung or died."""
+        try:
+            yield
+        except RankFailedError as error:
+            self.runner.log(f"rank {self.runner.rank}: {error} (at step {self.runner.steps})", logging.ERROR)
+            raise
+        except RuntimeError as error:
+            runner = self.runner
+            if runner.distributed and "timed out" in str(error).lower():
+                runner.log(
+                    f"rank {runner.rank}: a collective timed out after {runner.config.get('dist_timeout')} s "
+                    f"(dist_timeout): another rank is hung or dead; stopping at step {runner.steps}",
+                    logging.ERROR,
+                )
+            raise
+
+    def train_splits(
+        self, splits: list[str], train_epoch: Callable[[str], NestedDict], done: Callable[[], bool]
+    ) -> NestedDict:
+        r"""
+        Train `splits` for the current epoch (until `done()`); splits a mid-epoch checkpoint had finished keep
+        their results. A split cut short by `step_end` marks the result `partial`.
+        """
+        resume = self.resume if self.resume is not None and self.resume.epoch == self.runner.epochs else None
+        self.resume = resume
+        self.position.finished = dict(resume.finished) if resume is not None else {}
+        result = NestedDict()
+        for split in splits:
+            if split in self.position.finished:
+                result[split] = NestedDict(self.position.finished[split])
+                continue
+            if done():
+                break
+            result[split] = train_epoch(split)
+            if result[split].get("partial"):
+                result["partial"] = True
+            self.position.finished[split] = to_serializable(result[split])[0]
+        self.resume = None
+        return result
+
+    def end_of_epoch(self) -> None:
+        r"""
+        Check every rank's training losses and gather every rank's state for the epoch's checkpoint. Collective
+        when distributed.
+        """
+        self.runner._loss_guard.check(self.runner.distributed)
+        self.collected, self.collected_at = gather_to_main(self.rank_state(mid_epoch=False)), self.moment()
+
+    def contain(self) -> AbstractContextManager:
+        r"""
+        Around rank-local work whose failure must stop every rank (the epoch's checkpoint and result files, written
+        by rank 0): a failure is kept until the next
+        [`stop_if_preempted`][danling.runner.loop.interruptions.Recovery.stop_if_preempted] or step boundary, where
+        every
+        rank agrees on it and raises [`RankFailedError`][danling.runner.distributed.consensus.RankFailedError] naming
+        the
+        failing rank and its error.
+        """
+        return self.failures.contain()
+
+    def stop_if_preempted(self) -> None:
+        r"""
+        After the epoch's checkpoint: raise a failure of any rank (on every rank), then stop when any rank was
+        signalled. Collective when distributed (one all-reduce).
+        """
+        if self.agree_to_stop():
+            self.exit_preempted()
+
+    def agree_to_stop(self) -> bool:
+        r"""
+        Whether any rank was signalled; when any rank kept a failure, every rank raises
+        [`RankFailedError`][danling.runner.distributed.consensus.RankFailedError] instead. Collective when distributed
+        (the
+        signal and the failures share one all-reduce of a CPU tensor over a `gloo` group); a single process reads
+        two attributes.
+        """
+        handler = self.preemption
+        if handler is None or not handler.active:
+            self.agree_failures()
+            return False
+        return handler.should_stop(self.failures)
+
+    # Inside an epoch
+
+    def enter_epoch(self, split: str, loader: Any) -> tuple[Iterable, int]:
+        r"""
+        Start `split`'s epoch: note the random state its loader starts from; when resuming into it, replay the
+        loader from the saved state up to the saved batch and restore meters, metrics, window and random state.
+
+        Returns:
+            The batches to iterate and the index of the first one.
+        """
+        runner = self.runner
+        resume = self.resume if self.resume is not None and self.resume.split == split else None
+        if resume is None:
+            self.position.epoch_rng = get_rng_state()
+            return loader, 0
+        self.resume = None
+        self.position.epoch_rng = resume.epoch_rng
+        if resume.epoch_rng is not None:
+            set_rng_state(resume.epoch_rng)
+        iterator = fast_forward(iter(loader), resume.batches, split)
+        if resume.meters is not None:
+            runner.meters.load_state_dict(resume.meters)
+            runner._loss_meter = runner.meters.loss
+        load_metrics_state(runner.current_metrics, resume.metrics)
+        runner._windows.micro_step = resume.batches
+        if resume.rng is not None:
+            set_rng_state(resume.rng)
+        runner.log(f"resuming epoch {runner.epochs} of {split} at batch {resume.batches}")
+        return iterator, resume.batches
+
+    def boundary_hook(self) -> Callable[[str, int, int | None], None] | None:
+        r"""
+        What to do at each optimizer-step boundary (`save_steps`, preemption, the failure of a background save),
+        or `None` when nothing is needed. Distributed, the ranks agree on signals and failures every
+        `preemption_check_steps` optimizer steps only (and at epoch ends), so a signal stops every rank at the
+        next multiple of it: up to that many steps after the signal.
+
+        Raises:
+            ValueError: If `save_steps` is not a positive integer or `None`, or `preemption_check_steps` is not a
+                positive integer.
+        """
+        runner = self.runner
+        save_steps = runner.config.get("save_steps")
+        invalid = isinstance(save_steps, bool) or not isinstance(save_steps, int) or save_steps < 1
+        if save_steps is not None and invalid:
+            raise ValueError(f"save_steps must be a positive integer (None: no mid-epoch saves), got {save_steps!r}")
+        every = check_steps(runner.config.get("preemption_check_steps", DEFAULT_CHECK_STEPS))
+        preemption = self.preemption if self.preemption is not None and self.preemption.active else None
+        saver = runner.async_saver
+        if save_steps is None and preemption is None and saver is None:
+            return None
+        if save_steps is None and saver is None and not runner.distributed:
+            return self._signal_hook(preemption)  # the default of one process: one attribute read per step
+        return self._boundary_hook(save_steps, preemption, saver, every)
+
+    def _signal_hook(self, preemption: PreemptionHandler) -> Callable[[str, int, int | None], None]:
+        # One process that only catches signals: nothing to agree on, so the signal handler's own record is read.
+        def at_boundary(split: str, batches: int, length: int | None) -> None:
+            if preemption.received is not None and preemption.should_stop():
+                self.save_position_agreed(split, batches, wait=True)
+                self.exit_preempted()
+
+        return at_boundary
+
+    def _boundary_hook(
+        self, save_steps: int | None, preemption: PreemptionHandler | None, saver: Any, every: int
+    ) -> Callable[[str, int, int | None], None]:
+        runner = self.runner
+        # Distributed, a background save failing on rank 0 must reach every rank: agree every `every` steps (the
+        # preemption all-reduce carries it when signals are caught; else a background save adds that one). The
+        # steps are in lockstep, so every rank reaches the same checks. One process asks the handler every step.
+        distributed = runner.distributed
+        if distributed and (preemption is not None or saver is not None):
+            self.open_channel()
+            should_stop: Callable[[], bool] | None = self.agree_to_stop
+        else:  # one process: a failure is raised where it happens, nothing to agree on
+            should_stop, every = None if preemption is None else preemption.should_stop, 1
+        failures = self.failures
+
+        def at_boundary(split: str, batches: int, length: int | None) -> None:
+            if saver is not None:
+                if distributed:
+                    with failures.contain():
+                        saver.check()
+                else:
+                    saver.check()  # a background save that failed stops the run here, naming its file
+            if preemption is not None and preemption.received is not None:
+                preemption.acknowledged = True  # not stuck: the grace period ends; the next check stops the run
+            stop = should_stop is not None and runner.steps % every == 0 and should_stop()
+            due = save_steps is not None and runner.steps % save_steps == 0 and (length is None or batches < length)
+            if stop or due:
+                self.save_position_agreed(split, batches, wait=stop)
+            if stop:
+                self.exit_preempted()
+
+        return at_boundary
+
+    def save_position_agreed(self, split: str, batches: int, wait: bool = False) -> None:
+        r"""
+        Save the mid-epoch checkpoint, then agree on every rank that it was written before any rank goes on
+        (`RankFailedError` on every rank when rank 0's write failed). Collective when distributed.
+
+        Args:
+            split: The train split running.
+            batches: Micro-batches of it consumed so far.
+            wait: Also wait for a background save (`async_save`) to commit: before a preemption exit.
+        """
+        runner = self.runner
+        with self.failures.contain():
+            runner.save_position(split, batches)
+            if wait and runner.async_saver is not None:
+                runner.async_saver.wait()
+        self.agree_failures()
+
+    def mid_epoch_state(self, split: str, batches: int) -> Mapping:
+        r"""The checkpoint after `batches` micro-batches of `split`. Collective when distributed."""
+        self.runner._loss_guard.check(self.runner.distributed)  # never checkpoint non-finite weights
+        self.position.split, self.position.batches = split, batches
+        try:
+            self.collected, self.collected_at = gather_to_main(self.rank_state(mid_epoch=True)), self.moment()
+            return self.runner.checkpoint_state()
+        finally:
+            self.position.split, self.position.batches = None, 0
+
+    def exit_preempted(self) -> None:
+        r"""Log why the run stops, then raise [`Preempted`][danling.runner.distributed.preemption.Preempted]."""
+        runner, handler = self.runner, self.preemption
+        signum = handler.received if handler is not None and handler.received is not None else 15
+        name = handler.signal_name if handler is not None else "a signal"
+        latest = runner.checkpoint_manager.path("latest")  # latest.pth, or latest.dcp when sharded
+        runner.log(
+            f"preempted by {name}: stopped at step {runner.steps} of epoch {runner.epochs}, saved {latest}; "
+            f"exiting with status {128 + signum}"
+        )
+        if runner.writer is not None:
+            runner.writer.flush()
+        raise Preempted(signum)
+
+    # Checkpoint contents
+
+    def rank_state(self, mid_epoch: bool) -> dict[str, Any]:
+        r"""This rank's part of a checkpoint: its random state, and in mid-epoch its loader state and meters."""
+        state: dict[str, Any] = {"rng": get_rng_state()}
+        if mid_epoch:
+            state["epoch_rng"] = self.position.epoch_rng
+            state["meters"] = self.runner.meters.state_dict()
+            state["metrics"] = metrics_state(self.runner.current_metrics)
+        return state
+
+    def plan(self) -> dict[str, Any]:
+        r"""
+        The training plan: `epoch_end`, `step_end`, world size, the length of each train dataset, `total_steps` and
+        the global batch (`batch_size x world_size x accum_steps`); `None` for what the runner cannot tell.
+        """
+        runner = self.runner
+        lengths = {}
+        for split in runner.train_splits if runner.datasets else []:
+            dataset = runner.datasets.get(split)
+            if dataset is not None and hasattr(dataset, "__len__"):
+                lengths[split] = len(dataset)
+        plan = {"epoch_end": runner.epoch_end, "step_end": runner.step_end, "world_size": runner.world_size}
+        plan["train_lengths"] = lengths
+        try:
+            plan["total_steps"] = runner.total_steps
+        except (ValueError, TypeError, AttributeError):
+            plan["total_steps"] = None
+        try:
+            plan["global_batch"] = runner.batch_size_equivalent
+        except (ValueError, TypeError, AttributeError):
+            plan["global_batch"] = None
+        return plan
+
+    def moment(self) -> tuple:
+        r"""Where the run is: steps, epoch, and the split and batch of a mid-epoch save."""
+        return (self.runner.steps, self.runner.epochs, self.position.split, self.position.batches)
+
+    def add_to(self, state: dict[str, Any]) -> None:
+        r"""Put the `rng` of every rank gathered (else this rank's) and the `position` into a checkpoint."""
+        position = self.position
+        # Every rank's state when it was gathered at this very moment (no side effect: two calls agree).
+        ranks = self.collected if self.collected_at == self.moment() else None
+        if ranks is None:
+            ranks = [self.rank_state(mid_epoch=position.split is not None)]
+        state["rng"] = [rank["rng"] for rank in ranks]
+        saved = {"world_size": self.runner.world_size, "epoch": self.runner.epochs, "split": position.split}
+        saved.update(batches=position.batches, plan=self.plan())
+        if position.split is not None:
+            saved["finished"] = to_plain(position.finished)
+            saved[RANKS] = [{key: value for key, value in rank.items() if key != "rng"} for rank in ranks]
+        state[POSITION] = saved
+
+    def restore(self, state: Mapping) -> None:
+        r"""
+        Take this rank's random state and resume point from a checkpoint.
+
+        Raises:
+            ValueError: If a mid-epoch checkpoint was saved on another world size.
+        """
+        runner = self.runner
+        position = state.get(POSITION) or {}
+        rng_states = state.get("rng") or []
+        self.saved_world_size = int(position.get("world_size", len(rng_states) or 1))
+        self.resume = resume_point(state, runner.rank)
+        if runner.rank < len(rng_states):
+            set_rng_state(rng_states[runner.rank])
+        elif rng_states:
+            seed_derived_stream(rng_states[0], runner.rank)
+        self.saved_plan = position.get("plan")
+
+    def check_world_size(self) -> None:
+        r"""
+        When training resumes a checkpoint saved on another world size: warn, or stop for a mid-epoch checkpoint.
+        Evaluating or inferring from such a checkpoint is not resuming: it says nothing.
+
+        Raises:
+            ValueError: If a mid-epoch checkpoint was saved on another world size.
+        """
+        runner, saved_world = self.runner, self.saved_world_size
+        if saved_world is None or saved_world == runner.world_size:
+            return
+        if self.resume is not None:
+            raise ValueError(
+                f"the checkpoint was saved in the middle of epoch {self.resume.epoch} with world_size "
+                f"{saved_world}, but this run has world_size {runner.world_size}: the data shards differ, so the "
+                "epoch cannot continue exactly; resume on the same world size or from an epoch-boundary checkpoint"
+            )
+        message = f"resuming a checkpoint saved with world_size {saved_world} on world_size {runner.world_size}"
+        warn(message, RuntimeWarning, stacklevel=5)
+        runner.log(message, logging.WARNING)
+
+    def after_load(self, replanned: Any = None) -> None:
+        r"""
+        Continue a mid-epoch checkpoint's epoch, and say how the plan differs from the saved one: how the schedule
+        was rebuilt for it (`replanned`, a [`Replan`][danling.runner.checkpointing.replan.Replan]), else that it was
+        kept.
+        """
+        runner = self.runner
+        if self.resume is not None:
+            runner.epoch_begin = self.resume.epoch
+        changes = plan_changes(self.saved_plan, self.plan())
+        if replanned is not None:
+            message = replanned.describe() + (f" ({'; '.join(changes)})" if changes else "")
+            runner.resume_record = {**(runner.resume_record or {}), "schedule": message}
+        elif changes:
+            message = f"the training plan changed since the checkpoint ({'; '.join(changes)})"
+            if runner.scheduler is not None:
+                message += (
+                    ". The scheduler keeps the state it was saved with (resume_schedule: keep, or a scheduler "
+                    "that does not follow the steps)"
+                )
+        else:
+            return
+        warn(message, RuntimeWarning, stacklevel=5)  # past the runner's checkpoint subsystem and delegate
+        runner.log(message, logging.WARNING)
+
+
+def check_steps(value: Any) -> int:
+    r"""
+    `config.preemption_check_steps`: optimizer steps between two agreements of the ranks on preemption signals and
+    failures, checked.
+
+    Raises:
+        ValueError: If it is not an integer >= 1.
+
+    Examples:
+        >>> check_steps(16)
+        16
+        >>> check_steps(0)
+        Traceback (most recent call last):
+        ValueError: preemption_check_steps must be an integer >= 1 (optimizer steps between two checks), got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"preemption_check_steps must be an integer >= 1 (optimizer steps between two checks), got {value!r}"
+        )
+    return value
+
+
+def fast_forward(iterator: Iterator, batches: int, split: str) -> Iterator:
+    r"""
+    Consume the first `batches` batches of `iterator` (replaying the loader, workers and their seeds included).
+
+    Raises:
+        ValueError: If the loader has fewer batches than the checkpoint had consumed.
+
+    Examples:
+        >>> list(fast_forward(iter(range(5)), 3, "train"))
+        [3, 4]
+    """
+    for index in range(batches):
+        try:
+            next(iterator)
+        except StopIteration:
+            raise ValueError(
+                f"cannot resume {split!r} at batch {batches}: its loader now has only {index} batches "
+                "(the dataset or batch size changed since the checkpoint)"
+            ) from None
+    return iterator

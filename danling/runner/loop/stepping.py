@@ -1,0 +1,342 @@
+"""Optimizer stepping of `TorchRunner`: mixed precision, gradient accumulation, clipping, EMA and step counting."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from .accumulation import AccumulationWindows
+from .finite import NonFiniteLossGuard
+from .precision import Precision
+
+# A GradScaler scale below this means the fp16 gradients overflow step after step: training has diverged. From
+# the default initial scale (2**16) it takes 30 overflows in a row (halving it each time) to fall below.
+MIN_LOSS_SCALE = 1e-4
+
+# One shared no-op context (reusable and reentrant): cheaper than a new nullcontext per micro-step.
+_NULL_CONTEXT = nullcontext()
+
+
+def count_step(config: Any) -> None:
+    r"""
+    Add one optimizer step to `config.steps`, the one place the count lives (through chanfig's own `__setitem__`,
+    so every reader sees the live count: `runner.steps`, `config.steps`, `config["steps"]`, a checkpoint).
+
+    Examples:
+        >>> from danling.runner import Config
+        >>> config = Config()
+        >>> count_step(config)
+        >>> config.steps, config["steps"], config.dict()["steps"]
+        (1, 1, 1)
+    """
+    config["steps"] = config["steps"] + 1
+
+
+class StepProbe:
+    r"""
+    Steps an optimizer through a `GradScaler` and tells whether the scaler skipped the step, without reading the
+    device when it can.
+
+    `GradScaler.step` calls `optimizer.step()` only when the gradients are finite, so a post-step hook
+    (`Optimizer.register_step_post_hook`) that did not run means a skipped step: the probe adds no synchronisation
+    to the one `GradScaler.step` makes. An optimizer that unscales inside its own step (`fused=True` in a parameter
+    group, or a `step` taking `grad_scaler`) runs its step, and its hooks, even when it skips, and one without
+    post-step hooks says nothing: for these (`blind`) the probe compares the scale before and after
+    `GradScaler.update`, which lowers it exactly when the step was skipped (two reads of the scale per step). An
+    optimizer that handles the scaler in its own step but says so neither way is not told apart: its skipped steps
+    count as steps. [`detach`][danling.runner.loop.stepping.StepProbe.detach] removes the hook; the runner calls it when
+    it closes.
+
+    Examples:
+        >>> parameter = torch.zeros(1, requires_grad=True)
+        >>> optimizer = torch.optim.SGD([parameter], lr=0.1)
+        >>> scaler = torch.amp.GradScaler("cpu")
+        >>> probe = StepProbe()
+        >>> scaler.scale(parameter.sum() * float("inf")).backward()
+        >>> probe.step(scaler, optimizer), probe.blind
+        (True, False)
+        >>> optimizer.zero_grad()
+        >>> scaler.scale(parameter.sum()).backward()
+        >>> probe.step(scaler, optimizer)
+        False
+        >>> probe.detach()
+    """
+
+    __slots__ = ("blind", "handle", "optimizer", "stepped")
+
+    def __init__(self) -> None:
+        self.optimizer: Any = None
+        self.handle: Any = None
+        self.stepped = False
+        self.blind = True
+
+    def attach(self, optimizer: Any) -> None:
+        r"""Watch `optimizer` (and stop watching the previous one)."""
+        self.detach()
+        self.optimizer = optimizer
+        observable = hasattr(optimizer, "register_step_post_hook")
+        self.handle = optimizer.register_step_post_hook(self._note) if observable else None
+        self.blind = not observable or _unscales_in_step(optimizer)
+        self.stepped = False
+
+    def detach(self) -> None:
+        r"""Remove the hook from the watched optimizer, if any, and forget it."""
+        if self.handle is not None:
+            self.handle.remove()
+        self.handle = None
+        self.optimizer = None
+
+    def step(self, scaler: torch.amp.GradScaler, optimizer: Any) -> bool:
+        r"""
+        `scaler.step(optimizer)` then `scaler.update()`.
+
+        Returns:
+            Whether the scaler skipped the step (inf/NaN gradients).
+        """
+        if self.optimizer is not optimizer:
+            self.attach(optimizer)  # decides, once per optimizer, whether its steps can be observed
+        if self.blind:
+            scaler.step(optimizer)
+            scale = scaler.get_scale()
+            scaler.update()
+            return scaler.get_scale() < scale  # `update` backs off (lowers the scale) only after an overflow
+        self.stepped = False
+        scaler.step(optimizer)
+        scaler.update()
+        return not self.stepped
+
+    def _note(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self.stepped = True
+
+
+def _unscales_in_step(optimizer: Any) -> bool:
+    # Whether `GradScaler.step` hands the scaling to the optimizer's own step, which then runs even when it skips.
+    if any(group.get("fused") for group in getattr(optimizer, "param_groups", ())):
+        return True
+    try:
+        return "grad_scaler" in inspect.signature(optimizer.step).parameters
+    except (TypeError, ValueError):  # no signature to read
+        return False
+
+
+class OptimizationMixin:
+    r"""
+    `autocast`, `accumulate`, `advance` and the optimizer step of [`TorchRunner`][danling.runner.TorchRunner].
+    """
+
+    config: Any
+    _config: Any  # the storage behind `config`, read directly once per optimizer step
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    ema: Any
+    meters: Any
+    _precision: Precision
+    _windows: AccumulationWindows
+    _loss_guard: NonFiniteLossGuard
+    _step_probe: StepProbe
+    _parallel: Any
+    _clips: bool = False  # whether `max_grad_norm` or `max_grad_value` is set (read once an epoch)
+
+    @property
+    def precision(self) -> Precision:
+        r"""The [`Precision`][danling.runner.loop.precision.Precision] chosen from `config.precision`."""
+        return self._precision
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler:
+        r"""The gradient scaler (enabled under `fp16` only)."""
+        return self._precision.scaler
+
+    def autocast(self) -> AbstractContextManager:
+        r"""
+        Context manager running the forward pass in `config.precision` (a new `torch.autocast` per call), or a
+        no-op in float32.
+        """
+        return self._precision.autocast()
+
+    def close(self) -> None:
+        r"""
+        Remove the hook the runner put on the optimizer (see [`StepProbe`][danling.runner.loop.stepping.StepProbe]),
+        then close the rest of the runner.
+        """
+        self._step_probe.detach()
+        super().close()  # type: ignore[misc]
+
+    def accumulate(self) -> AbstractContextManager:
+        r"""
+        Context manager for one micro-step: `model.no_sync()` (or FSDP2's equivalent) on every micro-step but the
+        last of an accumulation window (so gradients are reduced once per optimizer step), a no-op otherwise.
+        Under FSDP2 with a loader without a length every micro-step synchronises, since a window may end with the
+        epoch and its sharded gradients could not be reduced afterwards. Wrap the forward and the backward
+        ([`advance`][danling.runner.TorchRunner.advance]) in it.
+        """
+        windows = self._windows
+        parallel = self._parallel
+        if windows.accum_steps > 1 and not windows.is_last() and (windows.length or parallel.reduces_cut_windows):
+            return parallel.no_sync(self.model)
+        return _NULL_CONTEXT
+
+    def _begin_accumulation(self, length: int | None) -> None:
+        self._windows = AccumulationWindows(self.accum_steps, length)
+        self._scale_gradients = self._precision.scaler.is_enabled()
+        self._loss_meter = self.meters.loss
+        self._max_grad_norm = self.config.get("max_grad_norm")
+        self._max_grad_value = self.config.get("max_grad_value")
+        self._clips = self._max_grad_norm is not None or self._max_grad_value is not None
+
+    def advance(self, loss: torch.Tensor) -> None:
+        r"""
+        Backward `loss` and, at the end of each accumulation window, step the optimizer.
+
+        The loss is divided by the window's real size (the last window of an epoch may be short) and scaled
+        under `fp16`. At the window end: unscale, clip (`max_grad_norm`, `max_grad_value`), optimizer step
+        (skipped by the scaler on inf/NaN gradients), zero the gradients, update the EMA, step the scheduler,
+        and count one step in `steps`.
+
+        Args:
+            loss: Loss of the micro-batch.
+        """
+        windows = self._windows
+        self._loss_guard.watch(loss, windows.micro_step)
+        if windows.accum_steps != 1:  # without accumulation every window is one micro-step: nothing to divide
+            window_size = windows.size()
+            if window_size != 1:
+                loss = loss / window_size
+        if self._scale_gradients:
+            loss = self._precision.scaler.scale(loss)
+        loss.backward()
+        if windows.advance():
+            self.optimizer_step()
+
+    def optimizer_step(self) -> None:
+        r"""
+        Clip, step and clear the gradients (`optimizer.zero_grad(set_to_none=True)`), then update the EMA and the
+        scheduler, and count the step.
+
+        Under `fp16`, a step whose gradients overflow is skipped by the scaler and neither updates the EMA, nor
+        steps the scheduler, nor counts in `steps`. The runner learns that the optimizer did not step from an
+        optimizer post-step hook, after the synchronisation `GradScaler.step` makes anyway: no extra one. (An
+        optimizer that unscales inside its own step, `fused=True`, runs its step either way: for it the scale is
+        read before and after `GradScaler.update`, see [`StepProbe`][danling.runner.loop.stepping.StepProbe].)
+
+        Raises:
+            FloatingPointError: If a skipped step leaves the scale below `MIN_LOSS_SCALE`: the gradients overflow
+                step after step and training has stopped making progress (see
+                [`collapsed_scale_error`][danling.runner.loop.stepping.collapsed_scale_error]). Logged at `ERROR`
+                first, and raised on every rank at the same step (their scales are equal).
+        """
+        if self._clips:
+            self._clip_gradients()
+        skipped = False
+        if self._scale_gradients:
+            skipped = self._step_probe.step(self._precision.scaler, self.optimizer)
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._windows.pending = 0
+        if skipped:
+            self._skipped_step()
+            return
+        if self.ema is not None:
+            self.ema.update_parameters(self.unwrap(self.model))
+        if self.scheduler is not None and not isinstance(self.scheduler, ReduceLROnPlateau):
+            self.scheduler.step()
+        count_step(self._config)
+
+    def _clip_gradients(self) -> None:
+        # Unscaled first under fp16 (a no-op otherwise), so the limits apply to the true gradients.
+        self._precision.scaler.unscale_(self.optimizer)
+        parameters = self.unwrap(self.model).parameters()
+        if self._max_grad_value is not None:
+            parameters = list(parameters)
+            nn.utils.clip_grad_value_(parameters, self._max_grad_value)
+        if self._max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(parameters, self._max_grad_norm)
+
+    def _skipped_step(self) -> None:
+        # The scale is read only here, after a skipped step (one sync, on top of the one `GradScaler.step` made).
+        # Every rank reads the same value: under DDP the gradients are all-reduced (averaged by hand for a window
+        # cut short) before `unscale_` checks them, so every scaler skips, and backs off at, the same steps (the
+        # runner refuses FSDP with fp16). Every rank thus raises at the same step, and none waits in a collective.
+        scale = self._precision.scaler.get_scale()
+        if scale >= MIN_LOSS_SCALE:  # false for a NaN scale too
+            return
+        error = collapsed_scale_error(scale, self.steps)
+        log = getattr(self, "log", None)
+        if log is not None:
+            log(str(error), logging.ERROR)
+        raise error
+
+    @staticmethod
+    def has_nan_inf_grad(model: nn.Module) -> bool:
+        r"""
+        Whether any gradient of `model` holds NaN or infinity (one device sync).
+
+        Args:
+            model: Module to inspect.
+
+        Returns:
+            `True` if a gradient is not finite.
+        """
+        grads = [p.grad.detach().reshape(-1) for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return False
+        return not bool(torch.isfinite(torch.cat(grads)).all())
+
+    def _flush_accumulation(self) -> None:
+        # A window cut short (a loader without a length ends mid-window) still gets its optimizer step, with the
+        # gradients rescaled to the mean over the micro-steps it really had. Its micro-steps all ran under
+        # `no_sync`, so under DDP the gradients are averaged across ranks here, or the replicas would diverge.
+        windows = self._windows
+        pending = windows.pending
+        if pending == 0:
+            return
+        # The pending micro-steps were divided by the size their window would have had.
+        window_size = windows.size()
+        parameters = [p for p in self.unwrap(self.model).parameters() if p.grad is not None]
+        if pending != window_size:
+            for parameter in parameters:
+                parameter.grad.mul_(window_size / pending)
+        if windows.accum_steps > 1 and hasattr(self.model, "no_sync"):
+            _average_across_ranks([parameter.grad for parameter in parameters])
+        self.optimizer_step()
+
+
+def collapsed_scale_error(scale: float, steps: int) -> FloatingPointError:
+    r"""
+    The error that stops a run whose fp16 loss scale collapsed below `MIN_LOSS_SCALE` after `steps` optimizer
+    steps: it names the step, the scale and what to try.
+
+    Examples:
+        >>> raise collapsed_scale_error(2**-14, 174)
+        Traceback (most recent call last):
+        FloatingPointError: fp16 loss scale collapsed to 6.1e-05 (below 0.0001) at step 175, after 174 optimizer ...
+    """
+    return FloatingPointError(
+        f"fp16 loss scale collapsed to {scale:.3g} (below {MIN_LOSS_SCALE:g}) at step {steps + 1}, after {steps} "
+        "optimizer steps: the gradients overflow at every step, so the GradScaler skips every step and training "
+        "makes no progress. Lower the learning rate, use precision='bf16' (no loss scaling), or check the data "
+        "and the loss for inf/NaN"
+    )
+
+
+def _average_across_ranks(tensors: list[torch.Tensor]) -> None:
+    # In place, as DDP's own all-reduce would have: one flattened all-reduce for all the gradients.
+    from torch import distributed as dist
+
+    if not tensors or not (dist.is_available() and dist.is_initialized()):
+        return
+    flat = torch.cat([tensor.reshape(-1) for tensor in tensors])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for tensor in tensors:
+        tensor.copy_(flat[offset : offset + tensor.numel()].view_as(tensor))
+        offset += tensor.numel()

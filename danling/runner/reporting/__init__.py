@@ -1,0 +1,1 @@
+"""What a run reports: results, logs, the start banner, telemetry."""

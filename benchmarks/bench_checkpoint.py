@@ -1,25 +1,27 @@
-"""Time and peak memory of `TorchRunner.save_checkpoint()` against a plain `torch.save` of the same state.
+"""Checkpoint cost: `save_checkpoint`/`load_checkpoint` against plain `torch.save`/`torch.load`, and `async_save` stall.
 
-The model is a stack of `--layers` `nn.Linear(4096, 4096)` (3 layers: 50.3M parameters, 201 MB in float32) trained
-one step with Adam, so the optimizer holds `exp_avg` and `exp_avg_sq` too (about 604 MB of checkpoint in all).
-Each round times, in this order:
+The model is `--layers` x `nn.Linear(--width, --width)` (default 3 x 4096: 50.3M parameters) after one Adam step, so
+a checkpoint holds the weights, `exp_avg` and `exp_avg_sq` (about 576 MiB). Two runners hold the same model, one
+with `async_save: true`; both have `keep_checkpoints: 0` (only `latest.pth` is written). Each round, in order:
 
-(A) `plain`: `torch.save(runner.state_dict(), checkpoint_dir / "plain.pth")`;
-(B) `danling`: `runner.save_checkpoint()` (atomic temporary file + fsync + rename to `latest.pth`, and a hard link
-    to `best.pth`).
+- save, `plain`: `torch.save(runner.state_dict(), path)`;
+- save, `plain+fsync`: the same, then `os.fsync` of the file: what any durable save pays;
+- save, `danling`: `runner.save_checkpoint(save_best=False)`: temporary file, fsync, SHA-256 manifest, rename (one
+  file, as the plain save writes; a best epoch also copies it to `best.pth`);
+- load, `plain`: `torch.load(path)` and the model's and optimizer's `load_state_dict`, a hand-written resume;
+- load, `danling`: `runner.load_checkpoint(latest)`: verifies the SHA-256, restores every part;
+- stall, `async`: the same `save_checkpoint` on the `async_save` runner returns once the state is in host memory;
+  training steps then run until the background save has committed (`bg s`: its duration, `steps`: steps taken).
 
-Both write into the runner's checkpoint directory on tmpfs (`/dev/shm`; a temporary directory on disk, with a
-warning, when there is none), so the disk's speed does not hide the serialisation cost. The summary is the median
-of the per-round ratios B/A; the target is B/A <= 1.3.
-
-Peak RSS: before each save, the kernel's peak-RSS counter is reset (`echo 5 > /proc/self/clear_refs`), and the
-`VmHWM` read after the save minus the `VmRSS` before it is the save's peak increase. A thread also samples `VmRSS`
-every 5 ms as a cross-check (it needs the GIL, so it may miss a peak reached inside a C++ call that holds it). A save
-that serialised the whole checkpoint in memory before writing it would show an increase of the checkpoint's size.
+The summary is the median of the per-round ratios: danling/plain saves (target <= 1.3 against `plain+fsync`),
+loads, and the async stall against the synchronous save (target <= 0.25 on a real disk; on tmpfs, where fsync is
+free, the snapshot is a larger share). `peak MiB` is the peak RSS increase during each operation (`VmHWM`, reset
+before it through `/proc/self/clear_refs`; `n/a` where that is not allowed): a streaming save needs about 0, an
+async one a copy of the state.
 
 Usage:
-    python benchmarks/bench_checkpoint.py                # 5 rounds, 3 layers
-    python benchmarks/bench_checkpoint.py --rounds 7 --layers 3
+    python benchmarks/bench_checkpoint.py                          # 3 rounds in the temporary directory
+    python benchmarks/bench_checkpoint.py --rounds 5 --dir /data --dir /dev/shm
 """
 
 from __future__ import annotations
@@ -28,137 +30,189 @@ import argparse
 import gc
 import os
 import shutil
-import statistics
 import tempfile
-import threading
-import warnings
+from collections.abc import Callable
 from time import perf_counter
+from typing import Any
 
 import torch
-from memory import reset_peak, status_kib
+from _stats import ratios, summary
 from torch import nn
 
 import danling as dl
 
-TARGET = 1.3
-WIDTH = 4096
 MIB = 2**20
+SAVE_TARGET = 1.3
+STALL_TARGET = 0.25
 
 
-class RssSampler:
-    r"""Samples `VmRSS` every `interval` seconds in a thread; `peak` is the largest sample in KiB."""
-
-    def __init__(self, interval: float = 0.005) -> None:
-        self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, status_kib("VmRSS") or 0)
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> RssSampler:
-        self.peak = status_kib("VmRSS") or 0
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, status_kib("VmRSS") or 0)
+def status_kib(field: str) -> int | None:
+    r"""A `/proc/self/status` field in KiB (`VmRSS`, `VmHWM`), or `None` where it cannot be read."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fp:
+            for line in fp:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
 
 
-def measure(save) -> dict:
-    r"""Run `save()` and return its time and peak RSS increases (MiB)."""
+def reset_peak() -> bool:
+    r"""Reset the kernel's peak RSS (`VmHWM`) of this process; `False` where that is not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fp:
+            fp.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def measure(operation: Callable[[], Any]) -> tuple[float, float | None]:
+    r"""Run `operation`; its seconds and its peak RSS increase in MiB (`None` where it cannot be read)."""
     gc.collect()
-    reset = reset_peak()
-    before = status_kib("VmRSS") or 0
-    with RssSampler() as sampler:
-        start = perf_counter()
-        save()
-        seconds = perf_counter() - start
-    hwm = status_kib("VmHWM") if reset else None
-    return {
-        "seconds": seconds,
-        "hwm_mib": None if hwm is None else (hwm - before) / 1024,
-        "sampled_mib": (sampler.peak - before) / 1024,
-    }
+    reset, before = reset_peak(), status_kib("VmRSS")
+    start = perf_counter()
+    operation()
+    seconds = perf_counter() - start
+    peak = status_kib("VmHWM") if reset else None
+    return seconds, None if peak is None or before is None else (peak - before) / 1024
 
 
 class CheckpointRunner(dl.TorchRunner):
-    def __init__(self, config, layers: int) -> None:
+    def __init__(self, config: dict, layers: int, width: int) -> None:
         super().__init__(config)
-        self.model = nn.Sequential(*(nn.Linear(WIDTH, WIDTH) for _ in range(layers)))
+        torch.manual_seed(0)
+        self.model = nn.Sequential(*(nn.Linear(width, width) for _ in range(layers)))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.batch = torch.randn(4, width)
+
+    def step(self) -> None:
+        r"""A hand-written training step; gradients are kept (`set_to_none=False`), so steps allocate nothing."""
+        self.model(self.batch).square().mean().backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=False)
 
 
-def build_runner(directory: str, layers: int) -> CheckpointRunner:
-    torch.manual_seed(0)
-    runner = CheckpointRunner({"dir": directory, "log": False}, layers)
-    runner.model(torch.randn(8, WIDTH)).square().mean().backward()
-    runner.optimizer.step()
-    runner.optimizer.zero_grad(set_to_none=True)
-    return runner
+def plain_save(runner: CheckpointRunner, path: str, fsync: bool) -> None:
+    torch.save(runner.state_dict(), path)
+    if fsync:
+        with open(path, "rb") as fp:
+            os.fsync(fp.fileno())
 
 
-def tmpfs_root() -> str:
-    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
-        return "/dev/shm"
-    warnings.warn("/dev/shm is not available: writing to a temporary directory on disk instead", stacklevel=2)
-    return tempfile.gettempdir()
+def plain_load(runner: CheckpointRunner, path: str) -> None:
+    state = torch.load(path, map_location="cpu")
+    runner.model.load_state_dict(state["model"])
+    runner.optimizer.load_state_dict(state["optimizer"])
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f}"
+def async_stall(runner: CheckpointRunner) -> dict:
+    r"""The loop's stall in an async save, then steps until the background save commits."""
+    start = perf_counter()
+    runner.save_checkpoint(save_best=False)
+    stall = perf_counter() - start
+    steps = 0
+    while runner.async_saver.busy:  # training goes on while the save is written
+        runner.step()
+        steps += 1
+    runner.async_saver.wait()
+    return {"stall": stall, "background": perf_counter() - start, "steps": steps}
 
 
-def benchmark(rounds: int, layers: int) -> None:
-    directory = tempfile.mkdtemp(prefix="bench-checkpoint-", dir=tmpfs_root())
+def run_round(runners: dict[str, CheckpointRunner], plain_path: str) -> dict:
+    sync, asynchronous = runners["sync"], runners["async"]
+    row: dict[str, Any] = {}
+    row["plain"] = measure(lambda: plain_save(sync, plain_path, fsync=False))
+    row["plain+fsync"] = measure(lambda: plain_save(sync, plain_path, fsync=True))
+    row["danling"] = measure(lambda: sync.save_checkpoint(save_best=False))
+    row["load plain"] = measure(lambda: plain_load(sync, plain_path))
+    row["load danling"] = measure(lambda: sync.load_checkpoint(sync.checkpoint_manager.path("latest")))
+    asynchronous.step()
+    gc.collect()
+    reset, before = reset_peak(), status_kib("VmRSS")
+    row.update(async_stall(asynchronous))
+    peak = status_kib("VmHWM") if reset else None
+    row["async peak"] = None if peak is None or before is None else (peak - before) / 1024
+    return row
+
+
+def mib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f}"
+
+
+def print_head() -> None:
+    print("seconds; stall: of the async save_checkpoint; A/D: stall / synchronous save; bg s: background save")
+    print("peak MiB: peak RSS increase of the plain save / danling save / danling load / async save")
+    heads = "".join(f"{head:>13}" for head in ("save plain", "+fsync", "danling", "load plain", "load danling"))
+    print(f"{'round':>5}{heads}{'stall':>8}{'A/D':>7}{'bg s':>7}{'steps':>6}   peak MiB")
+
+
+def print_row(index: int, row: dict) -> None:
+    saves = "".join(
+        f"{row[key][0]:>13.3f}" for key in ("plain", "plain+fsync", "danling", "load plain", "load danling")
+    )
+    stall = f"{row['stall']:>8.3f}{row['stall'] / row['danling'][0]:>7.3f}{row['background']:>7.2f}{row['steps']:>6}"
+    peaks = (
+        " / ".join(mib(row[key][1]) for key in ("plain", "danling", "load danling")) + f" / {mib(row['async peak'])}"
+    )
+    print(f"{index:>5}{saves}{stall}   {peaks}", flush=True)
+
+
+def summarise(root: str, rows: list[dict], size: float) -> None:
+    def seconds(key: str) -> list[float]:
+        return [row[key] if key == "stall" else row[key][0] for row in rows]
+
+    print(f"[{root}] checkpoint {size:.0f} MiB; max peak RSS increase, MiB: " + peaks(rows))
+    print(summary(root, "save danling/plain", ratios(seconds("danling"), seconds("plain"))))
+    print(summary(root, "save danling/plain+fsync", ratios(seconds("danling"), seconds("plain+fsync")), SAVE_TARGET))
+    print(summary(root, "load danling/plain", ratios(seconds("load danling"), seconds("load plain"))))
+    print(summary(root, "async stall/synchronous save", ratios(seconds("stall"), seconds("danling")), STALL_TARGET))
+
+
+def peaks(rows: list[dict]) -> str:
+    keys = ("plain", "plain+fsync", "danling", "load plain", "load danling")
+    values = {key: [row[key][1] for row in rows] for key in keys}
+    values["async"] = [row["async peak"] for row in rows]
+    return ", ".join(f"{key} {mib(None if None in v else max(v))}" for key, v in values.items())
+
+
+def benchmark(root: str, rounds: int, layers: int, width: int) -> None:
+    directory = tempfile.mkdtemp(prefix="bench-checkpoint-", dir=root)
     try:
-        runner = build_runner(directory, layers)
-        parameters = sum(p.numel() for p in runner.model.parameters())
-        plain_path = os.path.join(runner.checkpoint_dir, "plain.pth")
-        latest_path = os.path.join(runner.checkpoint_dir, "latest.pth")
-        print(f"{layers} x Linear({WIDTH}, {WIDTH}): {parameters / 1e6:.1f}M parameters, Adam state, in {directory}")
-        print("seconds per save, and peak RSS increase during the save in MiB (VmHWM / 5 ms samples)")
-        print(f"{'round':>5} {'A plain':>8} {'B danling':>10} {'B/A':>6}   {'A RSS':>13}   {'B RSS':>13}")
+        config = {"log": False, "keep_checkpoints": 0}
+        runners = {
+            mode: CheckpointRunner(
+                {**config, "dir": os.path.join(directory, mode), "async_save": mode == "async"}, layers, width
+            )
+            for mode in ("sync", "async")
+        }
+        for runner in runners.values():
+            runner.step()  # the Adam state exists
+        parameters = sum(p.numel() for p in runners["sync"].model.parameters())
+        print(f"{root}: {layers} x Linear({width}, {width}), {parameters / 1e6:.1f}M parameters + Adam state")
+        print_head()
         rows = []
         for index in range(rounds):
-            plain = measure(lambda: torch.save(runner.state_dict(), plain_path))
-            ours = measure(runner.save_checkpoint)
-            ratio = ours["seconds"] / plain["seconds"]
-            rows.append((plain, ours, ratio))
-            print(
-                f"{index:>5} {plain['seconds']:>8.3f} {ours['seconds']:>10.3f} {ratio:>6.3f}"
-                f"   {_fmt(plain['hwm_mib']):>6} / {_fmt(plain['sampled_mib']):>4}"
-                f"   {_fmt(ours['hwm_mib']):>6} / {_fmt(ours['sampled_mib']):>4}",
-                flush=True,
-            )
-        size = os.path.getsize(latest_path) / MIB
-        print(f"checkpoint size: {size:.0f} MiB (plain.pth {os.path.getsize(plain_path) / MIB:.0f} MiB)")
-        median_a = statistics.median(row[0]["seconds"] for row in rows)
-        median_b = statistics.median(row[1]["seconds"] for row in rows)
-        print(f"median save time: A plain {median_a:.3f} s, B danling {median_b:.3f} s")
-        for label, column in (("A plain", 0), ("B danling", 1)):
-            hwm = [row[column]["hwm_mib"] for row in rows]
-            sampled = max(row[column]["sampled_mib"] for row in rows)
-            hwm_text = "n/a" if None in hwm else f"{max(hwm):.1f} MiB"
-            print(f"max peak RSS increase {label}: VmHWM {hwm_text}, sampled {sampled:.1f} MiB")
-        ratio = statistics.median(row[2] for row in rows)
-        print(f"median B/A: {ratio:.3f} (target <= {TARGET:.1f}) {'PASS' if ratio <= TARGET else 'FAIL'}")
-        runner.close()
+            rows.append(run_round(runners, os.path.join(directory, "plain.pth")))
+            print_row(index, rows[-1])
+        summarise(root, rows, os.path.getsize(runners["sync"].checkpoint_manager.path("latest")) / MIB)
+        for runner in runners.values():
+            runner.close()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved A/B rounds (default 5)")
-    parser.add_argument("--layers", type=int, default=3, help="Linear(4096, 4096) layers (default 3: 50M params)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per directory (default 3)")
+    parser.add_argument("--layers", type=int, default=3, help="Linear layers (default 3)")
+    parser.add_argument("--width", type=int, default=4096, help="features of each layer (default 4096)")
+    parser.add_argument("--dir", action="append", help="where to write; repeatable (default: the temporary directory)")
     args = parser.parse_args()
-    benchmark(args.rounds, args.layers)
+    torch.set_num_threads(1)
+    for root in args.dir or [tempfile.gettempdir()]:
+        benchmark(root, args.rounds, args.layers, args.width)
 
 
 if __name__ == "__main__":

@@ -1,188 +1,131 @@
-"""The overhead benchmark runs end to end: lockstep workers, the same training in both variants, a summary."""
+"""The benchmarks run end to end on tiny workloads, and their statistics are the median of per-round ratios."""
 
 from __future__ import annotations
 
-import os
+import importlib.util
 import re
-import shutil
 import sys
-from collections import Counter
+from pathlib import Path
 
 import pytest
 
-BENCHMARK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "bench_runner.py")
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+CHECKOUT = BENCHMARKS.parent
+TINY = ["--rounds", "1", "--epochs", "2", "--samples", "256"]  # 8 batches an epoch
+SUMMARY = r"median of 1 round ratios (\d+\.\d+) \(95% CI"
 
 
-def test_bench_runner_runs_the_variants_in_lockstep(subprocess_run):
-    # Two epochs of 8 batches with accumulation, with the A/A control: the script itself raises if the step counts
-    # or losses differ. `subprocess_run` starts it in its own process group and kills the group (all workers) on
-    # timeout.
-    command = [sys.executable, BENCHMARK, "--rounds", "1", "--epochs", "2", "--samples", "256", "--scenario", "accum"]
-    completed = subprocess_run([*command, "--control"], timeout=240)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    rows = [line.split() for line in completed.stdout.splitlines() if line.strip().startswith("accum")]
-    assert len(rows) == 1, completed.stdout
-    loss_loop, loss_runner, control = float(rows[0][-5]), float(rows[0][-3]), float(rows[0][-1])
-    assert loss_loop == loss_runner
-    assert control > 0
-    pattern = r"\[accum\] (wall|cpu), +(train-only|full train\(\)): median of 1 round ratios B/A (\d+\.\d+) \(95% CI"
-    summary = re.findall(pattern, completed.stdout)
-    measures = sorted((c, s) for c, s, _ in summary)
-    assert measures == sorted([(c, s) for c in ("wall", "cpu") for s in ("train-only", "full train()")])
-    assert all(float(ratio) > 0 for _, _, ratio in summary)
-    control_pattern = r"\[accum\] control A'/A, (wall|cpu), +train-only: median of 1 round ratios"
-    controls = re.findall(control_pattern, completed.stdout)
-    assert sorted(controls) == ["cpu", "wall"]
+def bench(script: str, *args: str) -> list[str]:
+    return [sys.executable, str(BENCHMARKS / script), *args]
 
 
-def test_bench_runner_runs_a_reduced_runner_variant(subprocess_run):
-    # The hand-written loop inside the runner's process (here with fp16 autocast and the scaler) must train exactly
-    # like the loop (the script checks it).
-    command = [sys.executable, BENCHMARK, "--rounds", "1", "--epochs", "2", "--samples", "256", "--scenario", "fp16"]
-    completed = subprocess_run([*command, "--runner-variant", "loop-in-runner"], timeout=240)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    rows = [line.split() for line in completed.stdout.splitlines() if line.strip().startswith("fp16")]
-    assert len(rows) == 1, completed.stdout
-    assert float(rows[0][-3]) == float(rows[0][-1])  # loss A / loss B
-    assert "[fp16] wall, train-only: median of 1 round ratios B/A" in completed.stdout
+@pytest.fixture
+def stats(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import _stats
+
+    return _stats
 
 
-def test_loop_scenario_reads_the_runner_config(monkeypatch):
-    monkeypatch.syspath_prepend(os.path.dirname(BENCHMARK))
-    from runner_variants import loop_scenario
-
-    assert loop_scenario({"accum_steps": 4, "precision": "bf16"}) == "accum"
-    assert [loop_scenario({"precision": p}) for p in ("bf16", "fp16", None)] == ["bf16", "fp16", "fp32"]
-
-
-def test_bench_runner_compares_a_baseline_checkout(subprocess_run, tmp_path):
-    # `--baseline` runs the runner of another checkout in a fourth process; this checkout stands in for it here. The
-    # baseline worker stops unless it imported danling from that path, and must train exactly like the loop.
-    checkout = os.path.dirname(os.path.dirname(BENCHMARK))
-    command = [sys.executable, BENCHMARK, "--rounds", "1", "--epochs", "2", "--samples", "256", "--scenario", "fp32"]
-    completed = subprocess_run([*command, "--baseline", checkout], timeout=240)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    row = next(line.split() for line in completed.stdout.splitlines() if line.strip().startswith("fp32"))
-    assert row[-2] == "B0/A"
-    assert float(row[-1]) > 0
-    for label in ("baseline B0/A", "runner against the baseline B/B0"):
-        assert re.search(rf"\[fp32\] {re.escape(label)}, wall, +train-only: median of 1 round ratios", completed.stdout)
-
-    elsewhere = tmp_path / "not-a-checkout"  # a path without danling: the worker refuses to run this one's
-    elsewhere.mkdir()
-    refused = subprocess_run([*command, "--baseline", str(elsewhere)], timeout=240)
-    assert refused.returncode != 0
-    assert f"--baseline {elsewhere}: the worker imported danling from" in refused.stderr
+def test_stats_take_the_median_of_per_round_ratios(stats):
+    assert stats.ratios([2.0, 3.0], [1.0, 2.0]) == [2.0, 1.5]
+    with pytest.raises(ValueError, match="2 numerators against 1 denominators"):
+        stats.ratios([1.0, 2.0], [1.0])
+    loop = [{"train_wall": 1.0, "batches": 8}, {"train_wall": 2.0, "batches": 8}, {"train_wall": 1.0, "batches": 8}]
+    runner = [{"train_wall": 1.2, "batches": 8}, {"train_wall": 2.0, "batches": 8}, {"train_wall": 1.1, "batches": 8}]
+    assert stats.round_ratio(runner, loop, "train_wall") == pytest.approx(1.1)  # the median of 1.2, 1.0, 1.1
+    assert stats.us_per_batch(runner, "train_wall") == pytest.approx(4.3 / 24 * 1e6)
+    # Three rounds: the verdict is the median ratio 1.04, not the ratio of the totals (pulled to 1.6 by one round).
+    per_round = stats.ratios([1.04, 1.02, 9.0], [1.0, 1.0, 5.0])
+    line = stats.summary("fp32", "lockstep wall, train runner/loop", per_round, target=1.05)
+    assert line.startswith("[fp32] lockstep wall, train runner/loop: median of 3 round ratios 1.040 (95% CI ")
+    assert line.endswith("rounds 1.020-1.800); target <= 1.05: met")
+    assert stats.summary("bf16", "paired wall runner/loop", [1.09], target=1.08).endswith("target <= 1.08: missed")
+    low, high = stats.bootstrap_interval(per_round)
+    assert min(per_round) <= low <= 1.04 <= high <= max(per_round)
 
 
-def load_sampling(monkeypatch):
-    monkeypatch.syspath_prepend(os.path.dirname(BENCHMARK))
-    import bench_runner_sampling
-
-    return bench_runner_sampling
-
-
-def test_sampling_sorts_stacks_by_the_work_they_were_doing(monkeypatch):
-    sampling = load_sampling(monkeypatch)
-    loop = ["<module> (bench_runner_sampling.py:180)", "loop_epoch (bench_runner.py:160)"]
-    runner = [
-        "train (danling/runner/torch_runner.py:170)",
-        "TorchRunner.train_epoch (danling/runner/torch_runner.py:215)",
-    ]
-    fetch = "_BaseDataLoaderIter.__next__ (torch/utils/data/dataloader.py:725)"
-    assert sampling.categorize([*loop, fetch]) == ("data", fetch.split(" (")[0] + " [torch/utils/data/dataloader.py]")
-    loss = [
-        "Module._call_impl (torch/nn/modules/module.py:1786)",
-        "CrossEntropyLoss.forward (torch/nn/modules/loss.py:1)",
-    ]
-    assert (
-        sampling.categorize([*runner, "TorchRunner.train_step (danling/runner/torch_runner.py:285)", *loss])[0]
-        == "loss"
-    )
-    meter = "AverageMeter.update (danling/metrics/average_meter.py:130)"
-    assert sampling.categorize([*runner, meter]) == ("rest", "AverageMeter.update [danling/metrics/average_meter.py]")
-    assert sampling.categorize(["<module> (bench_runner_sampling.py:180)", fetch]) is None  # not inside an epoch
-
-
-def test_sampling_ratio_uses_the_shared_work_as_the_yardstick(monkeypatch):
-    sampling = load_sampling(monkeypatch)
-    loop = Counter(data=30, forward=20, loss=5, autocast=5, backward=25, optimizer=5, rest=10)
-    runner = Counter({key: 2 * value for key, value in loop.items()})  # twice the samples, same shares
-    assert sampling.per_batch_ratio(runner, loop) == 1.0
-    runner["rest"] += 9  # 4.5 of the loop's 90 shared samples more rest: 104.5 / 100
-    assert sampling.per_batch_ratio(runner, loop) == pytest.approx(1.045)
-
-
-@pytest.mark.skipif(shutil.which("py-spy") is None, reason="py-spy is not installed (the benchmark extra)")
-def test_bench_runner_sampling_runs_end_to_end(subprocess_run):
-    script = os.path.join(os.path.dirname(BENCHMARK), "bench_runner_sampling.py")
-    command = [sys.executable, script, "--rounds", "1", "--epochs", "2", "--scenario", "fp32", "--top", "3"]
+def test_bench_runner_lockstep_with_control_and_baseline(subprocess_run):
+    # Four processes in lockstep: the loop, the runner, the loop again (A/A) and this checkout as the baseline. The
+    # script stops if any of them trains differently from the loop (steps, final loss).
+    command = bench("bench_runner.py", *TINY, "--scenario", "accum", "--control", "--baseline", str(CHECKOUT))
     completed = subprocess_run(command, timeout=240)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    match = re.search(r"\[fp32\] runner / loop per batch, in place: median of 1 rounds (\d+\.\d+)", completed.stdout)
-    assert match is not None, completed.stdout
-    assert 0.5 < float(match.group(1)) < 2.0
-    shares = re.findall(
-        r"^ +(data|forward|loss|autocast|backward|optimizer|rest) +(\d+\.\d+)% +(\d+\.\d+)%$", completed.stdout, re.M
-    )
-    assert [name for name, _, _ in shares] == ["data", "forward", "loss", "autocast", "backward", "optimizer", "rest"]
-
-
-def load_paired(monkeypatch):
-    monkeypatch.syspath_prepend(os.path.dirname(BENCHMARK))
-    import bench_runner_paired
-
-    return bench_runner_paired
-
-
-class RecordingLoop:
-    def __init__(self, events: list) -> None:
-        self.events = events
-
-    def start_epoch(self) -> None:
-        self.events.append("epoch")
-
-    def step(self, input, target) -> None:
-        self.events.append(("loop", input))
-
-
-@pytest.mark.parametrize("chunk", [1, 2, 3])
-def test_paired_loader_hands_every_batch_to_both_in_alternating_turns(monkeypatch, chunk):
-    paired_module = load_paired(monkeypatch)
-    events: list = []
-    batches = [(index, -index) for index in range(5)]
-    paired = paired_module.PairedLoader(batches, RecordingLoop(events), chunk)
-    assert len(paired) == 5  # everything but iteration is the wrapped loader's
-    assert paired.count((0, 0)) == 1
-    for input, _ in paired:  # the runner's side
-        events.append(("runner", input))
-    expected = ["epoch"]
-    for turn, first in enumerate(range(0, 5, chunk)):  # the loop's turn first on even chunks, second on odd ones
-        indices = range(first, min(first + chunk, 5))
-        loop, runner = [("loop", index) for index in indices], [("runner", index) for index in indices]
-        expected += loop + runner if turn % 2 == 0 else runner + loop
-    assert events == expected
-    assert len(paired.times) == 5
-    assert all(span >= 0 for times in paired.times for span in times)
-
-
-def test_bench_runner_paired_runs_end_to_end(subprocess_run):
-    # The script checks that the runner and the loop end with the same loss and step count.
-    script = os.path.join(os.path.dirname(BENCHMARK), "bench_runner_paired.py")
-    command = [sys.executable, script, "--rounds", "1", "--epochs", "2", "--samples", "256", "--scenario", "fp16"]
-    completed = subprocess_run([*command, "--chunk", "3"], timeout=240)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    row = next(line.split() for line in completed.stdout.splitlines() if line.strip().startswith("fp16"))
-    assert row[-3] == row[-1]  # loss loop / loss runner
-    for measure in ("wall", "cpu"):
-        pattern = rf"\[fp16\] {measure} +runner/loop per batch: median of 1 rounds (\d+\.\d+)"
-        match = re.search(pattern, completed.stdout)
+    row = next(line for line in completed.stdout.splitlines() if line.lstrip().startswith("accum"))
+    losses = re.search(r"loss (\d+\.\d+) / (\d+\.\d+)  A'/A \d+\.\d+  B0/A \d+\.\d+$", row)
+    assert losses is not None, row
+    assert losses.group(1) == losses.group(2)
+    for label in ("wall, train", "cpu, train", "wall, epoch", "cpu, epoch"):
+        match = re.search(
+            rf"\[accum\] lockstep {label} runner/loop: {SUMMARY}.*target <= 1.08: (met|missed)$", completed.stdout, re.M
+        )
         assert match is not None, completed.stdout
-        assert 0.5 < float(match.group(1)) < 2.0
+    for label in ("A'/A", "B0/A", "B/B0"):
+        assert re.search(rf"\[accum\] lockstep wall, train {re.escape(label)}: {SUMMARY}", completed.stdout)
 
 
-def test_bench_runner_paired_refuses_a_warmup_that_leaves_nothing_to_time(subprocess_run):
-    script = os.path.join(os.path.dirname(BENCHMARK), "bench_runner_paired.py")
-    completed = subprocess_run([sys.executable, script, "--epochs", "2", "--warmup", "2"], timeout=120)
+def test_paired_measure_with_a_baseline(subprocess_run):
+    command = bench(
+        "bench_runner.py", *TINY, "--scenario", "fp16", "--paired", "--chunk", "3", "--baseline", str(CHECKOUT)
+    )
+    completed = subprocess_run(command, timeout=240)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = [line.split() for line in completed.stdout.splitlines() if line.lstrip().startswith("fp16")]
+    assert sorted(row[2] for row in rows) == ["baseline", "runner"]
+    assert all(row[-3] == row[-1] for row in rows)  # loss loop / runner
+    for measure in ("wall", "cpu"):
+        match = re.search(rf"\[fp16\] paired {measure} runner/loop: {SUMMARY}", completed.stdout)
+        assert match is not None, completed.stdout
+        assert 0.2 < float(match.group(1)) < 5.0
+    assert re.search(rf"\[fp16\] paired wall B/B0: {SUMMARY}", completed.stdout)
+
+
+def test_bench_runner_refuses_a_baseline_that_is_not_a_checkout(subprocess_run, tmp_path):
+    # A path without danling: the baseline worker would import this checkout's, so it refuses to run.
+    completed = subprocess_run(bench("bench_runner.py", *TINY, "--scenario", "fp32", "--baseline", str(tmp_path)))
+    assert completed.returncode != 0
+    assert f"--baseline {tmp_path}: the worker imported danling from" in completed.stderr
+
+
+def test_paired_measure_needs_an_epoch_after_the_warm_up(subprocess_run):
+    completed = subprocess_run(bench("bench_runner.py", "--paired", "--epochs", "1"), timeout=60)
     assert completed.returncode == 2
-    assert "--warmup must leave at least one of the 2 epochs to time, got 2" in completed.stderr
+    assert "--epochs must be at least 1, and 2 with --paired (its first is warm-up), got 1" in completed.stderr
+
+
+def test_bench_checkpoint_compares_saves_loads_and_the_async_stall(subprocess_run, tmp_path):
+    command = bench("bench_checkpoint.py", "--rounds", "1", "--layers", "1", "--width", "64", "--dir", str(tmp_path))
+    completed = subprocess_run(command, timeout=240)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    out = completed.stdout
+    for label in (
+        "save danling/plain",
+        "save danling/plain\\+fsync",
+        "load danling/plain",
+        "async stall/synchronous save",
+    ):
+        assert re.search(rf"\[{re.escape(str(tmp_path))}\] {label}: {SUMMARY}", out), out
+    assert "target <= 1.30" in out
+    assert "target <= 0.25" in out
+    assert list(tmp_path.iterdir()) == []  # its directory is removed
+
+
+def test_bench_import_reports_the_time_and_no_tensorboard(subprocess_run):
+    completed = subprocess_run(bench("bench_import.py", "--rounds", "1", "--importtime", "--top", "3"), timeout=240)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    out = completed.stdout
+    assert re.search(r"^import: median of 1 rounds, torch \d+\.\d+ s, danling \d+\.\d+ s", out, re.M), out
+    assert re.search(r"^heavy modules imported by `import danling`: .*torch", out, re.M)
+    assert re.search(r"^not imported: .*tensorboard", out, re.M)
+    listed = re.findall(r"^ +\d+ +\d+  \S+$", out, re.M)
+    assert len(listed) == 3
+    assert out.rstrip().endswith("none of tensorboard, torch.utils.tensorboard imported: OK")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchmetrics") is None, reason="needs torchmetrics (benchmark extra)")
+def test_bench_metrics_agrees_with_torchmetrics(subprocess_run):
+    completed = subprocess_run(bench("bench_metrics.py", "--samples", "2000", "--repeats", "1"), timeout=240)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = [line.split() for line in completed.stdout.splitlines()[2:]]
+    assert len(rows) == 4, completed.stdout
+    assert all(row[-1] == "True" for row in rows), completed.stdout

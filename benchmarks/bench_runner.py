@@ -1,12 +1,9 @@
 """Per-batch overhead of `danling.TorchRunner` against a hand-written PyTorch loop, on a tiny MLP on the CPU.
 
-Workload: an MLP (32 -> 64 -> 10, ReLU), SGD (lr 0.01) and `CrossEntropyLoss` on 8192 synthetic samples from a fixed
-generator, `DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)` (256 batches an epoch), one thread. The
-loop does forward, loss, backward, step and `zero_grad(set_to_none=True)`, with the scenario's autocast, grad scaler
-and accumulation, and keeps a sample-weighted loss sum as a tensor. The runner is a `TorchRunner` subclass with a
-user's config (logging on, default `log_interval`, `dir` in a temporary directory); its `save_checkpoint` is stubbed
-out unless `--checkpoints`, so the measure is the loop (`bench_checkpoint.py` measures saves). Both use the same
-seeds and must end with the same loss and optimizer steps (checked).
+Both variants train an MLP (32 -> 64 -> 10) with SGD on 8192 synthetic samples in batches of 32, one thread, from the
+same seeds, and must end with the same loss and optimizer steps (checked). The runner has a user's config (logging
+on); its `save_checkpoint` is stubbed out unless `--checkpoints`, so the loop is measured, not the saves.
+`benchmarks/README.md` describes the workload, the scenarios and the protocol.
 
 Two measures, each reported under its name:
 
@@ -339,8 +336,10 @@ class Plan:
         command += ["--epochs", str(self.epochs), "--samples", str(self.samples), "--chunk", str(self.chunk)]
         return command + ["--checkpoints"] * self.checkpoints
 
-    def environment(self, baseline: bool) -> dict[str, str]:
+    def environment(self, baseline: bool, directory: str) -> dict[str, str]:
+        # The workers' temporary files go in `directory`, which the parent removes even after killing one of them.
         environment = {key: value for key, value in os.environ.items() if key != "DANLING_BASELINE"}
+        environment["TMPDIR"] = directory
         if baseline:
             path = os.path.abspath(self.baseline)
             python_path = os.pathsep.join(filter(None, [path, os.environ.get("PYTHONPATH")]))
@@ -361,7 +360,7 @@ class Worker:
     def start(cls, plan: Plan, variant: str, scenario: str, directory: str) -> Worker:
         stderr = open(os.path.join(directory, f"{variant}.stderr"), "w+", encoding="utf-8")  # noqa: SIM115
         pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": stderr, "text": True}
-        command, environment = plan.command(variant, scenario), plan.environment(variant == "baseline")
+        command, environment = plan.command(variant, scenario), plan.environment(variant == "baseline", directory)
         process = subprocess.Popen(command, env=environment, **pipes)
         return cls(variant, process, stderr)
 
@@ -420,8 +419,11 @@ def paired_round(plan: Plan, index: int, scenario: str) -> dict[str, dict]:
     variants = ("runner",) + ("baseline",) * (plan.baseline is not None)
     result = {}
     for variant in variants[index % len(variants) :] + variants[: index % len(variants)]:
-        command, environment = plan.command("paired", scenario), plan.environment(variant == "baseline")
-        completed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600, check=False)
+        with tempfile.TemporaryDirectory(prefix="bench-runner-ipc-") as directory:
+            command, environment = plan.command("paired", scenario), plan.environment(variant == "baseline", directory)
+            completed = subprocess.run(
+                command, env=environment, capture_output=True, text=True, timeout=600, check=False
+            )
         if completed.returncode != 0:
             raise RuntimeError(f"[{scenario}] {variant} worker failed:\n{completed.stderr[-3000:]}")
         report = result[variant] = json.loads(completed.stdout.strip().splitlines()[-1])

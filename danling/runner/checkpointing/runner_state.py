@@ -86,15 +86,29 @@ class RunnerCheckpoints:
 
     def state_dict(self) -> dict[str, Any]:
         r"""The runner config (plain types), the results, the unwrapped model, the optimizer and the scheduler."""
+        return {**self.host_parts(), **self.module_parts()}
+
+    def host_parts(self) -> dict[str, Any]:
+        r"""
+        The parts of a checkpoint written whole by the main process: the config (plain types), the results and the
+        scheduler. Framework runners add theirs (grad scaler, random states, position).
+        """
         runner = self.runner
         # Plain types only (an object in the config is stored as its repr): the file loads with weights_only=True.
         config, results = to_serializable(runner.config.dict())[0], to_serializable(runner.results)[0]
         state: dict[str, Any] = {ckpt.RUNNER: config, ckpt.RESULTS: results}
+        if runner.scheduler is not None and hasattr(runner.scheduler, "state_dict"):
+            state[ckpt.SCHEDULER] = runner.scheduler.state_dict()
+        return state
+
+    def module_parts(self) -> dict[str, Any]:
+        r"""The parts that hold tensors of the model's size: the unwrapped model and the optimizer."""
+        runner = self.runner
+        state: dict[str, Any] = {}
         if runner.model is not None:
             state[ckpt.MODEL] = runner.unwrap(runner.model).state_dict()
-        for key, part in ((ckpt.OPTIMIZER, runner.optimizer), (ckpt.SCHEDULER, runner.scheduler)):
-            if part is not None and hasattr(part, "state_dict"):
-                state[key] = part.state_dict()
+        if runner.optimizer is not None and hasattr(runner.optimizer, "state_dict"):
+            state[ckpt.OPTIMIZER] = runner.optimizer.state_dict()
         return state
 
     def save(self, name: str, epochs: int | None, save_best: bool) -> None:
@@ -386,6 +400,12 @@ class RunnerCheckpoints:
         runner = self.runner
         runner.unwrap(runner.model).load_state_dict(ckpt.extract_model_state(state))
         self.load_part(state, ckpt.OPTIMIZER, runner.optimizer)
+        self.restore_host_parts(state)
+
+    def restore_host_parts(self, state: Mapping) -> None:
+        r"""
+        Restore what [`host_parts`][danling.runner.checkpointing.runner_state.RunnerCheckpoints.host_parts] saved.
+        """
         self.load_scheduler(state)
         self.load_results(state)
 

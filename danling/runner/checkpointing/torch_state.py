@@ -66,19 +66,41 @@ class TorchRunnerCheckpoints(RunnerCheckpoints):
 
     def state_dict(self) -> dict[str, Any]:
         r"""
-        The base parts, the grad scaler, the EMA and the recovery state (RNG, position).
+        The full checkpoint: see [`assemble`][danling.runner.checkpointing.torch_state.TorchRunnerCheckpoints.assemble].
+
+        Raises:
+            FloatingPointError: If the training loss went NaN/inf: such weights are never checkpointed.
+        """
+        return self.assemble(sharded=False)
+
+    def assemble(self, sharded: bool) -> dict[str, Any]:
+        r"""
+        The one place a checkpoint is put together from its named parts: the config, results, scheduler, grad
+        scaler, random states and position (whole, from the main process), and the model, optimizer and EMA, full
+        (gathered to rank 0 by the parallelism policy) or, for `sharded` checkpoints, as sharded state dicts that
+        every rank writes its part of.
 
         Raises:
             FloatingPointError: If the training loss went NaN/inf: such weights are never checkpointed.
         """
         runner = self.runner
         runner._loss_guard.check(False)  # this rank's losses: no collective (the loop checks all ranks first)
-        state = super().state_dict()
+        state = self.host_parts() if runner.is_main_process or not sharded else {}
+        modules = {ckpt.EMA: runner.ema} if runner.ema is not None else {}
+        if sharded:
+            state.update(sharded_state(runner.unwrap(runner.model), runner.optimizer, modules=modules))
+            return state
+        state.update(self.module_parts())
+        state.update({key: module.state_dict() for key, module in modules.items()})
+        runner._parallel.export_state(state, runner.model, runner.optimizer, runner.ema)
+        return state
+
+    def host_parts(self) -> dict[str, Any]:
+        r"""The base's host parts, the grad scaler (under fp16) and every rank's random state and position."""
+        runner = self.runner
+        state = super().host_parts()
         if runner.scaler.is_enabled():
             state[ckpt.SCALER] = runner.scaler.state_dict()
-        if runner.ema is not None:
-            state[ckpt.EMA] = runner.ema.state_dict()
-        runner._parallel.export_state(state, runner.model, runner.optimizer, runner.ema)
         runner._recovery.add_to(state)
         return state
 
@@ -93,17 +115,8 @@ class TorchRunnerCheckpoints(RunnerCheckpoints):
         r"""The body of [`checkpoint_state`][danling.runner.TorchRunner.checkpoint_state]."""
         runner = self.runner
         if not runner.checkpoint_manager.collective:
-            return runner.state_dict()
-        runner._loss_guard.check(False)
-        main = runner.is_main_process
-        state = super().state_dict() if main else {}
-        if runner.scaler.is_enabled() and main:
-            state[ckpt.SCALER] = runner.scaler.state_dict()
-        if main:
-            runner._recovery.add_to(state)
-        modules = {ckpt.EMA: runner.ema} if runner.ema is not None else {}
-        state.update(sharded_state(runner.unwrap(runner.model), runner.optimizer, modules=modules))
-        return state
+            return runner.state_dict()  # through the runner: a subclass's override is what a save writes
+        return self.assemble(sharded=True)
 
     def export_model(self, path: str | None) -> str | None:
         r"""The body of [`export_model`][danling.runner.TorchRunner.export_model]."""
@@ -117,10 +130,18 @@ class TorchRunnerCheckpoints(RunnerCheckpoints):
         self.fresh_lrs = group_lrs(runner.optimizer) if runner.optimizer is not None else None
         state = runner._parallel.import_state(state, runner.model, runner.optimizer, runner.ema)
         super().load_state_dict(state)
-        if ckpt.SCALER in state and runner.scaler.is_enabled():
-            runner.scaler.load_state_dict(state[ckpt.SCALER])
         if runner.ema is not None and ckpt.EMA in state:
             runner.ema.load_state_dict(state[ckpt.EMA])
+
+    def restore_host_parts(self, state: Mapping) -> None:
+        r"""
+        The one place the host parts of a checkpoint are restored, from a file or a sharded directory: scheduler
+        (rebuilt for a new plan), results, grad scaler, random states and position.
+        """
+        super().restore_host_parts(state)
+        runner = self.runner
+        if ckpt.SCALER in state and runner.scaler.is_enabled():
+            runner.scaler.load_state_dict(state[ckpt.SCALER])
         runner._recovery.restore(state)
 
     def load_scheduler(self, state: Mapping) -> None:
@@ -158,11 +179,7 @@ class TorchRunnerCheckpoints(RunnerCheckpoints):
         modules = {ckpt.EMA: runner.ema} if runner.ema is not None else {}
         self.fresh_lrs = group_lrs(runner.optimizer) if runner.optimizer is not None else None
         state = load_sharded(path, runner.unwrap(runner.model), runner.optimizer, modules=modules)
-        self.load_scheduler(state)
-        if ckpt.SCALER in state and runner.scaler.is_enabled():
-            runner.scaler.load_state_dict(state[ckpt.SCALER])
-        self.load_results(state)
-        runner._recovery.restore(state)
+        self.restore_host_parts(state)
         if ckpt.RUNNER in state:
             runner.load_config(state)
         runner.config["checkpoint"] = path

@@ -2,41 +2,42 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterable, Mapping
-from functools import cached_property
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 from typing import Any
 
 import torch
 from chanfig import NestedDict
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from danling.utils import distributed as dist_utils
 
 from .base_runner import BaseRunner
 from .callbacks import CallbackList
-from .checkpointing import CheckpointManager
-from .checkpointing import files as ckpt
 from .checkpointing.rng import use_deterministic_algorithms
+from .checkpointing.torch_methods import TorchCheckpointingMixin
 from .checkpointing.torch_state import TorchRunnerCheckpoints
-from .checkpointing.verification import ResumeCheck, verify_resume
 from .distributed.parallel import build_parallelism, evaluation_context
 from .distributed.processes import init_process_group, resolve_device, share_run_identity
 from .loop.accumulation import AccumulationWindows
-from .loop.data import describe_loader, has_more, loader_length, samples_of
-from .loop.evaluation import EvaluationLoops
+from .loop.data import describe_loader, loader_length
+from .loop.epoch import EpochCursor
 from .loop.finite import NonFiniteLossGuard
+from .loop.inference import gather_predictions, infer_input, inference_loader
 from .loop.interruptions import Recovery
 from .loop.loaders import SplitLoaders
 from .loop.precision import Precision
 from .loop.stepping import OptimizationMixin, StepProbe
-from .loop.training import TrainingLoop
-from .reporting.telemetry import Telemetry
-from .utils import RunnerMode, to_device
+from .loop.training import epoch_range, step_end_reached
+from .reporting import results as res
+from .reporting.telemetry import Telemetry, average_numbers
+from .utils import RunnerMode
 
 
-class TorchRunner(OptimizationMixin, BaseRunner):
+class TorchRunner(OptimizationMixin, TorchCheckpointingMixin, BaseRunner):
     r"""
     Runner for PyTorch: seeding, DDP under `torchrun`, mixed precision, gradient accumulation and clipping,
     EMA, exact resume, and the train / evaluate / infer loops.
@@ -69,6 +70,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
 
     model: nn.Module | None = None
     _checkpoints_type = TorchRunnerCheckpoints
+    _cursor: EpochCursor | None = None  # the epoch `begin_epoch` started
 
     def __init__(self, config: Any) -> None:
         self._windows = AccumulationWindows()
@@ -76,8 +78,6 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         self._step_probe = StepProbe()
         self._recovery = Recovery(self)
         self._callbacks = CallbackList(self._recovery.failures)  # failures agreed where recovery's are
-        self._training = TrainingLoop(self)
-        self._evaluation = EvaluationLoops(self)
         self._loaders = SplitLoaders(self)
         super().__init__(config)
         self._device = resolve_device(self.config.get("device"), self.local_rank)
@@ -149,28 +149,23 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             else:
                 return model
 
-    def config_changed(self, name: str) -> None:
-        r"""`runner.max_grad_norm = 1.0` (or `max_grad_value`) takes effect at the next optimizer step."""
-        if name in ("max_grad_norm", "max_grad_value"):
-            self._max_grad_norm = self.config.get("max_grad_norm")
-            self._max_grad_value = self.config.get("max_grad_value")
-            self._clips = self._max_grad_norm is not None or self._max_grad_value is not None
-
     def reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         r"""Mean of `tensor` over all processes (for logging); a copy, the input is unchanged. Collective."""
         return dist_utils.all_reduce(tensor, op="mean")
 
-    # Loops
+    # The schedule of epochs
 
     def train(self, train_splits: list[str] | None = None, evaluate_splits: list[str] | None = None) -> NestedDict:
         r"""
         Train from `epoch_begin` to `epoch_end` (or until `step_end`): each epoch trains every train split, then
-        evaluates every evaluate split, records and saves the results, saves checkpoints and stops early after
-        `patience` epochs without improvement.
+        evaluates every evaluate split ([`run_epoch`][danling.runner.TorchRunner.run_epoch]), records and saves the
+        results and the checkpoint ([`record_epoch`][danling.runner.TorchRunner.record_epoch]), and stops early
+        after `patience` epochs without improvement ([`should_stop`][danling.runner.TorchRunner.should_stop]).
 
         Training stops at exactly `step_end` optimizer steps (a run that already reached it trains nothing more);
         the epoch it cuts short is marked `partial: True` in its result. A `ReduceLROnPlateau` scheduler is
-        stepped once per epoch with the epoch's score; other schedulers once per optimizer step.
+        stepped once per epoch with the epoch's score; other schedulers once per optimizer step. Preemption
+        signals are caught for the duration (see the fault-tolerance guide).
 
         Args:
             train_splits: Splits to train on (default: [`train_splits`][danling.runner.BaseRunner.train_splits]).
@@ -186,11 +181,124 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         """
         train_splits = self.train_splits if train_splits is None else train_splits
         evaluate_splits = self.evaluate_splits if evaluate_splits is None else evaluate_splits
-        return self._training.run(train_splits, evaluate_splits)
+        epochs = epoch_range(self.epoch_begin, self.epoch_end, self.step_end)
+        self.check_score_split([*train_splits, *evaluate_splits])
+        complete = self.completion()
+        if complete is not None:
+            self.log(f"the run is already complete ({complete}): nothing to train; returning its results")
+            return self.results
+        self.announce("train")
+        recovery = self._recovery
+        recovery.check_world_size()
+        self._callbacks.dispatch("on_train_begin", self)  # distributed: every rank agrees on its failures here
+        # Inside, a callback's failure on one rank waits for the loop's own agreements (see `CallbackList`).
+        training = self._callbacks.training(self.world_size)
+        with training, recovery.catch_preemption(), recovery.explain_timeouts(), self._saves_drained():
+            for epoch in epochs:
+                if step_end_reached(self.steps, self.step_end):
+                    self.log(f"step_end ({self.step_end}) already reached at step {self.steps}: nothing left to train")
+                    break
+                self.epochs = epoch
+                self.record_epoch(epoch, self.run_epoch(train_splits, evaluate_splits))
+                if self.should_stop():
+                    break
+        self._callbacks.dispatch("on_train_end", self)  # after the last save committed; agreed here too
+        return self.results
+
+    def run_epoch(self, train_splits: list[str], evaluate_splits: list[str]) -> NestedDict:
+        r"""
+        One epoch of [`train`][danling.runner.TorchRunner.train]:
+        [`train_epoch`][danling.runner.TorchRunner.train_epoch] on each train split (until `step_end`), then
+        [`evaluate_epoch`][danling.runner.TorchRunner.evaluate_epoch] on each evaluate split.
+        Train splits a mid-epoch checkpoint had finished keep their saved results.
+
+        Returns:
+            The epoch's result, `split -> metric -> value` (`partial: True` when `step_end` cut it short).
+        """
+        done = lambda: step_end_reached(self.steps, self.step_end)  # noqa: E731
+        result = self._recovery.train_splits(train_splits, self.train_epoch, done)
+        for split in evaluate_splits:
+            result[split] = self.evaluate_epoch(split)
+        return result
+
+    def record_epoch(self, epoch: int, result: NestedDict) -> None:
+        r"""
+        After an epoch: append and log its result, step a `ReduceLROnPlateau` scheduler, save the checkpoint and
+        then the results that describe it, and stop on a preemption request (or a failure of any rank, a
+        callback's included). Collective when distributed. Its TensorBoard scalars were written as each split ended.
+
+        Args:
+            epoch: The epoch's index.
+            result: Its result, as [`run_epoch`][danling.runner.TorchRunner.run_epoch] returned it.
+        """
+        self.append_result(result, index=epoch)
+        if isinstance(self.scheduler, ReduceLROnPlateau) and self.latest_score is not None:
+            self.scheduler.step(self.latest_score)
+        self.log(self.format_epoch_result(result))
+        # Commit order: the checkpoint first, then the JSON files that describe it.
+        self._recovery.end_of_epoch()
+        with self._recovery.contain():  # a failed save stops every rank at the agreement just below
+            self.save_checkpoint(epochs=epoch)
+            if self.async_saver is None:
+                self.save_result()
+            elif self.is_main_process:  # the results of now, written once the checkpoint is committed
+                self.after_checkpoint(self.result_writer())
+        if self.writer is not None:
+            self.writer.flush()
+        self._recovery.stop_if_preempted()
+
+    def should_stop(self) -> bool:
+        r"""Whether to stop after this epoch: `step_end` reached, or `patience` epochs without improvement."""
+        if step_end_reached(self.steps, self.step_end):
+            return True
+        patience = self.config.get("patience")
+        if patience is None or not self.results:
+            return False
+        waited = res.epochs_without_improvement(self.scores or {}, self.best_fn)
+        if waited >= patience:
+            self.log(f"stopping early: no improvement in the last {waited} epochs (patience {patience})")
+            return True
+        return False
+
+    def completion(self) -> str | None:
+        r"""
+        Why a run that already has results has nothing left to train (`epoch_end` or `step_end` reached, or
+        `patience` exhausted), or `None` when it has something left (or no results).
+
+        Examples:
+            >>> import tempfile
+            >>> runner = TorchRunner({"log": False, "dir": tempfile.mkdtemp(), "epoch_begin": 3, "epoch_end": 3})
+            >>> runner.completion() is None  # no results: a run that never trained
+            True
+            >>> runner.append_result({"val": {"loss": 1.0}}, index=2)
+            >>> runner.completion()
+            'epoch_end 3 reached'
+        """
+        if not self.results:
+            return None
+        if self.epoch_end is not None and self.epoch_begin >= self.epoch_end:
+            return f"epoch_end {self.epoch_end} reached"
+        if step_end_reached(self.steps, self.step_end):
+            return f"step_end {self.step_end} reached at step {self.steps}"
+        patience = self.config.get("patience")
+        if patience is not None and res.epochs_without_improvement(self.scores or {}, self.best_fn) >= patience:
+            return f"stopped early: no improvement within patience {patience}"
+        return None
+
+    def _saves_drained(self) -> AbstractContextManager:
+        # Returns (or raises, preemption included) only once a background save has committed.
+        saver = self.async_saver
+        return nullcontext() if saver is None else saver.draining()
+
+    # The loop of an epoch
 
     def train_epoch(self, split: str = "train") -> NestedDict:
         r"""
         Train one epoch on `split` and return its result (losses are sample-weighted means over all ranks).
+
+        The loop is built from public methods only: override it (see the custom-loops guide) to change what an
+        epoch does and keep the checkpoints, resume, preemption and logging of
+        [`begin_epoch`][danling.runner.TorchRunner.begin_epoch] and [`end_step`][danling.runner.TorchRunner.end_step].
 
         Args:
             split: Split to train on.
@@ -198,78 +306,147 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         Returns:
             The epoch's result, `metric -> value`, with `partial: True` when `step_end` cut the epoch short.
         """
-        loader = self._start_epoch(split, RunnerMode.train)
+        batches = self.begin_epoch(split)
+        for batch in batches:
+            self.train_step(self.to_device(batch))
+            if self.end_step(split):
+                break
+        return self.end_epoch(split)
+
+    @evaluation_context
+    def evaluate_epoch(self, split: str = "val") -> NestedDict:
+        r"""
+        Evaluate `split` once: no gradients, same autocast as training, every sample counted exactly once. The
+        loop mirrors [`train_epoch`][danling.runner.TorchRunner.train_epoch], with
+        [`evaluate_step`][danling.runner.TorchRunner.evaluate_step] for the batch.
+
+        Returns:
+            The split's result, `metric -> value`, averaged over all ranks.
+        """
+        batches = self.begin_epoch(split, RunnerMode.evaluate)
+        for batch in batches:
+            self.evaluate_step(self.to_device(batch))
+            if self.end_step(split):
+                break
+        return self.end_epoch(split)
+
+    def begin_epoch(self, split: str, mode: str | RunnerMode = RunnerMode.train, loader: Any = None) -> Iterator:
+        r"""
+        Start an epoch of `split`, and return its batches (timed, through the progress bar when shown).
+
+        It sets `mode` and `split`, the model's train/eval mode, fresh meters and metrics and the sampler's epoch,
+        then calls the callbacks' `on_epoch_begin` (not for `infer`). To train, it also opens the accumulation
+        windows and, when a mid-epoch checkpoint was loaded, resumes into the epoch: the batches then start after
+        the last one the checkpoint had consumed, with meters, metrics and random state as they were.
+
+        Args:
+            split: The split.
+            mode: `"train"`, `"evaluate"` or `"infer"`.
+            loader: Batches to read instead of the split's dataloader (inference of other data).
+
+        Returns:
+            An iterator over the batches, on the host: move each with
+            [`to_device`][danling.runner.TorchRunner.to_device], and call
+            [`end_step`][danling.runner.TorchRunner.end_step] after each (but in `infer`).
+
+        Raises:
+            KeyError: If the split has neither a dataloader nor a dataset.
+            ValueError: If a train split has no batches.
+        """
+        mode = RunnerMode(mode)
+        loader = self._start_epoch(split, mode, loader)
         length = loader_length(loader)
+        if mode == RunnerMode.infer:  # no callbacks, no log lines
+            return iter(self._iterate(loader, split, length))
+        if mode == RunnerMode.train:
+            return self._begin_training(split, loader, length)
+        self._callbacks.dispatch("on_epoch_begin", self, split)
+        cursor = EpochCursor(split, length, self.telemetry.batches_before)
+        cursor.loader, cursor.log_interval = loader, self.config.get("log_interval")
+        cursor.stream = iter(self._iterate(loader, split, length))
+        self._cursor = cursor
+        return cursor.stream
+
+    def _begin_training(self, split: str, loader: Any, length: int | None) -> Iterator:
         if length == 0:
             raise ValueError(
                 f"split {split!r} has no batches to train on ({describe_loader(loader)}); "
                 "add data, lower dataloader.batch_size or set dataloader.drop_last=False"
             )
         self._callbacks.dispatch("on_epoch_begin", self, split)
-        step_end_hook = self._callbacks.hook("on_step_end")  # None unless a callback overrides it
+        on_step_end = self._callbacks.hook("on_step_end")  # None unless a callback overrides it
         self._begin_accumulation(length)
         self._loss_guard.start(split, self.epochs, self.steps, self.accum_steps)
         batches, start = self._recovery.enter_epoch(split, loader)
-        log_interval = self.config.get("log_interval")
-        step_end = self.step_end
-        partial = False
-        first = self.telemetry.batches_before + 1  # log steps count batches over the run, not per epoch
-        at_boundary = self._recovery.boundary_hook()
+        cursor = EpochCursor(split, length, self.telemetry.batches_before, start)
+        cursor.loader, cursor.on_step_end = loader, on_step_end
+        cursor.log_interval, cursor.step_end = self.config.get("log_interval"), self.step_end
+        cursor.at_boundary = self._recovery.boundary_hook()
         # `self.steps`, read up to three times a batch, without a Python call each time.
-        steps_now = functools.partial(dict.__getitem__, self._config, "steps")
-        stepped = steps_now()
-        move = self._batch_mover()
-        iteration = first - 1
-        stream = iter(self._iterate(batches, split, length))
-        for iteration, data in enumerate(stream, first):
-            self.train_step(data if move is None else move(data))
-            if step_end_hook is not None:
-                step_end_hook(self, split)
-            if log_interval is not None and iteration % log_interval == 0:
-                self._log_step(split, iteration, length)
-            if at_boundary is not None and steps_now() != stepped:
-                at_boundary(split, start + iteration - first + 1, length)  # batches of this epoch so far
-                stepped = steps_now()
-            if step_end is not None and steps_now() >= step_end:
-                # Without a length (IterableDataset), whether the epoch was cut short is known by asking for more.
-                done = start + iteration - first + 1
-                partial = done < length if length is not None else has_more(stream)
-                break
-        if iteration < first and start == 0:  # a loader without a length (IterableDataset) that yielded nothing
-            raise ValueError(f"split {split!r} yielded no batches to train on ({describe_loader(loader)})")
-        self._flush_accumulation()
-        self._loss_guard.check(self.distributed)
-        result = self.get_epoch_result()
-        if partial:  # cut short by step_end
-            result["partial"] = True
-        self._callbacks.dispatch("on_epoch_end", self, split, result)
-        return result
+        cursor.steps_now = partial(dict.__getitem__, self._config, "steps")
+        cursor.stepped = cursor.steps_now()
+        cursor.stream = iter(self._iterate(batches, split, length))
+        self._cursor = cursor
+        return cursor.stream
 
-    def save_position(self, split: str, batches: int) -> None:
+    def end_step(self, split: str) -> bool:
         r"""
-        Save `latest.pth` in the middle of a training epoch, after `batches` micro-batches of `split` (an
-        optimizer-step boundary): resuming from it continues with the next batch. Collective when distributed
-        (every rank's random state, meters and metrics are gathered).
+        After each batch of an epoch [`begin_epoch`][danling.runner.TorchRunner.begin_epoch] started: the callbacks'
+        `on_step_end` (training), the log line every `log_interval` batches, and, after an optimizer step, the
+        `save_steps` checkpoint and the preemption check (which saves `latest` and exits). No device sync, no
+        collective but at those boundaries.
 
         Args:
-            split: The train split running.
-            batches: Micro-batches of it consumed so far.
-        """
-        state = self._recovery.mid_epoch_state(split, batches)
-        if self.is_main_process or self.checkpoint_manager.collective:
-            self._checkpoints.commit(state, "latest", self.epochs, best=False, epoch_copy=False)
-            self._checkpoint_saved("latest")
-
-    def verify_resume(self, steps: int = 2, split: str | None = None) -> ResumeCheck:
-        r"""
-        Check that this training script resumes bit for bit: see
-        [`verify_resume`][danling.runner.checkpointing.verification.verify_resume]. Trains this runner; call it on a
-        fresh one.
+            split: The split of the epoch.
 
         Returns:
-            A [`ResumeCheck`][danling.runner.checkpointing.verification.ResumeCheck]: `check.ok`, `check.mismatches`.
+            Whether to stop the epoch: `step_end` is reached (never in evaluation).
         """
-        return verify_resume(self, steps, split)
+        cursor = self._cursor
+        cursor.iteration = iteration = cursor.iteration + 1  # batches over the run: log lines are counted so
+        if cursor.on_step_end is not None:
+            cursor.on_step_end(self, split)
+        if cursor.log_interval is not None and iteration % cursor.log_interval == 0:
+            self._log_step(split, iteration, cursor.length)
+        if cursor.at_boundary is not None and cursor.steps_now() != cursor.stepped:
+            cursor.at_boundary(split, iteration + cursor.offset, cursor.length)  # batches of this epoch so far
+            cursor.stepped = cursor.steps_now()
+        if cursor.step_end is None or cursor.steps_now() < cursor.step_end:
+            return False
+        cursor.partial = cursor.cut_short()
+        return True
+
+    def end_epoch(self, split: str) -> NestedDict:
+        r"""
+        End the epoch [`begin_epoch`][danling.runner.TorchRunner.begin_epoch] started. Training: step the optimizer
+        on the last accumulation window when it was cut short, check the losses were finite, and call the
+        callbacks' `on_epoch_end`; evaluation: call their `on_evaluate_end`.
+
+        Args:
+            split: The split of the epoch.
+
+        Returns:
+            The epoch's result ([`get_epoch_result`][danling.runner.TorchRunner.get_epoch_result]), with
+            `partial: True` when `step_end` cut a training epoch short.
+
+        Raises:
+            ValueError: If the loader yielded no batch (a loader without a length).
+            FloatingPointError: If a training loss was NaN/inf.
+        """
+        cursor = self._cursor
+        training = self.mode == RunnerMode.train
+        # Under DDP one rank's evaluation shard may be empty.
+        if self.telemetry.batches == 0 and cursor.batches_done() == 0 and (training or not self.distributed):
+            what = "train on" if training else "evaluate"
+            raise ValueError(f"split {split!r} yielded no batches to {what} ({describe_loader(cursor.loader)})")
+        if training:
+            self._flush_accumulation()
+            self._loss_guard.check(self.distributed)
+        result = self.get_epoch_result()
+        if cursor.partial:  # cut short by step_end
+            result["partial"] = True
+        self._callbacks.dispatch("on_epoch_end" if training else "on_evaluate_end", self, split, result)
+        return result
 
     def _start_epoch(self, split: str, mode: RunnerMode, loader: Any = None) -> Any:
         return self._loaders.start_epoch(split, mode, loader)
@@ -280,78 +457,6 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             self._loss_guard.check(self.distributed)
         position = self.telemetry.batches - 1
         self.step_log(split, position, None if length is None else length - 1)
-
-    def train_step(self, data: Any) -> tuple[Any, torch.Tensor]:
-        r"""
-        One micro-step: forward under autocast, loss, meters and metrics, then
-        [`advance`][danling.runner.TorchRunner.advance].
-
-        Args:
-            data: A batch, `(input, target)` or a mapping with `input` and `target`.
-
-        Returns:
-            The predictions and the loss.
-        """
-        input, target = self.unpack(data)
-        if target is None:
-            got = f"mapping keys: {list(data)}" if isinstance(data, Mapping) else "its target is None"
-            raise ValueError(f"training needs a target, but the batch has none ({got}); add one or override train_step")
-        with self.accumulate():
-            with self.autocast():
-                pred = self.model(input)
-                loss = self.criterion(pred, target)
-            self.record(pred, target, loss)
-            self.advance(loss)
-        return pred, loss
-
-    def record(self, pred: Any, target: Any, loss: torch.Tensor | None) -> None:
-        r"""
-        Add a batch to the meters (`loss`, weighted by the batch size) and metrics, without a device sync.
-
-        Args:
-            pred: Predictions.
-            target: Targets.
-            loss: The batch's loss, or `None`.
-        """
-        if loss is not None:
-            self._loss_meter.update(loss, n=samples_of(target, pred))
-        metrics = self.current_metrics
-        if metrics is not None:
-            metrics.update(pred.detach(), target)
-
-    @staticmethod
-    def unpack(data: Any) -> tuple[Any, Any]:
-        r"""
-        Split a batch into input and target: `(input, target)` sequences or mappings with those keys.
-
-        Raises:
-            ValueError: If the batch has another shape.
-        """
-        cls = type(data)
-        if (cls is tuple or cls is list) and len(data) == 2:  # the common case, without the ABC check below
-            return data[0], data[1]
-        if isinstance(data, Mapping):
-            if "input" in data:
-                return data["input"], data.get("target")
-            raise ValueError(f"a mapping batch needs an 'input' key (and usually 'target'); got keys {list(data)}")
-        if isinstance(data, (tuple, list)) and len(data) == 2:
-            return data[0], data[1]
-        raise ValueError(
-            f"cannot split a batch of type {type(data).__name__} into (input, target); "
-            "yield (input, target) pairs or mappings, or override train_step/evaluate_step"
-        )
-
-    def _batch_mover(self) -> Any:
-        # `to_device`, or `None` where it would hand every batch back unchanged (a CPU model, not overridden).
-        if self._batches_stay and type(self).to_device is TorchRunner.to_device:
-            return None
-        return self.to_device
-
-    def to_device(self, data: Any) -> Any:
-        r"""Move a batch to `device` in the main process (non-blocking from pinned memory on CUDA)."""
-        if self._batches_stay:
-            return data
-        return to_device(data, self._device, non_blocking=True)
 
     @evaluation_context
     def evaluate(self, evaluate_splits: list[str] | None = None) -> NestedDict:
@@ -366,34 +471,6 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         return NestedDict({split: self.evaluate_epoch(split) for split in splits})
 
     @evaluation_context
-    def evaluate_epoch(self, split: str = "val") -> NestedDict:
-        r"""
-        Evaluate `split` once: no gradients, same autocast as training, every sample counted exactly once.
-
-        Returns:
-            The split's result, `metric -> value`, averaged over all ranks.
-        """
-        return self._evaluation.evaluate_epoch(split)
-
-    def evaluate_step(self, data: Any) -> tuple[Any, torch.Tensor | None]:
-        r"""
-        One evaluation batch: forward under autocast, loss when a criterion is set, meters and metrics.
-
-        Returns:
-            The predictions and the loss (or `None`).
-        """
-        input, target = self.unpack(data)
-        with self.autocast():
-            # Without DDP (its collectives per batch would hang on shards that differ by a batch), still compiled.
-            pred = self._parallel.evaluation_module(self.model)(input)
-            loss = None
-            if self.criterion is not None and target is not None:
-                loss = self.criterion(pred, target)
-        if target is not None:
-            self.record(pred, target, loss)
-        return pred, loss
-
-    @evaluation_context
     def infer(self, data: Any = "infer") -> torch.Tensor:
         r"""
         Predictions of the model, in dataset order, gathered from all ranks.
@@ -405,7 +482,17 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         Returns:
             The predictions concatenated along the first dimension (on CPU).
         """
-        return self._evaluation.infer(data)
+        split, loader = data, None
+        if not isinstance(data, str):  # batched with config.dataloader (and its `infer` section)
+            split, pin = "infer", self.device.type == "cuda"
+            loader = inference_loader(data, self.config.get("dataloader"), self.rank, self.world_size, pin)
+        batches = self.begin_epoch(split, RunnerMode.infer, loader)
+        model = self._parallel.evaluation_module(self.model)
+        outputs = []
+        for batch in batches:
+            with self.autocast():
+                outputs.append(model(infer_input(self.to_device(batch))).float())
+        return gather_predictions(outputs, self.distributed)
 
     def _iterate(self, loader: Iterable, split: str, length: int | None) -> Iterable:
         return self._loaders.iterate(loader, split, length)
@@ -415,99 +502,23 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         result = super().get_step_result()
         # Only training shards are the same length on every rank, so only there can every rank join the reduce.
         if self.distributed and self.mode == RunnerMode.train:
-            self._average_metric_values(result)
+            # The meters arrive averaged over ranks already (see `BaseRunner.get_step_result`): the metrics' left.
+            meters = {name for name, _ in self.meters.count.all_items()}
+            average_numbers(result, meters, self.reduce)
         training = self._mode == RunnerMode.train
         extra = {"lr": self.optimizer.param_groups[0]["lr"]} if training and self.optimizer is not None else {}
         extra.update(self.telemetry.step_stats(self.steps if training else None))
         result.update(extra)  # plain names and numbers: `update` is several times cheaper than a chanfig set each
         return result
 
-    def _average_metric_values(self, result: NestedDict) -> None:
-        # The meters arrive averaged over ranks already (see `BaseRunner.get_step_result`); the metrics' numbers
-        # are averaged here, all in one collective.
-        meters = {name for name, _ in self.meters.count.all_items()}
-        keys = [key for key, value in result.all_items() if key not in meters and isinstance(value, (int, float))]
-        if not keys:
-            return
-        averaged = self.reduce(torch.tensor([float(result[key]) for key in keys], dtype=torch.float64)).tolist()
-        for key, value in zip(keys, averaged):
-            result[key] = value
-
     def get_epoch_result(self) -> NestedDict:
         r"""
         The epoch's meters and metrics, the learning rate at its end (training), and its
         [telemetry][danling.runner.reporting.telemetry.Telemetry.epoch_stats]: `samples_per_s`, `epoch_time`,
-        `data_time`,
-        `compute_time` (and `tokens_per_s`, `peak_memory_mib` when known).
+        `data_time`, `compute_time` (and `tokens_per_s`, `peak_memory_mib` when known).
         """
         result = super().get_epoch_result()
         if self.mode == RunnerMode.train and self.optimizer is not None:
             result["lr"] = self.optimizer.param_groups[0]["lr"]
         result.update(self.telemetry.epoch_stats())
         return result
-
-    # Checkpoints
-
-    def state_dict(self, cls: Any = dict) -> Mapping:
-        r"""
-        Config (plain types), results, unwrapped model, optimizer, scheduler, grad scaler, EMA, the RNG states and
-        the position in the epoch (`position`: world size, epoch, split and batch of a mid-epoch checkpoint, the
-        training plan).
-
-        No collective: the RNG states of every rank are there when the training loop gathered them just before
-        (it does for every checkpoint it saves); otherwise only this rank's.
-
-        Raises:
-            FloatingPointError: If the training loss went NaN/inf: such weights are never checkpointed.
-        """
-        return cls(self._checkpoints.state_dict())
-
-    @cached_property
-    def checkpoint_manager(self) -> CheckpointManager:
-        r"""
-        The checkpoint manager: of `torch.distributed.checkpoint` directories (`latest.dcp/`, each rank writing
-        its shards, see [`ShardedCheckpointManager`][danling.runner.checkpointing.ShardedCheckpointManager])
-        when the model is sharded (`strategy="fsdp"` on several ranks), else of single files (`latest.pth`).
-        """
-        return self._checkpoints.build_manager()
-
-    def checkpoint_state(self) -> Mapping:
-        r"""
-        What a checkpoint save writes: [`state_dict`][danling.runner.TorchRunner.state_dict], or with sharded
-        checkpoints the model, optimizer and EMA as sharded state dicts (no gathering) and the other parts on rank 0
-        only (where the random states of every rank are gathered).
-        """
-        return self._checkpoints.checkpoint_state()
-
-    def export_model(self, path: str | None = None) -> str | None:
-        r"""
-        Write the model's full state dict (clean names) as one `torch.save` file with a manifest, on rank 0, for
-        inference without `torch.distributed`; under FSDP2 the shards are gathered to rank 0 (a collective: call
-        it on every rank).
-
-        Args:
-            path: The file (default: `checkpoint_dir/model.pth`).
-
-        Returns:
-            The path written on rank 0, `None` on other ranks.
-        """
-        return self._checkpoints.export_model(path)
-
-    def load_state_dict(self, state: Mapping) -> None:
-        r"""
-        Restore everything [`state_dict`][danling.runner.TorchRunner.state_dict] saved, including this rank's
-        RNG state.
-        """
-        self._checkpoints.load_state_dict(state)
-
-    def load_checkpoint(self, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> None:
-        r"""
-        Restore a checkpoint (see [`BaseRunner.load_checkpoint`][danling.runner.BaseRunner.load_checkpoint]); a
-        mid-epoch checkpoint makes [`train`][danling.runner.TorchRunner.train] continue its epoch at the next
-        batch. Warns when the training plan (`epoch_end`, `step_end`, dataset lengths) differs from the saved one.
-        """
-        self._checkpoints.load_checkpoint(checkpoint, *args, **kwargs)
-
-    def load_pretrained(self, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> None:
-        r"""[`BaseRunner.load_pretrained`][danling.runner.BaseRunner.load_pretrained], sharding under `fsdp`."""
-        self._checkpoints.load_pretrained(checkpoint, *args, **kwargs)

@@ -1,9 +1,16 @@
-"""Optimizer stepping of `TorchRunner`: mixed precision, gradient accumulation, clipping, EMA and step counting."""
+"""
+What one batch does in a `TorchRunner`: `train_step` and `evaluate_step`, mixed precision, gradient accumulation,
+clipping, the optimizer step, EMA and step counting.
+
+The epochs that call them are the runner's own ([`train_epoch`][danling.runner.TorchRunner.train_epoch],
+[`evaluate_epoch`][danling.runner.TorchRunner.evaluate_epoch]).
+"""
 
 from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -11,7 +18,9 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from ..utils import to_device
 from .accumulation import AccumulationWindows
+from .data import samples_of
 from .finite import NonFiniteLossGuard
 from .precision import Precision
 
@@ -127,7 +136,8 @@ def _unscales_in_step(optimizer: Any) -> bool:
 
 class OptimizationMixin:
     r"""
-    `autocast`, `accumulate`, `advance` and the optimizer step of [`TorchRunner`][danling.runner.TorchRunner].
+    The batch steps of [`TorchRunner`][danling.runner.TorchRunner]: `train_step`, `evaluate_step` and what they
+    use (`unpack`, `record`, `to_device`, `autocast`, `accumulate`, `advance`, the optimizer step).
     """
 
     config: Any
@@ -142,7 +152,107 @@ class OptimizationMixin:
     _loss_guard: NonFiniteLossGuard
     _step_probe: StepProbe
     _parallel: Any
+    _device: torch.device
+    _batches_stay: bool
+    _loss_meter: Any
+    criterion: Any
+    current_metrics: Any
     _clips: bool = False  # whether `max_grad_norm` or `max_grad_value` is set (read once an epoch)
+
+    # One batch
+
+    def train_step(self, data: Any) -> tuple[Any, torch.Tensor]:
+        r"""
+        One micro-step: forward under autocast, loss, meters and metrics, then
+        [`advance`][danling.runner.TorchRunner.advance].
+
+        Args:
+            data: A batch, `(input, target)` or a mapping with `input` and `target`.
+
+        Returns:
+            The predictions and the loss.
+        """
+        input, target = self.unpack(data)
+        if target is None:
+            got = f"mapping keys: {list(data)}" if isinstance(data, Mapping) else "its target is None"
+            raise ValueError(f"training needs a target, but the batch has none ({got}); add one or override train_step")
+        with self.accumulate():
+            with self.autocast():
+                pred = self.model(input)
+                loss = self.criterion(pred, target)
+            self.record(pred, target, loss)
+            self.advance(loss)
+        return pred, loss
+
+    def record(self, pred: Any, target: Any, loss: torch.Tensor | None) -> None:
+        r"""
+        Add a batch to the meters (`loss`, weighted by the batch size) and metrics, without a device sync.
+
+        Args:
+            pred: Predictions.
+            target: Targets.
+            loss: The batch's loss, or `None`.
+        """
+        if loss is not None:
+            self._loss_meter.update(loss, n=samples_of(target, pred))
+        metrics = self.current_metrics
+        if metrics is not None:
+            metrics.update(pred.detach(), target)
+
+    @staticmethod
+    def unpack(data: Any) -> tuple[Any, Any]:
+        r"""
+        Split a batch into input and target: `(input, target)` sequences or mappings with those keys.
+
+        Raises:
+            ValueError: If the batch has another shape.
+        """
+        cls = type(data)
+        if (cls is tuple or cls is list) and len(data) == 2:  # the common case, without the ABC check below
+            return data[0], data[1]
+        if isinstance(data, Mapping):
+            if "input" in data:
+                return data["input"], data.get("target")
+            raise ValueError(f"a mapping batch needs an 'input' key (and usually 'target'); got keys {list(data)}")
+        if isinstance(data, (tuple, list)) and len(data) == 2:
+            return data[0], data[1]
+        raise ValueError(
+            f"cannot split a batch of type {type(data).__name__} into (input, target); "
+            "yield (input, target) pairs or mappings, or override train_step/evaluate_step"
+        )
+
+    def to_device(self, data: Any) -> Any:
+        r"""Move a batch to `device` in the main process (non-blocking from pinned memory on CUDA)."""
+        if self._batches_stay:
+            return data
+        return to_device(data, self._device, non_blocking=True)
+
+    def evaluate_step(self, data: Any) -> tuple[Any, torch.Tensor | None]:
+        r"""
+        One evaluation batch: forward under autocast, loss when a criterion is set, meters and metrics.
+
+        Returns:
+            The predictions and the loss (or `None`).
+        """
+        input, target = self.unpack(data)
+        with self.autocast():
+            # Without DDP (its collectives per batch would hang on shards that differ by a batch), still compiled.
+            pred = self._parallel.evaluation_module(self.model)(input)
+            loss = None
+            if self.criterion is not None and target is not None:
+                loss = self.criterion(pred, target)
+        if target is not None:
+            self.record(pred, target, loss)
+        return pred, loss
+
+    # The optimizer step
+
+    def config_changed(self, name: str) -> None:
+        r"""`runner.max_grad_norm = 1.0` (or `max_grad_value`) takes effect at the next optimizer step."""
+        if name in ("max_grad_norm", "max_grad_value"):
+            self._max_grad_norm = self.config.get("max_grad_norm")
+            self._max_grad_value = self.config.get("max_grad_value")
+            self._clips = self._max_grad_norm is not None or self._max_grad_value is not None
 
     @property
     def precision(self) -> Precision:

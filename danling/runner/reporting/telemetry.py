@@ -182,6 +182,26 @@ class Telemetry:
         return stats
 
 
+def average_numbers(result: Any, skip: set[str], reduce: Any) -> None:
+    r"""
+    Replace the numbers of `result` (a `NestedDict`, but the keys in `skip`) with their `reduce` (the mean over
+    ranks, a collective), all in one call.
+
+    Examples:
+        >>> from chanfig import NestedDict
+        >>> result = NestedDict({"loss": 1.0, "acc": 0.5, "name": "x"})
+        >>> average_numbers(result, {"loss"}, lambda tensor: tensor * 2)
+        >>> result.dict()
+        {'loss': 1.0, 'acc': 1.0, 'name': 'x'}
+    """
+    keys = [key for key, value in result.all_items() if key not in skip and isinstance(value, (int, float))]
+    if not keys:
+        return
+    averaged = reduce(torch.tensor([float(result[key]) for key in keys], dtype=torch.float64)).tolist()
+    for key, value in zip(keys, averaged):
+        result[key] = value
+
+
 def _sum_and_average(numbers: list[float], distributed: bool) -> list[float]:
     # Counts (samples, tokens) summed over processes, times (the rest) averaged.
     if not distributed:

@@ -216,33 +216,56 @@ def current_umask() -> int:
 
 
 def _write(file: str, writer: Callable[[str], None]) -> None:
-    # Write to a temporary file in the same directory, make it durable, then atomically rename it over the
-    # target: a crash at any instant leaves either the old file or the new one, never a torn file.
-    # mkstemp creates the file 0600; the result gets the mode any new file would (0644 under umask 022).
+    # Every file `save` writes goes through here (tests record writes by patching it).
+    write_atomic(file, writer)
+
+
+def write_atomic(file: str, writer: Callable[[str], None], temporary: str | None = None) -> None:
+    r"""
+    Write `file` atomically and durably: `writer(temporary)` writes a temporary file in the same directory, which is
+    fsynced and renamed over `file`, then the directory is fsynced. A crash at any instant leaves the old file or
+    the new one, never a torn one; a failure removes the temporary and leaves `file` as it was.
+
+    Args:
+        file: The target.
+        writer: Writes the content to the path it is given.
+        temporary: Where to write first (created here, exclusively); default: a fresh hidden `.{name}.*.tmp` next
+            to `file`. The new file gets the mode any new file would (0644 under umask 022).
+
+    Examples:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "x.txt")
+        >>> write_atomic(path, lambda tmp: open(tmp, "w").write("done"))
+        >>> open(path).read(), os.listdir(os.path.dirname(path))
+        ('done', ['x.txt'])
+    """
     directory = os.path.dirname(os.path.abspath(file))
-    fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(file)}.", suffix=".tmp", dir=directory)
+    if temporary is None:
+        fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(file)}.", suffix=".tmp", dir=directory)
+    else:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         try:
             os.fchmod(fd, 0o666 & ~current_umask())
         finally:
             os.close(fd)
         writer(temporary)
-        fd = os.open(temporary, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(temporary)
         os.replace(temporary, file)
     except BaseException:
         with suppress(FileNotFoundError):
             os.remove(temporary)
         raise
     with suppress(OSError):  # make the rename itself durable; not every platform can open a directory
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(directory)
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _text_writer(dump: Callable[[Any, Any], None]) -> Callable[[str], None]:

@@ -15,6 +15,8 @@ import shutil
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
 
+from danling.utils.io import write_atomic
+
 from ..rundir.lock import held_by_another, process_alive
 
 # Hidden temporary files and directories of interrupted writes (`.latest.pth.4242.9f3a1c2e.tmp`, older names too).
@@ -67,27 +69,7 @@ def write_atomically(path: str, writer: Callable[[str], None]) -> None:
         >>> open(path).read(), os.listdir(os.path.dirname(path))
         ('done', ['x.txt'])
     """
-    temporary = temporary_path(path)
-    # Created here, exclusively, with the mode any new file gets (0644 under umask 022); `writer` replaces its bytes.
-    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        writer(temporary)
-        fd = os.open(temporary, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.remove(temporary)
-        raise
-    with suppress(OSError):  # make the rename durable; not every platform can open a directory
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    write_atomic(path, writer, temporary_path(path))
 
 
 def remove_stale_temporaries(directory: str) -> list[str]:

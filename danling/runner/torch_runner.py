@@ -16,19 +16,19 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from danling.utils import distributed as dist_utils
 
 from .base_runner import BaseRunner
-from .callbacks import CallbackList
+from .callbacks import CallbackList, ProgressBarCallback
 from .checkpointing.rng import use_deterministic_algorithms
 from .checkpointing.torch_methods import TorchCheckpointingMixin
 from .checkpointing.torch_state import TorchRunnerCheckpoints
 from .distributed.parallel import build_parallelism, evaluation_context
 from .distributed.processes import init_process_group, resolve_device, share_run_identity
 from .loop.accumulation import AccumulationWindows
-from .loop.data import describe_loader, loader_length
-from .loop.epoch import EpochCursor
+from .loop.data import describe_loader, loader_length, set_sampler_epoch
+from .loop.epoch import EpochCursor, reset_for_epoch
 from .loop.finite import NonFiniteLossGuard
 from .loop.inference import gather_predictions, infer_input, inference_loader
 from .loop.interruptions import Recovery
-from .loop.loaders import SplitLoaders
+from .loop.loaders import SplitLoaders, default_log_interval
 from .loop.precision import Precision
 from .loop.stepping import OptimizationMixin, StepProbe
 from .loop.training import epoch_range, step_end_reached
@@ -78,9 +78,9 @@ class TorchRunner(OptimizationMixin, TorchCheckpointingMixin, BaseRunner):
         self._step_probe = StepProbe()
         self._recovery = Recovery(self)
         self._callbacks = CallbackList(self._recovery.failures)  # failures agreed where recovery's are
-        self._loaders = SplitLoaders(self)
         super().__init__(config)
         self._device = resolve_device(self.config.get("device"), self.local_rank)
+        self._loaders = SplitLoaders(self.rank, self.world_size, pin_memory=self._device.type == "cuda")
         self._batches_stay = self._device.type == "cpu"  # batches are already where the model is
         self._precision = Precision(self.config.get("precision"), self._device.type)
         self.telemetry = Telemetry(self._device, self.world_size)
@@ -105,7 +105,7 @@ class TorchRunner(OptimizationMixin, TorchCheckpointingMixin, BaseRunner):
         """
         self.build_dataloaders()
         if self.config.get("log_interval") is None and self.dataloaders:
-            self.config["log_interval"] = self._loaders.default_log_interval()
+            self.config["log_interval"] = default_log_interval(self.dataloaders.values())
         if self.model is not None:
             self.model = self._parallel.wrap(self.model.to(self.device), self.device, self.optimizer)
         if self.ema is not None:
@@ -119,7 +119,8 @@ class TorchRunner(OptimizationMixin, TorchCheckpointingMixin, BaseRunner):
         Train splits shuffle (unless `shuffle` says otherwise) and use a `DistributedSampler` when distributed;
         other splits keep their order and are sharded without padding.
         """
-        self._loaders.build()
+        splits, options = lambda: self.train_splits, self.config.get("dataloader")
+        self._loaders.build(self.datasets, self.dataloaders, self.datasamplers, splits, options, self.config.get("seed"))
 
     # Environment
 
@@ -449,7 +450,16 @@ class TorchRunner(OptimizationMixin, TorchCheckpointingMixin, BaseRunner):
         return result
 
     def _start_epoch(self, split: str, mode: RunnerMode, loader: Any = None) -> Any:
-        return self._loaders.start_epoch(split, mode, loader)
+        # The loader to read (the split's, unless given), and the runner's state at the start of an epoch.
+        own = loader is None
+        if own:
+            loader = self._loaders.loader(split, mode, self.dataloaders, self.datasets, self.build_dataloaders)
+        self.mode, self.split = mode, split
+        reset_for_epoch(mode, self.model, self.meters, self.current_metrics, self.telemetry, self.steps)
+        self._loss_meter = self.meters.loss
+        if own and mode == RunnerMode.train:  # the sampler's shuffle follows the epoch
+            set_sampler_epoch(self.datasamplers.get(split), self.epochs, self.config.get("seed"))
+        return loader
 
     def _log_step(self, split: str, iteration: int, length: int | None) -> None:
         # `iteration` counts batches over the run; the line shows the position in the epoch.
@@ -495,7 +505,10 @@ class TorchRunner(OptimizationMixin, TorchCheckpointingMixin, BaseRunner):
         return gather_predictions(outputs, self.distributed)
 
     def _iterate(self, loader: Iterable, split: str, length: int | None) -> Iterable:
-        return self._loaders.iterate(loader, split, length)
+        # Timed by the telemetry, through the progress bar when one is shown.
+        batches = self.telemetry.iterate(loader)
+        bar = self._callbacks.find(ProgressBarCallback)
+        return batches if bar is None else bar.wrap(self, batches, split, length)
 
     def get_step_result(self) -> NestedDict:
         r"""Latest batch's meters and metrics; in training, numbers are averaged over ranks (collective)."""

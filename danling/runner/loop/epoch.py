@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ..utils import RunnerMode
 from .data import has_more
 
 
@@ -86,3 +87,35 @@ class EpochCursor:
         if self.length is not None:
             return self.batches_done() < self.length
         return self.stream is not None and has_more(self.stream)
+
+
+def reset_for_epoch(mode: RunnerMode, model: Any, meters: Any, metrics: Any, telemetry: Any, steps: int) -> None:
+    r"""
+    The start of an epoch for the parts a runner hands over: the model's train/eval mode, fresh meters and
+    metrics, and the telemetry's epoch clocks and counters.
+
+    Args:
+        mode: The epoch's mode (the model trains in `train` only).
+        model: The model, or `None`.
+        meters: The running averages (an `AverageMeters`).
+        metrics: The current metrics, or `None`.
+        telemetry: The runner's [`Telemetry`][danling.runner.reporting.telemetry.Telemetry].
+        steps: Optimizer steps taken so far.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from danling.metrics import AverageMeters
+        >>> from danling.runner.reporting.telemetry import Telemetry
+        >>> model, meters = nn.Linear(1, 1), AverageMeters()
+        >>> meters.loss.update(1.0)
+        >>> reset_for_epoch(RunnerMode.evaluate, model, meters, None, Telemetry(torch.device("cpu")), steps=0)
+        >>> model.training, meters.loss.count
+        (False, 0)
+    """
+    if model is not None:
+        model.train(mode == RunnerMode.train)
+    meters.reset()
+    if metrics is not None:
+        metrics.reset()
+    telemetry.start_epoch(mode, steps)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..utils import RunnerMode
-from .data import has_more
+from .data import describe_loader, has_more
 
 
 class EpochCursor:
@@ -78,6 +78,24 @@ class EpochCursor:
     def batches_done(self) -> int:
         r"""Batches of this epoch consumed so far, those before a resume included."""
         return self.iteration + self.offset
+
+    def check_yielded(self, batches: int, training: bool, distributed: bool) -> None:
+        r"""
+        Raise when the epoch yielded no batch (`batches` counted this epoch, none before a resume either); under DDP
+        one rank's evaluation shard may be empty, so only training checks then.
+
+        Raises:
+            ValueError: Naming the split and its loader.
+
+        Examples:
+            >>> cursor = EpochCursor("val", length=None)
+            >>> cursor.check_yielded(0, training=False, distributed=False)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ValueError: split 'val' yielded no batches to evaluate (an iterable dataset, ...)
+        """
+        if batches == 0 and self.batches_done() == 0 and (training or not distributed):
+            what = "train on" if training else "evaluate"
+            raise ValueError(f"split {self.split!r} yielded no batches to {what} ({describe_loader(self.loader)})")
 
     def cut_short(self) -> bool:
         r"""

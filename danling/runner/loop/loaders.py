@@ -21,6 +21,7 @@ from .data import (
     loader_length,
     split_options,
 )
+from .inference import inference_loader
 
 
 def default_log_interval(dataloaders: Iterable) -> int:
@@ -147,3 +148,11 @@ class SplitLoaders:
         if split not in self.evaluation_loaders:
             self.evaluation_loaders[split] = build_evaluation_loader(loader, self.rank, self.world_size)
         return self.evaluation_loaders[split]
+
+    def inference_loader(self, data: Any, dataloader_config: Mapping | None) -> Any:
+        r"""
+        A loader for [`infer`][danling.runner.TorchRunner.infer] over `data` (a dataset or a tensor, or a loader,
+        returned as it is), with `config.dataloader` overlaid with `config.dataloader.infer`; see
+        [`inference_loader`][danling.runner.loop.inference.inference_loader].
+        """
+        return inference_loader(data, dataloader_config, self.rank, self.world_size, self.pin_memory)

@@ -232,8 +232,9 @@ class AsyncCheckpointWriter:
 
 def drained(saver: AsyncCheckpointWriter | None) -> AbstractContextManager:
     r"""
-    A block that returns (or raises, preemption included) only once `saver`'s background save has committed:
-    its [`draining`][danling.runner.checkpointing.AsyncCheckpointWriter.draining], or nothing without a saver.
+    A block that returns (or raises, preemption included) only once `saver`'s background save has committed: its
+    [`draining`][danling.runner.checkpointing.async_writer.AsyncCheckpointWriter.draining], or nothing without a
+    saver.
 
     Examples:
         >>> with drained(None):

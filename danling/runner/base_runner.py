@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Mapping
 from functools import cached_property
-from types import FunctionType
 from typing import Any, Callable
 from uuid import UUID, uuid5
-from warnings import warn
 
-from chanfig import FlatDict, NestedDict, Variable
+from chanfig import FlatDict, NestedDict
 
 from danling.metrics import AverageMeters
 
 from .callbacks import CallbackList, CallbacksMixin, LogCallback, ProgressBarCallback, TensorBoardCallback
 from .checkpointing import AsyncCheckpointWriter, CheckpointManager
 from .checkpointing import files as ckpt
-from .checkpointing.rng import SEED_RANGE, biased_seed, draw_seed, seed_python_and_numpy
+from .checkpointing.rng import SEED_RANGE, biased_seed, seed_of, seed_python_and_numpy
 from .checkpointing.runner_state import RUN_LOCATION_KEYS, RunnerCheckpoints, runner_from_checkpoint
-from .config import Config
-from .config.attributes import config_attribute, runner_repr
-from .config.checks import validate_config
+from .config import Config, scaling
+from .config.attributes import config_attribute, runner_repr, write_config_attribute
+from .config.checks import prepare_config
 from .distributed.processes import ProcessMixin
 from .loop.progress import ProgressMixin
 from .reporting.log import close_logger, create_logger, create_tensorboard_writer
@@ -33,17 +30,6 @@ from .rundir.startup import RunDirGuard, run_dir_of
 from .utils import RunnerMeta, RunnerMode, get_time_str, on_main_process
 
 __all__ = ["BaseRunner", "SEED_RANGE", "RUN_LOCATION_KEYS"]
-
-
-def is_method(cls: type, name: str) -> bool:
-    r"""
-    Whether `name` is a method of `cls` (a function, static or class method), not data or a property.
-
-    Examples:
-        >>> is_method(BaseRunner, "log"), is_method(BaseRunner, "dir"), is_method(BaseRunner, "nothing")
-        (True, False, False)
-    """
-    return isinstance(inspect.getattr_static(cls, name, None), (FunctionType, staticmethod, classmethod))
 
 
 class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin, CallbacksMixin, metaclass=RunnerMeta):
@@ -116,21 +102,14 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
 
     def __init__(self, config: Config | Mapping) -> None:
         self.timestamp = get_time_str()
-        for name in ("datasets", "datasamplers", "dataloaders"):
+        for name in ("datasets", "datasamplers", "dataloaders", "results"):  # unless a subclass set them first
             if name not in self.__dict__:
-                setattr(self, name, FlatDict())
-        if "results" not in self.__dict__:
-            self.results = NestedDict()
+                setattr(self, name, NestedDict() if name == "results" else FlatDict())
         if "_callbacks" not in self.__dict__:  # a framework runner may have made it, sharing its failure consensus
             self._callbacks = CallbackList()
         self.meters = AverageMeters()
         self._mode = RunnerMode.train
-        if not isinstance(config, Config):
-            config = Config(config)
-        validate_config(config)  # bad values stop the run here, before any directory or process group
-        if config.getattr("auto_run_id", False):
-            config.refresh_run_id()
-        self._config = config
+        self._config = prepare_config(config)  # bad values stop the run here, before any directory or process group
         self._config_overrides: list[tuple[str, Any, Any]] = []
         self._checkpoints = self._checkpoints_type(self)
         self.init_distributed()
@@ -150,18 +129,13 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         removes the run directory this start created, so a failed start leaves nothing behind.
         """
         guard = RunDirGuard(run_dir_of(self.config, f"{self.name}-{self.id}", self.timestamp))
-        try:
+        with guard.cleanup_on_failure(self.close, discard=self.is_main_process):
             self.init_environment()
             self._log_run_dir_lock()  # a stale lock of the run directory taken over, now that the log exists
             self._checkpoints.log_notes()
             self._checkpoints.remove_temporaries()  # left by killed saves
             self.setup()
             self.init_resume()
-        except BaseException:
-            self.close()
-            if self.is_main_process:
-                guard.discard()
-            raise
 
     def init_environment(self) -> None:
         r"""
@@ -265,12 +239,7 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
             >>> runner.set_seed(42), runner.set_seed(42, bias=10), runner.set_seed(42, bias=False)
             (42, 52, 42)
         """
-        if seed is None:
-            seed = self.config.get("seed")
-        if seed is None:  # drawn on rank 0 and shared, so that every rank agrees (a collective in that case)
-            seed = draw_seed()
-            self.config["seed"] = seed
-        seed = biased_seed(seed, bias, self.rank)
+        seed = biased_seed(seed_of(seed, self.config), bias, self.rank)
         self._seed_generators(seed)
         return seed
 
@@ -299,18 +268,9 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         Raises:
             ValueError: If neither a factor nor a base batch size is known.
         """
-        if lr_scale_factor is None and batch_size_base is None:
-            lr_scale_factor = self.config.get("lr_scale_factor")
-        if lr_scale_factor is None:
-            if batch_size_base is None:
-                batch_size_base = self.config.get("batch_size_base")
-            if batch_size_base is None:
-                raise ValueError("scale_lr needs lr_scale_factor or batch_size_base (argument or config key)")
-            lr_scale_factor = self.batch_size_equivalent / batch_size_base
-        elif batch_size_base is not None:
-            warn("batch_size_base is ignored when lr_scale_factor is given", RuntimeWarning, stacklevel=2)
-        self.config["lr_scale_factor"] = lr_scale_factor
-        return lr * lr_scale_factor
+        return lr * scaling.lr_scale_factor(
+            self.config, lambda: self.batch_size_equivalent, lr_scale_factor, batch_size_base
+        )
 
     def advance(self, loss: Any, *args: Any, **kwargs: Any) -> None:
         r"""
@@ -512,26 +472,13 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Precedence: an attribute of the runner (instance or class) stays on the runner; otherwise an existing
-        # config key is written; otherwise a new runner attribute is created.
+        # config key is written; otherwise a new runner attribute is created (see `write_config_attribute`).
         if name.startswith("_"):  # private state is never a config key
             object.__setattr__(self, name, value)
-            return
-        config = self.__dict__.get("_config")
-        if is_method(type(self), name) and not callable(value):
-            # A method is never replaced by a value: `runner.log = True` writes `config.log`, or raises. (A callable
-            # assigned to a method's name overrides it on this runner, as a patch in a test does.)
-            if config is None or name not in config:
-                raise AttributeError(
-                    f"cannot assign {value!r} to {name!r}: it is a method of {type(self).__name__}, not a config key"
-                )
-        elif name in self.__dict__ or name in type(self)._class_attribute_names or config is None or name not in config:
-            object.__setattr__(self, name, value)
-            return
-        if isinstance(config[name], Variable):
-            config[name].set(value)
+        elif write_config_attribute(type(self), self.__dict__, self.__dict__.get("_config"), name, value):
+            self.config_changed(name)
         else:
-            config[name] = value
-        self.config_changed(name)
+            object.__setattr__(self, name, value)
 
     def config_changed(self, name: str) -> None:
         r"""

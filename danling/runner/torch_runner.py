@@ -3,36 +3,34 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from typing import Any
 
 import torch
 from chanfig import NestedDict
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from danling.utils import distributed as dist_utils
 
 from .base_runner import BaseRunner
 from .callbacks import CallbackList
+from .checkpointing.async_writer import drained
 from .checkpointing.rng import use_deterministic_algorithms
 from .checkpointing.torch_methods import TorchCheckpointingMixin
 from .checkpointing.torch_state import TorchRunnerCheckpoints
-from .distributed.parallel import build_parallelism, evaluation_context
+from .distributed.parallel import build_parallelism, evaluation_context, unwrap_model
 from .distributed.processes import init_process_group, resolve_device, share_run_identity
 from .loop.accumulation import AccumulationWindows
-from .loop.data import describe_loader, loader_length
-from .loop.epoch import EpochCursor
+from .loop.data import check_has_batches, loader_length, set_sampler_epoch
+from .loop.epoch import EpochCursor, reset_for_epoch
 from .loop.finite import NonFiniteLossGuard
-from .loop.inference import gather_predictions, infer_input, inference_loader
+from .loop.inference import gather_predictions, infer_input
 from .loop.interruptions import Recovery
-from .loop.loaders import SplitLoaders
+from .loop.loaders import SplitLoaders, default_log_interval
 from .loop.precision import Precision
 from .loop.stepping import OptimizationMixin, StepProbe
-from .loop.training import epoch_range, step_end_reached
-from .reporting import results as res
+from .loop.training import completion_reason, epoch_range, patience_exhausted, step_end_reached
 from .reporting.telemetry import Telemetry, average_numbers
 from .utils import RunnerMode
 
@@ -78,9 +76,9 @@ class TorchRunner(OptimizationMixin, TorchCheckpointingMixin, BaseRunner):
         self._step_probe = StepProbe()
         self._recovery = Recovery(self)
         self._callbacks = CallbackList(self._recovery.failures)  # failures agreed where recovery's are
-        self._loaders = SplitLoaders(self)
         super().__init__(config)
         self._device = resolve_device(self.config.get("device"), self.local_rank)
+        self._loaders = SplitLoaders(self.rank, self.world_size, pin_memory=self._device.type == "cuda")
         self._batches_stay = self._device.type == "cpu"  # batches are already where the model is
         self._precision = Precision(self.config.get("precision"), self._device.type)
         self.telemetry = Telemetry(self._device, self.world_size)
@@ -105,7 +103,7 @@ class TorchRunner(OptimizationMixin, TorchCheckpointingMixin, BaseRunner):
         """
         self.build_dataloaders()
         if self.config.get("log_interval") is None and self.dataloaders:
-            self.config["log_interval"] = self._loaders.default_log_interval()
+            self.config["log_interval"] = default_log_interval(self.dataloaders.values())
         if self.model is not None:
             self.model = self._parallel.wrap(self.model.to(self.device), self.device, self.optimizer)
         if self.ema is not None:
@@ -119,7 +117,8 @@ class TorchRunner(OptimizationMixin, TorchCheckpointingMixin, BaseRunner):
         Train splits shuffle (unless `shuffle` says otherwise) and use a `DistributedSampler` when distributed;
         other splits keep their order and are sharded without padding.
         """
-        self._loaders.build()
+        splits, options, seed = lambda: self.train_splits, self.config.get("dataloader"), self.config.get("seed")
+        self._loaders.build(self.datasets, self.dataloaders, self.datasamplers, splits, options, seed)
 
     # Environment
 
@@ -141,13 +140,7 @@ class TorchRunner(OptimizationMixin, TorchCheckpointingMixin, BaseRunner):
 
     def unwrap(self, model: Any) -> Any:
         r"""The model inside `DistributedDataParallel` (and `torch.compile`) wrappers."""
-        while True:
-            if isinstance(model, DistributedDataParallel):
-                model = model.module
-            elif hasattr(model, "_orig_mod"):
-                model = model._orig_mod
-            else:
-                return model
+        return unwrap_model(model)
 
     def reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         r"""Mean of `tensor` over all processes (for logging); a copy, the input is unchanged. Collective."""
@@ -193,7 +186,7 @@ class TorchRunner(OptimizationMixin, TorchCheckpointingMixin, BaseRunner):
         self._callbacks.dispatch("on_train_begin", self)  # distributed: every rank agrees on its failures here
         # Inside, a callback's failure on one rank waits for the loop's own agreements (see `CallbackList`).
         training = self._callbacks.training(self.world_size)
-        with training, recovery.catch_preemption(), recovery.explain_timeouts(), self._saves_drained():
+        with training, recovery.catch_preemption(), recovery.explain_timeouts(), drained(self.async_saver):
             for epoch in epochs:
                 if step_end_reached(self.steps, self.step_end):
                     self.log(f"step_end ({self.step_end}) already reached at step {self.steps}: nothing left to train")
@@ -252,13 +245,10 @@ class TorchRunner(OptimizationMixin, TorchCheckpointingMixin, BaseRunner):
         if step_end_reached(self.steps, self.step_end):
             return True
         patience = self.config.get("patience")
-        if patience is None or not self.results:
-            return False
-        waited = res.epochs_without_improvement(self.scores or {}, self.best_fn)
-        if waited >= patience:
+        waited = patience_exhausted(patience, (self.scores or {}) if self.results else None, self.best_fn)
+        if waited is not None:
             self.log(f"stopping early: no improvement in the last {waited} epochs (patience {patience})")
-            return True
-        return False
+        return waited is not None
 
     def completion(self) -> str | None:
         r"""
@@ -276,19 +266,9 @@ class TorchRunner(OptimizationMixin, TorchCheckpointingMixin, BaseRunner):
         """
         if not self.results:
             return None
-        if self.epoch_end is not None and self.epoch_begin >= self.epoch_end:
-            return f"epoch_end {self.epoch_end} reached"
-        if step_end_reached(self.steps, self.step_end):
-            return f"step_end {self.step_end} reached at step {self.steps}"
         patience = self.config.get("patience")
-        if patience is not None and res.epochs_without_improvement(self.scores or {}, self.best_fn) >= patience:
-            return f"stopped early: no improvement within patience {patience}"
-        return None
-
-    def _saves_drained(self) -> AbstractContextManager:
-        # Returns (or raises, preemption included) only once a background save has committed.
-        saver = self.async_saver
-        return nullcontext() if saver is None else saver.draining()
+        waited = patience_exhausted(patience, self.scores or {}, self.best_fn)
+        return completion_reason(self.epoch_begin, self.epoch_end, self.steps, self.step_end, patience, waited)
 
     # The loop of an epoch
 
@@ -357,37 +337,30 @@ class TorchRunner(OptimizationMixin, TorchCheckpointingMixin, BaseRunner):
         loader = self._start_epoch(split, mode, loader)
         length = loader_length(loader)
         if mode == RunnerMode.infer:  # no callbacks, no log lines
-            return iter(self._iterate(loader, split, length))
-        if mode == RunnerMode.train:
-            return self._begin_training(split, loader, length)
+            return iter(self._callbacks.progress(self, self.telemetry.iterate(loader), split, length))
+        training = mode == RunnerMode.train
+        if training:
+            check_has_batches(split, loader, length)
         self._callbacks.dispatch("on_epoch_begin", self, split)
         cursor = EpochCursor(split, length, self.telemetry.batches_before)
         cursor.loader, cursor.log_interval = loader, self.config.get("log_interval")
-        cursor.stream = iter(self._iterate(loader, split, length))
+        batches = self._begin_training(split, loader, length, cursor) if training else loader
+        cursor.stream = iter(self._callbacks.progress(self, self.telemetry.iterate(batches), split, length))
         self._cursor = cursor
         return cursor.stream
 
-    def _begin_training(self, split: str, loader: Any, length: int | None) -> Iterator:
-        if length == 0:
-            raise ValueError(
-                f"split {split!r} has no batches to train on ({describe_loader(loader)}); "
-                "add data, lower dataloader.batch_size or set dataloader.drop_last=False"
-            )
-        self._callbacks.dispatch("on_epoch_begin", self, split)
-        on_step_end = self._callbacks.hook("on_step_end")  # None unless a callback overrides it
+    def _begin_training(self, split: str, loader: Any, length: int | None, cursor: EpochCursor) -> Iterable:
+        # The training half of the cursor; the batches to read (after those a resumed checkpoint had consumed).
+        cursor.on_step_end = self._callbacks.hook("on_step_end")  # None unless a callback overrides it
         self._begin_accumulation(length)
         self._loss_guard.start(split, self.epochs, self.steps, self.accum_steps)
         batches, start = self._recovery.enter_epoch(split, loader)
-        cursor = EpochCursor(split, length, self.telemetry.batches_before, start)
-        cursor.loader, cursor.on_step_end = loader, on_step_end
-        cursor.log_interval, cursor.step_end = self.config.get("log_interval"), self.step_end
-        cursor.at_boundary = self._recovery.boundary_hook()
+        cursor.offset += start
+        cursor.step_end, cursor.at_boundary = self.step_end, self._recovery.boundary_hook()
         # `self.steps`, read up to three times a batch, without a Python call each time.
         cursor.steps_now = partial(dict.__getitem__, self._config, "steps")
         cursor.stepped = cursor.steps_now()
-        cursor.stream = iter(self._iterate(batches, split, length))
-        self._cursor = cursor
-        return cursor.stream
+        return batches
 
     def end_step(self, split: str) -> bool:
         r"""
@@ -435,10 +408,7 @@ class TorchRunner(OptimizationMixin, TorchCheckpointingMixin, BaseRunner):
         """
         cursor = self._cursor
         training = self.mode == RunnerMode.train
-        # Under DDP one rank's evaluation shard may be empty.
-        if self.telemetry.batches == 0 and cursor.batches_done() == 0 and (training or not self.distributed):
-            what = "train on" if training else "evaluate"
-            raise ValueError(f"split {split!r} yielded no batches to {what} ({describe_loader(cursor.loader)})")
+        cursor.check_yielded(self.telemetry.batches, training, self.distributed)
         if training:
             self._flush_accumulation()
             self._loss_guard.check(self.distributed)
@@ -449,14 +419,21 @@ class TorchRunner(OptimizationMixin, TorchCheckpointingMixin, BaseRunner):
         return result
 
     def _start_epoch(self, split: str, mode: RunnerMode, loader: Any = None) -> Any:
-        return self._loaders.start_epoch(split, mode, loader)
+        # The loader to read (the split's, unless given), and the runner's state at the start of an epoch.
+        if loader is None:
+            loader = self._loaders.loader(split, mode, self.dataloaders, self.datasets, self.build_dataloaders)
+            if mode == RunnerMode.train:  # the sampler's shuffle follows the epoch
+                set_sampler_epoch(self.datasamplers.get(split), self.epochs, self.config.get("seed"))
+        self.mode, self.split = mode, split
+        reset_for_epoch(mode, self.model, self.meters, self.current_metrics, self.telemetry, self.steps)
+        self._loss_meter = self.meters.loss
+        return loader
 
     def _log_step(self, split: str, iteration: int, length: int | None) -> None:
         # `iteration` counts batches over the run; the line shows the position in the epoch.
         if self.mode == RunnerMode.train:
             self._loss_guard.check(self.distributed)
-        position = self.telemetry.batches - 1
-        self.step_log(split, position, None if length is None else length - 1)
+        self.step_log(split, self.telemetry.batches - 1, None if length is None else length - 1)
 
     @evaluation_context
     def evaluate(self, evaluate_splits: list[str] | None = None) -> NestedDict:
@@ -484,8 +461,7 @@ class TorchRunner(OptimizationMixin, TorchCheckpointingMixin, BaseRunner):
         """
         split, loader = data, None
         if not isinstance(data, str):  # batched with config.dataloader (and its `infer` section)
-            split, pin = "infer", self.device.type == "cuda"
-            loader = inference_loader(data, self.config.get("dataloader"), self.rank, self.world_size, pin)
+            split, loader = "infer", self._loaders.inference_loader(data, self.config.get("dataloader"))
         batches = self.begin_epoch(split, RunnerMode.infer, loader)
         model = self._parallel.evaluation_module(self.model)
         outputs = []
@@ -494,18 +470,14 @@ class TorchRunner(OptimizationMixin, TorchCheckpointingMixin, BaseRunner):
                 outputs.append(model(infer_input(self.to_device(batch))).float())
         return gather_predictions(outputs, self.distributed)
 
-    def _iterate(self, loader: Iterable, split: str, length: int | None) -> Iterable:
-        return self._loaders.iterate(loader, split, length)
-
     def get_step_result(self) -> NestedDict:
         r"""Latest batch's meters and metrics; in training, numbers are averaged over ranks (collective)."""
         result = super().get_step_result()
-        # Only training shards are the same length on every rank, so only there can every rank join the reduce.
-        if self.distributed and self.mode == RunnerMode.train:
-            # The meters arrive averaged over ranks already (see `BaseRunner.get_step_result`): the metrics' left.
-            meters = {name for name, _ in self.meters.count.all_items()}
-            average_numbers(result, meters, self.reduce)
         training = self._mode == RunnerMode.train
+        # Only training shards are the same length on every rank, so only there can every rank join the reduce.
+        if self.distributed and training:
+            # The meters arrive averaged over ranks already (see `BaseRunner.get_step_result`): the metrics' left.
+            average_numbers(result, {name for name, _ in self.meters.count.all_items()}, self.reduce)
         extra = {"lr": self.optimizer.param_groups[0]["lr"]} if training and self.optimizer is not None else {}
         extra.update(self.telemetry.step_stats(self.steps if training else None))
         result.update(extra)  # plain names and numbers: `update` is several times cheaper than a chanfig set each

@@ -4,7 +4,7 @@ side of it ([`CallbacksMixin`][danling.runner.callbacks.CallbacksMixin]: `callba
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
@@ -13,6 +13,7 @@ from danling.utils.distributed import is_distributed
 
 from ..distributed.consensus import FailureConsensus, RankFailedError, describe
 from .base import HOOKS, Callback, CallbackError
+from .builtin import ProgressBarCallback
 
 __all__ = ["CallbackList", "CallbacksMixin"]
 
@@ -95,6 +96,14 @@ class CallbackList:
     def find(self, kind: type) -> Any:
         r"""The first callback that is an instance of `kind`, or `None`."""
         return next((callback for callback in self.callbacks if isinstance(callback, kind)), None)
+
+    def progress(self, runner: Any, batches: Iterable, split: str, total: int | None) -> Iterable:
+        r"""
+        The batches of an epoch of `split`, through the bar of the list's
+        [`ProgressBarCallback`][danling.runner.callbacks.ProgressBarCallback] when it shows one, else as they are.
+        """
+        bar = self.find(ProgressBarCallback)
+        return batches if bar is None else bar.wrap(runner, batches, split, total)
 
     def hook(self, name: str) -> Callable[..., None] | None:
         r"""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import Any
 
 import torch
@@ -228,3 +228,16 @@ class AsyncCheckpointWriter:
         if self.on_error is not None:
             with suppress(Exception):  # reporting a failure must not hide it
                 self.on_error(error)
+
+
+def drained(saver: AsyncCheckpointWriter | None) -> AbstractContextManager:
+    r"""
+    A block that returns (or raises, preemption included) only once `saver`'s background save has committed: its
+    [`draining`][danling.runner.checkpointing.async_writer.AsyncCheckpointWriter.draining], or nothing without a
+    saver.
+
+    Examples:
+        >>> with drained(None):
+        ...     pass
+    """
+    return nullcontext() if saver is None else saver.draining()

@@ -26,6 +26,24 @@ def draw_seed() -> int:
     return dist_utils.broadcast_object(random.SystemRandom().randint(0, 2**31 - 1))
 
 
+def seed_of(seed: int | None, config: Any) -> int:
+    r"""
+    The base seed of [`set_seed`][danling.runner.BaseRunner.set_seed]: `seed`, else `config.seed`, else one that
+    rank 0 draws and shares with every rank (a collective in that case), stored in `config.seed`.
+
+    Examples:
+        >>> config = {"seed": 7}
+        >>> seed_of(3, config), seed_of(None, config)
+        (3, 7)
+    """
+    if seed is None:
+        seed = config.get("seed")
+    if seed is None:  # drawn on rank 0 and shared, so that every rank agrees
+        seed = draw_seed()
+        config["seed"] = seed
+    return seed
+
+
 def biased_seed(seed: int, bias: int | bool | None, rank: int) -> int:
     r"""
     `seed` plus its bias: `None` adds `rank` (different augmentation per process), `False` adds nothing, an integer

@@ -2,15 +2,21 @@
 
 [`BaseRunner`][danling.runner.BaseRunner] reads a name it does not have from its config (`runner.lr` is
 `config.lr`) through [`config_attribute`][danling.runner.config.attributes.config_attribute]; only keys already in the
-config are read, and a miss names the closest keys.
+config are read, and a miss names the closest keys. Writes go through
+[`write_config_attribute`][danling.runner.config.attributes.write_config_attribute], which says whether a name is the
+runner's or the config's.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
+from collections.abc import Mapping
 from functools import cached_property
+from types import FunctionType
 from typing import Any
+
+from chanfig import Variable
 
 
 def config_attribute(runner: Any, name: str) -> Any:
@@ -44,6 +50,62 @@ def config_attribute(runner: Any, name: str) -> Any:
     close = difflib.get_close_matches(name, keys, n=3)
     hint = f"; did you mean {', '.join(repr(k) for k in close)}?" if close else ""
     raise AttributeError(f"{type(runner).__name__!r} object has no attribute or config key {name!r}{hint}")
+
+
+def is_method(cls: type, name: str) -> bool:
+    r"""
+    Whether `name` is a method of `cls` (a function, static or class method), not data or a property.
+
+    Examples:
+        >>> from danling.runner import BaseRunner
+        >>> is_method(BaseRunner, "log"), is_method(BaseRunner, "dir"), is_method(BaseRunner, "nothing")
+        (True, False, False)
+    """
+    return isinstance(inspect.getattr_static(cls, name, None), (FunctionType, staticmethod, classmethod))
+
+
+def write_config_attribute(runner_type: type, instance: Mapping, config: Any, name: str, value: Any) -> bool:
+    r"""
+    What `runner.<name> = value` does for a public `name`, by one precedence: an attribute of the runner (in its
+    instance dict `instance` or on its class) stays on the runner; otherwise an existing config key is written
+    (through `chanfig.Variable.set` for a variable); otherwise a new runner attribute is created. A method is never
+    replaced by a value: its name writes the config key of that name, or raises (a callable assigned to a method's
+    name overrides it on this runner, as a patch in a test does).
+
+    Args:
+        runner_type: The runner's class (with `_class_attribute_names`, see
+            [`RunnerMeta`][danling.runner.utils.RunnerMeta]).
+        instance: The runner's instance dict.
+        config: The runner's config, or `None` before it has one.
+        name: The name assigned.
+        value: The value assigned.
+
+    Returns:
+        Whether the config key was written; otherwise the value belongs on the runner.
+
+    Raises:
+        AttributeError: If a value that is not callable is assigned to a method's name that is no config key.
+
+    Examples:
+        >>> from danling.runner import BaseRunner, Config
+        >>> config = Config({"lr": 0.1})
+        >>> write_config_attribute(BaseRunner, {}, config, "lr", 0.2), config.lr
+        (True, 0.2)
+        >>> write_config_attribute(BaseRunner, {}, config, "model", None)  # a class attribute: the runner's
+        False
+    """
+    if is_method(runner_type, name) and not callable(value):
+        if config is None or name not in config:
+            raise AttributeError(
+                f"cannot assign {value!r} to {name!r}: it is a method of {runner_type.__name__}, not a config key"
+            )
+    elif name in instance or name in runner_type._class_attribute_names or config is None or name not in config:
+        return False
+    if isinstance(config[name], Variable):
+        config[name].set(value)
+    else:
+        config[name] = value
+    return True
 
 
 def runner_repr(runner: Any) -> str:

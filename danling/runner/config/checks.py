@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from numbers import Integral, Real
 from typing import Any
 
+from . import Config
 from .parsing import DATALOADER_TYPES
 
 # Integer keys and the smallest value each accepts; `None` is accepted too, except for those in REQUIRED_KEYS.
@@ -110,3 +111,25 @@ def _is_number(value: Any) -> bool:
 
 def _is_integer(value: Any) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def prepare_config(config: Config | Mapping) -> Config:
+    r"""
+    The config a runner is built with: `config` itself, or a [`Config`][danling.runner.Config] of a mapping;
+    validated ([`validate_config`][danling.runner.config.checks.validate_config]: a bad value stops the run here,
+    before any directory or process group), with a fresh run id when `auto_run_id` is set.
+
+    Raises:
+        ValueError: If a value is out of range.
+
+    Examples:
+        >>> config = prepare_config({"lr": 0.1})
+        >>> type(config).__name__, config.lr
+        ('Config', 0.1)
+    """
+    if not isinstance(config, Config):
+        config = Config(config)
+    validate_config(config)
+    if config.getattr("auto_run_id", False):
+        config.refresh_run_id()
+    return config

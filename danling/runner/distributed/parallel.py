@@ -467,3 +467,21 @@ def _load_full_optimizer_state(module: nn.Module, optimizer: Any, state: Mapping
     groups = [{**group, "params": [names[index] for index in group["params"]]} for group in state["param_groups"]]
     by_name = {"state": {names[index]: value for index, value in state["state"].items()}, "param_groups": groups}
     set_optimizer_state_dict(module, optimizer, by_name, options=options)
+
+
+def unwrap_model(model: Any) -> Any:
+    r"""
+    The model inside `DistributedDataParallel` and `torch.compile` wrappers (any nesting of them).
+
+    Examples:
+        >>> linear = nn.Linear(1, 1)
+        >>> unwrap_model(linear) is linear
+        True
+    """
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model

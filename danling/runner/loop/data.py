@@ -265,3 +265,24 @@ def check_not_empty(split: str, dataset: Any) -> None:
     """
     if isinstance(dataset, Sized) and len(dataset) == 0:
         raise ValueError(f"the dataset of split {split!r} is empty (0 samples)")
+
+
+def check_has_batches(split: str, loader: Any, length: int | None) -> None:
+    r"""
+    Raise when a train split's loader has no batches (`length` 0; a loader without a length passes).
+
+    Raises:
+        ValueError: Naming the split, its samples, `batch_size` and `drop_last`.
+
+    Examples:
+        >>> loader = DataLoader([], batch_size=2)
+        >>> check_has_batches("train", loader, None)  # no length: it may still yield
+        >>> check_has_batches("train", loader, 0)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: split 'train' has no batches to train on (0 samples, batch_size 2, drop_last False); add data, ...
+    """
+    if length == 0:
+        raise ValueError(
+            f"split {split!r} has no batches to train on ({describe_loader(loader)}); "
+            "add data, lower dataloader.batch_size or set dataloader.drop_last=False"
+        )

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .data import has_more
+from ..utils import RunnerMode
+from .data import describe_loader, has_more
 
 
 class EpochCursor:
@@ -78,6 +79,24 @@ class EpochCursor:
         r"""Batches of this epoch consumed so far, those before a resume included."""
         return self.iteration + self.offset
 
+    def check_yielded(self, batches: int, training: bool, distributed: bool) -> None:
+        r"""
+        Raise when the epoch yielded no batch (`batches` counted this epoch, none before a resume either); under DDP
+        one rank's evaluation shard may be empty, so only training checks then.
+
+        Raises:
+            ValueError: Naming the split and its loader.
+
+        Examples:
+            >>> cursor = EpochCursor("val", length=None)
+            >>> cursor.check_yielded(0, training=False, distributed=False)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ValueError: split 'val' yielded no batches to evaluate (an iterable dataset, ...)
+        """
+        if batches == 0 and self.batches_done() == 0 and (training or not distributed):
+            what = "train on" if training else "evaluate"
+            raise ValueError(f"split {self.split!r} yielded no batches to {what} ({describe_loader(self.loader)})")
+
     def cut_short(self) -> bool:
         r"""
         Whether batches of the epoch are left: known from the length, else by asking the stream for one more (a
@@ -86,3 +105,35 @@ class EpochCursor:
         if self.length is not None:
             return self.batches_done() < self.length
         return self.stream is not None and has_more(self.stream)
+
+
+def reset_for_epoch(mode: RunnerMode, model: Any, meters: Any, metrics: Any, telemetry: Any, steps: int) -> None:
+    r"""
+    The start of an epoch for the parts a runner hands over: the model's train/eval mode, fresh meters and
+    metrics, and the telemetry's epoch clocks and counters.
+
+    Args:
+        mode: The epoch's mode (the model trains in `train` only).
+        model: The model, or `None`.
+        meters: The running averages (an `AverageMeters`).
+        metrics: The current metrics, or `None`.
+        telemetry: The runner's [`Telemetry`][danling.runner.reporting.telemetry.Telemetry].
+        steps: Optimizer steps taken so far.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from danling.metrics import AverageMeters
+        >>> from danling.runner.reporting.telemetry import Telemetry
+        >>> model, meters = nn.Linear(1, 1), AverageMeters()
+        >>> meters.loss.update(1.0)
+        >>> reset_for_epoch(RunnerMode.evaluate, model, meters, None, Telemetry(torch.device("cpu")), steps=0)
+        >>> model.training, meters.loss.count
+        (False, 0)
+    """
+    if model is not None:
+        model.train(mode == RunnerMode.train)
+    meters.reset()
+    if metrics is not None:
+        metrics.reset()
+    telemetry.start_epoch(mode, steps)

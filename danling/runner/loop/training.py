@@ -8,8 +8,10 @@ describe, each through [`run_epoch`][danling.runner.TorchRunner.run_epoch] and
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from itertools import count
+
+from ..reporting.results import epochs_without_improvement
 
 
 def epoch_range(epoch_begin: int, epoch_end: int | None, step_end: int | None) -> Iterable[int]:
@@ -47,3 +49,44 @@ def step_end_reached(steps: int, step_end: int | None) -> bool:
         (True, False, False)
     """
     return step_end is not None and steps >= step_end
+
+
+def patience_exhausted(patience: int | None, scores: Mapping | None, best_fn: Callable = min) -> int | None:
+    r"""
+    The epochs without improvement when `patience` is set and they reached it, else `None` (also without results,
+    `scores=None`).
+
+    Examples:
+        >>> patience_exhausted(2, {0: 0.5, 1: 0.6, 2: 0.7}), patience_exhausted(3, {0: 0.5, 1: 0.6, 2: 0.7})
+        (2, None)
+        >>> patience_exhausted(None, {0: 0.5, 1: 0.6}), patience_exhausted(0, None)
+        (None, None)
+    """
+    if patience is None or scores is None:
+        return None
+    waited = epochs_without_improvement(scores, best_fn)
+    return waited if waited >= patience else None
+
+
+def completion_reason(
+    epoch_begin: int, epoch_end: int | None, steps: int, step_end: int | None, patience: int | None, waited: int | None
+) -> str | None:
+    r"""
+    Why a run with results has nothing left to train, or `None`: `epoch_end` reached, `step_end` reached, or
+    `patience` exhausted (`waited`, from [`patience_exhausted`][danling.runner.loop.training.patience_exhausted]).
+
+    Examples:
+        >>> completion_reason(3, 3, 10, None, None, None)
+        'epoch_end 3 reached'
+        >>> completion_reason(1, 3, 10, 10, None, None)
+        'step_end 10 reached at step 10'
+        >>> completion_reason(1, 3, 5, None, 2, 2), completion_reason(1, 3, 5, None, None, None)
+        ('stopped early: no improvement within patience 2', None)
+    """
+    if epoch_end is not None and epoch_begin >= epoch_end:
+        return f"epoch_end {epoch_end} reached"
+    if step_end_reached(steps, step_end):
+        return f"step_end {step_end} reached at step {steps}"
+    if waited is not None:
+        return f"stopped early: no improvement within patience {patience}"
+    return None

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 from danling.utils.io import save, to_serializable
 
@@ -110,3 +111,30 @@ class RunDirGuard:
             if not os.path.isdir(folder) or os.listdir(folder):
                 return
             os.rmdir(folder)
+
+    @contextmanager
+    def cleanup_on_failure(self, close: Callable[[], None], discard: bool = True) -> Iterator[None]:
+        r"""
+        A start that leaves nothing behind when it fails: when the block raises (anything, `KeyboardInterrupt`
+        included), call `close` and, when `discard` (the main process),
+        [`discard`][danling.runner.rundir.startup.RunDirGuard.discard] what the start created; then re-raise.
+
+        Examples:
+            >>> import tempfile
+            >>> root = tempfile.mkdtemp()
+            >>> guard = RunDirGuard(os.path.join(root, "run"))
+            >>> with guard.cleanup_on_failure(lambda: print("closed")):
+            ...     os.makedirs(os.path.join(root, "run"))
+            ...     raise RuntimeError("failed start")
+            Traceback (most recent call last):
+            RuntimeError: failed start
+            >>> os.listdir(root)
+            []
+        """
+        try:
+            yield
+        except BaseException:
+            close()
+            if discard:
+                self.discard()
+            raise

@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
+from .checkpointing.test_resume import Crash, CrashingRunner, DropoutRunner
 from .conftest import ClassifierRunner, parameters_of
-from .test_parallel import WORKERS, assert_fsdp_matches_ddp, assert_states_close
-from .test_precision import ProbeRunner
-from .test_resume import Crash, CrashingRunner, DropoutRunner
+from .distributed.test_parallel import WORKERS, assert_fsdp_matches_ddp, assert_states_close
+from .loop.test_precision import ProbeRunner
 
 pytestmark = [
     pytest.mark.cuda,

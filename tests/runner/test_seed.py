@@ -10,8 +10,8 @@ import torch
 
 import danling as dl
 
+from .checkpointing.test_resume import DropoutRunner
 from .conftest import parameters_of
-from .test_resume import DropoutRunner
 
 
 @pytest.mark.parametrize("num_workers", [0, 1])

@@ -1,5 +1,5 @@
 """
-A run killed (SIGKILL) at a chosen instant of its epoch-`EPOCH` save, for `tests/runner/test_requeue.py`.
+A run killed (SIGKILL) at a chosen instant of its epoch-`EPOCH` save, for `tests/runner/checkpointing/test_requeue.py`.
 
     python best_kill_worker.py PROJECT_ROOT EPOCH INSTANT
 

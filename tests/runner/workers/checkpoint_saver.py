@@ -1,5 +1,5 @@
 """
-Checkpoint writer that a test kills with SIGKILL, for `tests/runner/test_atomic_checkpoint.py`.
+Checkpoint writer that a test kills with SIGKILL, for `tests/runner/checkpointing/test_atomic_checkpoint.py`.
 
     python checkpoint_saver.py [async]
 

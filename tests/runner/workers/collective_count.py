@@ -1,6 +1,6 @@
 """
 Counting the runner's Python-level collectives and host reads in every part of a 2-rank DDP training loop, for
-`tests/runner/test_host_sync.py`.
+`tests/runner/loop/test_host_sync.py`.
 
     python -m torch.distributed.run --nproc_per_node=2 ... collective_count.py OUT_DIR [--check-steps N] [--own-channel]
 

@@ -1,6 +1,6 @@
 """
 The runner of `docs/guides/custom-loops.md`, with its own `train_epoch`, as a job that can be preempted, for
-`tests/runner/test_custom_loop.py`.
+`tests/runner/loop/test_custom_loop.py`.
 
     python custom_loop_worker.py PROJECT_ROOT [--signal-at STEP]
 

@@ -1,5 +1,5 @@
 """
-Two-process DDP worker for `tests/runner/test_distributed.py`.
+Two-process DDP worker for `tests/runner/distributed/test_distributed.py`.
 
     python -m torch.distributed.run --nproc_per_node=2 --master_addr=127.0.0.1 --master_port=PORT \
         tests/runner/workers/ddp_worker.py OUT_DIR

@@ -1,5 +1,5 @@
 """
-Two-process DDP worker for `tests/runner/test_distributed_edge_cases.py`: data edge cases under DDP.
+Two-process DDP worker for `tests/runner/distributed/test_distributed_edge_cases.py`: data edge cases under DDP.
 
     python -m torch.distributed.run --nproc_per_node=2 ... tests/runner/workers/edge_worker.py OUT_DIR
 

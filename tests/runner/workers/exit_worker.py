@@ -1,5 +1,6 @@
 """
-Two-process worker for `tests/runner/test_process_group_exit.py`: a script that never destroys its process group.
+Two-process worker for `tests/runner/distributed/test_process_group_exit.py`: a script that never destroys its process
+group.
 
     python -m torch.distributed.run --nproc_per_node=2 --master_addr=127.0.0.1 --master_port=PORT \
         tests/runner/workers/exit_worker.py OUT_DIR [destroy]

@@ -2,7 +2,7 @@
 Counting host-device synchronisations: a `TorchFunctionMode` that records every call that makes the host wait for
 a tensor's value (`item`, `tolist`, `__bool__`, `numpy`, copies from an accelerator to the host, ...) and where.
 
-Used by `tests/runner/test_host_sync.py` and the distributed workers; on CPU nothing really waits, but the same
+Used by `tests/runner/loop/test_host_sync.py` and the distributed workers; on CPU nothing really waits, but the same
 calls would block on an accelerator, so the count is the contract.
 """
 

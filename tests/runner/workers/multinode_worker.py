@@ -1,5 +1,5 @@
 """
-Worker for `tests/runner/test_multinode.py`: one process per "node", two nodes on loopback.
+Worker for `tests/runner/distributed/test_multinode.py`: one process per "node", two nodes on loopback.
 
     python -m torch.distributed.run --nnodes=2 --node_rank=N --nproc_per_node=1 \
         --master_addr=127.0.0.1 --master_port=PORT tests/runner/workers/multinode_worker.py OUT_DIR

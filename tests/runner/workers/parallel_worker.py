@@ -1,5 +1,5 @@
 """
-Two-process worker for `tests/runner/test_parallel.py`: the same training under `strategy: ddp` and `fsdp`.
+Two-process worker for `tests/runner/distributed/test_parallel.py`: the same training under `strategy: ddp` and `fsdp`.
 
     python -m torch.distributed.run --nproc_per_node=2 ... tests/runner/workers/parallel_worker.py OUT_DIR
 

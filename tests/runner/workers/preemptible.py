@@ -1,5 +1,5 @@
 """
-A training job that can be preempted, requeued, or hang, for `tests/runner/test_preemption.py`.
+A training job that can be preempted, requeued, or hang, for `tests/runner/distributed/test_preemption.py`.
 
     python preemptible.py OUT_DIR [--signal-at STEP] [--signal-rank R] [--hang-at STEP] [--dist-timeout S]
         [--check-steps N] [--own-channel]

@@ -1,5 +1,5 @@
 """
-A classifier with a warmup-cosine schedule over 4 epochs, for `tests/runner/test_requeue.py`.
+A classifier with a warmup-cosine schedule over 4 epochs, for `tests/runner/checkpointing/test_requeue.py`.
 
     python -m torch.distributed.run --nproc_per_node=2 ... replan_worker.py RUN_DIR [CHECKPOINT]
     python replan_worker.py RUN_DIR [CHECKPOINT]

@@ -1,5 +1,5 @@
 """
-A launch of a run for `tests/runner/test_run_lock.py`, in a process of its own.
+A launch of a run for `tests/runner/rundir/test_run_lock.py`, in a process of its own.
 
     python run_lock_worker.py hold DIR          # start a run writing into DIR, save once, print "ready", sleep
     python run_lock_worker.py launch DIR [auto] # start a run writing into DIR (auto: with auto_resume), print "started"

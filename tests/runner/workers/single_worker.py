@@ -1,5 +1,5 @@
 """
-Single-process worker for `tests/runner/test_distributed.py`: `python single_worker.py OUT_DIR`.
+Single-process worker for `tests/runner/distributed/test_distributed.py`: `python single_worker.py OUT_DIR`.
 
 The model is not wrapped in `DistributedDataParallel`, yet `runner.accumulate()` must work; the worker drives
 the micro-steps by hand with `accum_steps=2` and writes what it saw to `OUT_DIR/single.json`.

@@ -1,0 +1,208 @@
+"""
+Resuming: mid-epoch checkpoints (`save_steps`) continue with the exact next batch, the checkpoint's config is
+restored with the user's overrides logged, a changed plan is announced, and new ranks get their own streams.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+import danling as dl
+from danling.runner.checkpointing.restore import merge_saved_config, seed_derived_stream
+from danling.runner.checkpointing.rng import get_rng_state, set_rng_state
+from danling.runner.reporting.telemetry import without_telemetry
+
+from ..conftest import ClassifierRunner, parameters_of
+
+
+class Crash(Exception):
+    pass
+
+
+class NoisyDataset(Dataset):
+    """Random augmentation in `__getitem__`: in the loader's workers, it draws from their seeded streams."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, index):
+        x, y = self.base[index]
+        return x + 0.1 * torch.randn_like(x), y
+
+
+class ShufflingRunner(ClassifierRunner):
+    """Dropout, shuffling, augmentation, a scheduler and metrics: every piece of a partial epoch that must survive."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.datasets.train = NoisyDataset(self.datasets.train)
+        torch.manual_seed(0)
+        self.model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=0.01)
+        self.scheduler = dl.optim.SCHEDULERS.build(self.optimizer, total_steps=self.total_steps, type="cosine")
+        self.metrics = dl.metrics.multiclass_metrics(num_classes=3)
+
+
+class CrashingRunner(ShufflingRunner):
+    """Dies right after the mid-epoch checkpoint of step `crash_at`, as a killed job would."""
+
+    def save_position(self, split, batches):
+        super().save_position(split, batches)
+        if self.steps == self.config.crash_at:
+            raise Crash
+
+
+@pytest.mark.parametrize(("num_workers", "accum_steps", "crash_at"), [(0, 1, 6), (2, 1, 4), (2, 2, 6)])
+def test_mid_epoch_resume_is_bit_identical_to_a_straight_run(make_runner, num_workers, accum_steps, crash_at):
+    settings = {"seed": 3, "epoch_end": 2, "accum_steps": accum_steps, "save_steps": 2}
+    settings["dataloader"] = {"batch_size": 4, "num_workers": num_workers}
+    straight = make_runner(ShufflingRunner, **settings)
+    straight.train()
+
+    first = make_runner(CrashingRunner, crash_at=crash_at, **settings)
+    with pytest.raises(Crash):
+        first.train()
+    latest = os.path.join(first.checkpoint_dir, "latest.pth")
+    state = torch.load(latest, weights_only=True)
+    batches_per_epoch = 40 // 4
+    assert state["position"]["split"] == "train"
+    assert 0 < state["position"]["batches"] < batches_per_epoch  # really in the middle of an epoch
+    assert state["position"]["batches"] % accum_steps == 0  # at an optimizer-step boundary
+
+    resumed = make_runner(ShufflingRunner, checkpoint=latest, **settings)
+    assert resumed.steps == crash_at
+    assert resumed.epoch_begin == state["position"]["epoch"]
+    resumed.train()
+    assert resumed.steps == straight.steps
+    for ours, reference in zip(parameters_of(resumed), parameters_of(straight)):
+        assert torch.equal(ours, reference)
+    # Meters and metrics of the partial epoch carried over: the epoch results are the same numbers.
+    assert without_telemetry(resumed.results) == without_telemetry(straight.results)
+    assert resumed.optimizer.state_dict()["state"].keys() == straight.optimizer.state_dict()["state"].keys()
+
+
+def test_save_steps_writes_mid_epoch_checkpoints_and_validates(make_runner):
+    runner = make_runner(ShufflingRunner, seed=1, epoch_end=1, save_steps=3, keep_checkpoints=5)
+    runner.train()
+    names = sorted(name for name in os.listdir(runner.checkpoint_dir) if name.startswith("step-"))
+    # 5 steps in the epoch: a mid-epoch save at step 3, and the epoch-end save at step 5.
+    assert [name for name in names if name.endswith(".pth")] == ["step-3.pth", "step-5.pth"]
+    assert torch.load(os.path.join(runner.checkpoint_dir, "step-3.pth"), weights_only=True)["position"]["batches"] == 3
+    for bad in (0, -2, True):
+        with pytest.raises(ValueError, match="save_steps"):
+            make_runner(ShufflingRunner, save_steps=bad).train()
+    with pytest.raises(ValueError, match="keep_checkpoints"):
+        make_runner(ShufflingRunner, keep_checkpoints=-1).train()
+
+
+def test_best_json_never_names_an_epoch_best_pth_does_not_hold(make_runner, monkeypatch):
+    runner = make_runner(ShufflingRunner, epoch_end=3)
+    original = type(runner).save_checkpoint
+
+    def fail_at_epoch_one(self, *args, **kwargs):
+        if self.epochs == 1:
+            raise OSError("disk full")
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(runner), "save_checkpoint", fail_at_epoch_one)
+    with pytest.raises(OSError, match="disk full"):
+        runner.train()
+    best = dl.utils.io.load(os.path.join(runner.dir, "best.json"))
+    latest = dl.utils.io.load(os.path.join(runner.dir, "latest.json"))
+    assert latest["index"] == best["index"] == 0  # epoch 1's JSON was not written: its checkpoint failed
+    assert torch.load(os.path.join(runner.checkpoint_dir, "best.pth"), weights_only=True)["runner"]["epochs"] == 0
+
+
+# The checkpoint's config
+
+
+def test_resuming_from_config_checkpoint_alone_restores_the_config(make_runner, tmp_path):
+    first = make_runner(seed=7, epoch_end=2, accum_steps=2, precision="bf16", score_split="val", lr=0.05)
+    first.train()
+    latest = os.path.join(first.checkpoint_dir, "latest.pth")
+    resumed = ClassifierRunner({"checkpoint": latest, "dir": str(tmp_path / "resumed"), "log": False})
+    for key, value in {"seed": 7, "epoch_end": 2, "accum_steps": 2, "precision": "bf16", "score_split": "val"}.items():
+        assert resumed.config[key] == value, key
+    assert resumed.optimizer.param_groups[0]["lr"] == 0.05  # the subclass built its optimizer from the restored lr
+    assert resumed.steps == first.steps
+
+
+def test_explicit_keys_override_the_checkpoint_and_each_override_is_logged(make_runner, tmp_path):
+    first = make_runner(seed=7, epoch_end=2, accum_steps=2)
+    first.train()
+    latest = os.path.join(first.checkpoint_dir, "latest.pth")
+    config = {"checkpoint": latest, "dir": str(tmp_path / "resumed"), "log": True, "seed": 8, "epoch_end": 3}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the plan changes too (tested below)
+        resumed = ClassifierRunner(config)
+    assert resumed.config.seed == 8
+    assert resumed.config.epoch_end == 3
+    assert resumed.config.accum_steps == 2  # not set by the user: restored
+    log = Path(resumed.log_file).read_text()
+    assert "config.seed overrides the checkpoint: it was 7 there, now 8" in log
+    assert "config.epoch_end overrides the checkpoint: it was 2 there, now 3" in log
+    assert "accum_steps" not in log
+    resumed.close()
+
+
+def test_merge_saved_config_follows_the_config_class_defaults():
+    class MyConfig(dl.Config):
+        epoch_end: int = 5
+
+    config = MyConfig()
+    config.lr = 0.1
+    overrides = merge_saved_config(config, {"epoch_end": 9, "lr": 0.2, "steps": 40, "run_id": "x", "dropout": 0.3})
+    assert config.epoch_end == 9  # left at the class default: the checkpoint's value
+    assert config.dropout == 0.3
+    assert config.lr == 0.1
+    assert overrides == [("lr", 0.2, 0.1)]
+    assert config.steps == 0  # progress is not the config's business here
+    assert config.run_id != "x"
+
+
+def test_a_changed_plan_is_announced(make_runner):
+    first = make_runner(epoch_end=2)
+    first.train()
+    latest = os.path.join(first.checkpoint_dir, "latest.pth")
+    with pytest.warns(RuntimeWarning, match="epoch_end changed from 2 to 4") as record:
+        make_runner(epoch_end=4, checkpoint=latest)
+    assert "total_steps changed from 10 to 20" in str(record[0].message)
+    with pytest.warns(RuntimeWarning, match=r"train_lengths changed from \{'train': 40\} to \{'train': 48\}"):
+        make_runner(epoch_end=2, train_size=48, checkpoint=latest)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_runner(epoch_end=2, checkpoint=latest)  # same plan: silent
+
+
+# Ranks that did not exist when the checkpoint was saved
+
+
+def test_new_ranks_get_derived_streams_not_rank_zeros(make_runner, monkeypatch):
+    first = make_runner(seed=1, epoch_end=1)
+    first.train()
+    state = torch.load(os.path.join(first.checkpoint_dir, "latest.pth"), weights_only=True)
+    assert len(state["rng"]) == 1
+    set_rng_state(state["rng"][0])
+    rank0_draw = torch.rand(4)
+    seed_derived_stream(state["rng"][0], 1)
+    rank1_draw = torch.rand(4)
+    seed_derived_stream(state["rng"][0], 1)
+    assert torch.equal(torch.rand(4), rank1_draw)  # derived deterministically
+    assert not torch.equal(rank1_draw, rank0_draw)
+
+    runner = make_runner(seed=1, epoch_end=1)
+    monkeypatch.setattr(type(runner), "rank", property(lambda self: 1))
+    before = get_rng_state()
+    runner.load_state_dict(state)
+    assert torch.equal(torch.rand(4), rank1_draw)
+    set_rng_state(before)

@@ -13,7 +13,7 @@ import torch
 
 from danling.runner.checkpointing import CheckpointError, read_manifest
 
-from ..workers.preemptible import JobRunner
+from ..workers.preemptible import JobRunner, job_config
 
 WORKER = Path(__file__).parents[1] / "workers" / "preemptible.py"
 
@@ -33,17 +33,7 @@ def preempted_run(out_dir: Path) -> dict:
 
 
 def requeue_config(out_dir: Path, **changes) -> dict:
-    config = {
-        "project_root": str(out_dir / "experiments"),
-        "auto_resume": True,
-        "seed": 5,
-        "epoch_end": 3,
-        "save_steps": 4,
-        "save_interval": 1,
-        "log": True,
-        "dataloader": {"batch_size": 4},
-    }
-    return {**config, **changes}
+    return job_config(str(out_dir), **changes)  # the worker's own config: the same run, launched again
 
 
 @pytest.mark.parametrize(

@@ -53,6 +53,21 @@ class JobRunner(dl.TorchRunner):
             action()
 
 
+def job_config(out_dir: str, **changes: Any) -> dict[str, Any]:
+    r"""The job's config under `out_dir/experiments` (a requeue with `changes` is the same run, launched again)."""
+    config = {
+        "project_root": os.path.join(out_dir, "experiments"),
+        "auto_resume": True,
+        "seed": 5,
+        "epoch_end": 3,
+        "save_steps": 4,
+        "save_interval": 1,
+        "log": True,
+        "dataloader": {"batch_size": 4},
+    }
+    return {**config, **changes}
+
+
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("out_dir")
@@ -69,16 +84,7 @@ def parse() -> argparse.Namespace:
 def main() -> None:
     args = parse()
     torch.set_num_threads(1)
-    config = {
-        "project_root": os.path.join(args.out_dir, "experiments"),
-        "auto_resume": True,
-        "seed": 5,
-        "epoch_end": 3,
-        "save_steps": 4,
-        "save_interval": 1,
-        "log": True,
-        "dataloader": {"batch_size": 4},
-    }
+    config = job_config(args.out_dir)
     if args.dist_timeout is not None:
         config["dist_timeout"] = args.dist_timeout
     if args.check_steps is not None:

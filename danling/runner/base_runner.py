@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any, Callable
 from uuid import UUID, uuid5
 
 from chanfig import FlatDict, NestedDict
+from typing_extensions import Self
 
 from danling.metrics import AverageMeters
+from danling.utils import cached_ensure_dir, cached_ensure_parent_dir, catch
+from danling.utils import distributed as dist_utils
+from danling.utils.io import PathStr, load, save
 
-from .callbacks import CallbackList, CallbacksMixin, LogCallback, ProgressBarCallback, TensorBoardCallback
+from .callbacks import Callback, CallbackList, LogCallback, ProgressBarCallback, TensorBoardCallback
 from .checkpointing import AsyncCheckpointWriter, CheckpointManager
 from .checkpointing import files as ckpt
 from .checkpointing.rng import SEED_RANGE, biased_seed, seed_of, seed_python_and_numpy
@@ -20,19 +25,19 @@ from .checkpointing.runner_state import RUN_LOCATION_KEYS, RunnerCheckpoints, ru
 from .config import Config, scaling
 from .config.attributes import config_attribute, runner_repr, write_config_attribute
 from .config.checks import prepare_config
-from .distributed.processes import ProcessMixin
-from .loop.progress import ProgressMixin
+from .loop import progress
+from .loop.progress import ConfigCounter
 from .reporting.log import close_logger, create_logger, create_tensorboard_writer
 from .reporting.printing import install_print, restore_print
 from .reporting.reporter import ReportingMixin
-from .rundir.files import SerializationMixin
+from .rundir.files import RunDirectoryClaim, check_dir_empty
 from .rundir.startup import RunDirGuard, run_dir_of
 from .utils import RunnerMeta, RunnerMode, get_time_str, on_main_process
 
 __all__ = ["BaseRunner", "SEED_RANGE", "RUN_LOCATION_KEYS"]
 
 
-class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin, CallbacksMixin, metaclass=RunnerMeta):
+class BaseRunner(ReportingMixin, metaclass=RunnerMeta):
     r"""
     Base class of DanLing runners: owns the config, progress, results, experiment directory and checkpoints.
 
@@ -91,6 +96,8 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
     scheduler: Any = None
 
     split: str | None = None
+    _train_splits: list[str] | None = None
+    _evaluate_splits: list[str] | None = None
     metrics: Any = None
     train_metrics: Any = None
     evaluate_metrics: Any = None
@@ -111,6 +118,7 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         self._mode = RunnerMode.train
         self._config = prepare_config(config)  # bad values stop the run here, before any directory or process group
         self._config_overrides: list[tuple[str, Any, Any]] = []
+        self._run_dir_claim = RunDirectoryClaim()
         self._checkpoints = self._checkpoints_type(self)
         self.init_distributed()
         self.inited = True
@@ -131,7 +139,7 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         guard = RunDirGuard(run_dir_of(self.config, f"{self.name}-{self.id}", self.timestamp))
         with guard.cleanup_on_failure(self.close, discard=self.is_main_process):
             self.init_environment()
-            self._log_run_dir_lock()  # a stale lock of the run directory taken over, now that the log exists
+            self._log_run_dir_note()  # a stale lock of the run directory taken over, now that the log exists
             self._checkpoints.log_notes()
             self._checkpoints.remove_temporaries()  # left by killed saves
             self.setup()
@@ -213,7 +221,7 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
             self.writer = None
         if self.logger is not None:
             close_logger(self.logger)
-        self._release_run_dir()
+        self._run_dir_claim.release()
 
     # Environment
 
@@ -317,6 +325,13 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
         """
         self._checkpoints.save(name, epochs, save_best)
         self._checkpoint_saved(name)  # `on_save_checkpoint`, once committed
+
+    def _checkpoint_saved(self, name: str) -> None:
+        # After a save: announce it once committed (now, or after a background save), where it was written.
+        if not (self.is_main_process or self.checkpoint_manager.collective):
+            return
+        self.after_checkpoint(partial(self._callbacks.saved, self.checkpoint_manager.path(name)))
+        self._callbacks.announce_saves(self)
 
     def checkpoint_state(self) -> Mapping:
         r"""What a checkpoint save writes: [`state_dict`][danling.runner.BaseRunner.state_dict] by default."""
@@ -463,6 +478,202 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
     def config(self) -> Config:
         r"""The run's [`Config`][danling.runner.Config]."""
         return self._config
+
+    # Processes
+
+    world_size = property(lambda self: dist_utils.get_world_size(), doc="Number of processes.")
+    rank = property(lambda self: dist_utils.get_rank(), doc="Global rank of this process.")
+    local_rank = property(lambda self: dist_utils.get_local_rank(), doc="Rank of this process on its node.")
+    distributed = property(lambda self: self.world_size > 1, doc="Whether more than one process runs.")
+    is_main_process = property(lambda self: self.rank == 0, doc="Whether this is the global main process (rank 0).")
+    is_local_main_process = property(lambda self: self.local_rank == 0, doc="Whether this is its node's main process.")
+
+    # Progress: counters live in the config, so checkpoints hold them
+
+    steps = ConfigCounter("steps", "Optimizer steps taken so far.")
+    epochs = ConfigCounter("epochs", "Index of the current (or last finished) epoch.")
+    step_begin = ConfigCounter("step_begin", "Step this run started from.")
+    step_end = ConfigCounter("step_end", "Step to stop at (`None` for no limit).", optional=True)
+    epoch_begin = ConfigCounter("epoch_begin", "First epoch of this run.")
+    epoch_end = ConfigCounter("epoch_end", "Epoch to stop before (`None` for no limit).", optional=True)
+    accum_steps = property(lambda self: progress.accum_steps_of(self.config), doc="Micro-batches per optimizer step.")
+
+    @property
+    def train_splits(self) -> list[str]:
+        r"""Splits trained on: set it, or [`infer_train_splits`][danling.runner.loop.progress.infer_train_splits]."""
+        if self._train_splits is not None:
+            return self._train_splits
+        return progress.infer_train_splits(self.config, self.datasets)
+
+    @train_splits.setter
+    def train_splits(self, splits: list[str]) -> None:
+        self._train_splits = list(splits)
+
+    @property
+    def evaluate_splits(self) -> list[str]:
+        r"""Set it, or [`infer_evaluate_splits`][danling.runner.loop.progress.infer_evaluate_splits]."""
+        if self._evaluate_splits is not None:
+            return self._evaluate_splits
+        return progress.infer_evaluate_splits(self.config, self.datasets, self.train_splits if self.datasets else ())
+
+    @evaluate_splits.setter
+    def evaluate_splits(self, splits: list[str]) -> None:
+        self._evaluate_splits = list(splits)
+
+    @property
+    def batch_size(self) -> int:
+        r"""
+        Batch size of the current split's loader, else of the first train/evaluate loader, else of any loader,
+        else `config.dataloader.batch_size` ([`infer_batch_size`][danling.runner.loop.progress.infer_batch_size]).
+        """
+        candidates = [] if self.split is None else [self.split]
+        for splits in ("train_splits", "evaluate_splits") if self.dataloaders else ():
+            try:
+                candidates.extend(getattr(self, splits))
+            except ValueError:
+                continue
+        return progress.infer_batch_size(self.config, self.dataloaders, candidates)
+
+    @property
+    def batch_size_equivalent(self) -> int:
+        r"""Samples per optimizer step over all processes: `batch_size * world_size * accum_steps`."""
+        return self.batch_size * self.world_size * self.accum_steps
+
+    @property
+    def total_epochs(self) -> int:
+        r"""Epochs in this run, `epoch_end - epoch_begin` (`ValueError` if `epoch_end` is not set)."""
+        if self.epoch_end is None:
+            raise ValueError("total_epochs needs config.epoch_end, which is not set")
+        return self.epoch_end - self.epoch_begin
+
+    @property
+    def total_steps(self) -> int:
+        r"""Optimizer steps in the whole run ([`infer_total_steps`][danling.runner.loop.progress.infer_total_steps])."""
+        try:
+            train_splits = self.train_splits
+        except ValueError:
+            train_splits = []
+        return progress.infer_total_steps(self.config, self.datasets, self.dataloaders, train_splits, self.world_size)
+
+    @property
+    def progress(self) -> float:
+        r"""Fraction of the run done: `steps / total_steps` (also right after a resume)."""
+        return self.steps / self.total_steps
+
+    # Directories and files
+
+    @cached_ensure_dir
+    def dir(self) -> str:
+        r"""
+        Directory of the run: `config.dir`, else `project_root/{name}-{id}/{timestamp}`. Created on access.
+
+        The main process that first reads it takes the directory's lock (`run.lock`, see
+        [`RunLock`][danling.runner.rundir.lock.RunLock]): a second process writing into the same directory stops with
+        [`RunDirectoryLocked`][danling.runner.rundir.lock.RunDirectoryLocked] naming the first.
+        """
+        path = run_dir_of(self.config, f"{self.name}-{self.id}", self.timestamp)
+        self._run_dir_claim.claim(path, self.is_main_process)
+        self._log_run_dir_note()
+        return path
+
+    def _log_run_dir_note(self) -> None:
+        # A takeover of a stale lock, logged once the run's logger exists (the lock is often taken while it is made).
+        if self.logger is not None and (note := self._run_dir_claim.pop_note()) is not None:
+            self.log(note, logging.WARNING)
+
+    @cached_ensure_parent_dir
+    def log_file(self) -> str:
+        r"""Log file: `config.log_file`, else `dir/run.log`."""
+        if self.config.get("log_file") is not None:
+            return self.config["log_file"]
+        return os.path.join(self.dir, "run.log")
+
+    @cached_ensure_dir
+    def checkpoint_dir(self) -> str:
+        r"""Checkpoint directory: `config.checkpoint_dir`, else `dir/{checkpoint_dir_name}`. Created on access."""
+        if self.config.get("checkpoint_dir") is not None:
+            return self.config["checkpoint_dir"]
+        return os.path.join(self.dir, self.config.get("checkpoint_dir_name", "checkpoints"))
+
+    def check_dir(self, action: str = "warn") -> bool:
+        r"""Whether `dir` is empty: [`check_dir_empty`][danling.runner.rundir.files.check_dir_empty] of it."""
+        return check_dir_empty(self.dir, action)
+
+    @catch(OSError)
+    def save(self, obj: Any, file: PathStr, main_process_only: bool = True, *args: Any, **kwargs: Any) -> PathStr:
+        r"""[`save`][danling.utils.io.save] on the main process only (unless told otherwise); errors are logged."""
+        return save(obj, file, *args, **kwargs) if self.is_main_process or not main_process_only else file
+
+    load = staticmethod(load)
+
+    def dict(self, cls: Callable = dict) -> Mapping:
+        r"""The config as a `cls` mapping."""
+        return cls(self.config.dict())
+
+    def json(self, file: PathStr, main_process_only: bool = True, *args: Any, **kwargs: Any) -> None:
+        r"""Write the config to a JSON file (main process only unless told otherwise)."""
+        if not main_process_only or self.is_main_process:
+            self.config.json(file, *args, **kwargs)
+
+    def jsons(self, *args: Any, **kwargs: Any) -> str:
+        r"""The config as a JSON string."""
+        return self.config.jsons(*args, **kwargs)
+
+    def yaml(self, file: PathStr, main_process_only: bool = True, *args: Any, **kwargs: Any) -> None:
+        r"""Write the config to a YAML file (main process only unless told otherwise)."""
+        if not main_process_only or self.is_main_process:
+            self.config.yaml(file, *args, **kwargs)
+
+    def yamls(self, *args: Any, **kwargs: Any) -> str:
+        r"""The config as a YAML string."""
+        return self.config.yamls(*args, **kwargs)
+
+    @classmethod
+    def from_json(cls, file: PathStr, *args: Any, **kwargs: Any) -> Self:
+        r"""A runner of the config in a JSON file."""
+        with open(file, encoding="utf-8") as fp:
+            return cls.from_jsons(fp.read(), *args, **kwargs)
+
+    @classmethod
+    def from_jsons(cls, string: str, *args: Any, **kwargs: Any) -> Self:
+        r"""A runner of the config in a JSON string."""
+        return cls(Config.from_jsons(string, *args, **kwargs))
+
+    @classmethod
+    def from_yaml(cls, file: PathStr, *args: Any, **kwargs: Any) -> Self:
+        r"""A runner of the config in a YAML file."""
+        with open(file, encoding="utf-8") as fp:
+            return cls.from_yamls(fp.read(), *args, **kwargs)
+
+    @classmethod
+    def from_yamls(cls, string: str, *args: Any, **kwargs: Any) -> Self:
+        r"""A runner of the config in a YAML string."""
+        return cls(Config.from_yamls(string, *args, **kwargs))
+
+    # Callbacks
+
+    @property
+    def callbacks(self) -> tuple[Any, ...]:
+        r"""The callbacks in calling order (read-only): the built-in ones (when on), then those passed or added."""
+        return self._callbacks.callbacks
+
+    def add_callback(self, callback: Callback) -> Callback:
+        r"""
+        Add a [`Callback`][danling.runner.Callback] (an instance): its hooks run after those of the callbacks
+        before it; added during an epoch, it gets `on_step_end` from the next epoch on. Callbacks can also be passed
+        at construction: `TorchRunner(config, callbacks=[...])`.
+
+        Raises:
+            TypeError: If `callback` is a class, or not a callback.
+
+        Examples:
+            >>> import tempfile
+            >>> from danling.runner import BaseRunner, Callback
+            >>> runner = BaseRunner({"log": False, "dir": tempfile.mkdtemp()})
+            >>> runner.add_callback(Callback()) is runner.callbacks[-1]
+            True
+        """
+        return self._callbacks.add(callback)
 
     # Config passthrough
 

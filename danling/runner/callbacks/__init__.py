@@ -3,14 +3,13 @@ TensorBoard, progress bar); the callbacks guide (`docs/guides/callbacks.md`) sho
 
 from .base import HOOKS, Callback, CallbackError
 from .builtin import LogCallback, ProgressBarCallback, TensorBoardCallback
-from .dispatch import CallbackList, CallbacksMixin
+from .dispatch import CallbackList
 
 __all__ = [
     "HOOKS",
     "Callback",
     "CallbackError",
     "CallbackList",
-    "CallbacksMixin",
     "LogCallback",
     "TensorBoardCallback",
     "ProgressBarCallback",

@@ -1,5 +1,5 @@
-"""Calling the callbacks of a runner: [`CallbackList`][danling.runner.callbacks.CallbackList], and the runner's
-side of it ([`CallbacksMixin`][danling.runner.callbacks.CallbacksMixin]: `callbacks`, `add_callback`)."""
+"""Calling the callbacks of a runner: [`CallbackList`][danling.runner.callbacks.CallbackList] (the runner's
+`callbacks` and `add_callback` read and extend it)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ..distributed.consensus import FailureConsensus, RankFailedError, describe
 from .base import HOOKS, Callback, CallbackError
 from .builtin import ProgressBarCallback
 
-__all__ = ["CallbackList", "CallbacksMixin"]
+__all__ = ["CallbackList"]
 
 # Hooks every rank reaches at the same point: a failure in them can be agreed on right there.
 AGREED_HOOKS = frozenset({"on_train_begin", "on_epoch_begin", "on_epoch_end", "on_evaluate_end", "on_train_end"})
@@ -212,58 +212,3 @@ def _original(error: RankFailedError) -> BaseException | None:
     # None: the other ranks have its description only.
     kept = error.__cause__
     return kept.__cause__ if isinstance(kept, CallbackError) else None
-
-
-class CallbacksMixin:
-    r"""
-    The callbacks of [`BaseRunner`][danling.runner.BaseRunner]: pass them at construction
-    (`TorchRunner(config, callbacks=[...])`, handled by [`RunnerMeta`][danling.runner.utils.RunnerMeta], so a
-    subclass's `__init__(self, config)` need not take them) or add them with
-    [`add_callback`][danling.runner.BaseRunner.add_callback].
-    """
-
-    _callbacks: CallbackList
-    is_main_process: bool
-    checkpoint_manager: Any
-    after_checkpoint: Callable[[Callable[[], None]], None]
-
-    @property
-    def callbacks(self) -> tuple[Any, ...]:
-        r"""
-        The runner's callbacks in calling order (read-only): the built-in ones (the log lines, TensorBoard, the
-        progress bar, when on), then those passed at construction or added.
-        """
-        return self._callbacks.callbacks
-
-    def add_callback(self, callback: Callback) -> Callback:
-        r"""
-        Add a [`Callback`][danling.runner.Callback]: its hooks run after those of the callbacks before it.
-
-        A callback added during an epoch gets `on_step_end` from the next epoch on.
-
-        Args:
-            callback: The callback (an instance).
-
-        Returns:
-            The callback.
-
-        Raises:
-            TypeError: If `callback` is a class, or not a callback.
-
-        Examples:
-            >>> import tempfile
-            >>> from danling.runner import BaseRunner, Callback
-            >>> runner = BaseRunner({"log": False, "dir": tempfile.mkdtemp()})
-            >>> callback = runner.add_callback(Callback())
-            >>> runner.callbacks[-1] is callback
-            True
-        """
-        return self._callbacks.add(callback)
-
-    def _checkpoint_saved(self, name: str) -> None:
-        # After a save: announce it once committed (now, or after a background save), where it was written.
-        if not (self.is_main_process or self.checkpoint_manager.collective):
-            return
-        path = self.checkpoint_manager.path(name)
-        self.after_checkpoint(partial(self._callbacks.saved, path))
-        self._callbacks.announce_saves(self)

@@ -15,7 +15,6 @@ from danling.utils import distributed as dist_utils
 from danling.utils.distributed import all_reduce, broadcast_object
 
 __all__ = [
-    "ProcessMixin",
     "init_process_group",
     "destroy_process_group_at_exit",
     "share_run_identity",
@@ -165,39 +164,3 @@ def resolve_device(device: str | None, local_rank: int) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
-
-
-class ProcessMixin:
-    r"""
-    Where this process stands among the others: world size, ranks and main-process predicates.
-    """
-
-    @property
-    def world_size(self) -> int:
-        r"""Number of processes."""
-        return dist_utils.get_world_size()
-
-    @property
-    def rank(self) -> int:
-        r"""Global rank of this process."""
-        return dist_utils.get_rank()
-
-    @property
-    def local_rank(self) -> int:
-        r"""Rank of this process on its node."""
-        return dist_utils.get_local_rank()
-
-    @property
-    def distributed(self) -> bool:
-        r"""Whether more than one process runs."""
-        return self.world_size > 1
-
-    @property
-    def is_main_process(self) -> bool:
-        r"""Whether this is the global main process (rank 0)."""
-        return self.rank == 0
-
-    @property
-    def is_local_main_process(self) -> bool:
-        r"""Whether this is the main process of its node."""
-        return self.local_rank == 0

@@ -1,244 +1,187 @@
-"""Data and progress properties of a runner: splits, batch size, steps and epochs."""
+"""Splits, batch size and progress of a run, computed from its config, datasets and dataloaders.
+
+Pure functions: the runner's properties (`train_splits`, `batch_size`, `total_steps`...) call them with what they
+need. The counters themselves (`steps`, `epochs`, `step_begin`...) live in the config, so checkpoints hold them;
+[`ConfigCounter`][danling.runner.loop.progress.ConfigCounter] is the runner attribute that reads and writes one.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sized
+from collections.abc import Iterable, Mapping, Sized
 from math import ceil
 from typing import Any
-
-from chanfig import FlatDict
 
 from .data import loader_length, split_options
 
 
-class ProgressMixin:
+class ConfigCounter:
     r"""
-    Splits, batch size and progress counters, read from the runner's config and dataloaders.
+    A runner attribute that is a view of one config key: reading it reads `config[key]`, assigning writes it.
 
-    Counters (`steps`, `epochs`, `step_begin`...) live in the config, so they are saved in checkpoints.
+    Args:
+        key: The config key.
+        doc: The attribute's docstring.
+        optional: Read with `config.get(key)` (`None` when unset) instead of `config[key]`.
+
+    Examples:
+        >>> class Holder:
+        ...     steps = ConfigCounter("steps", "Optimizer steps taken so far.")
+        ...     def __init__(self): self.config = {"steps": 0}
+        >>> holder = Holder()
+        >>> holder.steps = 3
+        >>> holder.config["steps"], holder.steps
+        (3, 3)
     """
 
-    config: Any
-    datasets: FlatDict
-    dataloaders: FlatDict
-    split: str | None
-    _train_splits: list[str] | None = None
-    _evaluate_splits: list[str] | None = None
+    def __init__(self, key: str, doc: str, optional: bool = False) -> None:
+        self.key = key
+        self.optional = optional
+        self.__doc__ = doc
 
-    world_size: int  # from ProcessMixin
+    def __get__(self, runner: Any, owner: type | None = None) -> Any:
+        if runner is None:
+            return self
+        return runner.config.get(self.key) if self.optional else runner.config[self.key]
 
-    # Splits
+    def __set__(self, runner: Any, value: Any) -> None:
+        runner.config[self.key] = value
 
-    @property
-    def train_splits(self) -> list[str]:
-        r"""
-        Splits trained on: `config.train_splits`, else datasets marked `train=True` or `split == "train"`.
 
-        Raises:
-            ValueError: If they cannot be inferred.
-        """
-        if self._train_splits is not None:
-            return self._train_splits
-        if self.config.get("train_splits") is not None:
-            return list(self.config["train_splits"])
-        if self.datasets:
-            marked = [key for key, data in self.datasets.items() if getattr(data, "train", False) is True]
-            if marked:
-                return marked
-            named = [key for key, data in self.datasets.items() if getattr(data, "split", None) == "train"]
-            if named:
-                return named
-            return [key for key in self.datasets if key == "train"]
-        raise ValueError("train_splits could not be inferred: set config.train_splits or add datasets")
+def infer_train_splits(config: Mapping, datasets: Mapping) -> list[str]:
+    r"""
+    Splits trained on: `config.train_splits`, else datasets marked `train=True`, else those whose `split` is
+    `"train"`, else the dataset named `train`.
 
-    @train_splits.setter
-    def train_splits(self, splits: list[str]) -> None:
-        self._train_splits = list(splits)
+    Raises:
+        ValueError: If they cannot be inferred.
 
-    @property
-    def evaluate_splits(self) -> list[str]:
-        r"""
-        Splits evaluated: `config.evaluate_splits`, else every dataset that is not a train split.
+    Examples:
+        >>> infer_train_splits({}, {"train": [0], "val": [1]}), infer_train_splits({"train_splits": ["a"]}, {})
+        (['train'], ['a'])
+    """
+    if config.get("train_splits") is not None:
+        return list(config["train_splits"])
+    if datasets:
+        marked = [key for key, data in datasets.items() if getattr(data, "train", False) is True]
+        if marked:
+            return marked
+        named = [key for key, data in datasets.items() if getattr(data, "split", None) == "train"]
+        if named:
+            return named
+        return [key for key in datasets if key == "train"]
+    raise ValueError("train_splits could not be inferred: set config.train_splits or add datasets")
 
-        Raises:
-            ValueError: If they cannot be inferred.
-        """
-        if self._evaluate_splits is not None:
-            return self._evaluate_splits
-        if self.config.get("evaluate_splits") is not None:
-            return list(self.config["evaluate_splits"])
-        if self.datasets:
-            train_splits = self.train_splits
-            return [key for key in self.datasets if key not in train_splits]
-        raise ValueError("evaluate_splits could not be inferred: set config.evaluate_splits or add datasets")
 
-    @evaluate_splits.setter
-    def evaluate_splits(self, splits: list[str]) -> None:
-        self._evaluate_splits = list(splits)
+def infer_evaluate_splits(config: Mapping, datasets: Mapping, train_splits: Iterable[str]) -> list[str]:
+    r"""
+    Splits evaluated: `config.evaluate_splits`, else every dataset that is not a train split.
 
-    # Batch size
+    Raises:
+        ValueError: If they cannot be inferred.
 
-    @property
-    def batch_size(self) -> int:
-        r"""
-        Batch size of the current split's loader, else of the first train/evaluate loader, else of any loader,
-        else `config.dataloader.batch_size`.
+    Examples:
+        >>> infer_evaluate_splits({}, {"train": [0], "val": [1], "test": [2]}, ["train"])
+        ['val', 'test']
+    """
+    if config.get("evaluate_splits") is not None:
+        return list(config["evaluate_splits"])
+    if datasets:
+        train_splits = list(train_splits)
+        return [key for key in datasets if key not in train_splits]
+    raise ValueError("evaluate_splits could not be inferred: set config.evaluate_splits or add datasets")
 
-        Raises:
-            AttributeError: If none of them gives one.
-        """
-        candidates: list[str] = []
-        if self.split is not None:
-            candidates.append(self.split)
-        if self.dataloaders:
-            for splits in ("train_splits", "evaluate_splits"):
-                try:
-                    candidates.extend(getattr(self, splits))
-                except ValueError:
-                    continue
-            candidates.extend(self.dataloaders.keys())
-        for split in candidates:
-            loader = self.dataloaders.get(split)
-            if loader is not None and getattr(loader, "batch_size", None) is not None:
-                return loader.batch_size
-        batch_size = self.config.get("dataloader.batch_size")
-        if batch_size is not None:
-            return batch_size
-        raise AttributeError(
-            "batch_size could not be inferred: no dataloader has a batch_size "
-            f"(dataloaders: {list(self.dataloaders.keys())}) and config.dataloader.batch_size is not set"
-        )
 
-    @property
-    def batch_size_equivalent(self) -> int:
-        r"""
-        Samples per optimizer step over all processes: `batch_size * world_size * accum_steps`.
-        """
-        return self.batch_size * self.world_size * self.accum_steps
+def infer_batch_size(config: Mapping, dataloaders: Mapping, candidates: Iterable[str]) -> int:
+    r"""
+    Batch size of the first loader among `candidates` (then any loader) that has one, else
+    `config.dataloader.batch_size`.
 
-    @property
-    def accum_steps(self) -> int:
-        r"""
-        Micro-batches per optimizer step (`config.accum_steps`, default 1).
-        """
-        accum_steps = self.config.get("accum_steps")
-        return 1 if accum_steps is None else int(accum_steps)
+    Raises:
+        AttributeError: If none of them gives one.
 
-    # Progress counters (stored in config)
+    Examples:
+        >>> infer_batch_size({"dataloader": {"batch_size": 8}}, {}, [])
+        8
+    """
+    for split in [*candidates, *dataloaders.keys()]:
+        loader = dataloaders.get(split)
+        if loader is not None and getattr(loader, "batch_size", None) is not None:
+            return loader.batch_size
+    batch_size = (config.get("dataloader") or {}).get("batch_size")
+    if batch_size is not None:
+        return batch_size
+    raise AttributeError(
+        "batch_size could not be inferred: no dataloader has a batch_size "
+        f"(dataloaders: {list(dataloaders.keys())}) and config.dataloader.batch_size is not set"
+    )
 
-    @property
-    def steps(self) -> int:
-        r"""Optimizer steps taken so far."""
-        return self.config["steps"]
 
-    @steps.setter
-    def steps(self, steps: int) -> None:
-        self.config["steps"] = steps
+def accum_steps_of(config: Mapping) -> int:
+    r"""
+    Micro-batches per optimizer step: `config.accum_steps`, default 1.
 
-    @property
-    def epochs(self) -> int:
-        r"""Index of the current (or last finished) epoch."""
-        return self.config["epochs"]
+    Examples:
+        >>> accum_steps_of({}), accum_steps_of({"accum_steps": 4})
+        (1, 4)
+    """
+    accum_steps = config.get("accum_steps")
+    return 1 if accum_steps is None else int(accum_steps)
 
-    @epochs.setter
-    def epochs(self, epochs: int) -> None:
-        self.config["epochs"] = epochs
 
-    @property
-    def step_begin(self) -> int:
-        r"""Step this run started from."""
-        return self.config["step_begin"]
+def batches_per_epoch(
+    config: Mapping, datasets: Mapping, dataloaders: Mapping, splits: list[str], world_size: int
+) -> list[int] | None:
+    r"""
+    Batches per rank of each split in an epoch: from the loaders' lengths, else from `ceil(dataset length / world
+    size)` samples per rank (as `DistributedSampler` pads) batched with the split's `dataloader.<split>.batch_size`
+    (rounded down with `drop_last`, up otherwise); `None` when a length is unknown (an `IterableDataset`).
 
-    @step_begin.setter
-    def step_begin(self, step_begin: int) -> None:
-        self.config["step_begin"] = step_begin
-
-    @property
-    def step_end(self) -> int | None:
-        r"""Step to stop at (`None` for no limit)."""
-        return self.config.get("step_end")
-
-    @step_end.setter
-    def step_end(self, step_end: int | None) -> None:
-        self.config["step_end"] = step_end
-
-    @property
-    def epoch_begin(self) -> int:
-        r"""First epoch of this run."""
-        return self.config["epoch_begin"]
-
-    @epoch_begin.setter
-    def epoch_begin(self, epoch_begin: int) -> None:
-        self.config["epoch_begin"] = epoch_begin
-
-    @property
-    def epoch_end(self) -> int | None:
-        r"""Epoch to stop before (`None` for no limit)."""
-        return self.config.get("epoch_end")
-
-    @epoch_end.setter
-    def epoch_end(self, epoch_end: int | None) -> None:
-        self.config["epoch_end"] = epoch_end
-
-    @property
-    def total_epochs(self) -> int:
-        r"""
-        Epochs in this run: `epoch_end - epoch_begin`.
-
-        Raises:
-            ValueError: If `epoch_end` is not set.
-        """
-        if self.epoch_end is None:
-            raise ValueError("total_epochs needs config.epoch_end, which is not set")
-        return self.epoch_end - self.epoch_begin
-
-    @property
-    def total_steps(self) -> int:
-        r"""
-        Optimizer steps in the whole run (a resumed run included, so schedulers built from it agree with the
-        straight run): `step_end` when set, else `epoch_end` times the optimizer steps of an epoch, from the train
-        loaders' lengths, else from `ceil(dataset length / world size)` samples per rank batched with the split's
-        own `dataloader.<split>.batch_size` (rounded down with `drop_last`, up otherwise), each divided by
-        `accum_steps` and rounded up. Right in `__init__` too, before the dataloaders exist.
-
-        Raises:
-            ValueError: If it cannot be inferred.
-        """
-        if self.step_end is not None:
-            return self.step_end
-        try:
-            train_splits = self.train_splits
-        except ValueError:
-            train_splits = []
-        if train_splits and self.epoch_end is not None:
-            batches = self._batches_per_epoch(train_splits)
-            if batches is not None:
-                return self.epoch_end * sum(ceil(n / self.accum_steps) for n in batches)
-        raise ValueError(
-            f"total_steps could not be inferred from epoch_end={self.epoch_end!r} and train splits {train_splits}: "
-            "set config.step_end, or config.epoch_end with train datasets that have a length "
-            "(an IterableDataset has none)"
-        )
-
-    def _batches_per_epoch(self, splits: list[str]) -> list[int] | None:
-        if all(split in self.dataloaders for split in splits):
-            lengths = [loader_length(self.dataloaders[split]) for split in splits]
-            return None if None in lengths else lengths
-        if all(isinstance(self.datasets.get(split), Sized) for split in splits):
-            dataloader_config = self.config.get("dataloader") or {}
-            names = list(self.datasets.keys())
-            batches = []
-            for split in splits:
-                options = split_options(dataloader_config, split, names)
-                per_rank = ceil(len(self.datasets[split]) / self.world_size)  # DistributedSampler pads
-                batch_size = options.get("batch_size", 1)  # DataLoader's default
-                batches.append(per_rank // batch_size if options.get("drop_last") else ceil(per_rank / batch_size))
-            return batches
+    Examples:
+        >>> batches_per_epoch({"dataloader": {"batch_size": 4}}, {"train": list(range(10))}, {}, ["train"], 1)
+        [3]
+    """
+    if all(split in dataloaders for split in splits):
+        lengths = [loader_length(dataloaders[split]) for split in splits]
+        return None if None in lengths else lengths
+    if not all(isinstance(datasets.get(split), Sized) for split in splits):
         return None
+    dataloader_config = config.get("dataloader") or {}
+    names = list(datasets.keys())
+    batches = []
+    for split in splits:
+        options = split_options(dataloader_config, split, names)
+        per_rank = ceil(len(datasets[split]) / world_size)
+        batch_size = options.get("batch_size", 1)  # DataLoader's default
+        batches.append(per_rank // batch_size if options.get("drop_last") else ceil(per_rank / batch_size))
+    return batches
 
-    @property
-    def progress(self) -> float:
-        r"""
-        Fraction of the run done: `steps / total_steps` (also right after a resume).
-        """
-        return self.steps / self.total_steps
+
+def infer_total_steps(
+    config: Mapping, datasets: Mapping, dataloaders: Mapping, train_splits: list[str], world_size: int
+) -> int:
+    r"""
+    Optimizer steps in the whole run (a resumed run included): `step_end` when set, else `epoch_end` times the
+    optimizer steps of an epoch ([`batches_per_epoch`][danling.runner.loop.progress.batches_per_epoch] of the train
+    splits, each divided by `accum_steps` and rounded up). Right before the dataloaders exist too.
+
+    Raises:
+        ValueError: If it cannot be inferred.
+
+    Examples:
+        >>> config = {"epoch_end": 2, "accum_steps": 2, "dataloader": {"batch_size": 4}}
+        >>> infer_total_steps(config, {"train": list(range(16))}, {}, ["train"], 1)
+        4
+    """
+    if config.get("step_end") is not None:
+        return config["step_end"]
+    epoch_end = config.get("epoch_end")
+    if train_splits and epoch_end is not None:
+        batches = batches_per_epoch(config, datasets, dataloaders, train_splits, world_size)
+        if batches is not None:
+            accum_steps = accum_steps_of(config)
+            return epoch_end * sum(ceil(n / accum_steps) for n in batches)
+    raise ValueError(
+        f"total_steps could not be inferred from epoch_end={epoch_end!r} and train splits {train_splits}: "
+        "set config.step_end, or config.epoch_end with train datasets that have a length "
+        "(an IterableDataset has none)"
+    )

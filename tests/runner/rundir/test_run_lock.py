@@ -187,7 +187,7 @@ def test_a_runner_that_writes_nothing_takes_no_lock(tmp_path, sleeper):
     run_dir = tmp_path / "run"
     write_lock(run_dir, host=socket.gethostname(), pid=sleeper.pid)
     runner = BaseRunner({"dir": str(run_dir), "log": False})  # evaluating only: no directory of its own
-    assert runner._run_lock is None
+    assert not runner._run_dir_claim.held
     with pytest.raises(RunDirectoryLocked):
         runner.save_checkpoint()  # writing is what needs the lock
 
@@ -198,7 +198,7 @@ def test_other_ranks_of_a_job_take_no_lock(tmp_path, sleeper, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     runner = BaseRunner({"dir": str(run_dir), "log": True})
     assert runner.dir == str(run_dir)
-    assert runner._run_lock is None
+    assert not runner._run_dir_claim.held
 
 
 def test_a_refused_start_never_removes_the_directory_it_raced_for(tmp_path, sleeper):

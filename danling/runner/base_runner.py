@@ -26,18 +26,22 @@ from .config import Config, scaling
 from .config.attributes import config_attribute, runner_repr, write_config_attribute
 from .config.checks import prepare_config
 from .loop import progress
+from .loop.data import loader_length
 from .loop.progress import ConfigCounter
+from .reporting import reporter
+from .reporting import results as res
+from .reporting.banner import log_banner
 from .reporting.log import close_logger, create_logger, create_tensorboard_writer
 from .reporting.printing import install_print, restore_print
-from .reporting.reporter import ReportingMixin
+from .reporting.telemetry import display_values
 from .rundir.files import RunDirectoryClaim, check_dir_empty
-from .rundir.startup import RunDirGuard, run_dir_of
-from .utils import RunnerMeta, RunnerMode, get_time_str, on_main_process
+from .rundir.startup import RunDirGuard, run_dir_of, write_config_file
+from .utils import RunnerMeta, RunnerMode, format_result, get_time_str, on_main_process
 
 __all__ = ["BaseRunner", "SEED_RANGE", "RUN_LOCATION_KEYS"]
 
 
-class BaseRunner(ReportingMixin, metaclass=RunnerMeta):
+class BaseRunner(metaclass=RunnerMeta):
     r"""
     Base class of DanLing runners: owns the config, progress, results, experiment directory and checkpoints.
 
@@ -104,6 +108,8 @@ class BaseRunner(ReportingMixin, metaclass=RunnerMeta):
     logger: logging.Logger | None = None
     writer: Any = None
     resume_record: dict | None = None
+    _score_split_warned: bool = False
+    _log_position: tuple[int, int | None] = (0, None)  # where the log step being reported is: batch, last batch
     # The checkpoint subsystem this runner builds and delegates to (framework runners extend it).
     _checkpoints_type: type[RunnerCheckpoints] = RunnerCheckpoints
 
@@ -131,10 +137,8 @@ class BaseRunner(ReportingMixin, metaclass=RunnerMeta):
 
     def __post_init__(self) -> None:
         r"""
-        Called by the metaclass after the subclass's `__init__`: environment, set-up, then resume.
-
-        A failure here (a missing `pretrained` file, a bad config) closes the log and TensorBoard files and
-        removes the run directory this start created, so a failed start leaves nothing behind.
+        After the subclass's `__init__` (by the metaclass): environment, set-up, resume; a failed start leaves
+        nothing.
         """
         guard = RunDirGuard(run_dir_of(self.config, f"{self.name}-{self.id}", self.timestamp))
         with guard.cleanup_on_failure(self.close, discard=self.is_main_process):
@@ -146,10 +150,7 @@ class BaseRunner(ReportingMixin, metaclass=RunnerMeta):
             self.init_resume()
 
     def init_environment(self) -> None:
-        r"""
-        Logging, TensorBoard and the progress bar, each with its built-in callback (seeding and deterministic mode
-        happen in `__init__`, before the model is built).
-        """
+        r"""Logging, TensorBoard and the progress bar, each with its built-in callback."""
         if self.config.get("log") is True:
             self.init_logging()
         if self.config.get("tensorboard") is True:
@@ -176,10 +177,8 @@ class BaseRunner(ReportingMixin, metaclass=RunnerMeta):
     @on_main_process
     def init_logging(self) -> None:
         r"""
-        Log to stdout and to [`log_file`][danling.runner.BaseRunner.log_file] (main process only).
-
-        The logger belongs to this runner object (named `danling.runner.<id>` but not registered globally), so two
-        runners with the same id write to their own files; the root logger and `print` are left alone.
+        Log to stdout and [`log_file`][danling.runner.BaseRunner.log_file] (main process; a logger of this runner
+        only).
         """
         if self.logger is not None:
             close_logger(self.logger)
@@ -187,14 +186,7 @@ class BaseRunner(ReportingMixin, metaclass=RunnerMeta):
         self._callbacks.add(LogCallback(), builtin=True)  # the step lines
 
     def init_print(self, process: int = 0) -> None:
-        r"""
-        Opt in to a `print` that only prints on rank `process` (or with `force=True`), for legacy scripts.
-
-        Idempotent; undo it with [`restore_print`][danling.runner.BaseRunner.restore_print].
-
-        Args:
-            process: Rank allowed to print.
-        """
+        r"""Opt in to a `print` that prints only on rank `process` (or with `force=True`); undo with `restore_print`."""
         install_print(enabled=self.rank == process)
 
     @staticmethod
@@ -206,16 +198,12 @@ class BaseRunner(ReportingMixin, metaclass=RunnerMeta):
 
     @on_main_process
     def init_tensorboard(self, *args: Any, **kwargs: Any) -> None:
-        r"""
-        Create a TensorBoard writer in [`dir`][danling.runner.BaseRunner.dir] (main process only).
-        """
+        r"""Create a TensorBoard writer in `dir` (main process only) and its built-in callback."""
         self.writer = create_tensorboard_writer(self.dir, *args, **kwargs)
         self._callbacks.add(TensorBoardCallback(), builtin=True)
 
     def close(self) -> None:
-        r"""
-        Flush and close the TensorBoard writer and the log file handlers, and release the run directory's lock.
-        """
+        r"""Close the TensorBoard writer and the log file handlers and release the run directory's lock."""
         if self.writer is not None:
             self.writer.close()
             self.writer = None
@@ -227,19 +215,11 @@ class BaseRunner(ReportingMixin, metaclass=RunnerMeta):
 
     def set_seed(self, seed: int | None = None, bias: int | bool | None = None) -> int:
         r"""
-        Seed Python's and numpy's random number generators (framework runners also seed theirs).
+        Seed Python's and numpy's generators (framework runners also seed theirs) and return the seed set.
 
-        Args:
-            seed: Base seed; `None` reads `config.seed`, and when that is `None` too, rank 0 draws one and
-                shares it with every rank (then the call is collective).
-            bias: Added to the seed: `None` adds the rank (different augmentation per process), `False`
-                adds nothing, an integer adds itself.
-
-        Returns:
-            The seed actually set.
-
-        Raises:
-            ValueError: If the resulting seed is outside `[0, 2**32 - 1]`.
+        `seed=None` reads `config.seed` (when that is `None` too, rank 0 draws one and shares it: collective);
+        `bias=None` adds the rank, `False` nothing, an int itself (see
+        [`biased_seed`][danling.runner.checkpointing.rng.biased_seed]).
 
         Examples:
             >>> import tempfile
@@ -262,19 +242,9 @@ class BaseRunner(ReportingMixin, metaclass=RunnerMeta):
 
     def scale_lr(self, lr: float, lr_scale_factor: float | None = None, batch_size_base: int | None = None) -> float:
         r"""
-        Scale a learning rate by the linear scaling rule (Goyal et al., 2017).
-
-        Args:
-            lr: Learning rate tuned for `batch_size_base`.
-            lr_scale_factor: Factor to use; `None` reads `config.lr_scale_factor`, else computes
-                `batch_size_equivalent / batch_size_base`.
-            batch_size_base: Batch size `lr` was tuned for (else `config.batch_size_base`).
-
-        Returns:
-            The scaled learning rate (the factor is stored in `config.lr_scale_factor`).
-
-        Raises:
-            ValueError: If neither a factor nor a base batch size is known.
+        Scale `lr` by the linear scaling rule (Goyal et al., 2017): `lr_scale_factor`, else `config.lr_scale_factor`,
+        else `batch_size_equivalent / batch_size_base` (stored in `config.lr_scale_factor`; see
+        `danling.runner.config.scaling.lr_scale_factor`).
         """
         return lr * scaling.lr_scale_factor(
             self.config, lambda: self.batch_size_equivalent, lr_scale_factor, batch_size_base
@@ -296,32 +266,18 @@ class BaseRunner(ReportingMixin, metaclass=RunnerMeta):
 
     def state_dict(self, cls: Callable = dict) -> Mapping:
         r"""
-        Everything needed to resume: the runner config (plain types), the results and every stateful part.
-
-        Args:
-            cls: Mapping type of the returned checkpoint.
-
-        Returns:
-            The checkpoint.
+        Everything needed to resume, as a `cls` mapping: the config (plain types), the results and every stateful
+        part.
         """
         return cls(self._checkpoints.state_dict())
 
     def save_checkpoint(self, name: str = "latest", epochs: int | None = None, save_best: bool = True) -> None:
         r"""
-        Write [`state_dict`][danling.runner.BaseRunner.state_dict] to `checkpoint_dir/{name}.pth`, atomically,
-        with a manifest holding its SHA-256 (see [`CheckpointManager`][danling.runner.checkpointing.CheckpointManager]).
-
-        A `latest` save also keeps a step-stamped copy `step-{steps}.pth` (the newest `keep_checkpoints`, default
-        2, survive); `epoch-{epochs}.pth` is kept every `save_interval` epochs and `best.pth` when the latest
-        result is the best. No collective: calling it on the main process only works under `torchrun` (other
-        ranks' random states are then not in the checkpoint; the training loop gathers them before it saves).
-        Only the main process writes. A failed write raises an `OSError` naming the file and the free space.
-        Once committed, the callbacks' `on_save_checkpoint` runs where it was written.
-
-        Args:
-            name: File name without extension.
-            epochs: Epoch of the checkpoint (defaults to `epochs`).
-            save_best: Also write `best.pth` when [`is_best`][danling.runner.BaseRunner.is_best].
+        Write [`state_dict`][danling.runner.BaseRunner.state_dict] to `checkpoint_dir/{name}.pth` atomically with a
+        verified manifest; a `latest` save also keeps `step-{steps}.pth` (`keep_checkpoints`), `epoch-{epochs}.pth`
+        every `save_interval` epochs and `best.pth` when [`is_best`][danling.runner.BaseRunner.is_best]. Only the main
+        process writes; callbacks' `on_save_checkpoint` runs once committed. See
+        [`CheckpointManager`][danling.runner.checkpointing.CheckpointManager] and the checkpoints guide.
         """
         self._checkpoints.save(name, epochs, save_best)
         self._checkpoint_saved(name)  # `on_save_checkpoint`, once committed
@@ -339,74 +295,35 @@ class BaseRunner(ReportingMixin, metaclass=RunnerMeta):
 
     @cached_property
     def async_saver(self) -> AsyncCheckpointWriter | None:
-        r"""
-        The background writer of checkpoints when `async_save` is on (else `None`): a save stalls training only
-        for a copy of the state to host memory; see
-        [`AsyncCheckpointWriter`][danling.runner.checkpointing.AsyncCheckpointWriter].
-
-        Raises:
-            ValueError: If `async_save` is not a bool.
-        """
+        r"""The background checkpoint writer when `async_save` is on, else `None` (`ValueError` if not a bool)."""
         return self._checkpoints.build_async_saver()
 
     def after_checkpoint(self, callback: Callable[[], None]) -> None:
-        r"""
-        Run `callback` once the checkpoint just saved is committed: at once, or after a background save
-        (`async_save`) commits; it is dropped when that save fails. Keeps the commit order: checkpoint, then what
-        describes it.
-        """
+        r"""Run `callback` once the checkpoint just saved is committed (now, or after a background save)."""
         self._checkpoints.after_commit(callback)
 
     @cached_property
     def checkpoint_manager(self) -> CheckpointManager:
-        r"""
-        The [`CheckpointManager`][danling.runner.checkpointing.CheckpointManager] of
-        [`checkpoint_dir`][danling.runner.BaseRunner.checkpoint_dir]: naming, verification, retention.
-        """
+        r"""The [`CheckpointManager`][danling.runner.checkpointing.CheckpointManager] of `checkpoint_dir`."""
         return self._checkpoints.build_manager()
 
     def load_config(self, checkpoint: ckpt.CheckpointLike, overwrite: bool = False, *args: Any, **kwargs: Any) -> None:
         r"""
-        Restore the config of a checkpoint into this runner's config and continue its progress.
-
-        Keys the user set (a value other than the default, from the command line or code) win over the
-        checkpoint's; each such override is logged with both values. Keys left at their default take the
-        checkpoint's value (seed, `epoch_end`, `step_end`, score settings, precision, accumulation...).
-
-        Args:
-            checkpoint: Checkpoint or its path.
-            overwrite: Let every value of the checkpoint replace this config's.
-            *args: Passed to [`load`][danling.utils.io.load].
-            **kwargs: Passed to [`load`][danling.utils.io.load].
-
-        Raises:
-            FileNotFoundError: If the path does not exist.
-            ValueError: If `checkpoint` is not a checkpoint.
+        Restore a checkpoint's config and progress: keys the user set win (each override logged), keys left at their
+        default take the checkpoint's; `overwrite=True` takes every value of the checkpoint. `*args`/`**kwargs` go to
+        [`load`][danling.utils.io.load].
         """
         self._checkpoints.load_config(checkpoint, overwrite, *args, **kwargs)
 
     def load_checkpoint(self, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> None:
         r"""
-        Restore the model, optimizer, scheduler, results and progress from a checkpoint.
-
-        Args:
-            checkpoint: Checkpoint or its path.
-            *args: Passed to [`load`][danling.utils.io.load].
-            **kwargs: Passed to [`load`][danling.utils.io.load] (e.g. `map_location`).
-
-        Raises:
-            ValueError: If `model` is not set or `checkpoint` is not a checkpoint.
-            FileNotFoundError: If the path does not exist.
+        Restore model, optimizer, scheduler, results and progress from a checkpoint or its path (anything `--checkpoint`
+        accepts); `*args`/`**kwargs` go to [`load`][danling.utils.io.load] (e.g. `map_location`).
         """
         self._checkpoints.load_checkpoint(checkpoint, *args, **kwargs)
 
     def load_state_dict(self, state: Mapping) -> None:
-        r"""
-        Load every stateful part present in a checkpoint; warn about parts the runner has but the checkpoint lacks.
-
-        Args:
-            state: A checkpoint as returned by [`state_dict`][danling.runner.BaseRunner.state_dict].
-        """
+        r"""Load every stateful part of a checkpoint; warn about parts the runner has but the checkpoint lacks."""
         self._checkpoints.load_state_dict(state)
 
     @classmethod
@@ -414,35 +331,16 @@ class BaseRunner(ReportingMixin, metaclass=RunnerMeta):
         cls, checkpoint: ckpt.CheckpointLike, *args: Any, overrides: Mapping | None = None, **kwargs: Any
     ) -> BaseRunner:
         r"""
-        Build a runner from the config stored in a checkpoint and load its state, to evaluate, infer or train on.
-
-        The new runner has a directory of its own (a new launch of the run): evaluating or inferring from it writes
-        nothing into the training run's directory, and `overrides={"log": False}` (with `tensorboard` off) keeps it
-        from creating a directory at all.
-
-        Args:
-            checkpoint: Checkpoint or its path.
-            *args: Passed to [`load`][danling.utils.io.load].
-            overrides: Config keys that replace the checkpoint's (`{"log": False}`, `{"dir": ...}`).
-            **kwargs: Passed to [`load`][danling.utils.io.load].
-
-        Returns:
-            The restored runner.
+        Build a runner from a checkpoint's config and load its state, to evaluate, infer or train on; it gets a
+        directory of its own (`overrides={"log": False}` creates none). See
+        [`runner_from_checkpoint`][danling.runner.checkpointing.runner_state.runner_from_checkpoint].
         """
         return runner_from_checkpoint(cls, checkpoint, *args, overrides=overrides, **kwargs)
 
     def load_pretrained(self, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> None:
         r"""
-        Load only the model weights from a checkpoint (or a bare state dict).
-
-        Args:
-            checkpoint: Checkpoint or its path.
-            *args: Passed to [`load`][danling.utils.io.load].
-            **kwargs: Passed to [`load`][danling.utils.io.load].
-
-        Raises:
-            ValueError: If `model` is not set or `checkpoint` is not a checkpoint.
-            FileNotFoundError: If the path does not exist.
+        Load only the model weights of a checkpoint (or a bare state dict); `*args`/`**kwargs` go to
+        [`load`][danling.utils.io.load].
         """
         self._checkpoints.load_pretrained(checkpoint, *args, **kwargs)
 
@@ -478,6 +376,184 @@ class BaseRunner(ReportingMixin, metaclass=RunnerMeta):
     def config(self) -> Config:
         r"""The run's [`Config`][danling.runner.Config]."""
         return self._config
+
+    # Results (pure logic in `reporting.results` and `reporting.reporter`)
+
+    def append_result(self, result: Mapping, index: int | None = None) -> None:
+        r"""Add a result (`split -> metric -> value`) at `index` (default: the current epoch), merging if present."""
+        res.append_result(self.results, result, self.epochs if index is None else index)
+
+    @property
+    def current_metrics(self) -> Any:
+        r"""`train_metrics` when training, `evaluate_metrics` otherwise, each falling back to `metrics`."""
+        specific = self.train_metrics if self._mode == RunnerMode.train else self.evaluate_metrics
+        return self.metrics if specific is None else specific
+
+    def get_step_result(self) -> NestedDict:
+        r"""
+        The meters and the current metrics on this rank's latest batch (DDP training: meters averaged over ranks).
+        """
+        return reporter.step_result(self._updated_meter_values(), self.current_metrics)
+
+    def _updated_meter_values(self) -> Mapping:
+        if self.distributed and self.mode == RunnerMode.train:
+            return reporter.reduced_meter_values(self.meters)
+        return self.meters.value(skip_empty=True)
+
+    def get_epoch_result(self) -> NestedDict:
+        r"""Averages of the meters and the current split's metrics over the epoch (over all processes)."""
+        return reporter.epoch_result(self.meters, self.current_metrics)
+
+    @property
+    def score_mode(self) -> str:
+        r"""`"min"` or `"max"`: `config.score_mode`, else inferred from `score_name` (lower is better for losses)."""
+        return res.resolve_score_mode(self.config.get("score_mode"), self.config.get("score_name", "loss"))
+
+    @property
+    def best_fn(self) -> Callable:
+        r"""`min` or `max`, following `score_mode`; a subclass may override it."""
+        return min if self.score_mode == "min" else max
+
+    def check_score_split(self, splits: list[str]) -> None:
+        r"""Fail fast (`ValueError`) when `config.score_split` is neither in `splits` nor in the results."""
+        reporter.check_score_split(self.config, self.results, splits)
+
+    @property
+    def scores(self) -> NestedDict | None:
+        r"""Score of each result: `results[index][score_split][score_name]` (`ValueError` for an unknown split)."""
+        if not self.results:
+            return None
+        scores, warning = reporter.checked_scores(self.results, self.config, self._score_split_warned)
+        if warning is not None:
+            self._score_split_warned = True
+            reporter.warn_score_split(warning, self.logger)
+        return scores
+
+    @property
+    def best_index(self) -> Any:
+        r"""Index of the best result (ties to the latest; NaN/inf never count); 0 without results, else `None`."""
+        return res.best_index(self.scores or {}, self.best_fn) if self.results else 0
+
+    @property
+    def latest_result(self) -> NestedDict | None:
+        r"""Copy of the latest result with its `index`."""
+        return res.latest_result(self.results)
+
+    @property
+    def best_result(self) -> NestedDict | None:
+        r"""Copy of the best result with its `index`."""
+        return res.result_at(self.results, self.best_index) if self.results else None
+
+    @property
+    def latest_score(self) -> float | None:
+        r"""Score of the latest result."""
+        scores = self.scores
+        return next(reversed(list(scores.values()))) if scores else None
+
+    @property
+    def best_score(self) -> float | None:
+        r"""Score of the best result."""
+        index, scores = self.best_index, self.scores
+        return scores[index] if scores and index is not None else None
+
+    @property
+    def is_best(self) -> bool:
+        r"""Whether the latest result is the best so far (`True` without results, `False` for a NaN/inf score)."""
+        return self.best_index == next(reversed(list(self.results.keys()))) if self.results else True
+
+    # Log lines, TensorBoard and results files
+
+    def log(self, message: str, level: int = logging.INFO) -> None:
+        r"""Log `message` through the runner's logger (main process only; no-op when logging is off)."""
+        if self.logger is not None:
+            self.logger.log(level, message)
+
+    def format_result(self, result: Mapping, format_spec: str = ".4f") -> str:
+        r"""Format a result for humans: the learning rate reads `3.2e-04` and throughput `samples/s`."""
+        return format_result(display_values(result, format_spec), format_spec=format_spec)
+
+    def format_step_result(
+        self, result: Mapping, split: str | None, steps: int, length: int | None, format_spec: str = ".4f"
+    ) -> str:
+        r"""A step log line ([`format_step_line`][danling.runner.reporting.reporter.format_step_line])."""
+        return reporter.format_step_line(self.mode, result, split, steps, length, format_spec)
+
+    def format_bar_postfix(self, result: Mapping) -> str:
+        r"""What the progress bar shows after a log step: the loss and the throughput."""
+        return reporter.bar_postfix(result)
+
+    def format_epoch_result(
+        self, result: Mapping, epochs: int | None = None, epoch_end: int | None = None, format_spec: str = ".4f"
+    ) -> str:
+        r"""Format an epoch log: `"epoch [3/9]"` followed by the result."""
+        epochs, epoch_end = (
+            self.epochs if epochs is None else epochs,
+            self.epoch_end if epoch_end is None else epoch_end,
+        )
+        return reporter.epoch_prefix(epochs, epoch_end) + self.format_result(result, format_spec)
+
+    def step_log(self, split: str, iteration: int, length: int | None = None) -> NestedDict:
+        r"""
+        Take the step result of `split` and hand it to the callbacks' `on_log` (log line, TensorBoard, bar); return
+        it.
+        """
+        loader = self.dataloaders.get(split) if length is None else None
+        if loader is not None:
+            batches = loader_length(loader)  # None for an iterable dataset without a length
+            length = None if batches is None else batches - 1
+        result = self.get_step_result()
+        self._log_position = (iteration, length)
+        self._callbacks.dispatch("on_log", self, split, result)
+        return result
+
+    def format_log_step(self, result: Mapping, split: str | None, format_spec: str = ".4f") -> str:
+        r"""The line of the log step being reported, at the position `step_log` was given."""
+        return self.format_step_result(result, split, *self._log_position, format_spec)
+
+    def print_result(self) -> None:
+        r"""Log the latest and the best result."""
+        self.log(f"latest result: {self.latest_result}")
+        self.log(f"best result: {self.best_result}")
+
+    def write_result(self, result: Mapping, split: str, steps: int | None = None) -> None:
+        r"""Write every number of `result` to TensorBoard as `{split}/{metric}` at `steps` (default: `steps`)."""
+        reporter.write_result(self.writer, result, split, self.steps if steps is None else steps)
+
+    def write_score(self, name: str, score: float, split: str, steps: int) -> None:
+        r"""Write one scalar to TensorBoard as `{split}/{name}`."""
+        if self.writer is not None:
+            self.writer.add_scalar(f"{split}/{name}", score, steps)
+
+    def write_epoch_result(self, result: Mapping) -> None:
+        r"""Write every split's epoch result to TensorBoard as `{split}/{metric}`, at the global step."""
+        reporter.write_epoch_result(self.writer, result, self.steps)
+
+    def write_hparams(self) -> None:
+        r"""Write the hyper-parameters and `hparams/best_{score_name}` to TensorBoard's hparams view."""
+        reporter.write_best_hparams(self.writer, self.config, self.best_score, self.steps)
+
+    def announce(self, mode: str) -> None:
+        r"""At the start of `train`/`evaluate`: log the start banner and write `config.yaml` (main process only)."""
+        if not self.is_main_process:
+            return
+        log_banner(self, mode)
+        if mode == "train" or self.logger is not None or self.writer is not None:
+            self.write_config()
+
+    @on_main_process
+    def write_config(self) -> str:
+        r"""Write `dir/config.yaml` without progress counters (rerun it with `--config`); returns the path."""
+        return write_config_file(self.config, self.dir, log=self.logger)
+
+    @on_main_process
+    def save_result(self) -> None:
+        r"""Write `results.json`, `latest.json` and, when the latest is the best, `best.json` in `dir`."""
+        self.result_writer()()
+
+    def result_writer(self) -> Callable[[], None]:
+        r"""What `save_result` writes, taken now, as a function that writes it later."""
+        header = {"name": self.name, "id": self.id, "timestamp": self.timestamp}
+        return reporter.results_writer(header, self.results, self.latest_result, self.dir, self.is_best)
 
     # Processes
 
@@ -659,12 +735,9 @@ class BaseRunner(ReportingMixin, metaclass=RunnerMeta):
 
     def add_callback(self, callback: Callback) -> Callback:
         r"""
-        Add a [`Callback`][danling.runner.Callback] (an instance): its hooks run after those of the callbacks
-        before it; added during an epoch, it gets `on_step_end` from the next epoch on. Callbacks can also be passed
-        at construction: `TorchRunner(config, callbacks=[...])`.
-
-        Raises:
-            TypeError: If `callback` is a class, or not a callback.
+        Add a [`Callback`][danling.runner.Callback] instance (`TypeError` otherwise): its hooks run after those before
+        it; added during an epoch, it gets `on_step_end` from the next epoch on. Also `TorchRunner(config,
+        callbacks=[...])`.
 
         Examples:
             >>> import tempfile
@@ -692,13 +765,7 @@ class BaseRunner(ReportingMixin, metaclass=RunnerMeta):
             object.__setattr__(self, name, value)
 
     def config_changed(self, name: str) -> None:
-        r"""
-        Called after `runner.<name> = value` wrote the config key `name`; framework runners re-read what they
-        cache from the config (the clipping settings of `TorchRunner` take effect at the next optimizer step).
-
-        Args:
-            name: The config key written.
-        """
+        r"""Called after `runner.<name> = value` wrote config key `name`; framework runners re-read what they cache."""
 
     def __contains__(self, name: str) -> bool:
         return hasattr(type(self), name) or name in self.__dict__ or name in self.config

@@ -290,8 +290,11 @@ class BaseRunner(metaclass=RunnerMeta):
         self._callbacks.announce_saves(self)
 
     def checkpoint_state(self) -> Mapping:
-        r"""What a checkpoint save writes: [`state_dict`][danling.runner.BaseRunner.state_dict] by default."""
-        return self.state_dict()
+        r"""
+        What a checkpoint save writes: [`state_dict`][danling.runner.BaseRunner.state_dict], or, with sharded
+        checkpoints (`strategy="fsdp"` on several ranks), the model, optimizer and EMA as sharded state dicts.
+        """
+        return self._checkpoints.checkpoint_state()
 
     @cached_property
     def async_saver(self) -> AsyncCheckpointWriter | None:

@@ -17,8 +17,8 @@ from .base_runner import BaseRunner
 from .callbacks import CallbackList
 from .checkpointing.async_writer import drained
 from .checkpointing.rng import use_deterministic_algorithms
-from .checkpointing.torch_methods import TorchCheckpointingMixin
 from .checkpointing.torch_state import TorchRunnerCheckpoints
+from .checkpointing.verification import ResumeCheck, verify_resume
 from .distributed.parallel import build_parallelism, evaluation_context, unwrap_model
 from .distributed.processes import init_process_group, resolve_device, share_run_identity
 from .loop.accumulation import AccumulationWindows
@@ -35,7 +35,7 @@ from .reporting.telemetry import Telemetry, average_numbers
 from .utils import RunnerMode
 
 
-class TorchRunner(OptimizationMixin, TorchCheckpointingMixin, BaseRunner):
+class TorchRunner(OptimizationMixin, BaseRunner):
     r"""
     Runner for PyTorch: seeding, DDP under `torchrun`, mixed precision, gradient accumulation and clipping,
     EMA, exact resume, and the train / evaluate / infer loops.
@@ -145,6 +145,32 @@ class TorchRunner(OptimizationMixin, TorchCheckpointingMixin, BaseRunner):
     def reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         r"""Mean of `tensor` over all processes (for logging); a copy, the input is unchanged. Collective."""
         return dist_utils.all_reduce(tensor, op="mean")
+
+    # Checkpoints beyond BaseRunner's
+
+    def save_position(self, split: str, batches: int) -> None:
+        r"""
+        Save `latest` after `batches` micro-batches of the train split `split` (an optimizer-step boundary), to
+        resume at the next batch. Collective when distributed (every rank's RNG state, meters and metrics).
+        """
+        state = self._recovery.mid_epoch_state(split, batches)
+        if self.is_main_process or self.checkpoint_manager.collective:
+            self._checkpoints.commit(state, "latest", self.epochs, best=False, epoch_copy=False)
+            self._checkpoint_saved("latest")
+
+    def export_model(self, path: str | None = None) -> str | None:
+        r"""
+        Write the model's full state dict (clean names) with a manifest to `path` (default `checkpoint_dir/model.pth`)
+        on rank 0 and return it (`None` elsewhere); under FSDP2 the shards are gathered (collective).
+        """
+        return self._checkpoints.export_model(path)
+
+    def verify_resume(self, steps: int = 2, split: str | None = None) -> ResumeCheck:
+        r"""
+        Check that this script resumes bit for bit (trains this runner: call it on a fresh one); see
+        [`verify_resume`][danling.runner.checkpointing.verification.verify_resume].
+        """
+        return verify_resume(self, steps, split)
 
     # The schedule of epochs
 

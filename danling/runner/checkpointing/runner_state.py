@@ -88,6 +88,10 @@ class RunnerCheckpoints:
         r"""The runner config (plain types), the results, the unwrapped model, the optimizer and the scheduler."""
         return {**self.host_parts(), **self.module_parts()}
 
+    def checkpoint_state(self) -> Mapping:
+        r"""What a save writes: the runner's `state_dict()` (through the runner: a subclass's override is used)."""
+        return self.runner.state_dict()
+
     def host_parts(self) -> dict[str, Any]:
         r"""
         The parts of a checkpoint written whole by the main process: the config (plain types), the results and the

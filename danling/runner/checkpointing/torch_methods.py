@@ -23,6 +23,7 @@ class TorchCheckpointingMixin:
 
     _checkpoints: Any
     _recovery: Any
+    _heartbeat: Any
     is_main_process: bool
     epochs: int
     _checkpoint_saved: Any
@@ -68,10 +69,11 @@ class TorchCheckpointingMixin:
             split: The train split running.
             batches: Micro-batches of it consumed so far.
         """
-        state = self._recovery.mid_epoch_state(split, batches)
-        if self.is_main_process or self.checkpoint_manager.collective:
-            self._checkpoints.commit(state, "latest", self.epochs, best=False, epoch_copy=False)
-            self._checkpoint_saved("latest")
+        with self._heartbeat.during("save_checkpoint"):
+            state = self._recovery.mid_epoch_state(split, batches)
+            if self.is_main_process or self.checkpoint_manager.collective:
+                self._checkpoints.commit(state, "latest", self.epochs, best=False, epoch_copy=False)
+                self._checkpoint_saved("latest")
 
     def export_model(self, path: str | None = None) -> str | None:
         r"""

@@ -45,6 +45,9 @@ class RankHungError(RuntimeError):
         self.missing = dict(missing)
         self.stacks = stacks
 
+    def __reduce__(self) -> tuple:
+        return type(self), (str(self), self.rank, self.missing, self.stacks)
+
 
 def is_timeout(error: BaseException) -> bool:
     r"""

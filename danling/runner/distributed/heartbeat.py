@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import timedelta
 from typing import Any
 
@@ -226,8 +226,9 @@ class Watchdog(threading.Thread):
         elif self.stalled_for(beat["unchanged_for"]):
             self.stalled = True
             where = f"step {beat['step']} in {beat['phase']}"
-            write_stack(self.stacks, f"rank {self.rank}: no progress for {self.timeout:g} s (dist_timeout) at {where}")
-            self.say(f"rank {self.rank} made no progress for {self.timeout:g} s at {where}; stack in {self.stacks}")
+            stalled = f"rank {self.rank} made no progress for {beat['unchanged_for']:.0f} s at {where}"
+            write_stack(self.stacks, f"{stalled} (dist_timeout {self.timeout:g} s)")
+            self.say(f"{stalled}; stack in {self.stacks}")
 
     def stalled_for(self, unchanged: float) -> bool:
         r"""
@@ -246,8 +247,9 @@ class Watchdog(threading.Thread):
             return
         where = f"step {beat['step']} in {beat['phase']}"
         header = f"rank {self.rank} at {where}; rank {requester}'s collective timed out waiting"
-        write_stack(self.stacks, header)
-        self.board.mark("dumped", self.rank)
+        with suppress(OSError):
+            write_stack(self.stacks, header)
+            self.board.mark("dumped", self.rank)
         deadline = time.monotonic() + arrival_window(self.timeout) + 3 * self.interval + 5
         while not self.board.marked("reported", self.world_size) and time.monotonic() < deadline:
             if self.stopped.wait(min(self.interval, 0.5)):
@@ -371,7 +373,8 @@ class Heartbeat:
             board.request_dump(rank)
         except Exception:  # no store: the original error is all there is to say
             return None
-        write_stack(watchdog.stacks, f"rank {rank}: a collective timed out", error)
+        with suppress(OSError):  # an unwritable run directory must not hide the hang
+            write_stack(watchdog.stacks, f"rank {rank}: a collective timed out", error)
         arrived = self._wait_for_arrivals(board, world_size, arrival_window(watchdog.timeout))
         missing = [r for r in range(world_size) if r not in arrived]
         try:

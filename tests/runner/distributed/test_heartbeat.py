@@ -7,6 +7,7 @@ arrive with its last step and phase, and every rank that can still act writes it
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import socket
 import threading
@@ -18,7 +19,7 @@ import pytest
 import torch
 from torch import distributed as dist
 
-from danling.runner.distributed.hangs import describe_hang, is_timeout
+from danling.runner.distributed.hangs import RankHungError, describe_hang, is_timeout
 from danling.runner.distributed.heartbeat import Heartbeat, HeartbeatBoard, Watchdog
 
 WORKER = Path(__file__).parents[1] / "workers" / "hang_worker.py"
@@ -175,6 +176,8 @@ def test_the_message_names_the_missing_ranks_their_step_and_phase():
         "no heartbeat since, the process is dead or frozen holding the interpreter lock; "
         "rank 3 did not arrive: no heartbeat ever published: it wrote no stack; stacks in run/stacks"
     )
+    error = pickle.loads(pickle.dumps(RankHungError(message, 0, {1: beats[1], 3: None}, "run/stacks")))
+    assert (str(error), error.rank, error.missing, error.stacks) == (message, 0, {1: beats[1], 3: None}, "run/stacks")
     everyone = describe_hang(1, 2, None, {0: beats[0], 1: beats[0]}, [], 10.0, "s", now=now)
     assert everyone.startswith("rank 1 of 2: a collective timed out after torch's default timeout at step 5")
     assert "every rank was waiting in a collective" in everyone

@@ -19,6 +19,7 @@ from .checkpointing.async_writer import drained
 from .checkpointing.rng import use_deterministic_algorithms
 from .checkpointing.torch_state import TorchRunnerCheckpoints
 from .checkpointing.verification import ResumeCheck, verify_resume
+from .distributed.heartbeat import Heartbeat, loop_progress
 from .distributed.parallel import build_parallelism, evaluation_context, unwrap_model
 from .distributed.processes import init_process_group, resolve_device, share_run_identity
 from .loop.accumulation import AccumulationWindows
@@ -74,6 +75,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         self._windows = AccumulationWindows()
         self._loss_guard = NonFiniteLossGuard()
         self._step_probe = StepProbe()
+        self._heartbeat = Heartbeat()  # this rank's step and phase, published while `train` runs (distributed)
         self._recovery = Recovery(self)
         self._callbacks = CallbackList(self._recovery.failures)  # failures agreed where recovery's are
         super().__init__(config)
@@ -153,10 +155,11 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         Save `latest` after `batches` micro-batches of the train split `split` (an optimizer-step boundary), to
         resume at the next batch. Collective when distributed (every rank's RNG state, meters and metrics).
         """
-        state = self._recovery.mid_epoch_state(split, batches)
-        if self.is_main_process or self.checkpoint_manager.collective:
-            self._checkpoints.commit(state, "latest", self.epochs, best=False, epoch_copy=False)
-            self._checkpoint_saved("latest")
+        with self._heartbeat.during("save_checkpoint"):
+            state = self._recovery.mid_epoch_state(split, batches)
+            if self.is_main_process or self.checkpoint_manager.collective:
+                self._checkpoints.commit(state, "latest", self.epochs, best=False, epoch_copy=False)
+                self._checkpoint_saved("latest")
 
     def export_model(self, path: str | None = None) -> str | None:
         r"""
@@ -212,7 +215,9 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         self._callbacks.dispatch("on_train_begin", self)  # distributed: every rank agrees on its failures here
         # Inside, a callback's failure on one rank waits for the loop's own agreements (see `CallbackList`).
         training = self._callbacks.training(self.world_size)
-        with training, recovery.catch_preemption(), recovery.explain_timeouts(), drained(self.async_saver):
+        progress, timeout = loop_progress(self.config, self.telemetry), self.config.get("dist_timeout")
+        hangs = self._heartbeat.watch(self.dir, timeout, progress, self.logger)  # names a hung rank on a timeout
+        with training, recovery.catch_preemption(), recovery.explain_timeouts(), hangs, drained(self.async_saver):
             for epoch in epochs:
                 if step_end_reached(self.steps, self.step_end):
                     self.log(f"step_end ({self.step_end}) already reached at step {self.steps}: nothing left to train")
@@ -250,13 +255,14 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             epoch: The epoch's index.
             result: Its result, as [`run_epoch`][danling.runner.TorchRunner.run_epoch] returned it.
         """
+        self._heartbeat.phase = "end_epoch"
         self.append_result(result, index=epoch)
         if isinstance(self.scheduler, ReduceLROnPlateau) and self.latest_score is not None:
             self.scheduler.step(self.latest_score)
         self.log(self.format_epoch_result(result))
         # Commit order: the checkpoint first, then the JSON files that describe it.
         self._recovery.end_of_epoch()
-        with self._recovery.contain():  # a failed save stops every rank at the agreement just below
+        with self._recovery.contain(), self._heartbeat.during("save_checkpoint"):  # a failed save stops every rank
             self.save_checkpoint(epochs=epoch)
             if self.async_saver is None:
                 self.save_result()
@@ -360,6 +366,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             ValueError: If a train split has no batches.
         """
         mode = RunnerMode(mode)
+        self._heartbeat.enter(mode)
         loader = self._start_epoch(split, mode, loader)
         length = loader_length(loader)
         if mode == RunnerMode.infer:  # no callbacks, no log lines

@@ -31,6 +31,7 @@ from ..checkpointing.restore import (
 )
 from ..checkpointing.rng import get_rng_state, set_rng_state
 from ..distributed.consensus import FailureConsensus, RankFailedError, cpu_channel
+from ..distributed.hangs import RankHungError
 from ..distributed.preemption import DEFAULT_SIGNALS, Preempted, PreemptionHandler
 from ..distributed.processes import process_group_timeout
 
@@ -90,7 +91,7 @@ class Recovery:
         r"""Log a collective that timed out (`dist_timeout`) as what it means: another rank hung or died."""
         try:
             yield
-        except RankFailedError as error:
+        except (RankFailedError, RankHungError) as error:  # they name the rank(s) already
             self.runner.log(f"rank {self.runner.rank}: {error} (at step {self.runner.steps})", logging.ERROR)
             raise
         except RuntimeError as error:

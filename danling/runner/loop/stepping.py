@@ -151,6 +151,7 @@ class OptimizationMixin:
     _windows: AccumulationWindows
     _loss_guard: NonFiniteLossGuard
     _step_probe: StepProbe
+    _heartbeat: Any
     _parallel: Any
     _device: torch.device
     _batches_stay: bool
@@ -277,6 +278,7 @@ class OptimizationMixin:
         then close the rest of the runner.
         """
         self._step_probe.detach()
+        self._heartbeat.stop()  # the watchdog thread of a `train` still running
         super().close()  # type: ignore[misc]
 
     def accumulate(self) -> AbstractContextManager:

@@ -520,10 +520,14 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         r"""
         The epoch's meters and metrics, the learning rate at its end (training), and its
         [telemetry][danling.runner.reporting.telemetry.Telemetry.epoch_stats]: `samples_per_s`, `epoch_time`,
-        `data_time`, `compute_time` (and `tokens_per_s`, `peak_memory_mib` when known).
+        `data_time`, `compute_time` (and `tokens_per_s`, `peak_memory_mib` when known); with
+        `skip_nonfinite_steps: true`, `skipped_steps` (optimizer steps of the epoch skipped for non-finite
+        gradients).
         """
         result = super().get_epoch_result()
         if self.mode == RunnerMode.train and self.optimizer is not None:
             result["lr"] = self.optimizer.param_groups[0]["lr"]
+        if self.mode == RunnerMode.train and self._skips is not None:  # skip_nonfinite_steps (loop/finite.py)
+            result["skipped_steps"] = self._skips.skipped
         result.update(self.telemetry.epoch_stats())
         return result

@@ -186,6 +186,13 @@ class Config(chanfig.Config):
         max_grad_norm: Clip gradients to this total norm (`None`: no clipping).
         max_grad_value: Clip gradients to this absolute value (`None`: no clipping).
         patience: Stop after this many epochs without improvement (`None`: never).
+        loss_normalization: `"batch"` (default: the loss of each micro-batch is a mean, and the step averages them)
+            or `"tokens"` (the criterion returns a sum, and each step follows the mean over every counted element
+            of the global batch, whatever its split into micro-batches and ranks).
+        ignore_index: Target value of the elements `loss_normalization: tokens` does not count. Defaults to -100.
+        skip_nonfinite_steps: Skip, on every rank, an optimizer step whose gradients are not finite on any rank,
+            instead of stopping at a non-finite loss (one flag read on the host per optimizer step).
+        max_nonfinite_steps: Consecutive skipped steps that stop training with `FloatingPointError`. Defaults to 10.
         score_mode: `"min"`, `"max"` or `None` (decide from `score_name`).
         compile: Compile the model with `torch.compile`.
         strategy: Parallelism strategy when distributed: `"ddp"` (replicas) or `"fsdp"` (FSDP2 sharding).
@@ -236,6 +243,10 @@ class Config(chanfig.Config):
     max_grad_norm: Optional[float] = None
     max_grad_value: Optional[float] = None
     patience: Optional[int] = None
+    loss_normalization: str = "batch"
+    ignore_index: int = -100
+    skip_nonfinite_steps: bool = False
+    max_nonfinite_steps: int = 10
     compile: bool = False
     strategy: str = "ddp"
 

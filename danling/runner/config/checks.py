@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from numbers import Integral, Real
 from typing import Any
 
+from ..loop.tokens import LOSS_NORMALIZATIONS
 from . import Config
 from .parsing import DATALOADER_TYPES
 
@@ -28,11 +29,14 @@ INTEGER_MINIMUMS: dict[str, int] = {
     "save_steps": 1,
     "keep_checkpoints": 0,
     "patience": 0,
+    "max_nonfinite_steps": 1,
 }
 # Number keys that must be positive when set (`None`: off, or the default).
 POSITIVE_KEYS = ("max_grad_norm", "max_grad_value", "dist_timeout")
 # Keys that must hold a value (their defaults are not `None`).
-REQUIRED_KEYS = frozenset({"steps", "epochs", "step_begin", "epoch_begin", "accum_steps"})
+REQUIRED_KEYS = frozenset({"steps", "epochs", "step_begin", "epoch_begin", "accum_steps", "max_nonfinite_steps"})
+# Keys that take one of a few values.
+CHOICES: dict[str, tuple] = {"loss_normalization": LOSS_NORMALIZATIONS}
 # `DataLoader` options under `dataloader.` and `dataloader.<split>.` with a range (`None`: DataLoader's default).
 DATALOADER_MINIMUMS: dict[str, int] = {"batch_size": 1, "num_workers": 0, "prefetch_factor": 1}
 
@@ -42,7 +46,8 @@ def validate_config(config: Mapping) -> None:
     Check the values of a run's config: progress bounds, intervals, clipping and the `dataloader` options.
 
     Accepted values: `epoch_end`, `step_end`, `epoch_begin`, `step_begin`, `keep_checkpoints` and `patience` are
-    integers >= 0; `accum_steps`, `log_interval` and `save_steps` integers >= 1; `max_grad_norm`,
+    integers >= 0; `accum_steps`, `log_interval`, `save_steps` and `max_nonfinite_steps` integers >= 1;
+    `loss_normalization` `"batch"` or `"tokens"`; `ignore_index` an integer; `max_grad_norm`,
     `max_grad_value` and `dist_timeout` numbers > 0; `dataloader.batch_size` (and `dataloader.<split>.batch_size`)
     and `prefetch_factor` integers >= 1, `num_workers` an integer >= 0, `timeout` a number >= 0, and
     `shuffle`, `drop_last`, `pin_memory` and `persistent_workers` booleans. Optional keys may be `None`. A float is
@@ -66,6 +71,9 @@ def validate_config(config: Mapping) -> None:
         _integer_problem(key, config[key], minimum) for key, minimum in INTEGER_MINIMUMS.items() if key in config
     ]
     problems += [_positive_problem(key, config[key]) for key in POSITIVE_KEYS if key in config]
+    problems += [_choice_problem(key, config[key], choices) for key, choices in CHOICES.items() if key in config]
+    if "ignore_index" in config and not _is_integer(config["ignore_index"]):
+        problems.append(f"ignore_index: got {config['ignore_index']!r}; accepted values are integers")
     dataloader = config.get("dataloader")
     if isinstance(dataloader, Mapping):
         problems += _dataloader_problems(dataloader, "dataloader")
@@ -90,6 +98,12 @@ def _positive_problem(key: str, value: Any) -> str | None:
     if value is None or (_is_number(value) and value > 0):
         return None
     return f"{key}: got {value!r}; accepted values are numbers > 0, or None"
+
+
+def _choice_problem(key: str, value: Any, choices: tuple) -> str | None:
+    if value in choices:
+        return None
+    return f"{key}: got {value!r}; accepted values are {', '.join(repr(choice) for choice in choices)}"
 
 
 def _dataloader_problems(options: Mapping, prefix: str) -> list[str | None]:

@@ -1,13 +1,21 @@
-"""Watching the training loss for NaN and infinity without a host-device synchronisation per step."""
+"""
+Non-finite numbers in training: by default a NaN or infinite loss stops the run
+([`NonFiniteLossGuard`][danling.runner.loop.finite.NonFiniteLossGuard], no host-device synchronisation per step);
+with `skip_nonfinite_steps: true` a step whose gradients are not finite is skipped instead
+([`NonFiniteSteps`][danling.runner.loop.finite.NonFiniteSteps]).
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.distributed
 
 from danling.utils import distributed as dist_utils
+
+from .gradients import nonfinite_flag
 
 
 class NonFiniteLossGuard:
@@ -97,3 +105,136 @@ class NonFiniteLossGuard:
             f"non-finite training loss on split {self.split!r} at epoch {self.epoch}, step {step} "
             f"(batch {micro_step} of the epoch); training stopped before any checkpoint was written with it"
         )
+
+
+class IgnoredLosses(NonFiniteLossGuard):
+    r"""
+    The loss guard of `skip_nonfinite_steps: true`: it watches nothing and never raises, since a step whose
+    gradients are not finite is skipped instead ([`NonFiniteSteps`][danling.runner.loop.finite.NonFiniteSteps]).
+
+    Examples:
+        >>> guard = IgnoredLosses()
+        >>> guard.watch(torch.tensor(float("nan")), 0)
+        >>> guard.check(distributed=False)
+    """
+
+    __slots__ = ()
+
+    def watch(self, loss: torch.Tensor, micro_step: int) -> None:
+        r"""Nothing to keep."""
+
+    def check(self, distributed: bool = False) -> None:
+        r"""Nothing to check (on every rank alike: no collective)."""
+
+
+def loss_guard_for(skip_nonfinite_steps: bool, guard: NonFiniteLossGuard) -> NonFiniteLossGuard:
+    r"""
+    `guard` when it suits `skip_nonfinite_steps`, else a new guard that does: an
+    [`IgnoredLosses`][danling.runner.loop.finite.IgnoredLosses] when skipping, a
+    [`NonFiniteLossGuard`][danling.runner.loop.finite.NonFiniteLossGuard] otherwise.
+
+    Examples:
+        >>> type(loss_guard_for(True, NonFiniteLossGuard())).__name__
+        'IgnoredLosses'
+        >>> guard = NonFiniteLossGuard()
+        >>> loss_guard_for(False, guard) is guard
+        True
+    """
+    if skip_nonfinite_steps is isinstance(guard, IgnoredLosses):
+        return guard
+    return IgnoredLosses() if skip_nonfinite_steps else NonFiniteLossGuard()
+
+
+def nonfinite_steps(config: Any, distributed: bool, previous: NonFiniteSteps | None = None) -> NonFiniteSteps | None:
+    r"""
+    The [`NonFiniteSteps`][danling.runner.loop.finite.NonFiniteSteps] of `config.skip_nonfinite_steps` (with
+    `config.max_nonfinite_steps`), or `None` when it is off (the default). `previous` is kept, with its count of
+    consecutive skips, when its limit is the same; its epoch count starts again.
+
+    Examples:
+        >>> nonfinite_steps({}, distributed=False) is None
+        True
+        >>> nonfinite_steps({"skip_nonfinite_steps": True}, distributed=False).limit
+        10
+    """
+    if config.get("skip_nonfinite_steps") is not True:
+        return None
+    limit = config.get("max_nonfinite_steps", 10)
+    if previous is None or previous.limit != limit or previous.distributed != distributed:
+        previous = NonFiniteSteps(limit, distributed)
+    previous.skipped = 0
+    return previous
+
+
+class NonFiniteSteps:
+    r"""
+    `skip_nonfinite_steps: true`: an optimizer step whose gradients are not finite on some rank is skipped on
+    every rank, and training stops only after `limit` skips in a row.
+
+    [`finite`][danling.runner.loop.finite.NonFiniteSteps.finite] tests the gradients on the device, sums the flag
+    across ranks when `distributed` (an `all_reduce` of one number) and reads it on the host: one read per
+    optimizer step, the price of this mode. Under `fp16` the `GradScaler` tests the gradients itself, and the
+    runner only [`count`][danling.runner.loop.finite.NonFiniteSteps.count]s the steps it skipped.
+
+    Args:
+        limit: Consecutive skipped steps that stop training (`max_nonfinite_steps`).
+        distributed: Whether to agree on the flag across ranks.
+
+    Attributes:
+        skipped: Steps skipped in the current epoch (the epoch result's `skipped_steps`).
+        consecutive: Steps skipped since the last step taken.
+
+    Raises:
+        ValueError: If `limit` is not a positive integer.
+
+    Examples:
+        >>> steps = NonFiniteSteps(limit=2)
+        >>> steps.finite([torch.ones(2)]), steps.finite([torch.tensor([float("inf")])])
+        (True, False)
+        >>> steps.count(skipped=True, steps=7)
+        >>> steps.count(skipped=True, steps=7)
+        Traceback (most recent call last):
+        FloatingPointError: gradients were not finite at 2 optimizer steps in a row (max_nonfinite_steps: 2), ...
+    """
+
+    __slots__ = ("consecutive", "distributed", "limit", "skipped")
+
+    def __init__(self, limit: int = 10, distributed: bool = False) -> None:
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise ValueError(f"max_nonfinite_steps: got {limit!r}; accepted values are integers >= 1")
+        self.limit = limit
+        self.distributed = distributed
+        self.skipped = 0
+        self.consecutive = 0
+
+    def finite(self, gradients: list[torch.Tensor]) -> bool:
+        r"""
+        Whether every gradient is finite on every rank (collective when `distributed`; one host read).
+        """
+        device = dist_utils.communication_device() if self.distributed else None
+        if device is None:
+            device = gradients[0].device if gradients else torch.device("cpu")
+        flag = nonfinite_flag(gradients, device)
+        if self.distributed:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return flag.item() == 0
+
+    def count(self, skipped: bool, steps: int) -> None:
+        r"""
+        Count an optimizer step that was `skipped` or taken (after `steps` steps taken in the run).
+
+        Raises:
+            FloatingPointError: At the `limit`-th skipped step in a row, naming the step and what to try.
+        """
+        if not skipped:
+            self.consecutive = 0
+            return
+        self.skipped += 1
+        self.consecutive += 1
+        if self.consecutive >= self.limit:
+            raise FloatingPointError(
+                f"gradients were not finite at {self.consecutive} optimizer steps in a row (max_nonfinite_steps: "
+                f"{self.limit}), the last at step {steps + 1} after {steps} steps taken; every one was skipped "
+                "(skip_nonfinite_steps: true). Lower the learning rate, check the data and the loss for inf/NaN, "
+                "or raise max_nonfinite_steps"
+            )

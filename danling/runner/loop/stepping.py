@@ -18,11 +18,13 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from ..utils import to_device
+from ..utils import RunnerMode, to_device
 from .accumulation import AccumulationWindows
 from .data import samples_of
-from .finite import NonFiniteLossGuard
+from .finite import NonFiniteLossGuard, NonFiniteSteps, loss_guard_for, nonfinite_steps
+from .gradients import gradients_of
 from .precision import Precision
+from .tokens import TokenNormalization, loss_entry, token_normalization
 
 # A GradScaler scale below this means the fp16 gradients overflow step after step: training has diverged. From
 # the default initial scale (2**16) it takes 30 overflows in a row (halving it each time) to fall below.
@@ -158,7 +160,12 @@ class OptimizationMixin:
     _loss_meter: Any
     criterion: Any
     current_metrics: Any
+    world_size: int
+    distributed: bool
+    _mode: RunnerMode
     _clips: bool = False  # whether `max_grad_norm` or `max_grad_value` is set (read once an epoch)
+    _tokens: TokenNormalization | None = None  # `loss_normalization: tokens` (loop/tokens.py), read once an epoch
+    _skips: NonFiniteSteps | None = None  # `skip_nonfinite_steps: true` (loop/finite.py), read once an epoch
 
     # One batch
 
@@ -177,15 +184,28 @@ class OptimizationMixin:
         if target is None:
             got = f"mapping keys: {list(data)}" if isinstance(data, Mapping) else "its target is None"
             raise ValueError(f"training needs a target, but the batch has none ({got}); add one or override train_step")
+        tokens = self.count_tokens(data, target)
         with self.accumulate():
             with self.autocast():
                 pred = self.model(input)
                 loss = self.criterion(pred, target)
-            self.record(pred, target, loss)
-            self.advance(loss)
+            if tokens is None:  # the signatures of `record` and `advance` that overrides may still have
+                self.record(pred, target, loss)
+                self.advance(loss)
+            else:  # loss_normalization: tokens (loop/tokens.py)
+                self.record(pred, target, loss, tokens)
+                self.advance(loss, tokens)
         return pred, loss
 
-    def record(self, pred: Any, target: Any, loss: torch.Tensor | None) -> None:
+    def count_tokens(self, data: Any, target: Any) -> Any:
+        r"""
+        The elements a batch's loss sums over under `loss_normalization: tokens`: `data["num_tokens"]`, else the
+        target elements not equal to `ignore_index` (see
+        [`TokenNormalization.count`][danling.runner.loop.tokens.TokenNormalization.count]); `None` under `batch`.
+        """
+        return None if self._tokens is None else self._tokens.count(data, target)
+
+    def record(self, pred: Any, target: Any, loss: torch.Tensor | None, tokens: Any = None) -> None:
         r"""
         Add a batch to the meters (`loss`, weighted by the batch size) and metrics, without a device sync.
 
@@ -193,9 +213,17 @@ class OptimizationMixin:
             pred: Predictions.
             target: Targets.
             loss: The batch's loss, or `None`.
+            tokens: Under `loss_normalization: tokens`, the elements `loss` sums over (counted from `target` when
+                `None`): the meter then holds the mean per element, weighted by their number.
         """
         if loss is not None:
-            self._loss_meter.update(loss, n=samples_of(target, pred))
+            if self._tokens is None and self._skips is None:
+                self._loss_meter.update(loss, n=samples_of(target, pred))
+            else:  # loss_normalization: tokens (per element), skip_nonfinite_steps (non-finite losses weigh 0)
+                tokens = self.count_tokens(None, target) if tokens is None else tokens
+                weight = samples_of(target, pred) if tokens is None else tokens
+                finite_only = self._skips is not None and self._mode == RunnerMode.train
+                self._loss_meter.update(*loss_entry(loss, weight, tokens is not None, finite_only))
         metrics = self.current_metrics
         if metrics is not None:
             metrics.update(pred.detach(), target)
@@ -242,7 +270,10 @@ class OptimizationMixin:
             loss = None
             if self.criterion is not None and target is not None:
                 loss = self.criterion(pred, target)
-        if target is not None:
+        tokens = None if target is None else self.count_tokens(data, target)
+        if tokens is not None:  # loss_normalization: tokens (loop/tokens.py)
+            self.record(pred, target, loss, tokens)
+        elif target is not None:
             self.record(pred, target, loss)
         return pred, loss
 
@@ -302,22 +333,33 @@ class OptimizationMixin:
         self._max_grad_norm = self.config.get("max_grad_norm")
         self._max_grad_value = self.config.get("max_grad_value")
         self._clips = self._max_grad_norm is not None or self._max_grad_value is not None
+        # loss_normalization (loop/tokens.py) and skip_nonfinite_steps (loop/finite.py), read once an epoch.
+        self._tokens = token_normalization(self.config, self.world_size)
+        if self._tokens is not None:
+            self._tokens.check_criterion(self.criterion)
+        self._skips = nonfinite_steps(self.config, self.distributed, self._skips)
+        self._loss_guard = loss_guard_for(self._skips is not None, self._loss_guard)
 
-    def advance(self, loss: torch.Tensor) -> None:
+    def advance(self, loss: torch.Tensor, tokens: Any = None) -> None:
         r"""
         Backward `loss` and, at the end of each accumulation window, step the optimizer.
 
         The loss is divided by the window's real size (the last window of an epoch may be short) and scaled
         under `fp16`. At the window end: unscale, clip (`max_grad_norm`, `max_grad_value`), optimizer step
         (skipped by the scaler on inf/NaN gradients), zero the gradients, update the EMA, step the scheduler,
-        and count one step in `steps`.
+        and count one step in `steps`. Under `loss_normalization: tokens` the loss (a sum) is not divided: its
+        `tokens` are added to the window's count, by which the gradients are divided before the step.
 
         Args:
             loss: Loss of the micro-batch.
+            tokens: Its counted elements ([`count_tokens`][danling.runner.TorchRunner.count_tokens]), needed under
+                `loss_normalization: tokens`.
         """
         windows = self._windows
         self._loss_guard.watch(loss, windows.micro_step)
-        if windows.accum_steps != 1:  # without accumulation every window is one micro-step: nothing to divide
+        if self._tokens is not None:  # loss_normalization: tokens (loop/tokens.py)
+            self._tokens.add(tokens, windows.is_last())
+        elif windows.accum_steps != 1:  # without accumulation every window is one micro-step: nothing to divide
             window_size = windows.size()
             if window_size != 1:
                 loss = loss / window_size
@@ -344,6 +386,14 @@ class OptimizationMixin:
                 [`collapsed_scale_error`][danling.runner.loop.stepping.collapsed_scale_error]). Logged at `ERROR`
                 first, and raised on every rank at the same step (their scales are equal).
         """
+        if self._tokens is not None:  # loss_normalization: tokens (loop/tokens.py)
+            self._tokens.normalize(gradients_of(self.unwrap(self.model)))
+        skips = self._skips  # skip_nonfinite_steps (loop/finite.py); under fp16 the scaler tests the gradients
+        if skips is not None and not self._scale_gradients and not skips.finite(gradients_of(self.unwrap(self.model))):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._windows.pending = 0
+            skips.count(True, self.steps)
+            return
         if self._clips:
             self._clip_gradients()
         skipped = False
@@ -353,6 +403,8 @@ class OptimizationMixin:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._windows.pending = 0
+        if skips is not None:
+            skips.count(skipped, self.steps)
         if skipped:
             self._skipped_step()
             return
@@ -413,7 +465,7 @@ class OptimizationMixin:
         # The pending micro-steps were divided by the size their window would have had.
         window_size = windows.size()
         parameters = [p for p in self.unwrap(self.model).parameters() if p.grad is not None]
-        if pending != window_size:
+        if pending != window_size and self._tokens is None:  # token sums are normalized at the step
             for parameter in parameters:
                 parameter.grad.mul_(window_size / pending)
         if windows.accum_steps > 1 and hasattr(self.model, "no_sync"):

@@ -7,6 +7,10 @@ under a `TorchFunctionMode` that records calls reading a tensor's value on the h
 `__bool__`, `cpu`, `numpy`, ...). Logging happens between steps and may sync; the steps themselves must not.
 Under 2-rank DDP (gloo) the whole loop body is watched: every Python-level collective of `torch.distributed`,
 and host reads in the steps and at the optimizer-step boundaries (see `workers/collective_count.py`).
+
+Two opt-in modes have a documented cost: `loss_normalization: tokens` adds, under DDP only, one asynchronous
+`all_reduce` of the window's token count per optimizer step (no host read); `skip_nonfinite_steps: true` reads one
+flag per optimizer step on the host (after an `all_reduce` of it under DDP).
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ class CountingRunner(dl.TorchRunner):
         self.datasets.train = TensorDataset(torch.randn(44, 4, generator=generator), torch.randint(0, 3, (44,)))
         torch.manual_seed(0)
         self.model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-        self.criterion = nn.CrossEntropyLoss()
+        tokens = self.config.get("loss_normalization") == "tokens"
+        self.criterion = nn.CrossEntropyLoss(reduction="sum" if tokens else "mean")
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=2, gamma=0.5)
         self.ema = ExponentialMovingAverage(self.model, decay=0.9)
@@ -94,6 +99,10 @@ def make_config(tmp_path):
         pytest.param({"accum_steps": 4}, id="accumulation"),  # 6 batches: windows of 4 and 2
         pytest.param({"max_grad_norm": 0.5, "max_grad_value": 0.1}, id="clipping"),
         pytest.param({"precision": "bf16", "accum_steps": 3, "max_grad_norm": 0.5}, id="bf16-accumulation-clip"),
+        pytest.param({"loss_normalization": "tokens"}, id="tokens"),
+        pytest.param(
+            {"loss_normalization": "tokens", "accum_steps": 4, "max_grad_norm": 0.5}, id="tokens-accumulation"
+        ),
     ],
 )
 def test_training_steps_make_no_host_sync(make_config, config):
@@ -102,6 +111,14 @@ def test_training_steps_make_no_host_sync(make_config, config):
     assert runner.steps > 0
     assert runner.counter.calls == [], runner.counter.report()
     assert (Path(runner.dir) / "run.log").read_text().count("train") > 2  # the log steps did run
+
+
+@pytest.mark.parametrize(("accum_steps", "steps"), [(1, 12), (4, 4)])
+def test_skip_nonfinite_steps_reads_one_flag_per_optimizer_step(make_config, accum_steps, steps):
+    # The price of `skip_nonfinite_steps: true`, and all of it: one `item` per optimizer step, none per micro-step.
+    runner = train_counting(make_config, skip_nonfinite_steps=True, accum_steps=accum_steps)
+    assert runner.steps == steps
+    assert [name for name, _ in runner.counter.calls] == ["item"] * steps, runner.counter.report()
 
 
 def test_counter_sees_a_sync_inside_a_step(make_config):
@@ -154,8 +171,34 @@ def test_ddp_loop_body_makes_no_per_step_collective(tmp_path, torchrun, args, ch
         assert report["host_reads"]["boundary"] == {"tolist": len(checks)}, report
 
 
+@pytest.mark.parametrize(
+    ("args", "step_collectives", "step_reads"),
+    [
+        # One asynchronous all-reduce of the token count per optimizer step, waited for without a host read.
+        pytest.param(("--loss-normalization", "tokens"), {"all_reduce(async)": 32}, {}, id="tokens"),
+        # One all-reduce of the non-finite flag per optimizer step, read on the host.
+        pytest.param(("--skip-nonfinite-steps",), {"all_reduce": 32}, {"item": 32}, id="skip-nonfinite"),
+    ],
+)
+def test_ddp_opt_in_modes_add_one_collective_per_step(tmp_path, torchrun, args, step_collectives, step_reads):
+    torchrun(COLLECTIVE_WORKER, str(tmp_path), *args)
+    for rank in range(2):
+        report = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert report["steps"] == 32
+        assert report["collectives"]["step"] == step_collectives, report
+        assert report["host_reads"].get("step", {}) == step_reads, report
+        assert report["collectives"]["boundary"] == {"all_reduce": 2}, report  # the preemption agreement, unchanged
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("config", [{}, {"precision": "bf16", "accum_steps": 4, "max_grad_norm": 0.5}])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"precision": "bf16", "accum_steps": 4, "max_grad_norm": 0.5},
+        {"loss_normalization": "tokens", "accum_steps": 4, "max_grad_norm": 0.5},
+    ],
+)
 def test_cuda_training_steps_pass_sync_debug_mode_error(make_config, config):
     # On CUDA, torch itself raises on every synchronising call made while the debug mode is "error".
     class StrictRunner(CountingRunner):

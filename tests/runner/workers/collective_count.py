@@ -3,6 +3,7 @@ Counting the runner's Python-level collectives and host reads in every part of a
 `tests/runner/loop/test_host_sync.py`.
 
     python -m torch.distributed.run --nproc_per_node=2 ... collective_count.py OUT_DIR [--check-steps N] [--own-channel]
+        [--loss-normalization tokens] [--skip-nonfinite-steps]
 
 One epoch of 32 optimizer steps with the default config (`--check-steps` sets `preemption_check_steps`). Every
 public collective of `torch.distributed` is wrapped to record the part of the loop that called it: `step`
@@ -11,7 +12,9 @@ preemption, `save_steps`), `log` (log steps), `epoch` (the rest of `train_epoch`
 (`train()` around the epochs: the epoch's checkpoint and agreement). DDP's own gradient all-reduce runs in C++
 and is not seen. In `step` and `boundary` a [`HostSyncCounter`][] also records reads of tensor values on the host.
 `--own-channel` makes the ranks agree over a `gloo` group of their own, as they do when the default backend is
-`nccl`. Each rank writes `OUT_DIR/rank{R}.json`.
+`nccl`. `--loss-normalization tokens` and `--skip-nonfinite-steps` train in those modes (the criterion then sums).
+A collective started with `async_op=True` is recorded with `(async)` after its name. Each rank writes
+`OUT_DIR/rank{R}.json`.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class CountingRunner(dl.TorchRunner):
         size = STEPS * BATCH_SIZE * self.world_size
         self.datasets.train = TensorDataset(torch.randn(size, 4, generator=generator), torch.randn(size, 1))
         self.model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
-        self.criterion = nn.MSELoss()
+        self.criterion = nn.MSELoss(reduction="sum" if self.config.get("loss_normalization") == "tokens" else "mean")
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01)
         self.phase = "outside"
         self.collectives: dict[str, Counter] = {}
@@ -132,7 +135,7 @@ def count_collectives(runner: CountingRunner) -> None:
             continue
 
         def counted(*args: Any, _name: str = name, _function: Any = function, **kwargs: Any) -> Any:
-            runner.record_collective(_name, kwargs.get("group"))
+            runner.record_collective(f"{_name}(async)" if kwargs.get("async_op") else _name, kwargs.get("group"))
             return _function(*args, **kwargs)
 
         setattr(dist, name, counted)
@@ -143,12 +146,16 @@ def main() -> None:
     parser.add_argument("out_dir")
     parser.add_argument("--check-steps", type=int)
     parser.add_argument("--own-channel", action="store_true", help="agree over a gloo group of its own")
+    parser.add_argument("--loss-normalization", default="batch")
+    parser.add_argument("--skip-nonfinite-steps", action="store_true")
     args = parser.parse_args()
     if args.own_channel:  # as under nccl: the default group is taken as one that cannot carry CPU tensors
         consensus.carries_cpu = lambda backend: False
     torch.set_num_threads(1)
     config: dict[str, Any] = {"dir": os.path.join(args.out_dir, "run"), "epoch_end": 1}
     config["dataloader"] = {"batch_size": BATCH_SIZE}
+    config["loss_normalization"] = args.loss_normalization
+    config["skip_nonfinite_steps"] = args.skip_nonfinite_steps
     if args.check_steps is not None:
         config["preemption_check_steps"] = args.check_steps
     runner = CountingRunner(config)

@@ -58,7 +58,7 @@ class TorchCheckpointingMixin:
         """
         return self._checkpoints.checkpoint_state()
 
-    def save_position(self, split: str, batches: int) -> None:
+    def save_position(self, split: str, batches: int, best: bool = False) -> None:
         r"""
         Save `latest.pth` in the middle of a training epoch, after `batches` micro-batches of `split` (an
         optimizer-step boundary): resuming from it continues with the next batch. Collective when distributed
@@ -67,10 +67,11 @@ class TorchCheckpointingMixin:
         Args:
             split: The train split running.
             batches: Micro-batches of it consumed so far.
+            best: Also keep it as `best.pth` (a step evaluation, `eval_steps`, that is the best so far).
         """
         state = self._recovery.mid_epoch_state(split, batches)
         if self.is_main_process or self.checkpoint_manager.collective:
-            self._checkpoints.commit(state, "latest", self.epochs, best=False, epoch_copy=False)
+            self._checkpoints.commit(state, "latest", self.epochs, best=best, epoch_copy=False)
             self._checkpoint_saved("latest")
 
     def export_model(self, path: str | None = None) -> str | None:

@@ -26,6 +26,7 @@ INTEGER_MINIMUMS: dict[str, int] = {
     "accum_steps": 1,
     "log_interval": 1,
     "save_steps": 1,
+    "eval_steps": 1,
     "keep_checkpoints": 0,
     "patience": 0,
 }
@@ -42,7 +43,8 @@ def validate_config(config: Mapping) -> None:
     Check the values of a run's config: progress bounds, intervals, clipping and the `dataloader` options.
 
     Accepted values: `epoch_end`, `step_end`, `epoch_begin`, `step_begin`, `keep_checkpoints` and `patience` are
-    integers >= 0; `accum_steps`, `log_interval` and `save_steps` integers >= 1; `max_grad_norm`,
+    integers >= 0; `accum_steps`, `log_interval`, `save_steps` and `eval_steps` integers >= 1;
+    `eval_at_epoch_end: false` only with `eval_steps` set; `max_grad_norm`,
     `max_grad_value` and `dist_timeout` numbers > 0; `dataloader.batch_size` (and `dataloader.<split>.batch_size`)
     and `prefetch_factor` integers >= 1, `num_workers` an integer >= 0, `timeout` a number >= 0, and
     `shuffle`, `drop_last`, `pin_memory` and `persistent_workers` booleans. Optional keys may be `None`. A float is
@@ -66,6 +68,11 @@ def validate_config(config: Mapping) -> None:
         _integer_problem(key, config[key], minimum) for key, minimum in INTEGER_MINIMUMS.items() if key in config
     ]
     problems += [_positive_problem(key, config[key]) for key in POSITIVE_KEYS if key in config]
+    if config.get("eval_at_epoch_end") is False and config.get("eval_steps") is None:
+        problems.append(
+            "eval_at_epoch_end: got False without eval_steps (the run would never evaluate); accepted "
+            "values are True, or False with eval_steps set"
+        )
     dataloader = config.get("dataloader")
     if isinstance(dataloader, Mapping):
         problems += _dataloader_problems(dataloader, "dataloader")

@@ -143,7 +143,8 @@ class ReportingMixin:
         """
         if not self.results:
             return None
-        split, fallback = res.check_score_split(self.results, self.config.get("score_split"))
+        unscored = self._unscored_splits()
+        split, fallback = res.check_score_split(self.results, self.config.get("score_split"), unscored)
         if fallback is not None and not self._score_split_warned:
             self._score_split_warned = True
             warn(fallback, RuntimeWarning, stacklevel=2)
@@ -155,7 +156,15 @@ class ReportingMixin:
                 f"score_name is {score_name!r}, but the {split!r} result has no such metric; "
                 f"available metrics are {list(section.keys())}"
             )
-        return res.get_scores(self.results, score_name, split)
+        return res.get_scores(self.results, score_name, split, unscored)
+
+    def _unscored_splits(self) -> list[str]:
+        # The train splits: a result holding only them (an epoch end between two step evaluations) names no score
+        # split when it is inferred.
+        try:
+            return list(getattr(self, "train_splits", None) or [])
+        except ValueError:  # they cannot be inferred (no datasets)
+            return []
 
     @property
     def best_index(self) -> Any:

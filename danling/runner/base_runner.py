@@ -426,11 +426,20 @@ class BaseRunner(metaclass=RunnerMeta):
         r"""Score of each result: `results[index][score_split][score_name]` (`ValueError` for an unknown split)."""
         if not self.results:
             return None
-        scores, warning = reporter.checked_scores(self.results, self.config, self._score_split_warned)
+        scores, warning = reporter.checked_scores(
+            self.results, self.config, self._score_split_warned, self._unscored_splits()
+        )
         if warning is not None:
             self._score_split_warned = True
             reporter.warn_score_split(warning, self.logger)
         return scores
+
+    def _unscored_splits(self) -> list[str]:
+        # The train splits, which alone never name the score split (see `checked_scores`).
+        try:
+            return list(self.train_splits or [])
+        except ValueError:  # they cannot be inferred (no datasets)
+            return []
 
     @property
     def best_index(self) -> Any:

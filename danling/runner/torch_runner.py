@@ -25,6 +25,7 @@ from .distributed.processes import init_process_group, resolve_device, share_run
 from .loop.accumulation import AccumulationWindows
 from .loop.data import check_has_batches, loader_length, set_sampler_epoch
 from .loop.epoch import EpochCursor, reset_for_epoch
+from .loop.evaluation_schedule import EvaluationSchedule, training_set_aside
 from .loop.finite import NonFiniteLossGuard
 from .loop.inference import gather_predictions, infer_input
 from .loop.interruptions import Recovery
@@ -47,8 +48,9 @@ class TorchRunner(OptimizationMixin, BaseRunner):
     [`train_step`][danling.runner.TorchRunner.train_step] for anything else.
 
     Config keys used here: `precision` (`"fp16"`, `"bf16"`, `None`), `accum_steps`, `max_grad_norm`,
-    `max_grad_value`, `patience`, `backend`, `device`, `progress_bar`, `strategy` (`"ddp"`, `"fsdp"`),
-    `fsdp.shard_modules`, `compile`, `compile_options`, `dataloader.*` and `dataloader.<split>.*`.
+    `max_grad_value`, `patience`, `eval_steps`, `eval_at_epoch_end`, `backend`, `device`, `progress_bar`,
+    `strategy` (`"ddp"`, `"fsdp"`), `fsdp.shard_modules`, `compile`, `compile_options`, `dataloader.*` and
+    `dataloader.<split>.*`.
 
     Examples:
         >>> import tempfile
@@ -77,6 +79,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         self._step_probe = StepProbe()
         self._heartbeat = Heartbeat()  # this rank's step and phase, published while `train` runs (distributed)
         self._recovery = Recovery(self)
+        self._evaluations = EvaluationSchedule()  # `train()` reads `eval_steps` and `eval_at_epoch_end`
         self._callbacks = CallbackList(self._recovery.failures)  # failures agreed where recovery's are
         super().__init__(config)
         self._device = resolve_device(self.config.get("device"), self.local_rank)
@@ -150,15 +153,16 @@ class TorchRunner(OptimizationMixin, BaseRunner):
 
     # Checkpoints beyond BaseRunner's
 
-    def save_position(self, split: str, batches: int) -> None:
+    def save_position(self, split: str, batches: int, best: bool = False) -> None:
         r"""
         Save `latest` after `batches` micro-batches of the train split `split` (an optimizer-step boundary), to
-        resume at the next batch. Collective when distributed (every rank's RNG state, meters and metrics).
+        resume at the next batch; `best` also keeps it as `best.pth` (a step evaluation, `eval_steps`, that is the
+        best so far). Collective when distributed (every rank's RNG state, meters and metrics).
         """
         with self._heartbeat.during("save_checkpoint"):
             state = self._recovery.mid_epoch_state(split, batches)
             if self.is_main_process or self.checkpoint_manager.collective:
-                self._checkpoints.commit(state, "latest", self.epochs, best=False, epoch_copy=False)
+                self._checkpoints.commit(state, "latest", self.epochs, best=best, epoch_copy=False)
                 self._checkpoint_saved("latest")
 
     def export_model(self, path: str | None = None) -> str | None:
@@ -193,8 +197,11 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             train_splits: Splits to train on (default: [`train_splits`][danling.runner.BaseRunner.train_splits]).
             evaluate_splits: Splits to evaluate (default: `evaluate_splits`).
 
+        With `eval_steps`, it also evaluates every that many optimizer steps, each evaluation one record keyed by
+        its step (see [`EvaluationSchedule`][danling.runner.loop.evaluation_schedule.EvaluationSchedule]).
+
         Returns:
-            All results, `epoch -> split -> metric -> value`.
+            All results, `epoch -> split -> metric -> value` (`step -> record` with `eval_steps`).
 
         Raises:
             ValueError: If neither `epoch_end` nor `step_end` is set, or `epoch_end < epoch_begin`.
@@ -205,6 +212,8 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         evaluate_splits = self.evaluate_splits if evaluate_splits is None else evaluate_splits
         epochs = epoch_range(self.epoch_begin, self.epoch_end, self.step_end)
         self.check_score_split([*train_splits, *evaluate_splits])
+        self._evaluations = EvaluationSchedule.from_config(self.config)
+        self._evaluations.start(self.results, train_splits, evaluate_splits)
         complete = self.completion()
         if complete is not None:
             self.log(f"the run is already complete ({complete}): nothing to train; returning its results")
@@ -239,10 +248,13 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         Returns:
             The epoch's result, `split -> metric -> value` (`partial: True` when `step_end` cut it short).
         """
-        done = lambda: step_end_reached(self.steps, self.step_end)  # noqa: E731
+        schedule = self._evaluations  # with `eval_steps`, the epoch end evaluates a step at most once
+        done = lambda: step_end_reached(self.steps, self.step_end) or schedule.stop_requested  # noqa: E731
         result = self._recovery.train_splits(train_splits, self.train_epoch, done)
-        for split in evaluate_splits:
-            result[split] = self.evaluate_epoch(split)
+        final = done() or (self.epoch_end is not None and self.epochs + 1 >= self.epoch_end)
+        if schedule.due_at_epoch_end(self.steps, final):
+            for split in evaluate_splits:
+                result[split] = self.evaluate_epoch(split)
         return result
 
     def record_epoch(self, epoch: int, result: NestedDict) -> None:
@@ -256,7 +268,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
             result: Its result, as [`run_epoch`][danling.runner.TorchRunner.run_epoch] returned it.
         """
         self._heartbeat.phase = "end_epoch"
-        self.append_result(result, index=epoch)
+        self.append_result(*self._evaluations.place(result, epoch, self.steps))  # keyed by step with eval_steps
         if isinstance(self.scheduler, ReduceLROnPlateau) and self.latest_score is not None:
             self.scheduler.step(self.latest_score)
         self.log(self.format_epoch_result(result))
@@ -279,7 +291,8 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         patience = self.config.get("patience")
         waited = patience_exhausted(patience, (self.scores or {}) if self.results else None, self.best_fn)
         if waited is not None:
-            self.log(f"stopping early: no improvement in the last {waited} epochs (patience {patience})")
+            unit = self._evaluations.unit  # epochs, or evaluations with eval_steps
+            self.log(f"stopping early: no improvement in the last {waited} {unit} (patience {patience})")
         return waited is not None
 
     def completion(self) -> str | None:
@@ -393,7 +406,30 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         # `self.steps`, read up to three times a batch, without a Python call each time.
         cursor.steps_now = partial(dict.__getitem__, self._config, "steps")
         cursor.stepped = cursor.steps_now()
+        cursor.at_boundary = self._evaluations.around(
+            cursor.at_boundary, self._evaluate_at_step, cursor.steps_now, self.step_end
+        )
         return batches
+
+    def _evaluate_at_step(self, split: str, batches: int, length: int | None) -> None:
+        # A step evaluation (`eval_steps`) inside a training epoch, whose state is set aside meanwhile; recorded as
+        # an epoch's result is: the record, the checkpoint when it is the best so far, then the JSON files.
+        cursor, schedule = self._cursor, self._evaluations
+        evaluate_metrics = self.metrics if self.evaluate_metrics is None else self.evaluate_metrics
+        with training_set_aside(self.meters, self.current_metrics, evaluate_metrics, self.telemetry, self.model):
+            result = NestedDict({name: self.evaluate_epoch(name) for name in schedule.splits})
+        self.mode, self.split, self._cursor, self._loss_meter = RunnerMode.train, split, cursor, self.meters.loss
+        self.append_result(*schedule.place(result, self.epochs, self.steps))
+        self.log(f"{schedule.describe(self.epochs, self.steps)}\n{self.format_result(result)}")
+        if self.is_best:
+            self._recovery.save_position_agreed(split, batches, best=True)
+        with self._recovery.contain():
+            if self.async_saver is None:
+                self.save_result()
+            elif self.is_main_process:  # after the checkpoint of this step, or any earlier one in flight
+                self.after_checkpoint(self.result_writer())
+        if patience_exhausted(self.config.get("patience"), self.scores or {}, self.best_fn) is not None:
+            schedule.stop_requested, cursor.step_end = True, self.steps  # the epoch stops at this step
 
     def end_step(self, split: str) -> bool:
         r"""

@@ -283,8 +283,10 @@ class RunnerCheckpoints:
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(self.dir_path()) or not os.path.samefile(directory, self.dir_path()):
             return  # a new directory: the old one is not this launch's to touch
-        best = runner.best_index
-        reconcile_best(runner.checkpoint_manager, best, lambda message: runner.log(message, logging.WARNING))
+        best, record = runner.best_index, runner.best_result or {}
+        # A record of `eval_steps` names its step: best.pth is the checkpoint saved at that step.
+        best, field = (int(record["step"]), "steps") if "step" in record and "epoch" in record else (best, "epochs")
+        reconcile_best(runner.checkpoint_manager, best, lambda message: runner.log(message, logging.WARNING), field)
         runner.save_result()
         if best is not None and runner.best_result is not None:
             header = {"name": runner.name, "id": runner.id, "timestamp": runner.timestamp}

@@ -154,6 +154,9 @@ class Config(chanfig.Config):
         score_name: Metric that scores a result. Defaults to `"loss"` (lower is better).
         score_mode: `"min"`, `"max"`, or `None` (default) to infer the direction from `score_name`: lower is
             better for losses and errors (`loss`, `*_loss`, `mse`, `rmse`, `mae`, `error`, `perplexity`...).
+        eval_steps: Also evaluate every this many optimizer steps, and once at the end of training (`None`: at epoch
+            ends only). Results are then one record per evaluation, keyed by the global step.
+        eval_at_epoch_end: Evaluate at the end of every epoch; `False` needs `eval_steps`.
 
     Attributes: I/O:
         checkpoint: Checkpoint to resume from (restores the config's progress, the model and every state).
@@ -237,6 +240,8 @@ class Config(chanfig.Config):
     score_split: Optional[str] = None
     score_name: str = "loss"
     score_mode: Optional[str] = None
+    eval_steps: Optional[int] = None
+    eval_at_epoch_end: bool = True
 
     precision: Optional[str] = None
     accum_steps: int = 1

@@ -27,6 +27,7 @@ INTEGER_MINIMUMS: dict[str, int] = {
     "accum_steps": 1,
     "log_interval": 1,
     "save_steps": 1,
+    "eval_steps": 1,
     "keep_checkpoints": 0,
     "patience": 0,
     "max_nonfinite_steps": 1,
@@ -46,8 +47,9 @@ def validate_config(config: Mapping) -> None:
     Check the values of a run's config: progress bounds, intervals, clipping and the `dataloader` options.
 
     Accepted values: `epoch_end`, `step_end`, `epoch_begin`, `step_begin`, `keep_checkpoints` and `patience` are
-    integers >= 0; `accum_steps`, `log_interval`, `save_steps` and `max_nonfinite_steps` integers >= 1;
-    `loss_normalization` `"batch"` or `"tokens"`; `ignore_index` an integer; `max_grad_norm`,
+    integers >= 0; `accum_steps`, `log_interval`, `save_steps`, `eval_steps` and `max_nonfinite_steps` integers
+    >= 1; `eval_at_epoch_end: false` only with `eval_steps` set; `loss_normalization` `"batch"` or `"tokens"`;
+    `ignore_index` an integer; `max_grad_norm`,
     `max_grad_value` and `dist_timeout` numbers > 0; `dataloader.batch_size` (and `dataloader.<split>.batch_size`)
     and `prefetch_factor` integers >= 1, `num_workers` an integer >= 0, `timeout` a number >= 0, and
     `shuffle`, `drop_last`, `pin_memory` and `persistent_workers` booleans. Optional keys may be `None`. A float is
@@ -74,6 +76,11 @@ def validate_config(config: Mapping) -> None:
     problems += [_choice_problem(key, config[key], choices) for key, choices in CHOICES.items() if key in config]
     if "ignore_index" in config and not _is_integer(config["ignore_index"]):
         problems.append(f"ignore_index: got {config['ignore_index']!r}; accepted values are integers")
+    if config.get("eval_at_epoch_end") is False and config.get("eval_steps") is None:
+        problems.append(
+            "eval_at_epoch_end: got False without eval_steps (the run would never evaluate); accepted "
+            "values are True, or False with eval_steps set"
+        )
     dataloader = config.get("dataloader")
     if isinstance(dataloader, Mapping):
         problems += _dataloader_problems(dataloader, "dataloader")

@@ -57,6 +57,7 @@ class Recovery:
         self.preemption: PreemptionHandler | None = None
         self.failures = FailureConsensus()
         self.channel: Any = None  # the CPU process group the ranks agree over (`None`: one process)
+        self.saved_step: int | None = None  # the step of the latest mid-epoch save
 
     # Around the loop
 
@@ -260,14 +261,16 @@ class Recovery:
                 preemption.acknowledged = True  # not stuck: the grace period ends; the next check stops the run
             stop = should_stop is not None and runner.steps % every == 0 and should_stop()
             due = save_steps is not None and runner.steps % save_steps == 0 and (length is None or batches < length)
-            if stop or due:
+            if (stop or due) and self.saved_step != runner.steps:  # a step evaluation may have saved this step
                 self.save_position_agreed(split, batches, wait=stop)
+            elif stop and saver is not None:
+                saver.wait()
             if stop:
                 self.exit_preempted()
 
         return at_boundary
 
-    def save_position_agreed(self, split: str, batches: int, wait: bool = False) -> None:
+    def save_position_agreed(self, split: str, batches: int, wait: bool = False, best: bool = False) -> None:
         r"""
         Save the mid-epoch checkpoint, then agree on every rank that it was written before any rank goes on
         (`RankFailedError` on every rank when rank 0's write failed). Collective when distributed.
@@ -276,10 +279,15 @@ class Recovery:
             split: The train split running.
             batches: Micro-batches of it consumed so far.
             wait: Also wait for a background save (`async_save`) to commit: before a preemption exit.
+            best: Also keep it as `best.pth` (a step evaluation that is the best so far).
         """
         runner = self.runner
+        self.saved_step = runner.steps
         with self.failures.contain():
-            runner.save_position(split, batches)
+            if best:
+                runner.save_position(split, batches, best=True)
+            else:  # an override of `save_position` written before `best` existed still works
+                runner.save_position(split, batches)
             if wait and runner.async_saver is not None:
                 runner.async_saver.wait()
         self.agree_failures()

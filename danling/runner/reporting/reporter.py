@@ -72,15 +72,18 @@ def epoch_result(meters: Any, metrics: Any) -> NestedDict:
     return result
 
 
-def checked_scores(results: Mapping, config: Mapping, warned: bool) -> tuple[NestedDict, str | None]:
+def checked_scores(
+    results: Mapping, config: Mapping, warned: bool, unscored: list[str] | None = None
+) -> tuple[NestedDict, str | None]:
     r"""
     Score of each result, `results[index][score_split][score_name]`, and the warning to give (once: `warned` says
-    whether it was given) when `score_split` was not set and had to be chosen.
+    whether it was given) when `score_split` was not set and had to be chosen. A result holding only `unscored`
+    splits (the train splits: an epoch end between two step evaluations) names no score split when it is inferred.
 
     Raises:
         ValueError: If `score_split` names a split no result has, or the latest result lacks `score_name`.
     """
-    split, fallback = res.check_score_split(results, config.get("score_split"))
+    split, fallback = res.check_score_split(results, config.get("score_split"), unscored)
     score_name = config.get("score_name", "loss")
     section = results[next(reversed(list(results.keys())))].get(split)
     if isinstance(section, Mapping) and score_name not in section:
@@ -88,7 +91,7 @@ def checked_scores(results: Mapping, config: Mapping, warned: bool) -> tuple[Nes
             f"score_name is {score_name!r}, but the {split!r} result has no such metric; "
             f"available metrics are {list(section.keys())}"
         )
-    return res.get_scores(results, score_name, split), None if warned else fallback
+    return res.get_scores(results, score_name, split, unscored), None if warned else fallback
 
 
 def check_score_split(config: Mapping, results: Mapping, splits: list[str]) -> None:

@@ -7,7 +7,7 @@ a pure function of that mapping, so it can be tested without a runner.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Callable
 
 from chanfig import NestedDict
@@ -140,13 +140,17 @@ def _is_split(key: Any, value: Any) -> bool:
     return key not in IGNORED_SPLITS and isinstance(value, Mapping)
 
 
-def check_score_split(results: Mapping, score_split: str | None) -> tuple[str, str | None]:
+def check_score_split(
+    results: Mapping, score_split: str | None, unscored: Collection[str] = ()
+) -> tuple[str, str | None]:
     r"""
     The split that scores `results`, and a warning to show when it was a fallback rather than a choice.
 
     Args:
         results: All results (not empty).
-        score_split: `config.score_split`, or `None` to infer it from the latest result.
+        score_split: `config.score_split`, or `None` to infer it from the latest result (see
+            [`reference_result`][danling.runner.reporting.results.reference_result]).
+        unscored: Splits a result holding nothing else is passed over for, when inferring (the train splits).
 
     Returns:
         The split, and `None` or a message explaining the fallback (with a leak warning for a `test` split).
@@ -168,7 +172,7 @@ def check_score_split(results: Mapping, score_split: str | None) -> tuple[str, s
                 f"score_split is {score_split!r}, but the results have no such split; available splits are {available}"
             )
         return score_split, None
-    split = infer_score_split(latest_result(results) or {})
+    split = infer_score_split(reference_result(results, unscored) or {})
     if split in ("val", "validate"):
         return split, None
     message = (
@@ -180,7 +184,9 @@ def check_score_split(results: Mapping, score_split: str | None) -> tuple[str, s
     return split, message
 
 
-def get_scores(results: Mapping, score_name: str = "loss", score_split: str | None = None) -> NestedDict:
+def get_scores(
+    results: Mapping, score_name: str = "loss", score_split: str | None = None, unscored: Collection[str] = ()
+) -> NestedDict:
     r"""
     Score of every result: `results[index][score_split][score_name]`, for results that have one.
 
@@ -188,6 +194,7 @@ def get_scores(results: Mapping, score_name: str = "loss", score_split: str | No
         results: All results.
         score_name: Metric that scores a result.
         score_split: Split to read it from (inferred from the latest result when `None`).
+        unscored: Splits a result holding nothing else is passed over for, when inferring (the train splits).
 
     Returns:
         `index -> score`, in the order of `results`.
@@ -199,7 +206,7 @@ def get_scores(results: Mapping, score_name: str = "loss", score_split: str | No
     scores = NestedDict()
     if not results:
         return scores
-    split = infer_score_split(latest_result(results) or {}, score_split)
+    split = infer_score_split(reference_result(results, unscored) or {}, score_split)
     for index, result in results.items():
         section = result.get(split) if isinstance(result, Mapping) else None
         if isinstance(section, Mapping) and score_name in section:
@@ -263,6 +270,28 @@ def latest_result(results: Mapping) -> NestedDict | None:
         return None
     index = next(reversed(list(results.keys())))
     return _with_index(results[index], index)
+
+
+def reference_result(results: Mapping, unscored: Collection[str] = ()) -> Mapping | None:
+    r"""
+    The result a score split is inferred from: the latest one holding a split not in `unscored`, else the latest.
+
+    With `eval_steps` and `eval_at_epoch_end: false`, an epoch that ends between two evaluations has a record of
+    its training result alone: inferring from it would score the run on its train split.
+
+    Examples:
+        >>> results = {5: {"val": {"loss": 1.0}}, 8: {"train": {"loss": 2.0}}}
+        >>> reference_result(results, ["train"]), reference_result(results)
+        ({'val': {'loss': 1.0}}, {'train': {'loss': 2.0}})
+    """
+    if not results:
+        return None
+    for result in reversed(list(results.values())):
+        if isinstance(result, Mapping) and any(
+            _is_split(key, value) and key not in unscored for key, value in result.items()
+        ):
+            return result
+    return results[next(reversed(list(results.keys())))]
 
 
 def result_at(results: Mapping, index: Any) -> NestedDict | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -96,6 +97,24 @@ class Telemetry:
         self._last = (self.epoch_start, 0, 0, 0, steps)
         if self.device.type == "cuda" and torch.cuda.is_initialized():  # before CUDA starts there is no peak
             torch.cuda.reset_peak_memory_stats(self.device)
+
+    @contextmanager
+    def set_aside(self) -> Iterator[None]:
+        r"""
+        Keep the epoch's counters and clocks through a nested epoch (an evaluation inside a training epoch,
+        `eval_steps`): they are put back when the block ends, its time left out of the epoch's time and of the next
+        step rates. The nested epoch's batches still count in the run's (`run_batches`). CUDA's peak-memory
+        statistics, reset by the nested epoch, cannot be put back: the epoch's peak counts from its end.
+        """
+        saved = (self.mode, self.batches, self.samples, self.tokens, self.data_time, self.epoch_start, self._last)
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            paused = time.perf_counter() - began
+            self.mode, self.batches, self.samples, self.tokens, self.data_time, start, last = saved
+            self.epoch_start = start + paused
+            self._last = (last[0] + paused, *last[1:])
 
     @property
     def batches_before(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any
 
@@ -22,22 +23,21 @@ from .checkpointing.verification import ResumeCheck, verify_resume
 from .distributed.heartbeat import Heartbeat, loop_progress
 from .distributed.parallel import build_parallelism, evaluation_context, unwrap_model
 from .distributed.processes import init_process_group, resolve_device, share_run_identity
-from .loop.accumulation import AccumulationWindows
-from .loop.data import check_has_batches, loader_length, set_sampler_epoch
+from .loop.data import check_has_batches, loader_length, samples_of, set_sampler_epoch
 from .loop.epoch import EpochCursor, reset_for_epoch
 from .loop.evaluation_schedule import EvaluationSchedule, training_set_aside
-from .loop.finite import NonFiniteLossGuard
 from .loop.inference import gather_predictions, infer_input
 from .loop.interruptions import Recovery
 from .loop.loaders import SplitLoaders, default_log_interval
 from .loop.precision import Precision
-from .loop.stepping import OptimizationMixin, StepProbe
+from .loop.stepping import OptimizerStepper, has_nan_inf_grad, missing_target_error, unpack_batch
+from .loop.tokens import loss_entry
 from .loop.training import completion_reason, epoch_range, patience_exhausted, step_end_reached
 from .reporting.telemetry import Telemetry, average_numbers
-from .utils import RunnerMode
+from .utils import RunnerMode, to_device
 
 
-class TorchRunner(OptimizationMixin, BaseRunner):
+class TorchRunner(BaseRunner):
     r"""
     Runner for PyTorch: seeding, DDP under `torchrun`, mixed precision, gradient accumulation and clipping,
     EMA, exact resume, and the train / evaluate / infer loops.
@@ -74,9 +74,6 @@ class TorchRunner(OptimizationMixin, BaseRunner):
     _cursor: EpochCursor | None = None  # the epoch `begin_epoch` started
 
     def __init__(self, config: Any) -> None:
-        self._windows = AccumulationWindows()
-        self._loss_guard = NonFiniteLossGuard()
-        self._step_probe = StepProbe()
         self._heartbeat = Heartbeat()  # this rank's step and phase, published while `train` runs (distributed)
         self._recovery = Recovery(self)
         self._evaluations = EvaluationSchedule()  # `train()` reads `eval_steps` and `eval_at_epoch_end`
@@ -85,9 +82,9 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         self._device = resolve_device(self.config.get("device"), self.local_rank)
         self._loaders = SplitLoaders(self.rank, self.world_size, pin_memory=self._device.type == "cuda")
         self._batches_stay = self._device.type == "cpu"  # batches are already where the model is
-        self._precision = Precision(self.config.get("precision"), self._device.type)
+        self._stepper = OptimizerStepper(Precision(self.config.get("precision"), self._device.type))
         self.telemetry = Telemetry(self._device, self.world_size)
-        self._parallel = build_parallelism(self.config, self._precision.dtype)
+        self._parallel = build_parallelism(self.config, self._stepper.precision.dtype)
 
     # Set-up
 
@@ -151,6 +148,133 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         r"""Mean of `tensor` over all processes (for logging); a copy, the input is unchanged. Collective."""
         return dist_utils.all_reduce(tensor, op="mean")
 
+    # One batch: the loop's steps (override them; see the custom-loops guide)
+
+    def train_step(self, data: Any) -> tuple[Any, torch.Tensor]:
+        r"""
+        One micro-step: forward under [`autocast`][danling.runner.TorchRunner.autocast], loss, meters and metrics
+        ([`record`][danling.runner.TorchRunner.record]), then [`advance`][danling.runner.TorchRunner.advance], all
+        inside [`accumulate`][danling.runner.TorchRunner.accumulate]. Returns the predictions and the loss.
+        """
+        input, target = self.unpack(data)
+        if target is None:
+            raise missing_target_error(data)
+        tokens = self.count_tokens(data, target)
+        with self.accumulate():
+            with self.autocast():
+                pred = self.model(input)
+                loss = self.criterion(pred, target)
+            if tokens is None:  # the signatures of `record` and `advance` that overrides may still have
+                self.record(pred, target, loss)
+                self.advance(loss)
+            else:  # loss_normalization: tokens (loop/tokens.py)
+                self.record(pred, target, loss, tokens)
+                self.advance(loss, tokens)
+        return pred, loss
+
+    def evaluate_step(self, data: Any) -> tuple[Any, torch.Tensor | None]:
+        r"""One evaluation batch: forward under autocast, the loss when a criterion is set, meters and metrics."""
+        input, target = self.unpack(data)
+        with self.autocast():
+            # Without DDP (its collectives per batch would hang on shards that differ by a batch), still compiled.
+            pred = self._parallel.evaluation_module(self.model)(input)
+            loss = None if self.criterion is None or target is None else self.criterion(pred, target)
+        tokens = None if target is None else self.count_tokens(data, target)
+        if tokens is not None:  # loss_normalization: tokens (loop/tokens.py)
+            self.record(pred, target, loss, tokens)
+        elif target is not None:
+            self.record(pred, target, loss)
+        return pred, loss
+
+    def count_tokens(self, data: Any, target: Any) -> Any:
+        r"""
+        Elements a batch's loss sums over under `loss_normalization: tokens` (`data["num_tokens"]`, else the target
+        elements not equal to `ignore_index`); `None` under `batch`.
+        """
+        tokens = self._stepper.tokens
+        return None if tokens is None else tokens.count(data, target)
+
+    def record(self, pred: Any, target: Any, loss: torch.Tensor | None, tokens: Any = None) -> None:
+        r"""
+        Add a batch to the meters (`loss`, weighted by the batch size, or per element under
+        `loss_normalization: tokens`) and to the current metrics, without a device sync.
+        """
+        if loss is not None:
+            stepper = self._stepper
+            if stepper.tokens is None and stepper.skips is None:
+                self._loss_meter.update(loss, n=samples_of(target, pred))
+            else:  # loss_normalization: tokens (per element), skip_nonfinite_steps (non-finite losses weigh 0)
+                tokens = self.count_tokens(None, target) if tokens is None else tokens
+                weight = samples_of(target, pred) if tokens is None else tokens
+                finite_only = stepper.skips is not None and self._mode == RunnerMode.train
+                self._loss_meter.update(*loss_entry(loss, weight, tokens is not None, finite_only))
+        metrics = self.current_metrics
+        if metrics is not None:
+            metrics.update(pred.detach(), target)
+
+    unpack = staticmethod(unpack_batch)
+
+    def to_device(self, data: Any) -> Any:
+        r"""Move a batch to `device` in the main process (non-blocking from pinned memory on CUDA)."""
+        return data if self._batches_stay else to_device(data, self._device, non_blocking=True)
+
+    # Precision, accumulation and the optimizer step (state in `OptimizerStepper`)
+
+    @property
+    def precision(self) -> Precision:
+        r"""The [`Precision`][danling.runner.loop.precision.Precision] chosen from `config.precision`."""
+        return self._stepper.precision
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler:
+        r"""The gradient scaler (enabled under `fp16` only)."""
+        return self._stepper.precision.scaler
+
+    def autocast(self) -> AbstractContextManager:
+        r"""The forward pass's context: a new `torch.autocast` in `config.precision` per call, a no-op in float32."""
+        return self._stepper.precision.autocast()
+
+    def accumulate(self) -> AbstractContextManager:
+        r"""
+        One micro-step's context: gradient sync suppressed (`no_sync`) on every micro-step but the last of an
+        accumulation window, so gradients are reduced once per optimizer step; wrap the forward and `advance`.
+        """
+        return self._stepper.no_sync(self.model, self._parallel)
+
+    def advance(self, loss: torch.Tensor, tokens: Any = None) -> None:
+        r"""
+        Backward `loss` (divided by its window's size, or counted by `tokens` under `loss_normalization: tokens`, scaled
+        under fp16) and, at the end of each accumulation window,
+        [`optimizer_step`][danling.runner.TorchRunner.optimizer_step].
+        """
+        if self._stepper.backward(loss, tokens):
+            self.optimizer_step()
+
+    def optimizer_step(self) -> None:
+        r"""
+        Clip, step and clear the gradients, update the EMA and the scheduler and count the step; a step the fp16
+        scaler (or `skip_nonfinite_steps`) skips changes none of them. See
+        [`OptimizerStepper.step`][danling.runner.loop.stepping.OptimizerStepper.step].
+        """
+        self._stepper.step(self.unwrap(self.model), self.optimizer, self.scheduler, self.ema, self._config, self.log)
+
+    def _begin_accumulation(self, length: int | None) -> None:
+        self._stepper.begin_epoch(self.config, length, self.world_size, self.distributed, self.criterion)
+        self._loss_meter = self.meters.loss
+
+    def config_changed(self, name: str) -> None:
+        r"""`runner.max_grad_norm = 1.0` (or `max_grad_value`) takes effect at the next optimizer step."""
+        if name in ("max_grad_norm", "max_grad_value"):
+            self._stepper.configure_clipping(self.config)
+
+    has_nan_inf_grad = staticmethod(has_nan_inf_grad)
+
+    def close(self) -> None:
+        r"""Remove the hook the runner put on the optimizer, stop the heartbeat, then close the rest of the runner."""
+        self._stepper.close()
+        self._heartbeat.stop()  # the watchdog thread of a `train` still running
+        super().close()
+
     # Checkpoints beyond BaseRunner's
 
     def save_position(self, split: str, batches: int, best: bool = False) -> None:
@@ -183,30 +307,19 @@ class TorchRunner(OptimizationMixin, BaseRunner):
 
     def train(self, train_splits: list[str] | None = None, evaluate_splits: list[str] | None = None) -> NestedDict:
         r"""
-        Train from `epoch_begin` to `epoch_end` (or until `step_end`): each epoch trains every train split, then
-        evaluates every evaluate split ([`run_epoch`][danling.runner.TorchRunner.run_epoch]), records and saves the
-        results and the checkpoint ([`record_epoch`][danling.runner.TorchRunner.record_epoch]), and stops early
-        after `patience` epochs without improvement ([`should_stop`][danling.runner.TorchRunner.should_stop]).
-
-        Training stops at exactly `step_end` optimizer steps (a run that already reached it trains nothing more);
-        the epoch it cuts short is marked `partial: True` in its result. A `ReduceLROnPlateau` scheduler is
-        stepped once per epoch with the epoch's score; other schedulers once per optimizer step. Preemption
-        signals are caught for the duration (see the fault-tolerance guide).
-
-        Args:
-            train_splits: Splits to train on (default: [`train_splits`][danling.runner.BaseRunner.train_splits]).
-            evaluate_splits: Splits to evaluate (default: `evaluate_splits`).
-
-        With `eval_steps`, it also evaluates every that many optimizer steps, each evaluation one record keyed by
-        its step (see [`EvaluationSchedule`][danling.runner.loop.evaluation_schedule.EvaluationSchedule]).
+        Train from `epoch_begin` to `epoch_end` (or exactly `step_end` optimizer steps): each epoch trains and evaluates
+        ([`run_epoch`][danling.runner.TorchRunner.run_epoch]), records and saves
+        ([`record_epoch`][danling.runner.TorchRunner.record_epoch]) and may stop early
+        ([`should_stop`][danling.runner.TorchRunner.should_stop], `patience`); with `eval_steps` it also evaluates every
+        that many steps (one record per evaluation, keyed by step). An epoch cut short is marked `partial: True`.
+        Preemption signals are caught meanwhile (see the fault-tolerance guide).
 
         Returns:
             All results, `epoch -> split -> metric -> value` (`step -> record` with `eval_steps`).
 
         Raises:
             ValueError: If neither `epoch_end` nor `step_end` is set, or `epoch_end < epoch_begin`.
-            FloatingPointError: If the training loss goes NaN/inf, or the fp16 loss scale collapses (the gradients
-                overflow step after step); the message names the step.
+            FloatingPointError: If the training loss goes NaN/inf or the fp16 loss scale collapses (naming the step).
         """
         train_splits = self.train_splits if train_splits is None else train_splits
         evaluate_splits = self.evaluate_splits if evaluate_splits is None else evaluate_splits
@@ -297,14 +410,12 @@ class TorchRunner(OptimizationMixin, BaseRunner):
 
     def completion(self) -> str | None:
         r"""
-        Why a run that already has results has nothing left to train (`epoch_end` or `step_end` reached, or
-        `patience` exhausted), or `None` when it has something left (or no results).
+        Why a run that has results has nothing left to train (`epoch_end` or `step_end` reached, `patience` exhausted),
+        or `None`.
 
         Examples:
             >>> import tempfile
             >>> runner = TorchRunner({"log": False, "dir": tempfile.mkdtemp(), "epoch_begin": 3, "epoch_end": 3})
-            >>> runner.completion() is None  # no results: a run that never trained
-            True
             >>> runner.append_result({"val": {"loss": 1.0}}, index=2)
             >>> runner.completion()
             'epoch_end 3 reached'
@@ -319,17 +430,9 @@ class TorchRunner(OptimizationMixin, BaseRunner):
 
     def train_epoch(self, split: str = "train") -> NestedDict:
         r"""
-        Train one epoch on `split` and return its result (losses are sample-weighted means over all ranks).
-
-        The loop is built from public methods only: override it (see the custom-loops guide) to change what an
-        epoch does and keep the checkpoints, resume, preemption and logging of
-        [`begin_epoch`][danling.runner.TorchRunner.begin_epoch] and [`end_step`][danling.runner.TorchRunner.end_step].
-
-        Args:
-            split: Split to train on.
-
-        Returns:
-            The epoch's result, `metric -> value`, with `partial: True` when `step_end` cut the epoch short.
+        Train one epoch on `split` and return its result (sample-weighted means over all ranks). Built from public
+        methods only: override it to change an epoch and keep checkpoints, resume, preemption and logging (custom-loops
+        guide).
         """
         batches = self.begin_epoch(split)
         for batch in batches:
@@ -357,26 +460,12 @@ class TorchRunner(OptimizationMixin, BaseRunner):
 
     def begin_epoch(self, split: str, mode: str | RunnerMode = RunnerMode.train, loader: Any = None) -> Iterator:
         r"""
-        Start an epoch of `split`, and return its batches (timed, through the progress bar when shown).
-
-        It sets `mode` and `split`, the model's train/eval mode, fresh meters and metrics and the sampler's epoch,
-        then calls the callbacks' `on_epoch_begin` (not for `infer`). To train, it also opens the accumulation
-        windows and, when a mid-epoch checkpoint was loaded, resumes into the epoch: the batches then start after
-        the last one the checkpoint had consumed, with meters, metrics and random state as they were.
-
-        Args:
-            split: The split.
-            mode: `"train"`, `"evaluate"` or `"infer"`.
-            loader: Batches to read instead of the split's dataloader (inference of other data).
-
-        Returns:
-            An iterator over the batches, on the host: move each with
-            [`to_device`][danling.runner.TorchRunner.to_device], and call
-            [`end_step`][danling.runner.TorchRunner.end_step] after each (but in `infer`).
-
-        Raises:
-            KeyError: If the split has neither a dataloader nor a dataset.
-            ValueError: If a train split has no batches.
+        Start an epoch of `split` in `mode` and return its batches (on the host: move each with `to_device`; call
+        [`end_step`][danling.runner.TorchRunner.end_step] after each but in `infer`). Sets `mode`, `split`, the model's
+        mode, fresh meters and metrics and the sampler's epoch, calls `on_epoch_begin` (not in `infer`) and, training,
+        opens the accumulation windows and resumes into a mid-epoch checkpoint's epoch after its last batch. `loader`
+        replaces the split's dataloader. Raises `KeyError` for an unknown split, `ValueError` for a train split without
+        batches.
         """
         mode = RunnerMode(mode)
         self._heartbeat.enter(mode)
@@ -399,7 +488,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         # The training half of the cursor; the batches to read (after those a resumed checkpoint had consumed).
         cursor.on_step_end = self._callbacks.hook("on_step_end")  # None unless a callback overrides it
         self._begin_accumulation(length)
-        self._loss_guard.start(split, self.epochs, self.steps, self.accum_steps)
+        self._stepper.loss_guard.start(split, self.epochs, self.steps, self.accum_steps)
         batches, start = self._recovery.enter_epoch(split, loader)
         cursor.offset += start
         cursor.step_end, cursor.at_boundary = self.step_end, self._recovery.boundary_hook()
@@ -433,16 +522,9 @@ class TorchRunner(OptimizationMixin, BaseRunner):
 
     def end_step(self, split: str) -> bool:
         r"""
-        After each batch of an epoch [`begin_epoch`][danling.runner.TorchRunner.begin_epoch] started: the callbacks'
-        `on_step_end` (training), the log line every `log_interval` batches, and, after an optimizer step, the
-        `save_steps` checkpoint and the preemption check (which saves `latest` and exits). No device sync, no
-        collective but at those boundaries.
-
-        Args:
-            split: The split of the epoch.
-
-        Returns:
-            Whether to stop the epoch: `step_end` is reached (never in evaluation).
+        After each batch: `on_step_end` (training), the log line every `log_interval` batches and, after an optimizer
+        step, the `save_steps` checkpoint, step evaluations and the preemption check. No device sync. Returns whether to
+        stop the epoch (`step_end` reached).
         """
         cursor = self._cursor
         cursor.iteration = iteration = cursor.iteration + 1  # batches over the run: log lines are counted so
@@ -460,27 +542,17 @@ class TorchRunner(OptimizationMixin, BaseRunner):
 
     def end_epoch(self, split: str) -> NestedDict:
         r"""
-        End the epoch [`begin_epoch`][danling.runner.TorchRunner.begin_epoch] started. Training: step the optimizer
-        on the last accumulation window when it was cut short, check the losses were finite, and call the
-        callbacks' `on_epoch_end`; evaluation: call their `on_evaluate_end`.
-
-        Args:
-            split: The split of the epoch.
-
-        Returns:
-            The epoch's result ([`get_epoch_result`][danling.runner.TorchRunner.get_epoch_result]), with
-            `partial: True` when `step_end` cut a training epoch short.
-
-        Raises:
-            ValueError: If the loader yielded no batch (a loader without a length).
-            FloatingPointError: If a training loss was NaN/inf.
+        End the epoch `begin_epoch` started and return its result (`partial: True` when `step_end` cut it short):
+        training, step a last window cut short, check the losses were finite (`FloatingPointError`) and call
+        `on_epoch_end`; evaluation, call `on_evaluate_end`. `ValueError` if the loader yielded no batch.
         """
         cursor = self._cursor
         training = self.mode == RunnerMode.train
         cursor.check_yielded(self.telemetry.batches, training, self.distributed)
         if training:
-            self._flush_accumulation()
-            self._loss_guard.check(self.distributed)
+            if self._stepper.flush(self.unwrap(self.model), synchronised=not hasattr(self.model, "no_sync")):
+                self.optimizer_step()  # a window cut short by a loader without a length
+            self._stepper.loss_guard.check(self.distributed)
         result = self.get_epoch_result()
         if cursor.partial:  # cut short by step_end
             result["partial"] = True
@@ -501,7 +573,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
     def _log_step(self, split: str, iteration: int, length: int | None) -> None:
         # `iteration` counts batches over the run; the line shows the position in the epoch.
         if self.mode == RunnerMode.train:
-            self._loss_guard.check(self.distributed)
+            self._stepper.loss_guard.check(self.distributed)
         self.step_log(split, self.telemetry.batches - 1, None if length is None else length - 1)
 
     @evaluation_context
@@ -519,14 +591,9 @@ class TorchRunner(OptimizationMixin, BaseRunner):
     @evaluation_context
     def infer(self, data: Any = "infer") -> torch.Tensor:
         r"""
-        Predictions of the model, in dataset order, gathered from all ranks.
-
-        Args:
-            data: A split name, or a dataset, a `DataLoader` or a tensor (its rows are the samples); datasets and
-                tensors are batched with `config.dataloader` (overlaid with `config.dataloader.infer`).
-
-        Returns:
-            The predictions concatenated along the first dimension (on CPU).
+        Predictions of the model for `data` (a split name, a dataset, a `DataLoader` or a tensor whose rows are samples,
+        batched with `config.dataloader` overlaid with `config.dataloader.infer`), in order, gathered from all ranks and
+        concatenated on the CPU.
         """
         split, loader = data, None
         if not isinstance(data, str):  # batched with config.dataloader (and its `infer` section)
@@ -563,7 +630,7 @@ class TorchRunner(OptimizationMixin, BaseRunner):
         result = super().get_epoch_result()
         if self.mode == RunnerMode.train and self.optimizer is not None:
             result["lr"] = self.optimizer.param_groups[0]["lr"]
-        if self.mode == RunnerMode.train and self._skips is not None:  # skip_nonfinite_steps (loop/finite.py)
-            result["skipped_steps"] = self._skips.skipped
+        if self.mode == RunnerMode.train and self._stepper.skips is not None:  # skip_nonfinite_steps (loop/finite.py)
+            result["skipped_steps"] = self._stepper.skips.skipped
         result.update(self.telemetry.epoch_stats())
         return result

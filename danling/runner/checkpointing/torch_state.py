@@ -84,7 +84,7 @@ class TorchRunnerCheckpoints(RunnerCheckpoints):
             FloatingPointError: If the training loss went NaN/inf: such weights are never checkpointed.
         """
         runner = self.runner
-        runner._loss_guard.check(False)  # this rank's losses: no collective (the loop checks all ranks first)
+        runner._stepper.loss_guard.check(False)  # this rank's losses: no collective (the loop checks all ranks first)
         state = self.host_parts() if runner.is_main_process or not sharded else {}
         modules = {ckpt.EMA: runner.ema} if runner.ema is not None else {}
         if sharded:

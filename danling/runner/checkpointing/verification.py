@@ -89,7 +89,7 @@ def _open_epoch(runner: Any, split: str, steps: int) -> Any:
     loader = runner._start_epoch(split, RunnerMode.train)
     length = len(loader) if hasattr(loader, "__len__") else None
     runner._begin_accumulation(length)
-    runner._loss_guard.start(split, runner.epochs, runner.steps, runner.accum_steps)
+    runner._stepper.loss_guard.start(split, runner.epochs, runner.steps, runner.accum_steps)
     needed = 2 * steps * runner.accum_steps
     if length is not None and length < needed:
         raise ValueError(

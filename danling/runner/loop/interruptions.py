@@ -134,7 +134,7 @@ class Recovery:
         Check every rank's training losses and gather every rank's state for the epoch's checkpoint. Collective
         when distributed.
         """
-        self.runner._loss_guard.check(self.runner.distributed)
+        self.runner._stepper.loss_guard.check(self.runner.distributed)
         self.collected, self.collected_at = gather_to_main(self.rank_state(mid_epoch=False)), self.moment()
 
     def contain(self) -> AbstractContextManager:
@@ -195,7 +195,7 @@ class Recovery:
             runner.meters.load_state_dict(resume.meters)
             runner._loss_meter = runner.meters.loss
         load_metrics_state(runner.current_metrics, resume.metrics)
-        runner._windows.micro_step = resume.batches
+        runner._stepper.windows.micro_step = resume.batches
         if resume.rng is not None:
             set_rng_state(resume.rng)
         runner.log(f"resuming epoch {runner.epochs} of {split} at batch {resume.batches}")
@@ -294,7 +294,7 @@ class Recovery:
 
     def mid_epoch_state(self, split: str, batches: int) -> Mapping:
         r"""The checkpoint after `batches` micro-batches of `split`. Collective when distributed."""
-        self.runner._loss_guard.check(self.runner.distributed)  # never checkpoint non-finite weights
+        self.runner._stepper.loss_guard.check(self.runner.distributed)  # never checkpoint non-finite weights
         self.position.split, self.position.batches = split, batches
         try:
             self.collected, self.collected_at = gather_to_main(self.rank_state(mid_epoch=True)), self.moment()

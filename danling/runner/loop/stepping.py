@@ -1,16 +1,16 @@
 """
-What one batch does in a `TorchRunner`: `train_step` and `evaluate_step`, mixed precision, gradient accumulation,
-clipping, the optimizer step, EMA and step counting.
+What one batch does in a `TorchRunner` beyond its forward: the backward of accumulation windows, clipping, the
+optimizer step (through the fp16 `GradScaler`), EMA, the scheduler and step counting.
 
-The epochs that call them are the runner's own ([`train_epoch`][danling.runner.TorchRunner.train_epoch],
-[`evaluate_epoch`][danling.runner.TorchRunner.evaluate_epoch]).
+[`OptimizerStepper`][danling.runner.loop.stepping.OptimizerStepper] holds this state and gets the model, optimizer,
+scheduler and EMA as arguments; the runner's `advance`, `optimizer_step`, `accumulate` and `autocast` call it.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -18,13 +18,11 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from ..utils import RunnerMode, to_device
 from .accumulation import AccumulationWindows
-from .data import samples_of
 from .finite import NonFiniteLossGuard, NonFiniteSteps, loss_guard_for, nonfinite_steps
 from .gradients import gradients_of
 from .precision import Precision
-from .tokens import TokenNormalization, loss_entry, token_normalization
+from .tokens import TokenNormalization, token_normalization
 
 # A GradScaler scale below this means the fp16 gradients overflow step after step: training has diverged. From
 # the default initial scale (2**16) it takes 30 overflows in a row (halving it each time) to fall below.
@@ -136,341 +134,245 @@ def _unscales_in_step(optimizer: Any) -> bool:
         return False
 
 
-class OptimizationMixin:
+class OptimizerStepper:
     r"""
-    The batch steps of [`TorchRunner`][danling.runner.TorchRunner]: `train_step`, `evaluate_step` and what they
-    use (`unpack`, `record`, `to_device`, `autocast`, `accumulate`, `advance`, the optimizer step).
+    The optimizer side of a `TorchRunner`: precision, accumulation windows, token normalisation, clipping,
+    non-finite checks and the optimizer step. It holds no model or optimizer: they are arguments of each call.
+
+    Per epoch, [`begin_epoch`][danling.runner.loop.stepping.OptimizerStepper.begin_epoch] reads the config once;
+    per micro-step, [`backward`][danling.runner.loop.stepping.OptimizerStepper.backward] divides (or counts),
+    scales and backwards the loss and says whether its window ended; then
+    [`step`][danling.runner.loop.stepping.OptimizerStepper.step] clips, steps, clears the gradients, updates the
+    EMA and the scheduler and counts the step in `config.steps`. No host-device sync in the default config.
+
+    Args:
+        precision: The [`Precision`][danling.runner.loop.precision.Precision] (autocast and the grad scaler).
+
+    Examples:
+        >>> model = nn.Linear(2, 1)
+        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> stepper = OptimizerStepper(Precision(None, "cpu"))
+        >>> config = {"steps": 0, "accum_steps": 2}
+        >>> stepper.begin_epoch(config, length=4)
+        >>> for _ in range(4):
+        ...     if stepper.backward(model(torch.ones(1, 2)).sum()):
+        ...         stepper.step(model, optimizer, None, None, config)
+        >>> config["steps"]
+        2
     """
 
-    config: Any
-    _config: Any  # the storage behind `config`, read directly once per optimizer step
-    model: Any
-    optimizer: Any
-    scheduler: Any
-    ema: Any
-    meters: Any
-    _precision: Precision
-    _windows: AccumulationWindows
-    _loss_guard: NonFiniteLossGuard
-    _step_probe: StepProbe
-    _heartbeat: Any
-    _parallel: Any
-    _device: torch.device
-    _batches_stay: bool
-    _loss_meter: Any
-    criterion: Any
-    current_metrics: Any
-    world_size: int
-    distributed: bool
-    _mode: RunnerMode
-    _clips: bool = False  # whether `max_grad_norm` or `max_grad_value` is set (read once an epoch)
-    _tokens: TokenNormalization | None = None  # `loss_normalization: tokens` (loop/tokens.py), read once an epoch
-    _skips: NonFiniteSteps | None = None  # `skip_nonfinite_steps: true` (loop/finite.py), read once an epoch
+    def __init__(self, precision: Precision) -> None:
+        self.precision = precision
+        self.probe = StepProbe()
+        self.windows = AccumulationWindows()
+        self.loss_guard = NonFiniteLossGuard()
+        self.tokens: TokenNormalization | None = None  # `loss_normalization: tokens` (loop/tokens.py)
+        self.skips: NonFiniteSteps | None = None  # `skip_nonfinite_steps: true` (loop/finite.py)
+        self.scale_gradients = False
+        self.max_grad_norm: float | None = None
+        self.max_grad_value: float | None = None
+        self.clips = False
 
-    # One batch
+    def configure_clipping(self, config: Mapping) -> None:
+        r"""Read `max_grad_norm` and `max_grad_value` (at each epoch, and when the runner writes either)."""
+        self.max_grad_norm = config.get("max_grad_norm")
+        self.max_grad_value = config.get("max_grad_value")
+        self.clips = self.max_grad_norm is not None or self.max_grad_value is not None
 
-    def train_step(self, data: Any) -> tuple[Any, torch.Tensor]:
+    def begin_epoch(
+        self,
+        config: Mapping,
+        length: int | None,
+        world_size: int = 1,
+        distributed: bool = False,
+        criterion: Any = None,
+    ) -> None:
         r"""
-        One micro-step: forward under autocast, loss, meters and metrics, then
-        [`advance`][danling.runner.TorchRunner.advance].
-
-        Args:
-            data: A batch, `(input, target)` or a mapping with `input` and `target`.
-
-        Returns:
-            The predictions and the loss.
+        Read the config once for an epoch of `length` micro-batches (`None`: unknown): accumulation windows,
+        clipping, `loss_normalization` (checking `criterion`) and `skip_nonfinite_steps`.
         """
-        input, target = self.unpack(data)
-        if target is None:
-            got = f"mapping keys: {list(data)}" if isinstance(data, Mapping) else "its target is None"
-            raise ValueError(f"training needs a target, but the batch has none ({got}); add one or override train_step")
-        tokens = self.count_tokens(data, target)
-        with self.accumulate():
-            with self.autocast():
-                pred = self.model(input)
-                loss = self.criterion(pred, target)
-            if tokens is None:  # the signatures of `record` and `advance` that overrides may still have
-                self.record(pred, target, loss)
-                self.advance(loss)
-            else:  # loss_normalization: tokens (loop/tokens.py)
-                self.record(pred, target, loss, tokens)
-                self.advance(loss, tokens)
-        return pred, loss
+        accum_steps = config.get("accum_steps")
+        self.windows = AccumulationWindows(1 if accum_steps is None else int(accum_steps), length)
+        self.scale_gradients = self.precision.scaler.is_enabled()
+        self.configure_clipping(config)
+        self.tokens = token_normalization(config, world_size)
+        if self.tokens is not None:
+            self.tokens.check_criterion(criterion)
+        self.skips = nonfinite_steps(config, distributed, self.skips)
+        self.loss_guard = loss_guard_for(self.skips is not None, self.loss_guard)
 
-    def count_tokens(self, data: Any, target: Any) -> Any:
+    def no_sync(self, model: Any, parallel: Any) -> AbstractContextManager:
         r"""
-        The elements a batch's loss sums over under `loss_normalization: tokens`: `data["num_tokens"]`, else the
-        target elements not equal to `ignore_index` (see
-        [`TokenNormalization.count`][danling.runner.loop.tokens.TokenNormalization.count]); `None` under `batch`.
+        `model`'s gradient-sync suppression (`parallel.no_sync`) on every micro-step but the last of a window, a
+        no-op otherwise. A window of unknown end synchronises unless `parallel.reduces_cut_windows` (DDP can reduce
+        a cut window later; FSDP2's sharded gradients cannot).
         """
-        return None if self._tokens is None else self._tokens.count(data, target)
-
-    def record(self, pred: Any, target: Any, loss: torch.Tensor | None, tokens: Any = None) -> None:
-        r"""
-        Add a batch to the meters (`loss`, weighted by the batch size) and metrics, without a device sync.
-
-        Args:
-            pred: Predictions.
-            target: Targets.
-            loss: The batch's loss, or `None`.
-            tokens: Under `loss_normalization: tokens`, the elements `loss` sums over (counted from `target` when
-                `None`): the meter then holds the mean per element, weighted by their number.
-        """
-        if loss is not None:
-            if self._tokens is None and self._skips is None:
-                self._loss_meter.update(loss, n=samples_of(target, pred))
-            else:  # loss_normalization: tokens (per element), skip_nonfinite_steps (non-finite losses weigh 0)
-                tokens = self.count_tokens(None, target) if tokens is None else tokens
-                weight = samples_of(target, pred) if tokens is None else tokens
-                finite_only = self._skips is not None and self._mode == RunnerMode.train
-                self._loss_meter.update(*loss_entry(loss, weight, tokens is not None, finite_only))
-        metrics = self.current_metrics
-        if metrics is not None:
-            metrics.update(pred.detach(), target)
-
-    @staticmethod
-    def unpack(data: Any) -> tuple[Any, Any]:
-        r"""
-        Split a batch into input and target: `(input, target)` sequences or mappings with those keys.
-
-        Raises:
-            ValueError: If the batch has another shape.
-        """
-        cls = type(data)
-        if (cls is tuple or cls is list) and len(data) == 2:  # the common case, without the ABC check below
-            return data[0], data[1]
-        if isinstance(data, Mapping):
-            if "input" in data:
-                return data["input"], data.get("target")
-            raise ValueError(f"a mapping batch needs an 'input' key (and usually 'target'); got keys {list(data)}")
-        if isinstance(data, (tuple, list)) and len(data) == 2:
-            return data[0], data[1]
-        raise ValueError(
-            f"cannot split a batch of type {type(data).__name__} into (input, target); "
-            "yield (input, target) pairs or mappings, or override train_step/evaluate_step"
-        )
-
-    def to_device(self, data: Any) -> Any:
-        r"""Move a batch to `device` in the main process (non-blocking from pinned memory on CUDA)."""
-        if self._batches_stay:
-            return data
-        return to_device(data, self._device, non_blocking=True)
-
-    def evaluate_step(self, data: Any) -> tuple[Any, torch.Tensor | None]:
-        r"""
-        One evaluation batch: forward under autocast, loss when a criterion is set, meters and metrics.
-
-        Returns:
-            The predictions and the loss (or `None`).
-        """
-        input, target = self.unpack(data)
-        with self.autocast():
-            # Without DDP (its collectives per batch would hang on shards that differ by a batch), still compiled.
-            pred = self._parallel.evaluation_module(self.model)(input)
-            loss = None
-            if self.criterion is not None and target is not None:
-                loss = self.criterion(pred, target)
-        tokens = None if target is None else self.count_tokens(data, target)
-        if tokens is not None:  # loss_normalization: tokens (loop/tokens.py)
-            self.record(pred, target, loss, tokens)
-        elif target is not None:
-            self.record(pred, target, loss)
-        return pred, loss
-
-    # The optimizer step
-
-    def config_changed(self, name: str) -> None:
-        r"""`runner.max_grad_norm = 1.0` (or `max_grad_value`) takes effect at the next optimizer step."""
-        if name in ("max_grad_norm", "max_grad_value"):
-            self._max_grad_norm = self.config.get("max_grad_norm")
-            self._max_grad_value = self.config.get("max_grad_value")
-            self._clips = self._max_grad_norm is not None or self._max_grad_value is not None
-
-    @property
-    def precision(self) -> Precision:
-        r"""The [`Precision`][danling.runner.loop.precision.Precision] chosen from `config.precision`."""
-        return self._precision
-
-    @property
-    def scaler(self) -> torch.amp.GradScaler:
-        r"""The gradient scaler (enabled under `fp16` only)."""
-        return self._precision.scaler
-
-    def autocast(self) -> AbstractContextManager:
-        r"""
-        Context manager running the forward pass in `config.precision` (a new `torch.autocast` per call), or a
-        no-op in float32.
-        """
-        return self._precision.autocast()
-
-    def close(self) -> None:
-        r"""
-        Remove the hook the runner put on the optimizer (see [`StepProbe`][danling.runner.loop.stepping.StepProbe]),
-        then close the rest of the runner.
-        """
-        self._step_probe.detach()
-        self._heartbeat.stop()  # the watchdog thread of a `train` still running
-        super().close()  # type: ignore[misc]
-
-    def accumulate(self) -> AbstractContextManager:
-        r"""
-        Context manager for one micro-step: `model.no_sync()` (or FSDP2's equivalent) on every micro-step but the
-        last of an accumulation window (so gradients are reduced once per optimizer step), a no-op otherwise.
-        Under FSDP2 with a loader without a length every micro-step synchronises, since a window may end with the
-        epoch and its sharded gradients could not be reduced afterwards. Wrap the forward and the backward
-        ([`advance`][danling.runner.TorchRunner.advance]) in it.
-        """
-        windows = self._windows
-        parallel = self._parallel
+        windows = self.windows
         if windows.accum_steps > 1 and not windows.is_last() and (windows.length or parallel.reduces_cut_windows):
-            return parallel.no_sync(self.model)
+            return parallel.no_sync(model)
         return _NULL_CONTEXT
 
-    def _begin_accumulation(self, length: int | None) -> None:
-        self._windows = AccumulationWindows(self.accum_steps, length)
-        self._scale_gradients = self._precision.scaler.is_enabled()
-        self._loss_meter = self.meters.loss
-        self._max_grad_norm = self.config.get("max_grad_norm")
-        self._max_grad_value = self.config.get("max_grad_value")
-        self._clips = self._max_grad_norm is not None or self._max_grad_value is not None
-        # loss_normalization (loop/tokens.py) and skip_nonfinite_steps (loop/finite.py), read once an epoch.
-        self._tokens = token_normalization(self.config, self.world_size)
-        if self._tokens is not None:
-            self._tokens.check_criterion(self.criterion)
-        self._skips = nonfinite_steps(self.config, self.distributed, self._skips)
-        self._loss_guard = loss_guard_for(self._skips is not None, self._loss_guard)
-
-    def advance(self, loss: torch.Tensor, tokens: Any = None) -> None:
+    def backward(self, loss: torch.Tensor, tokens: Any = None) -> bool:
         r"""
-        Backward `loss` and, at the end of each accumulation window, step the optimizer.
+        Backward one micro-step's `loss`, divided by its window's real size (the last window of an epoch may be
+        short) or, under `loss_normalization: tokens`, with its `tokens` counted for the step; scaled under fp16.
 
-        The loss is divided by the window's real size (the last window of an epoch may be short) and scaled
-        under `fp16`. At the window end: unscale, clip (`max_grad_norm`, `max_grad_value`), optimizer step
-        (skipped by the scaler on inf/NaN gradients), zero the gradients, update the EMA, step the scheduler,
-        and count one step in `steps`. Under `loss_normalization: tokens` the loss (a sum) is not divided: its
-        `tokens` are added to the window's count, by which the gradients are divided before the step.
-
-        Args:
-            loss: Loss of the micro-batch.
-            tokens: Its counted elements ([`count_tokens`][danling.runner.TorchRunner.count_tokens]), needed under
-                `loss_normalization: tokens`.
+        Returns:
+            Whether the micro-step ended its window: the optimizer steps now.
         """
-        windows = self._windows
-        self._loss_guard.watch(loss, windows.micro_step)
-        if self._tokens is not None:  # loss_normalization: tokens (loop/tokens.py)
-            self._tokens.add(tokens, windows.is_last())
+        windows = self.windows
+        self.loss_guard.watch(loss, windows.micro_step)
+        if self.tokens is not None:
+            self.tokens.add(tokens, windows.is_last())
         elif windows.accum_steps != 1:  # without accumulation every window is one micro-step: nothing to divide
             window_size = windows.size()
             if window_size != 1:
                 loss = loss / window_size
-        if self._scale_gradients:
-            loss = self._precision.scaler.scale(loss)
+        if self.scale_gradients:
+            loss = self.precision.scaler.scale(loss)
         loss.backward()
-        if windows.advance():
-            self.optimizer_step()
+        return windows.advance()
 
-    def optimizer_step(self) -> None:
+    def step(
+        self, model: nn.Module, optimizer: Any, scheduler: Any, ema: Any, config: Any, log: Callable | None = None
+    ) -> None:
         r"""
-        Clip, step and clear the gradients (`optimizer.zero_grad(set_to_none=True)`), then update the EMA and the
-        scheduler, and count the step.
+        Clip, step and clear the gradients (`zero_grad(set_to_none=True)`), then update `ema` (of `model`, the
+        unwrapped module) and `scheduler`, and count the step in `config["steps"]`.
 
-        Under `fp16`, a step whose gradients overflow is skipped by the scaler and neither updates the EMA, nor
-        steps the scheduler, nor counts in `steps`. The runner learns that the optimizer did not step from an
-        optimizer post-step hook, after the synchronisation `GradScaler.step` makes anyway: no extra one. (An
-        optimizer that unscales inside its own step, `fused=True`, runs its step either way: for it the scale is
-        read before and after `GradScaler.update`, see [`StepProbe`][danling.runner.loop.stepping.StepProbe].)
+        A step the fp16 scaler skips (inf/NaN gradients, seen through a post-step hook: no extra sync) or that
+        `skip_nonfinite_steps` skips updates none of them.
 
         Raises:
-            FloatingPointError: If a skipped step leaves the scale below `MIN_LOSS_SCALE`: the gradients overflow
-                step after step and training has stopped making progress (see
-                [`collapsed_scale_error`][danling.runner.loop.stepping.collapsed_scale_error]). Logged at `ERROR`
-                first, and raised on every rank at the same step (their scales are equal).
+            FloatingPointError: If a skipped step leaves the fp16 scale below `MIN_LOSS_SCALE`
+                ([`collapsed_scale_error`][danling.runner.loop.stepping.collapsed_scale_error]), logged with `log`
+                first; or after `max_nonfinite_steps` skipped steps in a row.
         """
-        if self._tokens is not None:  # loss_normalization: tokens (loop/tokens.py)
-            self._tokens.normalize(gradients_of(self.unwrap(self.model)))
-        skips = self._skips  # skip_nonfinite_steps (loop/finite.py); under fp16 the scaler tests the gradients
-        if skips is not None and not self._scale_gradients and not skips.finite(gradients_of(self.unwrap(self.model))):
-            self.optimizer.zero_grad(set_to_none=True)
-            self._windows.pending = 0
-            skips.count(True, self.steps)
+        if self.tokens is not None:  # loss_normalization: tokens (loop/tokens.py)
+            self.tokens.normalize(gradients_of(model))
+        skips = self.skips  # under fp16 the scaler tests the gradients itself
+        if skips is not None and not self.scale_gradients and not skips.finite(gradients_of(model)):
+            self._clear(optimizer)
+            skips.count(True, config["steps"])
             return
-        if self._clips:
-            self._clip_gradients()
+        if self.clips:
+            self.clip(model, optimizer)
         skipped = False
-        if self._scale_gradients:
-            skipped = self._step_probe.step(self._precision.scaler, self.optimizer)
+        if self.scale_gradients:
+            skipped = self.probe.step(self.precision.scaler, optimizer)
         else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self._windows.pending = 0
+            optimizer.step()
+        self._clear(optimizer)
         if skips is not None:
-            skips.count(skipped, self.steps)
+            skips.count(skipped, config["steps"])
         if skipped:
-            self._skipped_step()
+            self._check_scale(config["steps"], log)
             return
-        if self.ema is not None:
-            self.ema.update_parameters(self.unwrap(self.model))
-        if self.scheduler is not None and not isinstance(self.scheduler, ReduceLROnPlateau):
-            self.scheduler.step()
-        count_step(self._config)
+        if ema is not None:
+            ema.update_parameters(model)
+        if scheduler is not None and not isinstance(scheduler, ReduceLROnPlateau):
+            scheduler.step()
+        count_step(config)
 
-    def _clip_gradients(self) -> None:
-        # Unscaled first under fp16 (a no-op otherwise), so the limits apply to the true gradients.
-        self._precision.scaler.unscale_(self.optimizer)
-        parameters = self.unwrap(self.model).parameters()
-        if self._max_grad_value is not None:
+    def _clear(self, optimizer: Any) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        self.windows.pending = 0
+
+    def clip(self, model: nn.Module, optimizer: Any) -> None:
+        r"""Clip the gradients of `model` (unscaled first under fp16): `max_grad_value`, then `max_grad_norm`."""
+        self.precision.scaler.unscale_(optimizer)
+        parameters = model.parameters()
+        if self.max_grad_value is not None:
             parameters = list(parameters)
-            nn.utils.clip_grad_value_(parameters, self._max_grad_value)
-        if self._max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(parameters, self._max_grad_norm)
+            nn.utils.clip_grad_value_(parameters, self.max_grad_value)
+        if self.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(parameters, self.max_grad_norm)
 
-    def _skipped_step(self) -> None:
+    def _check_scale(self, steps: int, log: Callable | None) -> None:
         # The scale is read only here, after a skipped step (one sync, on top of the one `GradScaler.step` made).
-        # Every rank reads the same value: under DDP the gradients are all-reduced (averaged by hand for a window
-        # cut short) before `unscale_` checks them, so every scaler skips, and backs off at, the same steps (the
-        # runner refuses FSDP with fp16). Every rank thus raises at the same step, and none waits in a collective.
-        scale = self._precision.scaler.get_scale()
+        # Every rank reads the same value: under DDP the gradients are all-reduced before `unscale_` checks them,
+        # so every scaler skips, and backs off at, the same steps; every rank raises at the same step.
+        scale = self.precision.scaler.get_scale()
         if scale >= MIN_LOSS_SCALE:  # false for a NaN scale too
             return
-        error = collapsed_scale_error(scale, self.steps)
-        log = getattr(self, "log", None)
+        error = collapsed_scale_error(scale, steps)
         if log is not None:
             log(str(error), logging.ERROR)
         raise error
 
-    @staticmethod
-    def has_nan_inf_grad(model: nn.Module) -> bool:
+    def flush(self, model: nn.Module, synchronised: bool) -> bool:
         r"""
-        Whether any gradient of `model` holds NaN or infinity (one device sync).
-
-        Args:
-            model: Module to inspect.
+        Prepare the optimizer step of a window cut short (a loader without a length ended mid-window): rescale the
+        gradients of `model` to the mean over the micro-steps it really had and, when its micro-steps ran without
+        gradient sync (`synchronised` false, DDP), average them across ranks.
 
         Returns:
-            `True` if a gradient is not finite.
+            Whether there was such a window: the optimizer steps now.
         """
-        grads = [p.grad.detach().reshape(-1) for p in model.parameters() if p.grad is not None]
-        if not grads:
-            return False
-        return not bool(torch.isfinite(torch.cat(grads)).all())
-
-    def _flush_accumulation(self) -> None:
-        # A window cut short (a loader without a length ends mid-window) still gets its optimizer step, with the
-        # gradients rescaled to the mean over the micro-steps it really had. Its micro-steps all ran under
-        # `no_sync`, so under DDP the gradients are averaged across ranks here, or the replicas would diverge.
-        windows = self._windows
+        windows = self.windows
         pending = windows.pending
         if pending == 0:
-            return
-        # The pending micro-steps were divided by the size their window would have had.
-        window_size = windows.size()
-        parameters = [p for p in self.unwrap(self.model).parameters() if p.grad is not None]
-        if pending != window_size and self._tokens is None:  # token sums are normalized at the step
+            return False
+        window_size = windows.size()  # the size the pending micro-steps were divided by
+        parameters = [p for p in model.parameters() if p.grad is not None]
+        if pending != window_size and self.tokens is None:  # token sums are normalized at the step
             for parameter in parameters:
                 parameter.grad.mul_(window_size / pending)
-        if windows.accum_steps > 1 and hasattr(self.model, "no_sync"):
+        if windows.accum_steps > 1 and not synchronised:
             _average_across_ranks([parameter.grad for parameter in parameters])
-        self.optimizer_step()
+        return True
+
+    def close(self) -> None:
+        r"""Remove the hook put on the optimizer (see [`StepProbe`][danling.runner.loop.stepping.StepProbe])."""
+        self.probe.detach()
+
+
+def unpack_batch(data: Any) -> tuple[Any, Any]:
+    r"""
+    Split a batch into input and target: `(input, target)` sequences or mappings with those keys.
+
+    Raises:
+        ValueError: If the batch has another shape.
+
+    Examples:
+        >>> unpack_batch((1, 2)), unpack_batch({"input": 1})
+        ((1, 2), (1, None))
+    """
+    cls = type(data)
+    if (cls is tuple or cls is list) and len(data) == 2:  # the common case, without the ABC check below
+        return data[0], data[1]
+    if isinstance(data, Mapping):
+        if "input" in data:
+            return data["input"], data.get("target")
+        raise ValueError(f"a mapping batch needs an 'input' key (and usually 'target'); got keys {list(data)}")
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return data[0], data[1]
+    raise ValueError(
+        f"cannot split a batch of type {type(data).__name__} into (input, target); "
+        "yield (input, target) pairs or mappings, or override train_step/evaluate_step"
+    )
+
+
+def missing_target_error(data: Any) -> ValueError:
+    r"""The error of a training batch without a target, naming what the batch has."""
+    got = f"mapping keys: {list(data)}" if isinstance(data, Mapping) else "its target is None"
+    return ValueError(f"training needs a target, but the batch has none ({got}); add one or override train_step")
+
+
+def has_nan_inf_grad(model: nn.Module) -> bool:
+    r"""
+    Whether any gradient of `model` holds NaN or infinity (one device sync).
+
+    Examples:
+        >>> model = nn.Linear(2, 1)
+        >>> model(torch.ones(1, 2)).sum().backward()
+        >>> has_nan_inf_grad(model)
+        False
+    """
+    grads = [p.grad.detach().reshape(-1) for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return False
+    return not bool(torch.isfinite(torch.cat(grads)).all())
 
 
 def collapsed_scale_error(scale: float, steps: int) -> FloatingPointError:

@@ -21,7 +21,7 @@ class PoisonedRunner(ClassifierRunner):
     """Multiplies the loss of batch `config.poison_batch` of epoch `config.poison_epoch` by NaN."""
 
     def advance(self, loss):
-        if self.epochs == self.config.poison_epoch and self._windows.micro_step == self.config.poison_batch:
+        if self.epochs == self.config.poison_epoch and self._stepper.windows.micro_step == self.config.poison_batch:
             loss = loss * float("nan")
         super().advance(loss)
 
@@ -115,7 +115,7 @@ def test_the_training_step_never_waits_for_the_device(make_runner, monkeypatch):
     runner = make_runner(PoisonedRunner, poison_epoch=0, poison_batch=1, epoch_end=1)
     runner._start_epoch("train", runner.mode)
     runner._begin_accumulation(None)
-    runner._loss_guard.start("train", epoch=0, steps=0, accum_steps=1)
+    runner._stepper.loss_guard.start("train", epoch=0, steps=0, accum_steps=1)
     batches = list(runner.dataloaders.train)[:3]
 
     def forbidden(self, *args, **kwargs):
@@ -128,7 +128,7 @@ def test_the_training_step_never_waits_for_the_device(make_runner, monkeypatch):
             runner.train_step(batch)
     assert runner.steps == 3
     with pytest.raises(FloatingPointError, match="batch 1"):
-        runner._loss_guard.check()
+        runner._stepper.loss_guard.check()
 
 
 def test_large_finite_losses_pass_and_a_nan_among_them_is_still_located():

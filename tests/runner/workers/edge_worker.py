@@ -100,7 +100,7 @@ class PoisonedRunner(Runner):
     """Rank 1's loss of batch 1 is NaN; rank 0's losses stay finite until the NaN reaches the weights."""
 
     def advance(self, loss: torch.Tensor) -> None:
-        if dist.get_rank() == 1 and self._windows.micro_step == 1:
+        if dist.get_rank() == 1 and self._stepper.windows.micro_step == 1:
             loss = loss * float("nan")
         super().advance(loss)
 
@@ -122,7 +122,7 @@ class MeterRunner(Runner):
 
     def train_step(self, data: Any) -> Any:
         self.meters.time.reset()
-        if dist.get_rank() == 0 and self._windows.micro_step == 2:
+        if dist.get_rank() == 0 and self._stepper.windows.micro_step == 2:
             self.meters.rare.update(1.0)
         return super().train_step(data)
 

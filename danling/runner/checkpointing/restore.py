@@ -211,7 +211,7 @@ def resume_point(state: Mapping, rank: int) -> ResumePoint | None:
 
 
 def saved_loader_states(state: Mapping, rank: int) -> dict[str, Any]:
-    r"""The `state_dict()` of each train split's stateful loader that `rank` saved in a checkpoint."""
+    r"""The `state_dict()` of each loader that keeps its own state, by split, as `rank` saved it in a checkpoint."""
     ranks = (state.get(POSITION) or {}).get(RANKS) or []
     own = ranks[rank] if rank < len(ranks) else {}
     return dict(own.get(LOADERS) or {})

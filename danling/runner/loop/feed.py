@@ -14,8 +14,6 @@ from typing import Any
 
 from .sampling import EpochSampler, batches_of
 
-DATA = "data"  # the key of the consumed samples in a checkpoint's `position`
-
 
 def is_stateful(loader: Any) -> bool:
     r"""
@@ -28,9 +26,15 @@ def is_stateful(loader: Any) -> bool:
     return hasattr(loader, "state_dict") and hasattr(loader, "load_state_dict")
 
 
-def loader_states(dataloaders: Mapping, splits: Iterable[str]) -> dict[str, Any]:
-    r"""`state_dict()` of the loader of each of `splits` that keeps its own state."""
-    return {split: dataloaders[split].state_dict() for split in splits if is_stateful(dataloaders.get(split))}
+def loader_states(dataloaders: Mapping) -> dict[str, Any]:
+    r"""
+    `state_dict()` of each loader of `dataloaders` (split name to loader) that keeps its own state.
+
+    Examples:
+        >>> loader_states({"train": [1, 2], "val": [3]})
+        {}
+    """
+    return {split: loader.state_dict() for split, loader in dataloaders.items() if is_stateful(loader)}
 
 
 def skipping_sampler(loader: Any) -> EpochSampler | None:

@@ -322,12 +322,11 @@ class Recovery:
 
     def rank_state(self, mid_epoch: bool) -> dict[str, Any]:
         r"""
-        This rank's part of a checkpoint: its random state, the state of the train splits' loaders that keep their
-        own, and in mid-epoch the random state its loader started from, its meters and metrics.
+        This rank's part of a checkpoint: its random state, the state of the loaders that keep their own, and in
+        mid-epoch the random state its loader started from, its meters and metrics.
         """
         state: dict[str, Any] = {"rng": get_rng_state()}
-        runner = self.runner
-        loaders = loader_states(runner.dataloaders, runner.train_splits) if runner.dataloaders else {}
+        loaders = loader_states(self.runner.dataloaders)
         if loaders:
             state[LOADERS] = loaders
         if mid_epoch:

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from danling.runner.loop.accumulation import AccumulationWindows
 from danling.runner.loop.data import build_dataloader
-from danling.runner.loop.feed import EpochFeed, resume_refusal
+from danling.runner.loop.feed import EpochFeed, resume_feed, resume_refusal
 from danling.runner.loop.sampling import EpochSampler, epoch_sampler
 from danling.runner.loop.workers import seed_worker
 
@@ -118,6 +118,23 @@ def test_the_feed_counts_samples_of_the_global_order():
     assert "cannot skip samples" in resume_refusal(DataLoader(range(50)), None, None, 2, 1)
     assert "does not record" in resume_refusal(loader, None, None, 2, 1)
     assert resume_refusal(loader, {"samples": 8}, None, 2, 1) is None
+
+
+def test_a_resume_skips_in_the_sampler_and_refuses_a_dataset_of_another_length():
+    loader = DataLoader(range(30), batch_size=4, sampler=EpochSampler(30, seed=2))
+    data = {"samples": 12, "length": 30, "order": {"epoch": 0, "shuffle": True, "seed": 2}}
+    batches, start, feed = resume_feed(loader, "train", 3, data, None, world_size=1, saved_world_size=1)
+    assert start == 3  # 8 batches in all, 5 left
+    assert [index for batch in batches for index in batch.tolist()] == torch_order(30, 2)[12:]
+    assert feed.record(5)["samples"] == 20
+    with pytest.raises(ValueError, match="its dataset has 30 samples, but the checkpoint's epoch had 31"):
+        resume_feed(loader, "train", 3, {**data, "length": 31}, None, world_size=1, saved_world_size=1)
+    other = DataLoader(range(30), batch_size=4)
+    with pytest.raises(ValueError, match="cannot continue epoch of 'train' on world_size 1: its loader cannot skip"):
+        resume_feed(other, "train", 3, None, None, world_size=1, saved_world_size=2)
+    replayed, start, _ = resume_feed(other, "train", 3, None, None, world_size=1, saved_world_size=1)
+    assert start == 3
+    assert next(replayed).tolist() == [12, 13, 14, 15]  # a sampler that cannot skip: the loader is replayed
 
 
 def test_windows_after_a_resume_start_where_it_resumed():

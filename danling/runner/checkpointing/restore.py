@@ -18,6 +18,8 @@ from ..config import VOLATILE_KEYS
 
 POSITION = "position"
 RANKS = "ranks"
+DATA = "data"  # in `position`: the samples of the epoch's order consumed (a mid-epoch checkpoint)
+LOADERS = "loaders"  # in each rank's part of `position`: the state of the loaders that keep their own
 # Progress comes from the checkpoint alone; identity and paths stay with the run being built.
 PROGRESS_KEYS = frozenset({"steps", "epochs", "step_begin", "epoch_begin", "checkpoint"})
 KEPT_KEYS = frozenset({"run_id", "experiment_id", "auto_resume"})
@@ -168,6 +170,9 @@ class ResumePoint:
         epoch_rng: This rank's random state when the split's epoch started (replays the loader's draws).
         meters: State of the meters of the partial epoch.
         metrics: State of the metrics of the partial epoch.
+        data: The samples of the epoch's global order consumed by every rank together, the epoch's length and
+            its order (see [`EpochFeed`][danling.runner.loop.feed.EpochFeed]); `None` when the loader could not
+            tell.
     """
 
     epoch: int
@@ -178,6 +183,7 @@ class ResumePoint:
     epoch_rng: Any = None
     meters: Any = None
     metrics: Any = None
+    data: Any = None
 
 
 def resume_point(state: Mapping, rank: int) -> ResumePoint | None:
@@ -200,7 +206,15 @@ def resume_point(state: Mapping, rank: int) -> ResumePoint | None:
         epoch_rng=own.get("epoch_rng"),
         meters=own.get("meters"),
         metrics=own.get("metrics"),
+        data=position.get(DATA),
     )
+
+
+def saved_loader_states(state: Mapping, rank: int) -> dict[str, Any]:
+    r"""The `state_dict()` of each loader that keeps its own state, by split, as `rank` saved it in a checkpoint."""
+    ranks = (state.get(POSITION) or {}).get(RANKS) or []
+    own = ranks[rank] if rank < len(ranks) else {}
+    return dict(own.get(LOADERS) or {})
 
 
 def plan_changes(saved: Mapping | None, current: Mapping) -> list[str]:
@@ -223,14 +237,16 @@ def plan_changes(saved: Mapping | None, current: Mapping) -> list[str]:
 class EpochPosition:
     r"""
     Where the training loop is inside the current epoch: the split running, the batches it consumed (set only
-    while a mid-epoch checkpoint is written), the random state its loader started from, and the results of
-    the train splits already finished in this epoch.
+    while a mid-epoch checkpoint is written), the random state its loader started from, the samples of the
+    epoch's order its loader fed (an [`EpochFeed`][danling.runner.loop.feed.EpochFeed], or `None`), and the
+    results of the train splits already finished in this epoch.
     """
 
-    __slots__ = ("split", "batches", "epoch_rng", "finished")
+    __slots__ = ("split", "batches", "epoch_rng", "feed", "finished")
 
     def __init__(self) -> None:
         self.split: str | None = None
         self.batches = 0
         self.epoch_rng: Any = None
+        self.feed: Any = None
         self.finished: dict[str, Any] = {}

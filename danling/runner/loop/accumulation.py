@@ -10,8 +10,9 @@ class AccumulationWindows:
     Windows hold `accum_steps` micro-steps; when the epoch's length is known, the last window ends with the
     epoch, so a short last window is still stepped and its loss is divided by its real size.
 
-    `accum_steps` and `length` are fixed for the object's life (each epoch makes a new one); `micro_step` may be
-    set from outside (a resumed epoch starts part-way).
+    `accum_steps` and `length` are fixed for the object's life (each epoch makes a new one). A resumed epoch starts
+    part-way ([`resume_at`][danling.runner.loop.accumulation.AccumulationWindows.resume_at]): its windows start
+    there.
 
     Args:
         accum_steps: Micro-steps per optimizer step.
@@ -29,7 +30,7 @@ class AccumulationWindows:
         (2, 7)
     """
 
-    __slots__ = ("_end", "_start", "accum_steps", "length", "micro_step", "pending")
+    __slots__ = ("_end", "_start", "accum_steps", "length", "micro_step", "origin", "pending")
 
     def __init__(self, accum_steps: int = 1, length: int | None = None) -> None:
         if accum_steps < 1:
@@ -37,6 +38,7 @@ class AccumulationWindows:
         self.accum_steps = accum_steps
         self.length = length
         self.micro_step = 0  # micro-steps taken in this epoch (a resumed epoch sets it)
+        self.origin = 0  # where the windows start: 0, or where a resumed epoch started
         self.pending = 0  # micro-steps whose gradients have not been stepped yet
         # The window that holds `micro_step`, as [start, end): located again only when `micro_step` leaves it,
         # so the per-micro-step questions below are one comparison, not a division each.
@@ -51,12 +53,28 @@ class AccumulationWindows:
         if length is not None and micro_step >= length:  # past the length: windows start again from it
             start = length + (micro_step - length) // accum_steps * accum_steps
         else:
-            start = micro_step // accum_steps * accum_steps
+            origin = self.origin
+            start = origin + (micro_step - origin) // accum_steps * accum_steps
         end = start + accum_steps
         if length is not None and micro_step < length < end:  # the epoch's end cuts the window short
             end = length
         self._start, self._end = start, end
         return end
+
+    def resume_at(self, micro_step: int) -> None:
+        r"""
+        Continue an epoch at `micro_step`, with windows of `accum_steps` from there: after a resume on another
+        world size or batch size, the micro-steps left need not start on a multiple of `accum_steps` of the new
+        epoch's length.
+
+        Examples:
+            >>> windows = AccumulationWindows(accum_steps=2, length=12)
+            >>> windows.resume_at(3)
+            >>> windows.start(), windows.end()
+            (3, 5)
+        """
+        self.micro_step = self.origin = micro_step
+        self._start = self._end = 0
 
     def start(self) -> int:
         r"""

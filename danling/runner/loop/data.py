@@ -8,6 +8,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
+from .sampling import EpochSampler, epoch_sampler
+from .workers import seed_worker, seed_worker_batches
+
 # Keys of `config.dataloader` that are DanLing's, not DataLoader arguments.
 SPLIT_INDEPENDENT_KEYS = ("shuffle",)
 
@@ -66,8 +69,10 @@ def build_sampler(
     dataset: Any, train: bool, shuffle: bool, rank: int, world_size: int, seed: int | None
 ) -> Sampler | None:
     r"""
-    Sampler of a split: `DistributedSampler` to train on several processes, an unpadded
-    [`ShardSampler`][danling.runner.loop.data.ShardSampler] to evaluate on several, random or sequential otherwise.
+    Sampler of a split: for training, an [`EpochSampler`][danling.runner.loop.sampling.EpochSampler] (the
+    epoch's global order, the same on any world size, each rank its share; a `RandomSampler`,
+    `SequentialSampler` or `DistributedSampler` too); to evaluate on several processes, an unpadded
+    [`ShardSampler`][danling.runner.loop.data.ShardSampler]; sequential otherwise.
 
     Args:
         dataset: The dataset (a `torch.utils.data.IterableDataset` gets no sampler).
@@ -82,8 +87,8 @@ def build_sampler(
     """
     if isinstance(dataset, torch.utils.data.IterableDataset) or not isinstance(dataset, Sized):
         return None
-    if world_size > 1 and train:
-        return DistributedSampler(dataset, world_size, rank, shuffle=shuffle, seed=0 if seed is None else seed)
+    if train:
+        return epoch_sampler(dataset, rank, world_size, shuffle, seed)
     if world_size > 1:
         return ShardSampler(len(dataset), rank, world_size)
     if shuffle:
@@ -105,7 +110,7 @@ def set_sampler_epoch(sampler: Sampler | None, epoch: int, seed: int | None) -> 
         epoch: Epoch about to start.
         seed: Base seed (`None`: leave unseeded samplers alone).
     """
-    if isinstance(sampler, DistributedSampler):
+    if isinstance(sampler, (EpochSampler, DistributedSampler)):
         sampler.set_epoch(epoch)
     elif isinstance(sampler, RandomSampler) and sampler.generator is not None and seed is not None:
         sampler.generator.manual_seed(seed + epoch)
@@ -129,22 +134,9 @@ def build_dataloader(dataset: Any, sampler: Sampler | None, options: Mapping, tr
     if not train:
         options["drop_last"] = False
     options.setdefault("pin_memory", pin)
-    if options.get("num_workers", 0) > 0:
-        options.setdefault("worker_init_fn", seed_worker)
+    if options.get("num_workers", 0) > 0:  # per batch, unless the workers live on across epochs
+        options.setdefault("worker_init_fn", seed_worker if options.get("persistent_workers") else seed_worker_batches)
     return DataLoader(dataset, sampler=sampler, **options)
-
-
-def seed_worker(worker_id: int) -> None:
-    r"""
-    Seed numpy in a DataLoader worker from the seed torch gave the worker (torch already seeds itself and
-    `random`), so augmentation with numpy is reproducible and differs across workers.
-
-    Args:
-        worker_id: Index of the worker (unused: torch's worker seed already includes it).
-    """
-    import numpy as np
-
-    np.random.seed(torch.initial_seed() % 2**32)
 
 
 def build_evaluation_loader(loader: DataLoader, rank: int, world_size: int) -> DataLoader:

@@ -1,8 +1,8 @@
 """`Recovery`: what a training loop needs to survive interruptions, held by `TorchRunner` (composition).
 
-It knows where the loop is inside an epoch, gathers every rank's state before a checkpoint, replays a resumed
-epoch up to its saved batch, turns preemption signals into a save-and-stop at a step boundary, and checks a
-loaded checkpoint against the current world size and plan.
+It knows where the loop is inside an epoch, gathers every rank's state before a checkpoint, continues a resumed
+epoch after the samples it had consumed, turns preemption signals into a save-and-stop at a step boundary, and
+checks a loaded checkpoint against the current world size and plan.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from chanfig import NestedDict
 from danling.utils.io import to_plain, to_serializable
 
 from ..checkpointing.restore import (
+    DATA,
+    LOADERS,
     POSITION,
     RANKS,
     EpochPosition,
@@ -27,6 +29,7 @@ from ..checkpointing.restore import (
     metrics_state,
     plan_changes,
     resume_point,
+    saved_loader_states,
     seed_derived_stream,
 )
 from ..checkpointing.rng import get_rng_state, set_rng_state
@@ -34,6 +37,7 @@ from ..distributed.consensus import FailureConsensus, RankFailedError, cpu_chann
 from ..distributed.hangs import RankHungError
 from ..distributed.preemption import DEFAULT_SIGNALS, Preempted, PreemptionHandler
 from ..distributed.processes import process_group_timeout
+from .feed import begin_feed, loader_states, resume_feed, resume_note, resume_refusal
 
 DEFAULT_CHECK_STEPS = 16  # `preemption_check_steps`: optimizer steps between two agreements of the ranks
 
@@ -54,6 +58,7 @@ class Recovery:
         self.resume: ResumePoint | None = None
         self.saved_plan: Mapping | None = None
         self.saved_world_size: int | None = None
+        self.loader_states: dict[str, Any] = {}  # this rank's saved states of stateful loaders, by split
         self.preemption: PreemptionHandler | None = None
         self.failures = FailureConsensus()
         self.channel: Any = None  # the CPU process group the ranks agree over (`None`: one process)
@@ -175,31 +180,37 @@ class Recovery:
 
     def enter_epoch(self, split: str, loader: Any) -> tuple[Iterable, int]:
         r"""
-        Start `split`'s epoch: note the random state its loader starts from; when resuming into it, replay the
-        loader from the saved state up to the saved batch and restore meters, metrics, window and random state.
+        Start `split`'s epoch: note the random state its loader starts from; when resuming into it, continue the
+        loader after the samples the checkpoint had consumed (see
+        [`resume_feed`][danling.runner.loop.feed.resume_feed]) and restore meters, metrics, window and random state.
 
         Returns:
             The batches to iterate and the index of the first one.
         """
         runner = self.runner
         resume = self.resume if self.resume is not None and self.resume.split == split else None
+        state, world_size = self.loader_states.pop(split, None), runner.world_size
         if resume is None:
             self.position.epoch_rng = get_rng_state()
-            return loader, 0
+            batches, self.position.feed = begin_feed(loader, world_size, state)
+            return batches, 0
         self.resume = None
         self.position.epoch_rng = resume.epoch_rng
         if resume.epoch_rng is not None:
             set_rng_state(resume.epoch_rng)
-        iterator = fast_forward(iter(loader), resume.batches, split)
+        saved_world = self.saved_world_size or world_size
+        iterator, start, self.position.feed = resume_feed(
+            loader, split, resume.batches, resume.data, state, world_size, saved_world
+        )
         if resume.meters is not None:
             runner.meters.load_state_dict(resume.meters)
             runner._loss_meter = runner.meters.loss
         load_metrics_state(runner.current_metrics, resume.metrics)
-        runner._stepper.windows.micro_step = resume.batches
+        runner._stepper.windows.resume_at(start)
         if resume.rng is not None:
             set_rng_state(resume.rng)
-        runner.log(f"resuming epoch {runner.epochs} of {split} at batch {resume.batches}")
-        return iterator, resume.batches
+        runner.log(f"resuming epoch {runner.epochs} of {split} at batch {start}")
+        return iterator, start
 
     def boundary_hook(self) -> Callable[[str, int, int | None], None] | None:
         r"""
@@ -319,8 +330,14 @@ class Recovery:
     # Checkpoint contents
 
     def rank_state(self, mid_epoch: bool) -> dict[str, Any]:
-        r"""This rank's part of a checkpoint: its random state, and in mid-epoch its loader state and meters."""
+        r"""
+        This rank's part of a checkpoint: its random state, the state of the loaders that keep their own, and in
+        mid-epoch the random state its loader started from, its meters and metrics.
+        """
         state: dict[str, Any] = {"rng": get_rng_state()}
+        loaders = loader_states(self.runner.dataloaders)
+        if loaders:
+            state[LOADERS] = loaders
         if mid_epoch:
             state["epoch_rng"] = self.position.epoch_rng
             state["meters"] = self.runner.meters.state_dict()
@@ -364,23 +381,23 @@ class Recovery:
         state["rng"] = [rank["rng"] for rank in ranks]
         saved = {"world_size": self.runner.world_size, "epoch": self.runner.epochs, "split": position.split}
         saved.update(batches=position.batches, plan=self.plan())
+        if position.split is not None or any(LOADERS in rank for rank in ranks):
+            saved[RANKS] = [{key: value for key, value in rank.items() if key != "rng"} for rank in ranks]
         if position.split is not None:
             saved["finished"] = to_plain(position.finished)
-            saved[RANKS] = [{key: value for key, value in rank.items() if key != "rng"} for rank in ranks]
+            saved[DATA] = position.feed.record(position.batches) if position.feed is not None else None
         state[POSITION] = saved
 
     def restore(self, state: Mapping) -> None:
-        r"""
-        Take this rank's random state and resume point from a checkpoint.
-
-        Raises:
-            ValueError: If a mid-epoch checkpoint was saved on another world size.
-        """
+        r"""Take this rank's random state, resume point and loader states from a checkpoint."""
         runner = self.runner
         position = state.get(POSITION) or {}
         rng_states = state.get("rng") or []
         self.saved_world_size = int(position.get("world_size", len(rng_states) or 1))
         self.resume = resume_point(state, runner.rank)
+        # Per-rank loader states mean nothing on other ranks: at an epoch boundary they are left out then.
+        same_world = self.saved_world_size == runner.world_size
+        self.loader_states = saved_loader_states(state, runner.rank) if same_world or self.resume else {}
         if runner.rank < len(rng_states):
             set_rng_state(rng_states[runner.rank])
         elif rng_states:
@@ -389,21 +406,26 @@ class Recovery:
 
     def check_world_size(self) -> None:
         r"""
-        When training resumes a checkpoint saved on another world size: warn, or stop for a mid-epoch checkpoint.
+        When training resumes a checkpoint saved on another world size: warn, or stop for a mid-epoch checkpoint whose
+        loader cannot continue the epoch on it (see [`resume_refusal`][danling.runner.loop.feed.resume_refusal]).
         Evaluating or inferring from such a checkpoint is not resuming: it says nothing.
 
         Raises:
-            ValueError: If a mid-epoch checkpoint was saved on another world size.
+            ValueError: If a mid-epoch checkpoint cannot continue its epoch on this world size.
         """
-        runner, saved_world = self.runner, self.saved_world_size
+        runner, saved_world, resume = self.runner, self.saved_world_size, self.resume
         if saved_world is None or saved_world == runner.world_size:
             return
-        if self.resume is not None:
-            raise ValueError(
-                f"the checkpoint was saved in the middle of epoch {self.resume.epoch} with world_size "
-                f"{saved_world}, but this run has world_size {runner.world_size}: the data shards differ, so the "
-                "epoch cannot continue exactly; resume on the same world size or from an epoch-boundary checkpoint"
-            )
+        loader = runner.dataloaders.get(resume.split) if resume is not None else None
+        if loader is not None:  # a loader built later is checked when its epoch starts
+            state = self.loader_states.get(resume.split)
+            problem = resume_refusal(loader, resume.data, state, saved_world, runner.world_size)
+            if problem is not None:
+                raise ValueError(
+                    f"the checkpoint was saved in the middle of epoch {resume.epoch} with world_size {saved_world}, "
+                    f"but this run has world_size {runner.world_size}: {problem}; resume on the same world size or "
+                    "from an epoch-boundary checkpoint"
+                )
         message = f"resuming a checkpoint saved with world_size {saved_world} on world_size {runner.world_size}"
         warn(message, RuntimeWarning, stacklevel=5)
         runner.log(message, logging.WARNING)
@@ -414,9 +436,12 @@ class Recovery:
         was rebuilt for it (`replanned`, a [`Replan`][danling.runner.checkpointing.replan.Replan]), else that it was
         kept.
         """
-        runner = self.runner
-        if self.resume is not None:
-            runner.epoch_begin = self.resume.epoch
+        runner, resume = self.runner, self.resume
+        if resume is not None:
+            runner.epoch_begin = resume.epoch
+            note = resume_note(resume.split, resume.epoch, resume.data, self.saved_plan, self.plan())
+            if note is not None:  # another world size or global batch: the start banner says so
+                runner.resume_record = {**(runner.resume_record or {}), DATA: note}
         changes = plan_changes(self.saved_plan, self.plan())
         if replanned is not None:
             message = replanned.describe() + (f" ({'; '.join(changes)})" if changes else "")
@@ -454,25 +479,3 @@ def check_steps(value: Any) -> int:
             f"preemption_check_steps must be an integer >= 1 (optimizer steps between two checks), got {value!r}"
         )
     return value
-
-
-def fast_forward(iterator: Iterator, batches: int, split: str) -> Iterator:
-    r"""
-    Consume the first `batches` batches of `iterator` (replaying the loader, workers and their seeds included).
-
-    Raises:
-        ValueError: If the loader has fewer batches than the checkpoint had consumed.
-
-    Examples:
-        >>> list(fast_forward(iter(range(5)), 3, "train"))
-        [3, 4]
-    """
-    for index in range(batches):
-        try:
-            next(iterator)
-        except StopIteration:
-            raise ValueError(
-                f"cannot resume {split!r} at batch {batches}: its loader now has only {index} batches "
-                "(the dataset or batch size changed since the checkpoint)"
-            ) from None
-    return iterator

@@ -114,6 +114,8 @@ def banner_lines(runner: Any, mode: str) -> list[str]:
         lines.append("changed since the checkpoint: " + (", ".join(changes) if changes else "nothing"))
         if resume.get("schedule") is not None:
             lines.append(resume["schedule"])
+        if resume.get("data") is not None and mode == "train":  # a mid-epoch resume on another world size or batch
+            lines.append(resume["data"])
     differences = non_defaults(config)
     lines.append("differs from the defaults: " + (", ".join(differences) if differences else "nothing"))
     return lines

@@ -355,6 +355,7 @@ class Recovery:
         state["rng"] = [rank["rng"] for rank in ranks]
         saved = {"world_size": self.runner.world_size, "epoch": self.runner.epochs, "split": position.split}
         saved.update(batches=position.batches, plan=self.plan())
+        saved["run_batches"] = dict(self.runner.telemetry.run_batches)  # where the log steps fall
         if position.split is not None:
             saved["finished"] = to_plain(position.finished)
             saved[RANKS] = [{key: value for key, value in rank.items() if key != "rng"} for rank in ranks]
@@ -372,6 +373,7 @@ class Recovery:
         rng_states = state.get("rng") or []
         self.saved_world_size = int(position.get("world_size", len(rng_states) or 1))
         self.resume = resume_point(state, runner.rank)
+        runner.telemetry.run_batches = dict(position.get("run_batches") or {})
         if runner.rank < len(rng_states):
             set_rng_state(rng_states[runner.rank])
         elif rng_states:
@@ -399,15 +401,30 @@ class Recovery:
         warn(message, RuntimeWarning, stacklevel=5)
         runner.log(message, logging.WARNING)
 
+    def loaded_position(self) -> dict[str, Any]:
+        r"""
+        Where the checkpoint just loaded stands, as `runner.resume_record["position"]` holds it for what continues
+        the run's records (`metrics.jsonl`, the trackers): `steps`, `epoch`, and for a mid-epoch checkpoint the
+        train `split` it stopped in, the `batches` of it consumed and the train splits of the epoch `finished`
+        before it (`split` is `None` at an epoch boundary).
+        """
+        runner, resume = self.runner, self.resume
+        position = {"steps": runner.steps, "epoch": runner.epochs, "split": None, "batches": 0, "finished": []}
+        if resume is not None:
+            position.update(split=resume.split, batches=resume.batches, finished=list(resume.finished))
+        return position
+
     def after_load(self, replanned: Any = None) -> None:
         r"""
-        Continue a mid-epoch checkpoint's epoch, and say how the plan differs from the saved one: how the schedule
-        was rebuilt for it (`replanned`, a [`Replan`][danling.runner.checkpointing.replan.Replan]), else that it was
-        kept.
+        Continue a mid-epoch checkpoint's epoch (noting where it stands in `runner.resume_record["position"]`, see
+        [`loaded_position`][danling.runner.loop.interruptions.Recovery.loaded_position]), and say how the plan
+        differs from the saved one: how the schedule was rebuilt for it (`replanned`, a
+        [`Replan`][danling.runner.checkpointing.replan.Replan]), else that it was kept.
         """
         runner = self.runner
         if self.resume is not None:
             runner.epoch_begin = self.resume.epoch
+        runner.resume_record = {**(runner.resume_record or {}), "position": self.loaded_position()}
         changes = plan_changes(self.saved_plan, self.plan())
         if replanned is not None:
             message = replanned.describe() + (f" ({'; '.join(changes)})" if changes else "")

@@ -267,6 +267,11 @@ class ReportingMixin:
         self._callbacks.dispatch("on_log", self, split, result)
         return result
 
+    @property
+    def log_position(self) -> tuple[int, int | None]:
+        r"""Where the log step being reported is: its batch in the epoch (from 0) and the epoch's last batch."""
+        return self._log_position
+
     def format_log_step(self, result: Mapping, split: str | None, format_spec: str = ".4f") -> str:
         r"""
         The line of the log step being reported (what [`LogCallback`][danling.runner.callbacks.LogCallback]

@@ -13,6 +13,7 @@ from chanfig import FlatDict, NestedDict
 from danling.metrics import AverageMeters
 
 from .callbacks import CallbackList, CallbacksMixin, LogCallback, ProgressBarCallback, TensorBoardCallback
+from .callbacks.trackers import record_callbacks
 from .checkpointing import AsyncCheckpointWriter, CheckpointManager
 from .checkpointing import files as ckpt
 from .checkpointing.rng import SEED_RANGE, biased_seed, seed_of, seed_python_and_numpy
@@ -139,8 +140,8 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
 
     def init_environment(self) -> None:
         r"""
-        Logging, TensorBoard and the progress bar, each with its built-in callback (seeding and deterministic mode
-        happen in `__init__`, before the model is built).
+        Logging (with `metrics.jsonl`), TensorBoard, the progress bar and the experiment trackers (`trackers`), each
+        with its built-in callback (seeding and deterministic mode happen in `__init__`, before the model is built).
         """
         if self.config.get("log") is True:
             self.init_logging()
@@ -148,6 +149,8 @@ class BaseRunner(ReportingMixin, SerializationMixin, ProgressMixin, ProcessMixin
             self.init_tensorboard()
         if ProgressBarCallback.shown(self):
             self._callbacks.add(ProgressBarCallback(), builtin=True)
+        for callback in record_callbacks(self.config, self.is_main_process):  # metrics.jsonl, the trackers
+            self._callbacks.add(callback, builtin=True)
 
     def setup(self) -> None:
         r"""

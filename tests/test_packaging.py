@@ -79,5 +79,13 @@ def test_every_third_party_import_is_a_declared_dependency():
                 imported.add(node.module.split(".")[0])
     third_party = {name for name in imported if name not in sys.stdlib_module_names and name != "danling"}
     optional = {"tensorboard", "torchmetrics", "sklearn", "scipy", "matplotlib", "accelerate", "deepspeed"}
+    optional |= set(project()["optional-dependencies"]) & {"wandb", "mlflow"}  # trackers: extras of their own
     missing = {name for name in third_party - optional if DISTRIBUTIONS.get(name, name).lower() not in declared}
     assert not missing, f"imported but not declared in [project].dependencies: {sorted(missing)}"
+
+
+def test_each_tracker_is_an_extra_of_its_own_and_tested_in_ci():
+    extras = project()["optional-dependencies"]
+    for name in ("wandb", "mlflow"):
+        assert [re.split(r"[<>=]", requirement)[0] for requirement in extras[name]] == [name]
+        assert any(requirement.startswith(name) for requirement in extras["test"]), name

@@ -18,6 +18,7 @@ from danling.utils import distributed as dist_utils
 from danling.utils.io import PathStr, load, save
 
 from .callbacks import Callback, CallbackList, LogCallback, ProgressBarCallback, TensorBoardCallback
+from .callbacks.trackers import record_callbacks
 from .checkpointing import AsyncCheckpointWriter, CheckpointManager
 from .checkpointing import files as ckpt
 from .checkpointing.rng import SEED_RANGE, biased_seed, seed_of, seed_python_and_numpy
@@ -150,13 +151,18 @@ class BaseRunner(metaclass=RunnerMeta):
             self.init_resume()
 
     def init_environment(self) -> None:
-        r"""Logging, TensorBoard and the progress bar, each with its built-in callback."""
+        r"""
+        Logging (with `metrics.jsonl`), TensorBoard, the progress bar and the experiment trackers (`trackers`), each
+        with its built-in callback (seeding and deterministic mode happen in `__init__`, before the model is built).
+        """
         if self.config.get("log") is True:
             self.init_logging()
         if self.config.get("tensorboard") is True:
             self.init_tensorboard()
         if ProgressBarCallback.shown(self):
             self._callbacks.add(ProgressBarCallback(), builtin=True)
+        for callback in record_callbacks(self.config, self.is_main_process):  # metrics.jsonl, the trackers
+            self._callbacks.add(callback, builtin=True)
 
     def setup(self) -> None:
         r"""
@@ -517,6 +523,11 @@ class BaseRunner(metaclass=RunnerMeta):
         self._log_position = (iteration, length)
         self._callbacks.dispatch("on_log", self, split, result)
         return result
+
+    @property
+    def log_position(self) -> tuple[int, int | None]:
+        r"""Where the log step being reported is: its batch in the epoch (from 0) and the epoch's last batch."""
+        return self._log_position
 
     def format_log_step(self, result: Mapping, split: str | None, format_spec: str = ".4f") -> str:
         r"""The line of the log step being reported, at the position `step_log` was given."""

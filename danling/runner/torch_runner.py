@@ -490,7 +490,8 @@ class TorchRunner(BaseRunner):
         self._begin_accumulation(length)
         self._stepper.loss_guard.start(split, self.epochs, self.steps, self.accum_steps)
         batches, start = self._recovery.enter_epoch(split, loader)
-        cursor.offset += start
+        cursor.iteration += start  # batches a resume replayed count toward log steps, as in an uninterrupted run
+        self.telemetry.replayed = start
         cursor.step_end, cursor.at_boundary = self.step_end, self._recovery.boundary_hook()
         # `self.steps`, read up to three times a batch, without a Python call each time.
         cursor.steps_now = partial(dict.__getitem__, self._config, "steps")
@@ -574,7 +575,7 @@ class TorchRunner(BaseRunner):
         # `iteration` counts batches over the run; the line shows the position in the epoch.
         if self.mode == RunnerMode.train:
             self._stepper.loss_guard.check(self.distributed)
-        self.step_log(split, self.telemetry.batches - 1, None if length is None else length - 1)
+        self.step_log(split, self._cursor.batches_done() - 1, None if length is None else length - 1)
 
     @evaluation_context
     def evaluate(self, evaluate_splits: list[str] | None = None) -> NestedDict:

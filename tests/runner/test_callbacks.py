@@ -20,7 +20,7 @@ import torch
 
 import danling as dl
 from danling.runner import Callback, CallbackError
-from danling.runner.callbacks import CallbackList, LogCallback, TensorBoardCallback
+from danling.runner.callbacks import CallbackList, LogCallback, MetricsFileCallback, TensorBoardCallback
 
 from .conftest import ClassifierRunner
 
@@ -170,7 +170,8 @@ def test_callbacks_run_in_order_after_the_built_in_ones(tmp_path):
 
     runner = ClassifierRunner(config_of(tmp_path, log=True, tensorboard=True, epoch_end=1, log_interval=2))
     seen = runner.add_callback(LineSeen(runner.log_file))
-    assert [type(callback) for callback in runner.callbacks] == [LogCallback, TensorBoardCallback, LineSeen]
+    builtins = [LogCallback, TensorBoardCallback, MetricsFileCallback]
+    assert [type(callback) for callback in runner.callbacks] == [*builtins, LineSeen]
     runner.train()
     runner.close()
     assert seen.lines == [True, True, True]  # the line was logged before this callback ran (2 train, 1 val)

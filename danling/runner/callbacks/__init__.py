@@ -1,9 +1,14 @@
 """Callbacks: the hooks a user extends a runner with, their dispatch, and the built-in ones (log lines,
-TensorBoard, progress bar); the callbacks guide (`docs/guides/callbacks.md`) shows how to write one."""
+`metrics.jsonl`, TensorBoard, progress bar, experiment trackers); the callbacks guide (`docs/guides/callbacks.md`)
+shows how to write one."""
 
 from .base import HOOKS, Callback, CallbackError
 from .builtin import LogCallback, ProgressBarCallback, TensorBoardCallback
 from .dispatch import CallbackList
+from .jsonl import MetricsFileCallback
+from .mlflow_tracker import MLflowCallback
+from .trackers import TrackerCallback
+from .wandb_tracker import WandbCallback
 
 __all__ = [
     "HOOKS",
@@ -13,4 +18,8 @@ __all__ = [
     "LogCallback",
     "TensorBoardCallback",
     "ProgressBarCallback",
+    "MetricsFileCallback",
+    "TrackerCallback",
+    "WandbCallback",
+    "MLflowCallback",
 ]

@@ -1,4 +1,5 @@
-"""The built-in callbacks: the step lines of the log, TensorBoard and the progress bar.
+"""The built-in callbacks: the step lines of the log, TensorBoard and the progress bar (and, in modules of their own,
+`metrics.jsonl` and the experiment trackers).
 
 The runner adds them itself when they are on ([`LogCallback`][danling.runner.callbacks.LogCallback] with `log`,
 [`TensorBoardCallback`][danling.runner.callbacks.TensorBoardCallback] with `tensorboard`,
@@ -33,7 +34,7 @@ class LogCallback(Callback):
         >>> from danling.runner import BaseRunner
         >>> runner = BaseRunner({"dir": tempfile.mkdtemp()})  # logging on
         >>> [type(callback).__name__ for callback in runner.callbacks]
-        ['LogCallback']
+        ['LogCallback', 'MetricsFileCallback']
         >>> runner.close()
     """
 

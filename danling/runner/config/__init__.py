@@ -77,6 +77,7 @@ VOLATILE_KEYS = frozenset(
         "resume_schedule",
         "log",
         "log_interval",
+        "trackers",
         "save_interval",
         "save_steps",
         "keep_checkpoints",
@@ -182,6 +183,9 @@ class Config(chanfig.Config):
             scheduler's warning time). An integer >= 1; defaults to 16. One process checks every step for free.
         async_save: Write checkpoints in the background.
         progress_bar: Show a progress bar (`None`: only on an interactive terminal).
+        trackers: Experiment trackers to record the run in, from the main process: `"wandb"` (Weights & Biases),
+            `"mlflow"` (an SQLite store in the run directory unless `MLFLOW_TRACKING_URI` is set); each is an
+            optional extra (`pip install "danling[wandb]"`). Defaults to `[]`.
 
     Attributes: Training:
         precision: `"fp16"`, `"bf16"` or `None` (float32).
@@ -276,6 +280,7 @@ class Config(chanfig.Config):
     preemption_check_steps: int = 16
     async_save: bool = False
     progress_bar: Optional[bool] = None
+    trackers: list = []
 
     def __post_init__(self, *args: Any, **kwargs: Any) -> None:
         super().__post_init__(*args, **kwargs)

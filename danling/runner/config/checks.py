@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from numbers import Integral, Real
 from typing import Any
 
+from ..callbacks.trackers import check_trackers
 from ..loop.tokens import LOSS_NORMALIZATIONS
 from . import Config
 from .parsing import DATALOADER_TYPES
@@ -141,7 +142,8 @@ def prepare_config(config: Config | Mapping) -> Config:
     before any directory or process group), with a fresh run id when `auto_run_id` is set.
 
     Raises:
-        ValueError: If a value is out of range.
+        ValueError: If a value is out of range, or `trackers` names an unknown tracker.
+        ImportError: If `trackers` names a tracker that is not installed (with the command that installs it).
 
     Examples:
         >>> config = prepare_config({"lr": 0.1})
@@ -151,6 +153,7 @@ def prepare_config(config: Config | Mapping) -> Config:
     if not isinstance(config, Config):
         config = Config(config)
     validate_config(config)
+    check_trackers(config.get("trackers"))  # an unknown or missing tracker stops the run here
     if config.getattr("auto_run_id", False):
         config.refresh_run_id()
     return config

@@ -383,6 +383,7 @@ class Recovery:
         saved.update(batches=position.batches, plan=self.plan())
         if position.split is not None or any(LOADERS in rank for rank in ranks):
             saved[RANKS] = [{key: value for key, value in rank.items() if key != "rng"} for rank in ranks]
+        saved["run_batches"] = dict(self.runner.telemetry.run_batches)  # where the log steps fall
         if position.split is not None:
             saved["finished"] = to_plain(position.finished)
             saved[DATA] = position.feed.record(position.batches) if position.feed is not None else None
@@ -398,6 +399,7 @@ class Recovery:
         # Per-rank loader states mean nothing on other ranks: at an epoch boundary they are left out then.
         same_world = self.saved_world_size == runner.world_size
         self.loader_states = saved_loader_states(state, runner.rank) if same_world or self.resume else {}
+        runner.telemetry.run_batches = dict(position.get("run_batches") or {})
         if runner.rank < len(rng_states):
             set_rng_state(rng_states[runner.rank])
         elif rng_states:
@@ -430,11 +432,25 @@ class Recovery:
         warn(message, RuntimeWarning, stacklevel=5)
         runner.log(message, logging.WARNING)
 
+    def loaded_position(self) -> dict[str, Any]:
+        r"""
+        Where the checkpoint just loaded stands, as `runner.resume_record["position"]` holds it for what continues
+        the run's records (`metrics.jsonl`, the trackers): `steps`, `epoch`, and for a mid-epoch checkpoint the
+        train `split` it stopped in, the `batches` of it consumed and the train splits of the epoch `finished`
+        before it (`split` is `None` at an epoch boundary).
+        """
+        runner, resume = self.runner, self.resume
+        position = {"steps": runner.steps, "epoch": runner.epochs, "split": None, "batches": 0, "finished": []}
+        if resume is not None:
+            position.update(split=resume.split, batches=resume.batches, finished=list(resume.finished))
+        return position
+
     def after_load(self, replanned: Any = None) -> None:
         r"""
-        Continue a mid-epoch checkpoint's epoch, and say how the plan differs from the saved one: how the schedule
-        was rebuilt for it (`replanned`, a [`Replan`][danling.runner.checkpointing.replan.Replan]), else that it was
-        kept.
+        Continue a mid-epoch checkpoint's epoch (noting where it stands in `runner.resume_record["position"]`, see
+        [`loaded_position`][danling.runner.loop.interruptions.Recovery.loaded_position]), and say how the plan
+        differs from the saved one: how the schedule was rebuilt for it (`replanned`, a
+        [`Replan`][danling.runner.checkpointing.replan.Replan]), else that it was kept.
         """
         runner, resume = self.runner, self.resume
         if resume is not None:
@@ -442,6 +458,7 @@ class Recovery:
             note = resume_note(resume.split, resume.epoch, resume.data, self.saved_plan, self.plan())
             if note is not None:  # another world size or global batch: the start banner says so
                 runner.resume_record = {**(runner.resume_record or {}), DATA: note}
+        runner.resume_record = {**(runner.resume_record or {}), "position": self.loaded_position()}
         changes = plan_changes(self.saved_plan, self.plan())
         if replanned is not None:
             message = replanned.describe() + (f" ({'; '.join(changes)})" if changes else "")

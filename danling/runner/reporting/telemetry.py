@@ -78,7 +78,8 @@ class Telemetry:
         self.tokens: Any = 0
         self.data_time = 0.0
         self.epoch_start = time.perf_counter()
-        self.run_batches: dict[str, int] = {}
+        self.run_batches: dict[str, int] = {}  # saved in checkpoints: log steps keep their places after a resume
+        self.replayed = 0  # batches of the epoch a resume fast-forwarded past (never iterated here)
         self._last = (self.epoch_start, 0, 0, 0, 0)
 
     def start_epoch(self, mode: str, steps: int = 0) -> None:
@@ -90,7 +91,7 @@ class Telemetry:
             steps: Optimizer steps taken so far.
         """
         self.mode = str(mode)
-        self.batches = self.samples = 0
+        self.batches = self.samples = self.replayed = 0
         self.tokens = 0
         self.data_time = 0.0
         self.epoch_start = time.perf_counter()
@@ -196,7 +197,7 @@ class Telemetry:
         stats["compute_time"] = max(epoch_time - data_time, 0.0)
         if self.device.type == "cuda":
             stats["peak_memory_mib"] = _peak_memory(self.device) / MIB
-        self.run_batches[self.mode] = self.batches_before + self.batches
+        self.run_batches[self.mode] = self.batches_before + self.replayed + self.batches
         self.batches = 0
         return stats
 

@@ -128,9 +128,9 @@ class TrackerCallback(Callback):
     - The tracker run starts at the first thing to send (`train()`'s start, or a first evaluation), with the
       config (without its progress counters) recorded once, when the tracker run is created.
     - A run that loaded a checkpoint continues the tracker run its run directory's `trackers.json` names (the one
-      the checkpoint's run wrote to, also from a new run directory); otherwise a new tracker run starts, keyed
-      `{runner.id}-{runner.timestamp}`: one tracker run per run directory launch that starts from scratch,
-      continued by every resume of it.
+      the checkpoint's run wrote to, also from a new run directory); otherwise the tracker run keyed `runner.id` (the
+      W&B run id) starts, or is continued: the run's id names the run, whose launches share it (change `run_name` or
+      `experiment_id` for a separate tracker run).
     - One value per metric and step: within a launch, the first value of a step is sent (with accumulation,
       several log lines can share a step); a resumed run skips what the tracker run reports it has already (the
       log steps a killed launch recorded past its checkpoint), as each tracker can tell (see its class).
@@ -178,7 +178,7 @@ class TrackerCallback(Callback):
         self.directory = runner.dir
         at = continuation_of(runner.resume_record, runner.config.get("checkpoint"))
         earlier = self.earlier_state(at)
-        key = earlier.get("key") or f"{runner.id}-{runner.timestamp}"
+        key = earlier.get("key") or runner.id
         state = self.open(runner, key, earlier.get(self.name), at)
         self.opened = True
         self.save_state({"key": key, self.name: state})
@@ -230,7 +230,7 @@ class TrackerCallback(Callback):
 
         Args:
             runner: The runner.
-            key: The tracker run's key (`{id}-{timestamp}` of the launch that created it).
+            key: The tracker run's key (the runner's `id`).
             earlier: What this tracker recorded in `trackers.json` before, or `None` (a new tracker run).
             at: The checkpoint the run continues from, or `None`.
 

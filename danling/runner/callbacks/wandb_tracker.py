@@ -16,11 +16,11 @@ class WandbCallback(TrackerCallback):
     r"""
     Records a run in Weights & Biases (`pip install "danling[wandb]"`), from the main process.
 
-    The W&B run's id is the tracker run's key (`{runner.id}-{runner.timestamp}` of the launch that created it,
-    kept in `trackers.json`), and a resumed run continues it with `resume="allow"`. Its files go to `wandb/` in the
-    run directory; `WANDB_MODE=offline` keeps them there (`wandb sync` uploads them later), and the other `WANDB_*`
-    variables work as usual (`WANDB_PROJECT`, default `config.experiment_name`; `WANDB_ENTITY`...). The config is
-    recorded when the W&B run is created, values with `step=` the global optimizer step.
+    The W&B run's id is the runner's `id` (kept in `trackers.json`), and a resumed run continues it with
+    `resume="allow"`. Its files go to `wandb/` in the run directory; `WANDB_MODE=offline` keeps them there (`wandb sync`
+    uploads them later), and the other `WANDB_*` variables work as usual (`WANDB_PROJECT`, default
+    `config.experiment_name`; `WANDB_ENTITY`...). The config is recorded when the W&B run is created, values with
+    `step=` the global optimizer step.
 
     W&B keeps one row per step and ignores a step below its last one. A resumed run records what follows its
     checkpoint, so the steps it sends continue those of the launch before it; online, it skips the steps the W&B

@@ -133,6 +133,7 @@ def test_wandb_offline_continues_the_same_run_across_a_preemption(tmp_path, subp
     assert len(launches) == 2
     key = json.loads(Path(first, TRACKERS_FILE).read_text())["key"]
     assert [run["id"] for run in launches] == [key, key]  # one W&B run, continued
+    assert Path(first).parent.name.endswith(f"-{key}")  # the run directory `{name}-{id}/...`: the runner's id
     assert "epoch_end" in launches[0]["config"]
     assert not launches[1]["config"]
     steps = [step for run in launches for step, _ in run["rows"]]

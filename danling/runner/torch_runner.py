@@ -14,7 +14,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from danling.utils import distributed as dist_utils
 
 from .base_runner import BaseRunner
-from .callbacks import CallbackList
+from .callbacks import CallbackList, ProfilerCallback
 from .checkpointing.async_writer import drained
 from .checkpointing.rng import use_deterministic_algorithms
 from .checkpointing.torch_methods import TorchCheckpointingMixin
@@ -25,12 +25,14 @@ from .loop.accumulation import AccumulationWindows
 from .loop.data import check_has_batches, loader_length, set_sampler_epoch
 from .loop.epoch import EpochCursor, reset_for_epoch
 from .loop.finite import NonFiniteLossGuard
+from .loop.gradients import GradientNorms
 from .loop.inference import gather_predictions, infer_input
 from .loop.interruptions import Recovery
 from .loop.loaders import SplitLoaders, default_log_interval
 from .loop.precision import Precision
 from .loop.stepping import OptimizationMixin, StepProbe
 from .loop.training import completion_reason, epoch_range, patience_exhausted, step_end_reached
+from .reporting.flops import model_flops
 from .reporting.telemetry import Telemetry, average_numbers
 from .utils import RunnerMode
 
@@ -74,6 +76,7 @@ class TorchRunner(OptimizationMixin, TorchCheckpointingMixin, BaseRunner):
         self._windows = AccumulationWindows()
         self._loss_guard = NonFiniteLossGuard()
         self._step_probe = StepProbe()
+        self._grad_norms = GradientNorms()
         self._recovery = Recovery(self)
         self._callbacks = CallbackList(self._recovery.failures)  # failures agreed where recovery's are
         super().__init__(config)
@@ -81,8 +84,10 @@ class TorchRunner(OptimizationMixin, TorchCheckpointingMixin, BaseRunner):
         self._loaders = SplitLoaders(self.rank, self.world_size, pin_memory=self._device.type == "cuda")
         self._batches_stay = self._device.type == "cpu"  # batches are already where the model is
         self._precision = Precision(self.config.get("precision"), self._device.type)
-        self.telemetry = Telemetry(self._device, self.world_size)
+        self.telemetry = Telemetry(self._device, self.world_size, model_flops(self.config, self._device))
         self._parallel = build_parallelism(self.config, self._precision.dtype)
+        if self.config.get("profile_steps") is not None:
+            self._callbacks.add(ProfilerCallback(*self.config["profile_steps"]), builtin=True)
 
     # Set-up
 
@@ -479,6 +484,7 @@ class TorchRunner(OptimizationMixin, TorchCheckpointingMixin, BaseRunner):
             # The meters arrive averaged over ranks already (see `BaseRunner.get_step_result`): the metrics' left.
             average_numbers(result, {name for name, _ in self.meters.count.all_items()}, self.reduce)
         extra = {"lr": self.optimizer.param_groups[0]["lr"]} if training and self.optimizer is not None else {}
+        extra.update(self._grad_norms.result() if training else {})  # the same on every rank: reduced gradients
         extra.update(self.telemetry.step_stats(self.steps if training else None))
         result.update(extra)  # plain names and numbers: `update` is several times cheaper than a chanfig set each
         return result

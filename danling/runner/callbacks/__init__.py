@@ -1,9 +1,10 @@
 """Callbacks: the hooks a user extends a runner with, their dispatch, and the built-in ones (log lines,
-TensorBoard, progress bar); the callbacks guide (`docs/guides/callbacks.md`) shows how to write one."""
+TensorBoard, progress bar, profiler); the callbacks guide (`docs/guides/callbacks.md`) shows how to write one."""
 
 from .base import HOOKS, Callback, CallbackError
 from .builtin import LogCallback, ProgressBarCallback, TensorBoardCallback
 from .dispatch import CallbackList, CallbacksMixin
+from .profiler import ProfilerCallback
 
 __all__ = [
     "HOOKS",
@@ -14,4 +15,5 @@ __all__ = [
     "LogCallback",
     "TensorBoardCallback",
     "ProgressBarCallback",
+    "ProfilerCallback",
 ]

@@ -22,6 +22,7 @@ from ..utils import to_device
 from .accumulation import AccumulationWindows
 from .data import samples_of
 from .finite import NonFiniteLossGuard
+from .gradients import GradientNorms, total_norm
 from .precision import Precision
 
 # A GradScaler scale below this means the fp16 gradients overflow step after step: training has diverged. From
@@ -151,6 +152,8 @@ class OptimizationMixin:
     _windows: AccumulationWindows
     _loss_guard: NonFiniteLossGuard
     _step_probe: StepProbe
+    _grad_norms: GradientNorms
+    telemetry: Any
     _parallel: Any
     _device: torch.device
     _batches_stay: bool
@@ -285,13 +288,18 @@ class OptimizationMixin:
         last of an accumulation window (so gradients are reduced once per optimizer step), a no-op otherwise.
         Under FSDP2 with a loader without a length every micro-step synchronises, since a window may end with the
         epoch and its sharded gradients could not be reduced afterwards. Wrap the forward and the backward
-        ([`advance`][danling.runner.TorchRunner.advance]) in it.
+        ([`advance`][danling.runner.TorchRunner.advance]) in it. Until the model's FLOPs per sample are known, it
+        also counts them (see [`ModelFlops`][danling.runner.reporting.flops.ModelFlops]).
         """
         windows = self._windows
         parallel = self._parallel
+        context = _NULL_CONTEXT
         if windows.accum_steps > 1 and not windows.is_last() and (windows.length or parallel.reduces_cut_windows):
-            return parallel.no_sync(self.model)
-        return _NULL_CONTEXT
+            context = parallel.no_sync(self.model)
+        telemetry = self.telemetry
+        if telemetry.flops.done:
+            return context
+        return telemetry.flops.count(context, telemetry.batches, telemetry.samples)
 
     def _begin_accumulation(self, length: int | None) -> None:
         self._windows = AccumulationWindows(self.accum_steps, length)
@@ -300,6 +308,7 @@ class OptimizationMixin:
         self._max_grad_norm = self.config.get("max_grad_norm")
         self._max_grad_value = self.config.get("max_grad_value")
         self._clips = self._max_grad_norm is not None or self._max_grad_value is not None
+        self._grad_norms.plan(self.config.get("log_interval"), self.accum_steps, self.telemetry.batches_before)
 
     def advance(self, loss: torch.Tensor) -> None:
         r"""
@@ -342,8 +351,12 @@ class OptimizationMixin:
                 [`collapsed_scale_error`][danling.runner.loop.stepping.collapsed_scale_error]). Logged at `ERROR`
                 first, and raised on every rank at the same step (their scales are equal).
         """
+        wanted = self._grad_norms.wanted(self.telemetry.batches)  # whether a log line will show this step's norm
         if self._clips:
-            self._clip_gradients()
+            self._clip_gradients(wanted)
+        elif wanted:
+            self._precision.scaler.unscale_(self.optimizer)  # the true gradients' norm (a no-op but under fp16)
+            self._grad_norms.record(total_norm(self.unwrap(self.model).parameters()))
         skipped = False
         if self._scale_gradients:
             skipped = self._step_probe.step(self._precision.scaler, self.optimizer)
@@ -360,15 +373,20 @@ class OptimizationMixin:
             self.scheduler.step()
         count_step(self._config)
 
-    def _clip_gradients(self) -> None:
-        # Unscaled first under fp16 (a no-op otherwise), so the limits apply to the true gradients.
+    def _clip_gradients(self, wanted: bool = False) -> None:
+        # Unscaled first under fp16 (a no-op otherwise), so the limits apply to the true gradients. The norm before
+        # clipping is kept for the log: the one `clip_grad_norm_` returns anyway, or one computed when `wanted`.
         self._precision.scaler.unscale_(self.optimizer)
         parameters = self.unwrap(self.model).parameters()
         if self._max_grad_value is not None:
             parameters = list(parameters)
+            if wanted:
+                self._grad_norms.record(total_norm(parameters))
             nn.utils.clip_grad_value_(parameters, self._max_grad_value)
         if self._max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(parameters, self._max_grad_norm)
+            norm = nn.utils.clip_grad_norm_(parameters, self._max_grad_norm)
+            if self._max_grad_value is None:
+                self._grad_norms.record(norm)
 
     def _skipped_step(self) -> None:
         # The scale is read only here, after a skipped step (one sync, on top of the one `GradScaler.step` made).

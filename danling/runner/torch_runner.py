@@ -15,7 +15,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from danling.utils import distributed as dist_utils
 
 from .base_runner import BaseRunner
-from .callbacks import CallbackList
+from .callbacks import CallbackList, ProfilerCallback
 from .checkpointing.async_writer import drained
 from .checkpointing.rng import use_deterministic_algorithms
 from .checkpointing.torch_state import TorchRunnerCheckpoints
@@ -33,6 +33,7 @@ from .loop.precision import Precision
 from .loop.stepping import OptimizerStepper, has_nan_inf_grad, missing_target_error, unpack_batch
 from .loop.tokens import loss_entry
 from .loop.training import completion_reason, epoch_range, patience_exhausted, step_end_reached
+from .reporting.flops import model_flops
 from .reporting.telemetry import Telemetry, average_numbers
 from .utils import RunnerMode, to_device
 
@@ -83,8 +84,10 @@ class TorchRunner(BaseRunner):
         self._loaders = SplitLoaders(self.rank, self.world_size, pin_memory=self._device.type == "cuda")
         self._batches_stay = self._device.type == "cpu"  # batches are already where the model is
         self._stepper = OptimizerStepper(Precision(self.config.get("precision"), self._device.type))
-        self.telemetry = Telemetry(self._device, self.world_size)
+        self.telemetry = Telemetry(self._device, self.world_size, model_flops(self.config, self._device))
         self._parallel = build_parallelism(self.config, self._stepper.precision.dtype)
+        if self.config.get("profile_steps") is not None:
+            self._callbacks.add(ProfilerCallback(*self.config["profile_steps"]), builtin=True)
 
     # Set-up
 
@@ -237,9 +240,13 @@ class TorchRunner(BaseRunner):
     def accumulate(self) -> AbstractContextManager:
         r"""
         One micro-step's context: gradient sync suppressed (`no_sync`) on every micro-step but the last of an
-        accumulation window, so gradients are reduced once per optimizer step; wrap the forward and `advance`.
+        accumulation window, so gradients are reduced once per optimizer step; wrap the forward and `advance`. Until
+        the model's FLOPs per sample are known, it also counts them
+        ([`ModelFlops`][danling.runner.reporting.flops.ModelFlops]).
         """
-        return self._stepper.no_sync(self.model, self._parallel)
+        context = self._stepper.no_sync(self.model, self._parallel)
+        flops = self.telemetry.flops  # counted on the first training batch (see `ModelFlops`), unless given
+        return context if flops.done else flops.count(context, self.telemetry.batches, self.telemetry.samples)
 
     def advance(self, loss: torch.Tensor, tokens: Any = None) -> None:
         r"""
@@ -256,10 +263,13 @@ class TorchRunner(BaseRunner):
         scaler (or `skip_nonfinite_steps`) skips changes none of them. See
         [`OptimizerStepper.step`][danling.runner.loop.stepping.OptimizerStepper.step].
         """
-        self._stepper.step(self.unwrap(self.model), self.optimizer, self.scheduler, self.ema, self._config, self.log)
+        model, batches = self.unwrap(self.model), self.telemetry.batches
+        self._stepper.step(model, self.optimizer, self.scheduler, self.ema, self._config, self.log, batches)
 
     def _begin_accumulation(self, length: int | None) -> None:
-        self._stepper.begin_epoch(self.config, length, self.world_size, self.distributed, self.criterion)
+        stepper, telemetry = self._stepper, self.telemetry
+        stepper.begin_epoch(self.config, length, self.world_size, self.distributed, self.criterion)
+        stepper.grad_norms.plan(self.config.get("log_interval"), stepper.windows.accum_steps, telemetry.batches_before)
         self._loss_meter = self.meters.loss
 
     def config_changed(self, name: str) -> None:
@@ -616,6 +626,7 @@ class TorchRunner(BaseRunner):
             # The meters arrive averaged over ranks already (see `BaseRunner.get_step_result`): the metrics' left.
             average_numbers(result, {name for name, _ in self.meters.count.all_items()}, self.reduce)
         extra = {"lr": self.optimizer.param_groups[0]["lr"]} if training and self.optimizer is not None else {}
+        extra.update(self._stepper.grad_norms.result() if training else {})  # the same on every rank: reduced gradients
         extra.update(self.telemetry.step_stats(self.steps if training else None))
         result.update(extra)  # plain names and numbers: `update` is several times cheaper than a chanfig set each
         return result

@@ -251,7 +251,8 @@ def test_on_log_gets_the_result_its_line_shows(tmp_path):
     results = [value for hook, split, value in recorder.arguments if hook == "on_log" and split == "train"]
     assert len(results) == 5
     for index, result in enumerate(results, 1):
-        assert set(result) == {"loss", "lr", "samples_per_s", "time"}, result  # no more than the line shows
+        shown = {"loss", "lr", "grad_norm", "samples_per_s", "tflops", "time"}
+        assert set(result) == shown, result  # no more than the line shows
         assert f"training on train [{index - 1}/4]\tloss: {result['loss']:.4f}" in log
 
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import Any, Optional
+from typing import Any, Optional, Union
 from uuid import UUID, uuid5
 
 import chanfig
@@ -31,7 +31,9 @@ from .parsing import (
     _read_config_file,
     check_file_typos,
     check_typos,
+    parse_activation_checkpointing,
     parse_preemption_signals,
+    parse_profile_steps,
     parse_switch,
 )
 
@@ -44,6 +46,8 @@ __all__ = [
     "check_file_typos",
     "parse_switch",
     "parse_preemption_signals",
+    "parse_profile_steps",
+    "parse_activation_checkpointing",
     "DEFAULT_EXPERIMENT_ID",
     "VOLATILE_KEYS",
     "SWITCHES",
@@ -96,6 +100,10 @@ VOLATILE_KEYS = frozenset(
         "device",
         "backend",
         "async_save",
+        "profile_steps",
+        "flops_per_sample",
+        "peak_tflops",
+        "activation_checkpointing",
     }
 )
 
@@ -203,6 +211,16 @@ class Config(chanfig.Config):
         score_mode: `"min"`, `"max"` or `None` (decide from `score_name`).
         compile: Compile the model with `torch.compile`.
         strategy: Parallelism strategy when distributed: `"ddp"` (replicas) or `"fsdp"` (FSDP2 sharding).
+        activation_checkpointing: Recompute each block's activations in the backward pass instead of keeping them:
+            `True` for the blocks `fsdp.shard_modules` finds (the model's `_no_split_modules`, else the modules of
+            its `nn.ModuleList`s), a list of class names for those classes, `False` (default) for none.
+
+    Attributes: Observability:
+        profile_steps: `[begin, end]`: record a `torch.profiler` trace of the optimizer steps `begin` to `end - 1`
+            (counted from 0) into `profiles/` of the run directory and log the top operators (`None`: off).
+        flops_per_sample: Training FLOPs (forward and backward) of one sample (`None`: counted on the first
+            training batch with `torch.utils.flop_counter`).
+        peak_tflops: Peak TFLOP/s of one device, for MFU (`None`: from a table of common GPUs; unknown elsewhere).
 
     Attributes: Environment:
         device: Device to run on (`None`: `cuda:LOCAL_RANK` when available, else CPU).
@@ -258,6 +276,11 @@ class Config(chanfig.Config):
     max_nonfinite_steps: int = 10
     compile: bool = False
     strategy: str = "ddp"
+    activation_checkpointing: Union[bool, list] = False
+
+    profile_steps: Optional[list] = None
+    flops_per_sample: Optional[float] = None
+    peak_tflops: Optional[float] = None
 
     device: Optional[str] = None
     backend: Optional[str] = None
@@ -453,6 +476,10 @@ def checked_value(name: str, value: Any) -> Any:
         return parse_switch(name, value)
     if name == "preemption_signals":
         return parse_preemption_signals(value)
+    if name == "profile_steps":
+        return parse_profile_steps(value)
+    if name == "activation_checkpointing":
+        return parse_activation_checkpointing(value)
     return value
 
 

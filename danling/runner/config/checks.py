@@ -34,7 +34,7 @@ INTEGER_MINIMUMS: dict[str, int] = {
     "max_nonfinite_steps": 1,
 }
 # Number keys that must be positive when set (`None`: off, or the default).
-POSITIVE_KEYS = ("max_grad_norm", "max_grad_value", "dist_timeout")
+POSITIVE_KEYS = ("max_grad_norm", "max_grad_value", "dist_timeout", "flops_per_sample", "peak_tflops")
 # Keys that must hold a value (their defaults are not `None`).
 REQUIRED_KEYS = frozenset({"steps", "epochs", "step_begin", "epoch_begin", "accum_steps", "max_nonfinite_steps"})
 # Keys that take one of a few values.
@@ -50,8 +50,8 @@ def validate_config(config: Mapping) -> None:
     Accepted values: `epoch_end`, `step_end`, `epoch_begin`, `step_begin`, `keep_checkpoints` and `patience` are
     integers >= 0; `accum_steps`, `log_interval`, `save_steps`, `eval_steps` and `max_nonfinite_steps` integers
     >= 1; `eval_at_epoch_end: false` only with `eval_steps` set; `loss_normalization` `"batch"` or `"tokens"`;
-    `ignore_index` an integer; `max_grad_norm`,
-    `max_grad_value` and `dist_timeout` numbers > 0; `dataloader.batch_size` (and `dataloader.<split>.batch_size`)
+    `ignore_index` an integer; `max_grad_norm`, `max_grad_value`, `dist_timeout`, `flops_per_sample` and
+    `peak_tflops` numbers > 0; `dataloader.batch_size` (and `dataloader.<split>.batch_size`)
     and `prefetch_factor` integers >= 1, `num_workers` an integer >= 0, `timeout` a number >= 0, and
     `shuffle`, `drop_last`, `pin_memory` and `persistent_workers` booleans. Optional keys may be `None`. A float is
     no integer here (`range` and the schedulers reject `1e4`), nor is a boolean a number.

@@ -16,7 +16,7 @@ from typing import Any, Callable, Union, get_args, get_origin
 import chanfig
 from chanfig import ConfigParser
 
-from .parsing import DATALOADER_TYPES, parse_switch
+from .parsing import DATALOADER_TYPES, parse_activation_checkpointing, parse_switch
 
 # The start of an `Attributes:` (or `Attributes: Group:`) section, and of one entry in it.
 _SECTION = re.compile(r"^Attributes(: [^:]+)?:\s*$")
@@ -99,6 +99,30 @@ def type_name(annotation: Any) -> str:
     return str(annotation).replace("typing.", "")
 
 
+def argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    r"""
+    An argparse `type` that reads a string with `parse` and turns its `ValueError` into argparse's own error.
+
+    Examples:
+        >>> argument_type(parse_activation_checkpointing)("Block,Attention")
+        ['Block', 'Attention']
+    """
+
+    def read(value: str) -> Any:
+        try:
+            return parse(value)
+        except ValueError as error:
+            raise ArgumentTypeError(str(error)) from None
+
+    return read
+
+
+# Keys whose command-line value is read by a parser of its own rather than by their declared type.
+ARGUMENT_TYPES: dict[str, Callable[[str], Any]] = {
+    "activation_checkpointing": argument_type(parse_activation_checkpointing),
+}
+
+
 def switch_type(name: str) -> Callable[[str], bool]:
     r"""
     The argparse `type` of the switch `name`: its string spellings read by
@@ -177,7 +201,9 @@ def _describe(parser: ConfigParser, key: str, value: Any, annotation: Any, descr
     if action is None:
         return
     kind = annotation if annotation is not None else (type(value) if value is not None else None)
-    if kind is bool or (get_origin(kind) is Union and bool in get_args(kind)):
+    if key in ARGUMENT_TYPES:
+        action.type = ARGUMENT_TYPES[key]
+    elif kind is bool or (get_origin(kind) is Union and bool in get_args(kind)):
         action.type = switch_type(key)
     default = "not set" if value is None and key.startswith("dataloader.") else repr(value)
     text = f"{description} " if description else ""

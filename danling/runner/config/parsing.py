@@ -292,3 +292,85 @@ def _signal_name(item: Any) -> str:
             "or [] / None for none"
         )
     return name
+
+
+def parse_profile_steps(value: Any) -> list[int] | None:
+    r"""
+    `profile_steps` as `[begin, end]`: two integers with `0 <= begin < end` (strings of digits, as the command line
+    gives them, are read as integers), or `None`.
+
+    Raises:
+        ValueError: Naming the value and the accepted ones.
+
+    Examples:
+        >>> parse_profile_steps([10, 13]), parse_profile_steps(["2", "5"]), parse_profile_steps(None)
+        ([10, 13], [2, 5], None)
+        >>> parse_profile_steps([5, 5])
+        Traceback (most recent call last):
+        ValueError: config key 'profile_steps' is [5, 5]; accepted values are [begin, end], two integers with ...
+    """
+    if value is None:
+        return None
+    steps: list[int | None] = []
+    if isinstance(value, Iterable) and not isinstance(value, (str, bytes, Mapping)):
+        steps = [_step_number(item) for item in value]
+    if len(steps) != 2 or steps[0] is None or steps[1] is None or not 0 <= steps[0] < steps[1]:
+        raise ValueError(
+            f"config key 'profile_steps' is {value!r}; accepted values are [begin, end], two integers with "
+            "0 <= begin < end (the optimizer steps begin to end - 1 are recorded, counted from 0), or None"
+        )
+    return [steps[0], steps[1]]
+
+
+def _step_number(item: Any) -> int | None:
+    if isinstance(item, int) and not isinstance(item, bool):
+        return item
+    if isinstance(item, str) and item.strip().isdigit():
+        return int(item)
+    return None
+
+
+def parse_activation_checkpointing(value: Any) -> bool | list[str]:
+    r"""
+    `activation_checkpointing` as a switch or a list of class names.
+
+    Accepted: `None` or `False` (off), `True` (the blocks `fsdp.shard_modules` finds), a non-empty list of class
+    names (strings) or classes (stored by their names), a switch's spelling (`"true"`, `"off"`...), or a string of
+    comma-separated class names (`"Block,Attention"`, from the command line).
+
+    Raises:
+        ValueError: Naming the value and the accepted ones.
+
+    Examples:
+        >>> parse_activation_checkpointing("on"), parse_activation_checkpointing(None)
+        (True, False)
+        >>> parse_activation_checkpointing("Block, Attention"), parse_activation_checkpointing([dict])
+        (['Block', 'Attention'], ['dict'])
+        >>> parse_activation_checkpointing([])
+        Traceback (most recent call last):
+        ValueError: config key 'activation_checkpointing' is []; accepted values are True/False (or None), a ...
+    """
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in TRUE_STRINGS or lowered in FALSE_STRINGS:
+            return lowered in TRUE_STRINGS
+        value = value.split(",")
+    names: list[str | None] = []
+    if isinstance(value, Iterable) and not isinstance(value, (bytes, Mapping)):
+        names = [_class_name(item) for item in value]
+    if not names or None in names:
+        raise ValueError(
+            f"config key 'activation_checkpointing' is {value!r}; accepted values are True/False (or None), a "
+            "non-empty list of class names or module classes, or a string of comma-separated class names"
+        )
+    return names  # type: ignore[return-value]
+
+
+def _class_name(item: Any) -> str | None:
+    if isinstance(item, type):
+        return item.__name__
+    if isinstance(item, str) and item.strip().isidentifier():
+        return item.strip()
+    return None

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpointing import files as ckpt
+from .recompute import ActivationCheckpointing
 
 STRATEGIES = ("ddp", "fsdp")
 
@@ -30,8 +31,8 @@ _NULL_CONTEXT = nullcontext()
 
 def build_parallelism(config: Mapping, precision_dtype: torch.dtype | None = None) -> DataParallel:
     r"""
-    The parallelism policy for `config.strategy` (`"ddp"`, the default, or `"fsdp"`), `config.compile` and
-    `config.fsdp`.
+    The parallelism policy for `config.strategy` (`"ddp"`, the default, or `"fsdp"`), `config.compile`,
+    `config.fsdp` and `config.activation_checkpointing`.
 
     Args:
         config: The runner's config (read with `get`).
@@ -57,15 +58,16 @@ def build_parallelism(config: Mapping, precision_dtype: torch.dtype | None = Non
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; accepted values are {', '.join(map(repr, STRATEGIES))}")
     compile_options = compile_arguments(config.get("compile"), config.get("compile_options"))
+    fsdp_options = config.get("fsdp") or {}
+    recompute = ActivationCheckpointing(config.get("activation_checkpointing"), fsdp_options.get("shard_modules"))
     if name == "ddp":
-        return DataParallel(compile_options)
+        return DataParallel(compile_options, recompute)
     if precision_dtype is torch.float16:
         raise ValueError(
             "strategy 'fsdp' does not support precision 'fp16' (the gradient scaler needs unsharded gradients); "
             "use precision 'bf16' or None"
         )
-    fsdp_options = config.get("fsdp") or {}
-    return FullyShardedDataParallel(compile_options, fsdp_options.get("shard_modules"), precision_dtype)
+    return FullyShardedDataParallel(compile_options, fsdp_options.get("shard_modules"), precision_dtype, recompute)
 
 
 def compile_arguments(setting: Any, options: Mapping | None = None) -> dict[str, Any] | None:
@@ -118,6 +120,7 @@ class DataParallel:
 
     Args:
         compile_options: Keyword arguments of `torch.compile`, or `None` not to compile.
+        recompute: The blocks that recompute their activations (applied first), or `None`.
 
     Examples:
         >>> policy = DataParallel(None)
@@ -131,12 +134,16 @@ class DataParallel:
     # (DDP: an all-reduce at the flush); when not, unsized loaders synchronise every micro-step.
     reduces_cut_windows = True
 
-    def __init__(self, compile_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, compile_options: dict[str, Any] | None = None, recompute: ActivationCheckpointing | None = None
+    ) -> None:
         self.compile_options = compile_options
+        self.recompute = recompute
 
     def wrap(self, model: nn.Module, device: torch.device, optimizer: Any) -> nn.Module:
         r"""
-        Compile `model` (when enabled), then wrap it in `DistributedDataParallel` when distributed.
+        Make its blocks recompute their activations (`activation_checkpointing`), compile `model` (when enabled),
+        then wrap it in `DistributedDataParallel` when distributed.
 
         Args:
             model: The model, already on `device`.
@@ -146,6 +153,8 @@ class DataParallel:
         Returns:
             The model to train.
         """
+        if self.recompute is not None:
+            self.recompute.apply(model)
         model = self._compile(model)
         if _multi_process() and not isinstance(model, DistributedDataParallel):
             device_ids = [device.index] if device.type == "cuda" else None
@@ -211,6 +220,7 @@ class FullyShardedDataParallel(DataParallel):
         compile_options: Keyword arguments of `torch.compile`, or `None`.
         shard_modules: Class names of the submodules to shard separately, or `None` for the default policy.
         precision_dtype: The autocast dtype, or `None`.
+        recompute: The blocks that recompute their activations (applied before sharding), or `None`.
     """
 
     name = "fsdp"
@@ -221,8 +231,9 @@ class FullyShardedDataParallel(DataParallel):
         compile_options: dict[str, Any] | None = None,
         shard_modules: Sequence[str] | None = None,
         precision_dtype: torch.dtype | None = None,
+        recompute: ActivationCheckpointing | None = None,
     ) -> None:
-        super().__init__(compile_options)
+        super().__init__(compile_options, recompute)
         if isinstance(shard_modules, str):
             shard_modules = [shard_modules]
         self.shard_modules = None if shard_modules is None else list(shard_modules)
@@ -231,11 +242,14 @@ class FullyShardedDataParallel(DataParallel):
 
     def wrap(self, model: nn.Module, device: torch.device, optimizer: Any) -> nn.Module:
         r"""
-        Shard `model` (blocks, then the root), point `optimizer` at the sharded parameters, then compile.
+        Make its blocks recompute their activations (`activation_checkpointing`), shard `model` (blocks, then the
+        root), point `optimizer` at the sharded parameters, then compile.
 
         Returns:
             The model to train (the sharded module, compiled when enabled).
         """
+        if self.recompute is not None:
+            self.recompute.apply(model)
         if not _multi_process():
             return self._compile(model)
         names = {id(parameter): name for name, parameter in model.named_parameters()}

@@ -20,7 +20,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from .accumulation import AccumulationWindows
 from .finite import NonFiniteLossGuard, NonFiniteSteps, loss_guard_for, nonfinite_steps
-from .gradients import gradients_of
+from .gradients import GradientNorms, gradients_of, total_norm
 from .precision import Precision
 from .tokens import TokenNormalization, token_normalization
 
@@ -166,6 +166,7 @@ class OptimizerStepper:
         self.probe = StepProbe()
         self.windows = AccumulationWindows()
         self.loss_guard = NonFiniteLossGuard()
+        self.grad_norms = GradientNorms()  # `grad_norm` of the steps a log line reports (loop/gradients.py)
         self.tokens: TokenNormalization | None = None  # `loss_normalization: tokens` (loop/tokens.py)
         self.skips: NonFiniteSteps | None = None  # `skip_nonfinite_steps: true` (loop/finite.py)
         self.scale_gradients = False
@@ -234,11 +235,20 @@ class OptimizerStepper:
         return windows.advance()
 
     def step(
-        self, model: nn.Module, optimizer: Any, scheduler: Any, ema: Any, config: Any, log: Callable | None = None
+        self,
+        model: nn.Module,
+        optimizer: Any,
+        scheduler: Any,
+        ema: Any,
+        config: Any,
+        log: Callable | None = None,
+        batches: int = 0,
     ) -> None:
         r"""
         Clip, step and clear the gradients (`zero_grad(set_to_none=True)`), then update `ema` (of `model`, the
-        unwrapped module) and `scheduler`, and count the step in `config["steps"]`.
+        unwrapped module) and `scheduler`, and count the step in `config["steps"]`. When a log line will report this
+        step (`batches`, the micro-batches seen so far, tells), the gradient norm before clipping is kept on the device
+        for it (`grad_norms`).
 
         A step the fp16 scaler skips (inf/NaN gradients, seen through a post-step hook: no extra sync) or that
         `skip_nonfinite_steps` skips updates none of them.
@@ -255,8 +265,12 @@ class OptimizerStepper:
             self._clear(optimizer)
             skips.count(True, config["steps"])
             return
+        wanted = self.grad_norms.wanted(batches)  # whether a log line will show this step's norm
         if self.clips:
-            self.clip(model, optimizer)
+            self.clip(model, optimizer, wanted)
+        elif wanted:
+            self.precision.scaler.unscale_(optimizer)  # the true gradients' norm (a no-op but under fp16)
+            self.grad_norms.record(total_norm(model.parameters()))
         skipped = False
         if self.scale_gradients:
             skipped = self.probe.step(self.precision.scaler, optimizer)
@@ -278,15 +292,22 @@ class OptimizerStepper:
         optimizer.zero_grad(set_to_none=True)
         self.windows.pending = 0
 
-    def clip(self, model: nn.Module, optimizer: Any) -> None:
-        r"""Clip the gradients of `model` (unscaled first under fp16): `max_grad_value`, then `max_grad_norm`."""
+    def clip(self, model: nn.Module, optimizer: Any, wanted: bool = False) -> None:
+        r"""
+        Clip the gradients of `model` (unscaled first under fp16): `max_grad_value`, then `max_grad_norm`. The norm
+        before clipping is kept for the log: the one `clip_grad_norm_` returns anyway, or one computed when `wanted`.
+        """
         self.precision.scaler.unscale_(optimizer)
         parameters = model.parameters()
         if self.max_grad_value is not None:
             parameters = list(parameters)
+            if wanted:
+                self.grad_norms.record(total_norm(parameters))
             nn.utils.clip_grad_value_(parameters, self.max_grad_value)
         if self.max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(parameters, self.max_grad_norm)
+            norm = nn.utils.clip_grad_norm_(parameters, self.max_grad_norm)
+            if self.max_grad_value is None:
+                self.grad_norms.record(norm)
 
     def _check_scale(self, steps: int, log: Callable | None) -> None:
         # The scale is read only here, after a skipped step (one sync, on top of the one `GradScaler.step` made).

@@ -1,4 +1,5 @@
-"""Telemetry of a run: throughput, data-wait and compute time, peak memory, step lines and TensorBoard scalars.
+"""Telemetry of a run: throughput, FLOPs and MFU, data-wait and compute time, peak memory, step lines and TensorBoard
+scalars.
 
 Everything here is read at log steps and epoch ends only: the hot loop pays two `time.perf_counter()` calls per
 batch (around fetching it) and never a host-device synchronisation.
@@ -15,18 +16,22 @@ import torch
 
 from danling.utils import distributed as dist_utils
 
+from .flops import ModelFlops
+
 # Metrics that only mean something over a whole dataset: left out of step lines and step scalars, where they would
 # be computed on one batch, and kept for the epoch result.
 DATASET_LEVEL_METRICS = frozenset({"auroc", "auprc", "pearson", "spearman"})
 
 # How step-line keys are shown, and with which format.
-DISPLAY_NAMES = {"samples_per_s": "samples/s", "tokens_per_s": "tokens/s"}
+DISPLAY_NAMES = {"samples_per_s": "samples/s", "tokens_per_s": "tokens/s", "tflops": "TFLOP/s"}
 # Units shown after a value in step lines: `time` there is seconds per optimizer step.
 STEP_UNITS = {"time": " s/step"}
 FORMATS = {
     "lr": ".1e",
     "samples_per_s": ".1f",
     "tokens_per_s": ".1f",
+    "tflops": ".3g",
+    "mfu": ".1%",
     "time": ".3f",
     "epoch_time": ".2f",
     "data_time": ".2f",
@@ -36,7 +41,17 @@ FORMATS = {
 
 # Keys the telemetry adds to epoch results: measurements of the machine, which differ between identical runs.
 TELEMETRY_KEYS = frozenset(
-    {"samples_per_s", "tokens_per_s", "time", "epoch_time", "data_time", "compute_time", "peak_memory_mib"}
+    {
+        "samples_per_s",
+        "tokens_per_s",
+        "tflops",
+        "mfu",
+        "time",
+        "epoch_time",
+        "data_time",
+        "compute_time",
+        "peak_memory_mib",
+    }
 )
 
 # Number of bytes in a mebibyte, for peak memory.
@@ -45,7 +60,8 @@ MIB = 2**20
 
 class Telemetry:
     r"""
-    Clocks and counters of a runner's epochs: samples and tokens per second, seconds per step, time spent waiting
+    Clocks and counters of a runner's epochs: samples and tokens per second, achieved TFLOP/s per device and MFU
+    (training, see [`ModelFlops`][danling.runner.reporting.flops.ModelFlops]), seconds per step, time spent waiting
     for data versus computing, and peak CUDA memory.
 
     [`iterate`][danling.runner.reporting.telemetry.Telemetry.iterate] wraps a loader and times each fetch;
@@ -59,6 +75,7 @@ class Telemetry:
     Args:
         device: Device of the run; peak memory is measured on CUDA devices only.
         world_size: Number of processes.
+        flops: The model's FLOPs per training sample (default: counted on the first training micro-step).
 
     Examples:
         >>> telemetry = Telemetry(torch.device("cpu"))
@@ -69,9 +86,10 @@ class Telemetry:
         (7, ['compute_time', 'data_time', 'epoch_time', 'samples_per_s'])
     """
 
-    def __init__(self, device: torch.device, world_size: int = 1) -> None:
+    def __init__(self, device: torch.device, world_size: int = 1, flops: ModelFlops | None = None) -> None:
         self.device = device
         self.world_size = world_size
+        self.flops = ModelFlops(device=device) if flops is None else flops
         self.mode = "train"
         self.batches = 0
         self.samples = 0
@@ -153,8 +171,9 @@ class Telemetry:
 
     def step_stats(self, steps: int | None = None) -> dict[str, float]:
         r"""
-        Rates since the previous call (or the start of the epoch): `samples_per_s`, `tokens_per_s` when known, and
-        `time`, seconds per optimizer step when `steps` advanced, else per batch.
+        Rates since the previous call (or the start of the epoch): `samples_per_s`, `tokens_per_s` when known,
+        `tflops` and `mfu` in training once the FLOPs are known, and `time`, seconds per optimizer step when `steps`
+        advanced, else per batch.
 
         Args:
             steps: Optimizer steps taken so far (`None` outside training).
@@ -171,27 +190,33 @@ class Telemetry:
         stats = {"samples_per_s": (self.samples - last_samples) * self.world_size / elapsed}
         if tokens:
             stats["tokens_per_s"] = (tokens - last_tokens) * self.world_size / elapsed
+        if steps is not None:  # training: this device's samples times the training FLOPs of each
+            stats.update(self.flops.rates((self.samples - last_samples) / elapsed))
         stats["time"] = elapsed / per
         self._last = (now, self.batches, self.samples, tokens, last_steps if steps is None else steps)
         return stats
 
     def epoch_stats(self) -> dict[str, float]:
         r"""
-        The epoch's `samples_per_s`, `tokens_per_s` (when known), `epoch_time`, `data_time` (waiting for batches),
-        `compute_time` (the rest) in seconds, and `peak_memory_mib` on CUDA. Adds the epoch's batches to the run's.
+        The epoch's `samples_per_s`, `tokens_per_s` (when known), `tflops` per device and `mfu` (training, when
+        known), `epoch_time`, `data_time` (waiting for batches), `compute_time` (the rest) in seconds, and
+        `peak_memory_mib` on CUDA. Adds the epoch's batches to the run's.
 
-        When distributed, samples and tokens are summed over the processes, times averaged and peak memory is the
-        largest of any process, so every process gets the same numbers (one small collective per epoch).
+        When distributed, samples, tokens and FLOPs are summed over the processes, times averaged and peak memory
+        is the largest of any process, so every process gets the same numbers (one small collective per epoch).
 
         Returns:
             The numbers, ready to merge into the epoch result.
         """
         local_time = max(time.perf_counter() - self.epoch_start, 1e-9)
-        numbers = [float(self.samples), _as_number(self.tokens), local_time, self.data_time]
-        samples, tokens, epoch_time, data_time = _sum_and_average(numbers, distributed=dist_utils.is_distributed())
+        flops = (self.flops.per_sample or 0.0) * self.samples if self.mode == "train" else 0.0
+        numbers = [float(self.samples), _as_number(self.tokens), flops, local_time, self.data_time]
+        samples, tokens, flops, epoch_time, data_time = _sum_and_average(numbers, dist_utils.is_distributed())
         stats = {"samples_per_s": samples / epoch_time}
         if tokens:
             stats["tokens_per_s"] = tokens / epoch_time
+        if flops:  # the FLOPs of every device over the epoch, per device and second
+            stats.update(self.flops.rates_of(flops / self.world_size / epoch_time / 1e12))
         stats["epoch_time"] = epoch_time
         stats["data_time"] = data_time
         stats["compute_time"] = max(epoch_time - data_time, 0.0)
@@ -223,12 +248,12 @@ def average_numbers(result: Any, skip: set[str], reduce: Any) -> None:
 
 
 def _sum_and_average(numbers: list[float], distributed: bool) -> list[float]:
-    # Counts (samples, tokens) summed over processes, times (the rest) averaged.
+    # Counts (samples, tokens, FLOPs) summed over processes, times (the rest) averaged.
     if not distributed:
         return numbers
     totals = dist_utils.all_reduce(torch.tensor(numbers, dtype=torch.float64), op="sum").tolist()
     world_size = dist_utils.get_world_size()
-    return totals[:2] + [value / world_size for value in totals[2:]]
+    return totals[:3] + [value / world_size for value in totals[3:]]
 
 
 def _peak_memory(device: torch.device) -> float:

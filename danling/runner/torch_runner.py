@@ -263,7 +263,8 @@ class TorchRunner(BaseRunner):
         scaler (or `skip_nonfinite_steps`) skips changes none of them. See
         [`OptimizerStepper.step`][danling.runner.loop.stepping.OptimizerStepper.step].
         """
-        model, batches = self.unwrap(self.model), self.telemetry.batches
+        telemetry = self.telemetry  # the batch of the epoch taking the step, those a resume skipped included
+        model, batches = self.unwrap(self.model), telemetry.replayed + telemetry.batches
         self._stepper.step(model, self.optimizer, self.scheduler, self.ema, self._config, self.log, batches)
 
     def _begin_accumulation(self, length: int | None) -> None:

@@ -5,8 +5,12 @@ runner adds it with `log`, on the main process). A line:
 
 ```json
 {"step": 12, "epoch": 1, "split": "train", "mode": "train", "event": "log", "batch": 3, "time": 1733480000.123,
- "values": {"loss": 0.4210, "lr": 0.01, "samples_per_s": 5120.4, "time": 0.006}}
+ "loss": 0.4210, "lr": 0.01, "samples_per_s": 5120.4, "step_time": 0.006}
 ```
+
+The values sit beside the record's fields (`pandas.read_json(path, lines=True)` gives a column each); a value named
+like a field is renamed: the seconds per step of the log line, `time` there, is `step_time`
+([`record_values`][danling.runner.callbacks.jsonl.record_values] gives a record's values back).
 """
 
 from __future__ import annotations
@@ -24,9 +28,12 @@ from ..reporting.telemetry import step_view
 from ..rundir.continuation import Continuation, continuation_of
 from .base import Callback
 
-__all__ = ["METRICS_FILE", "MetricsFileCallback", "read_records", "keeps_record"]
+__all__ = ["METRICS_FILE", "MetricsFileCallback", "read_records", "keeps_record", "record_values"]
 
 METRICS_FILE = "metrics.jsonl"
+# The fields of a record; a value of the same name is written under another (`time` of a step line: `step_time`).
+FIELDS = ("step", "epoch", "split", "mode", "event", "batch", "time")
+RENAMED = {"time": "step_time"}
 
 
 class MetricsFileCallback(Callback):
@@ -34,8 +41,9 @@ class MetricsFileCallback(Callback):
     Appends a line to `metrics.jsonl` in the run directory for every log step (`event: "log"`, the step result
     the log line shows, with the `batch` of the epoch it shows) and every epoch result of a train or evaluate
     split (`event: "result"`), with the global optimizer `step`, the `epoch`, the `split`, the `mode`, the wall
-    clock `time` (seconds since the epoch) and the `values` (flattened as `task.acc`, NaN and infinities as the
-    strings `"NaN"`, `"Infinity"`, `"-Infinity"` so that each line is strict JSON).
+    clock `time` (seconds since the epoch) and, beside them, the values (flattened as `task.acc`; NaN and
+    infinities as the strings `"NaN"`, `"Infinity"`, `"-Infinity"` so that each line is strict JSON; a value named
+    like a field renamed, `time` to `step_time`).
 
     A run that loaded a checkpoint (`auto_resume`, `checkpoint`, `from_checkpoint`) starts its file with the lines
     its run recorded up to that checkpoint and drops those recorded after it, which it records again: killed and
@@ -94,10 +102,23 @@ class MetricsFileCallback(Callback):
         r"""Append the record of `header` and `values` at the runner's step and epoch."""
         path = self.prepare(runner)
         record = {"step": runner.steps, "epoch": runner.epochs, **header, "time": round(time.time(), 3)}
-        record["values"] = encode_non_finite(to_plain(dict(values)))
+        for name, value in encode_non_finite(to_plain(dict(values))).items():
+            record[RENAMED.get(name, f"{name}_value") if name in FIELDS else name] = value
         line = json.dumps(record, default=str, allow_nan=False)
         with open(path, "a", encoding="utf-8") as fp:
             fp.write(line + "\n")
+
+
+def record_values(record: Mapping) -> dict[str, Any]:
+    r"""
+    The values of a `metrics.jsonl` record, under their names in the run (`step_time` back to `time`).
+
+    Examples:
+        >>> record_values({"step": 3, "epoch": 0, "split": "train", "time": 1.5, "loss": 0.25, "step_time": 0.01})
+        {'loss': 0.25, 'time': 0.01}
+    """
+    names = {renamed: name for name, renamed in RENAMED.items()}
+    return {names.get(key, key): value for key, value in record.items() if key not in FIELDS}
 
 
 def history_file(at: Continuation, path: str) -> str | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from danling.runner.callbacks.jsonl import METRICS_FILE, keeps_record, read_records
+from danling.runner.callbacks.jsonl import FIELDS, METRICS_FILE, keeps_record, read_records, record_values
 from danling.runner.reporting.telemetry import TELEMETRY_KEYS
 from danling.runner.rundir.continuation import Continuation
 
@@ -42,7 +42,9 @@ def records(run_dir: str) -> list[dict]:
         for line in fp:
             record = json.loads(line)
             assert isinstance(record.pop("time"), float)
-            record["values"] = {key: value for key, value in record["values"].items() if key not in TELEMETRY_KEYS}
+            values = record_values(record)
+            record = {key: value for key, value in record.items() if key in FIELDS}
+            record["values"] = {key: value for key, value in values.items() if key not in TELEMETRY_KEYS}
             found.append(record)
     return found
 
@@ -71,6 +73,23 @@ def expected_positions(batches: int, val_batches: int, epochs: int, interval: in
 
 def positions(found: list[dict]) -> list[tuple]:
     return [(r["step"], r["epoch"], r["split"], r["event"], r.get("batch")) for r in found]
+
+
+def test_a_record_holds_its_fields_and_its_values_side_by_side(tmp_path):
+    runner = RecordedRunner(job_config(str(tmp_path / "run"), auto_resume=False))
+    runner.train()
+    runner.close()
+    with open(os.path.join(runner.dir, METRICS_FILE), encoding="utf-8") as fp:
+        lines = [json.loads(line) for line in fp]
+    log = next(record for record in lines if record["event"] == "log" and record["split"] == "train")
+    assert {"step", "epoch", "split", "time", "loss", "lr", "step_time"} <= set(log)
+    assert isinstance(log["time"], float)
+    assert log["time"] > 1e9  # the wall clock: seconds since 1970
+    assert 0 < log["step_time"] < 60  # the log line's seconds per step, renamed beside the record's `time`
+    assert record_values(log)["time"] == log["step_time"]
+    final = [record for record in lines if record["event"] == "result" and record["split"] == "train"][-1]
+    assert (final["step"], final["epoch"]) == (runner.steps, runner.epochs)
+    assert final["loss"] == pytest.approx(runner.results[runner.epochs]["train"]["loss"])
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import danling as dl
+from danling.runner.callbacks.jsonl import record_values
 from danling.runner.callbacks.trackers import TRACKERS_FILE, check_trackers
 from danling.runner.reporting.telemetry import TELEMETRY_KEYS, scalars, step_view
 
@@ -40,7 +41,7 @@ def tracked(run_dir: str) -> dict[str, dict[int, float]]:
         for record in map(json.loads, fp):
             if record["event"] == "log" and record["mode"] != "train":
                 continue
-            values = step_view(record["values"]) if record["event"] == "log" else record["values"]
+            values = step_view(record_values(record)) if record["event"] == "log" else record_values(record)
             prefix = f"{record['split']}/step" if record["event"] == "log" else record["split"]
             for name, value in scalars(values, prefix):
                 if name.rsplit("/", 1)[-1] not in TELEMETRY_KEYS:

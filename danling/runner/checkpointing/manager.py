@@ -45,10 +45,10 @@ class CheckpointManager:
     Owns the checkpoints of one directory: what they are called, how they are committed, which are kept.
 
     Every save writes `{name}.pth` atomically, then its manifest (SHA-256, computed while the bytes are written, and
-    size); a `latest` save also keeps a step-stamped copy `step-{steps}.pth`, of which the newest `keep` survive, so
-    a fallback always exists; `epoch-{epochs}.pth` and `best.pth` copies are made on request. A save writes its
-    bytes once: its copies are hard links to them, or, where the file system has none, every name is a pointer
-    to one data file (see [`links`][danling.runner.checkpointing.links]). Retention never deletes `latest` or `best`.
+    size); a `latest` save is also named `step-{steps}.pth`, of which the newest `keep` survive, so a fallback
+    always exists; `epoch-{epochs}.pth` and `best.pth` names are given on request. A save writes its bytes once: its
+    other names are hard links to them, or, where the file system has none, every name is a pointer to one data file
+    (see [`links`][danling.runner.checkpointing.links]). Retention never deletes `latest` or `best`.
     Temporary files left by killed saves (`.{name}.{pid}.{token}.tmp`) are removed before each save, unless their
     writer still runs. The bytes are the business of a
     [`CheckpointFormat`][danling.runner.checkpointing.CheckpointFormat] (`torch.save` files by default).
@@ -99,15 +99,16 @@ class CheckpointManager:
         epoch_copy: bool = False,
     ) -> str:
         r"""
-        Commit `state` as `{name}.pth` and its copies; every file is complete or absent after a crash.
+        Commit `state` as `{name}.pth` and its other names (the bytes written once); every file is complete or
+        absent after a crash.
 
         Args:
             state: The checkpoint.
             name: File name without extension.
-            steps: Optimizer steps of the state (stamped on the `latest` copy and recorded in manifests).
+            steps: Optimizer steps of the state (stamped on the `latest` name and recorded in manifests).
             epochs: Epoch of the state.
             best: Also commit it as `best.pth`.
-            keep: Step-stamped copies of `latest` to keep (0 keeps none).
+            keep: Step-stamped names of `latest` to keep (0 keeps none).
             epoch_copy: Also commit it as `epoch-{epochs}.pth`.
 
         Returns:

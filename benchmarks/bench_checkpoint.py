@@ -1,27 +1,27 @@
-"""Checkpoint cost: `save_checkpoint`/`load_checkpoint` against plain `torch.save`/`torch.load`, and `async_save` stall.
+"""Checkpoint cost: `save_checkpoint`/`load_checkpoint` against plain `torch.save`/`torch.load`, bytes on disk per
+save, and the `async_save` stall.
 
 The model is `--layers` x `nn.Linear(--width, --width)` (default 3 x 4096: 50.3M parameters) after one Adam step, so
 a checkpoint holds the weights, `exp_avg` and `exp_avg_sq` (about 576 MiB). Two runners hold the same model, one
-with `async_save: true`; both have `keep_checkpoints: 0` (only `latest.pth` is written). Each round, in order:
+with `async_save: true`; both keep 2 step-stamped checkpoints and save as a best epoch does, so every save commits
+`latest.pth`, `step-N.pth` and `best.pth`. Each round runs, side by side (each pair in alternating order):
 
-- save, `plain`: `torch.save(runner.state_dict(), path)`;
-- save, `plain+fsync`: the same, then `os.fsync` of the file: what any durable save pays;
-- save, `danling`: `runner.save_checkpoint(save_best=False)`: temporary file, fsync, SHA-256 manifest, rename (one
-  file, as the plain save writes; a best epoch also copies it to `best.pth`);
-- load, `plain`: `torch.load(path)` and the model's and optimizer's `load_state_dict`, a hand-written resume;
-- load, `danling`: `runner.load_checkpoint(latest)`: verifies the SHA-256, restores every part;
-- stall, `async`: the same `save_checkpoint` on the `async_save` runner returns once the state is in host memory;
-  training steps then run until the background save has committed (`bg s`: its duration, `steps`: steps taken).
+- save, `plain`: `torch.save(runner.state_dict(), path)`; `plain+fsync`: the same, then `os.fsync` of the file;
+- save, `danling`: `runner.save_checkpoint()`: the three names, fsynced, with SHA-256 manifests; `bytes/state` is
+  the size of the files it created (each inode once) over the size of the plain file;
+- load, `plain`: `torch.load(path)`; `danling`: `read_verified(latest)`, which verifies the SHA-256 while reading;
+- load `cold`: the same two after `posix_fadvise(DONTNEED)` dropped the file from the page cache: read from disk;
+- restore, `plain`: `torch.load` and the model's and optimizer's `load_state_dict`; `danling`: `load_checkpoint`;
+- stall, `async`: `save_checkpoint` on the `async_save` runner returns once the state is in host memory; training
+  steps then run until the background save has committed (`bg s`).
 
-The summary is the median of the per-round ratios: danling/plain saves (target <= 1.3 against `plain+fsync`),
-loads, and the async stall against the synchronous save (target <= 0.25 on a real disk; on tmpfs, where fsync is
-free, the snapshot is a larger share). `peak MiB` is the peak RSS increase during each operation (`VmHWM`, reset
-before it through `/proc/self/clear_refs`; `n/a` where that is not allowed): a streaming save needs about 0, an
-async one a copy of the state.
+The summary is the median of the per-round ratios (targets: save <= 1.5 against `plain+fsync`, load <= 1.3, bytes
+<= 1.05, async stall <= 0.25 of the synchronous save on a real disk). `peak MiB` is the peak RSS increase during
+each operation (`VmHWM`, reset through `/proc/self/clear_refs`; `n/a` where that is not allowed).
 
 Usage:
-    python benchmarks/bench_checkpoint.py                          # 3 rounds in the temporary directory
-    python benchmarks/bench_checkpoint.py --rounds 5 --dir /data --dir /dev/shm
+    python benchmarks/bench_checkpoint.py                          # 9 rounds in the temporary directory
+    python benchmarks/bench_checkpoint.py --rounds 15 --dir /data --dir /dev/shm
 """
 
 from __future__ import annotations
@@ -40,10 +40,19 @@ from _stats import ratios, summary
 from torch import nn
 
 import danling as dl
+from danling.runner.checkpointing import read_verified
 
 MIB = 2**20
-SAVE_TARGET = 1.3
+SAVE_TARGET = 1.5
+LOAD_TARGET = 1.3
+BYTES_TARGET = 1.05
 STALL_TARGET = 0.25
+PAIRS = {  # measure: (danling, plain)
+    "save": ("danling", "plain+fsync"),
+    "load": ("load danling", "load plain"),
+    "cold load": ("cold danling", "cold plain"),
+    "restore": ("restore danling", "restore plain"),
+}
 
 
 def status_kib(field: str) -> int | None:
@@ -79,6 +88,27 @@ def measure(operation: Callable[[], Any]) -> tuple[float, float | None]:
     return seconds, None if peak is None or before is None else (peak - before) / 1024
 
 
+def drop_cache(path: str) -> None:
+    r"""Write the file out and drop it from the page cache: the next read comes from the disk (where the platform
+    has `posix_fadvise`; elsewhere the cold loads read from the cache)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def inodes(directory: str) -> dict[tuple[int, int], int]:
+    r"""Size of every file in `directory`, by inode: names that share bytes count once."""
+    found = {}
+    for name in os.listdir(directory):
+        stat = os.stat(os.path.join(directory, name))
+        found[(stat.st_dev, stat.st_ino)] = stat.st_size
+    return found
+
+
 class CheckpointRunner(dl.TorchRunner):
     def __init__(self, config: dict, layers: int, width: int) -> None:
         super().__init__(config)
@@ -101,8 +131,8 @@ def plain_save(runner: CheckpointRunner, path: str, fsync: bool) -> None:
             os.fsync(fp.fileno())
 
 
-def plain_load(runner: CheckpointRunner, path: str) -> None:
-    state = torch.load(path, map_location="cpu")
+def plain_restore(runner: CheckpointRunner, path: str) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=True)
     runner.model.load_state_dict(state["model"])
     runner.optimizer.load_state_dict(state["optimizer"])
 
@@ -110,7 +140,7 @@ def plain_load(runner: CheckpointRunner, path: str) -> None:
 def async_stall(runner: CheckpointRunner) -> dict:
     r"""The loop's stall in an async save, then steps until the background save commits."""
     start = perf_counter()
-    runner.save_checkpoint(save_best=False)
+    runner.save_checkpoint()
     stall = perf_counter() - start
     steps = 0
     while runner.async_saver.busy:  # training goes on while the save is written
@@ -120,15 +150,57 @@ def async_stall(runner: CheckpointRunner) -> dict:
     return {"stall": stall, "background": perf_counter() - start, "steps": steps}
 
 
-def run_round(runners: dict[str, CheckpointRunner], plain_path: str) -> dict:
+def in_turn(row: dict, first: bool, operations: dict[str, Callable[[], Any]]) -> None:
+    r"""Measure the operations into `row`, in their order when `first`, else reversed."""
+    for key in list(operations) if first else list(reversed(operations)):
+        row[key] = measure(operations[key])
+
+
+def save_pair(row: dict, sync: CheckpointRunner, plain_path: str, first: bool) -> None:
+    before = inodes(sync.checkpoint_dir) if os.path.isdir(sync.checkpoint_dir) else {}
+    sync.steps += 1  # a new step-stamped name each round; retention removes the oldest
+    in_turn(row, first, {"plain+fsync": lambda: plain_save(sync, plain_path, True), "danling": sync.save_checkpoint})
+    created = [size for key, size in inodes(sync.checkpoint_dir).items() if key not in before]
+    row["bytes"] = sum(created) / os.path.getsize(plain_path)
+
+
+def load_pairs(row: dict, sync: CheckpointRunner, plain_path: str, first: bool) -> None:
+    latest = sync.checkpoint_manager.path("latest")
+    kwargs = {"map_location": "cpu", "weights_only": True}
+    in_turn(
+        row,
+        first,
+        {
+            "load plain": lambda: torch.load(plain_path, **kwargs),
+            "load danling": lambda: read_verified(latest, **kwargs),
+        },
+    )
+
+    def cold(path: str, load: Callable[[], Any]) -> Callable[[], Any]:
+        return lambda: (drop_cache(path), load())
+
+    in_turn(
+        row,
+        first,
+        {
+            "cold plain": cold(plain_path, lambda: torch.load(plain_path, **kwargs)),
+            "cold danling": cold(latest, lambda: read_verified(latest, **kwargs)),
+        },
+    )
+    restores = {"restore plain": lambda: plain_restore(sync, plain_path)}
+    restores["restore danling"] = lambda: sync.load_checkpoint(latest)
+    in_turn(row, first, restores)
+
+
+def run_round(runners: dict[str, CheckpointRunner], plain_path: str, index: int) -> dict:
     sync, asynchronous = runners["sync"], runners["async"]
-    row: dict[str, Any] = {}
-    row["plain"] = measure(lambda: plain_save(sync, plain_path, fsync=False))
-    row["plain+fsync"] = measure(lambda: plain_save(sync, plain_path, fsync=True))
-    row["danling"] = measure(lambda: sync.save_checkpoint(save_best=False))
-    row["load plain"] = measure(lambda: plain_load(sync, plain_path))
-    row["load danling"] = measure(lambda: sync.load_checkpoint(sync.checkpoint_manager.path("latest")))
+    first = index % 2 == 0
+    row: dict[str, Any] = {"plain": measure(lambda: plain_save(sync, plain_path, fsync=False))}
+    drop_cache(plain_path)  # untimed: no dirty pages of it are left to slow down what comes next
+    save_pair(row, sync, plain_path, first)
+    load_pairs(row, sync, plain_path, first)
     asynchronous.step()
+    asynchronous.steps += 1
     gc.collect()
     reset, before = reset_peak(), status_kib("VmRSS")
     row.update(async_stall(asynchronous))
@@ -141,22 +213,22 @@ def mib(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0f}"
 
 
+COLUMNS = ("plain", "plain+fsync", "danling", "load plain", "load danling", "cold plain", "cold danling")
+
+
 def print_head() -> None:
     print("seconds; stall: of the async save_checkpoint; A/D: stall / synchronous save; bg s: background save")
-    print("peak MiB: peak RSS increase of the plain save / danling save / danling load / async save")
-    heads = "".join(f"{head:>13}" for head in ("save plain", "+fsync", "danling", "load plain", "load danling"))
-    print(f"{'round':>5}{heads}{'stall':>8}{'A/D':>7}{'bg s':>7}{'steps':>6}   peak MiB")
+    print("bytes: created by a danling save / the plain file; peak MiB: plain save / danling save / danling load")
+    heads = "".join(f"{head:>11}" for head in ("save plain", "+fsync", "danling", "load plain", "danling"))
+    heads += "".join(f"{head:>11}" for head in ("cold plain", "danling", "rest plain", "danling"))
+    print(f"{'round':>5}{heads}{'bytes':>7}{'stall':>8}{'A/D':>7}{'bg s':>7}   peak MiB")
 
 
 def print_row(index: int, row: dict) -> None:
-    saves = "".join(
-        f"{row[key][0]:>13.3f}" for key in ("plain", "plain+fsync", "danling", "load plain", "load danling")
-    )
-    stall = f"{row['stall']:>8.3f}{row['stall'] / row['danling'][0]:>7.3f}{row['background']:>7.2f}{row['steps']:>6}"
-    peaks = (
-        " / ".join(mib(row[key][1]) for key in ("plain", "danling", "load danling")) + f" / {mib(row['async peak'])}"
-    )
-    print(f"{index:>5}{saves}{stall}   {peaks}", flush=True)
+    cells = "".join(f"{row[key][0]:>11.3f}" for key in (*COLUMNS, "restore plain", "restore danling"))
+    stall = f"{row['stall']:>8.3f}{row['stall'] / row['danling'][0]:>7.3f}{row['background']:>7.2f}"
+    peaks = " / ".join(mib(row[key][1]) for key in ("plain", "danling", "load danling"))
+    print(f"{index:>5}{cells}{row['bytes']:>7.3f}{stall}   {peaks}", flush=True)
 
 
 def summarise(root: str, rows: list[dict], size: float) -> None:
@@ -166,13 +238,16 @@ def summarise(root: str, rows: list[dict], size: float) -> None:
     print(f"[{root}] checkpoint {size:.0f} MiB; max peak RSS increase, MiB: " + peaks(rows))
     print(summary(root, "save danling/plain", ratios(seconds("danling"), seconds("plain"))))
     print(summary(root, "save danling/plain+fsync", ratios(seconds("danling"), seconds("plain+fsync")), SAVE_TARGET))
-    print(summary(root, "load danling/plain", ratios(seconds("load danling"), seconds("load plain"))))
+    print(summary(root, "bytes on disk per save/state", [row["bytes"] for row in rows], BYTES_TARGET))
+    for measure_name in ("load", "cold load", "restore"):
+        danling, plain = PAIRS[measure_name]
+        target = LOAD_TARGET if measure_name != "restore" else None
+        print(summary(root, f"{measure_name} danling/plain", ratios(seconds(danling), seconds(plain)), target))
     print(summary(root, "async stall/synchronous save", ratios(seconds("stall"), seconds("danling")), STALL_TARGET))
 
 
 def peaks(rows: list[dict]) -> str:
-    keys = ("plain", "plain+fsync", "danling", "load plain", "load danling")
-    values = {key: [row[key][1] for row in rows] for key in keys}
+    values = {key: [row[key][1] for row in rows] for key in ("plain", "danling", "load plain", "load danling")}
     values["async"] = [row["async peak"] for row in rows]
     return ", ".join(f"{key} {mib(None if None in v else max(v))}" for key, v in values.items())
 
@@ -180,7 +255,7 @@ def peaks(rows: list[dict]) -> str:
 def benchmark(root: str, rounds: int, layers: int, width: int) -> None:
     directory = tempfile.mkdtemp(prefix="bench-checkpoint-", dir=root)
     try:
-        config = {"log": False, "keep_checkpoints": 0}
+        config = {"log": False, "keep_checkpoints": 2}
         runners = {
             mode: CheckpointRunner(
                 {**config, "dir": os.path.join(directory, mode), "async_save": mode == "async"}, layers, width
@@ -194,9 +269,9 @@ def benchmark(root: str, rounds: int, layers: int, width: int) -> None:
         print_head()
         rows = []
         for index in range(rounds):
-            rows.append(run_round(runners, os.path.join(directory, "plain.pth")))
+            rows.append(run_round(runners, os.path.join(directory, "plain.pth"), index))
             print_row(index, rows[-1])
-        summarise(root, rows, os.path.getsize(runners["sync"].checkpoint_manager.path("latest")) / MIB)
+        summarise(root, rows, os.path.getsize(os.path.join(directory, "plain.pth")) / MIB)
         for runner in runners.values():
             runner.close()
     finally:
@@ -205,7 +280,7 @@ def benchmark(root: str, rounds: int, layers: int, width: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per directory (default 3)")
+    parser.add_argument("--rounds", type=int, default=9, help="rounds per directory (default 9)")
     parser.add_argument("--layers", type=int, default=3, help="Linear layers (default 3)")
     parser.add_argument("--width", type=int, default=4096, help="features of each layer (default 4096)")
     parser.add_argument("--dir", action="append", help="where to write; repeatable (default: the temporary directory)")

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from contextlib import suppress
 from typing import Callable
 
+from .links import resolve
 from .manager import CORRUPT_SUFFIX, CheckpointManager
 from .manifest import checkpoint_problem, read_manifest
 
@@ -262,5 +263,5 @@ def checkpoint_dirs_under(path: str, checkpoint_dir_name: str = "checkpoints") -
 
 
 def is_sharded_dir(path: str) -> bool:
-    r"""Whether `path` is a `torch.distributed.checkpoint` directory (it holds `.metadata`)."""
-    return os.path.isfile(os.path.join(path, ".metadata"))
+    r"""Whether `path` is a `torch.distributed.checkpoint` directory (it holds `.metadata`), or a pointer to one."""
+    return os.path.isfile(os.path.join(resolve(path), ".metadata"))

@@ -14,6 +14,7 @@ import torch
 from torch.serialization import default_restore_location
 
 from . import read_verified
+from .links import resolve
 
 # Stable names of the parts of a checkpoint.
 RUNNER = "runner"
@@ -69,7 +70,7 @@ def read_checkpoint(checkpoint: Any, *args: Any, what: str = "checkpoint", **kwa
             "but it must be a path (str, bytes, os.PathLike) or a mapping"
         )
     path = os.fsdecode(checkpoint)
-    if os.path.isdir(path):
+    if os.path.isdir(resolve(path)):
         raise CheckpointIsADirectoryError(describe_directory(path, what))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} is set to {path!r}, but no such file exists")
@@ -138,7 +139,7 @@ def describe_directory(path: str, what: str = "checkpoint") -> str:
     except OSError:
         files = []
     message = f"{what} is set to {path!r}, which is a directory, but a checkpoint file is needed here: "
-    if os.path.isfile(os.path.join(path, ".metadata")):
+    if os.path.isfile(os.path.join(resolve(path), ".metadata")):
         return message + "it is a sharded checkpoint (load it with the runner's load_checkpoint or config.checkpoint)"
     if not files:
         return message + "it holds no checkpoint file (*.pth)"

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import re
 import shutil
 import traceback
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Protocol
 
 import torch
 
-# Bytes read at a time when hashing a file.
-CHUNK_SIZE = 1 << 22
+from .streams import HashingReader, HashingWriter, sha256_stream
+
 # How `torch.save` reports a write that failed (it keeps no errno): "[enforce fail at inline_container.cc:...] .
 # unexpected pos 768 vs 696", "PytorchStreamWriter failed writing file data/0: file write failed".
 TORCH_WRITE_FAILURE = re.compile(r"unexpected pos \d+ vs \d+|PytorchStreamWriter failed|file write failed")
@@ -29,14 +28,18 @@ class CheckpointFormat(Protocol):
 
     A format serialises a state to a path and back, and computes the digest that verifies it. The manager owns
     names, atomic commits, manifests and retention; a format owns only bytes. A sharded format (a directory per
-    checkpoint) implements the same four methods.
+    checkpoint) implements the same four methods. A format that can also verify while it reads has `read_checked`
+    (see [`read_checked`][danling.runner.checkpointing.formats.TorchFileFormat.read_checked]).
     """
 
     name: str
     suffix: str
 
-    def write(self, state: Mapping, path: str) -> None:
-        r"""Serialise `state` to `path` (a temporary path the manager later renames)."""
+    def write(self, state: Mapping, path: str) -> str | None:
+        r"""
+        Serialise `state` to `path` (a temporary path the manager later renames); return the hex SHA-256 of the bytes
+        written when it hashed them as they were written, else `None` (the manager then calls `digest`).
+        """
 
     def read(self, path: str, **kwargs: Any) -> Any:
         r"""Deserialise the checkpoint at `path`."""
@@ -50,7 +53,7 @@ class CheckpointFormat(Protocol):
 
 def sha256_file(path: str) -> str:
     r"""
-    Hex SHA-256 of a file's bytes.
+    Hex SHA-256 of a file's bytes, read once (see [`sha256_stream`][danling.runner.checkpointing.streams]).
 
     Examples:
         >>> import os, tempfile
@@ -60,11 +63,8 @@ def sha256_file(path: str) -> str:
         >>> sha256_file(path)[:16]
         'ba7816bf8f01cfea'
     """
-    digest = hashlib.sha256()
-    with open(path, "rb") as fp:
-        while chunk := fp.read(CHUNK_SIZE):
-            digest.update(chunk)
-    return digest.hexdigest()
+    with open(path, "rb", buffering=0) as fp:
+        return sha256_stream(fp)
 
 
 def zip_problem(path: str) -> str | None:
@@ -179,37 +179,93 @@ def write_failure(error: BaseException, path: str, needed: int = 0) -> OSError |
     return OSError(errno.EIO, f"{os.strerror(errno.EIO)}: torch.save could not write the file ({error})")
 
 
+class DigestMismatch(Exception):
+    r"""The bytes read match none of the digests they were checked against; `actual` is their hex SHA-256."""
+
+    def __init__(self, actual: str) -> None:
+        super().__init__(actual)
+        self.actual = actual
+
+
 class TorchFileFormat:
     r"""
     One `torch.save` file per checkpoint (`.pth`), loadable with `torch.load(..., weights_only=True)`.
 
+    `write` hashes the bytes as `torch.save` streams them, and `read_checked` hashes them as `torch.load` reads
+    them: a save and a verified load each pass over the file once.
+
     Examples:
         >>> import os, tempfile
         >>> path = os.path.join(tempfile.mkdtemp(), "x.pth")
-        >>> TorchFileFormat().write({"w": torch.ones(2)}, path)
-        >>> TorchFileFormat().read(path, weights_only=True)["w"]
+        >>> digest = TorchFileFormat().write({"w": torch.ones(2)}, path)
+        >>> digest == sha256_file(path)
+        True
+        >>> TorchFileFormat().read_checked(path, {digest}, weights_only=True)["w"]
         tensor([1., 1.])
     """
 
     name = "torch"
     suffix = ".pth"
 
-    def write(self, state: Mapping, path: str) -> None:
-        try:
-            torch.save(state, path)
-        except RuntimeError as error:
-            failure = write_failure(error, path, state_bytes(state))
-            if failure is None:
-                raise
-            release_frames(error)
-            raise failure from error
+    def write(self, state: Mapping, path: str) -> str:
+        with open(path, "wb", buffering=0) as raw, HashingWriter(raw) as writer:
+            try:
+                torch.save(state, writer)
+                writer.flush()
+            except RuntimeError as error:
+                failure = writer.error or write_failure(error, path, state_bytes(state))
+                if failure is None:
+                    raise
+                release_frames(error)
+                raise failure from error
+        return writer.hexdigest()
 
     def read(self, path: str, **kwargs: Any) -> Any:
         return torch.load(path, **kwargs)
+
+    def read_checked(self, path: str, digests: Collection[str], **kwargs: Any) -> Any:
+        r"""
+        Load the checkpoint at `path` and check, in the same pass over the file, that its SHA-256 is in `digests`.
+
+        `torch.load` reads through a [`HashingReader`][danling.runner.checkpointing.streams.HashingReader]; what
+        it returns is handed out only once the digest of every byte matched. With `weights_only=False` (which
+        unpickles, so may run code of the file) or `mmap=True` (whose tensors map the file), the file is hashed
+        first and loaded only when it matches: the first reads it twice, the second once.
+
+        Raises:
+            DigestMismatch: If the SHA-256 of the file is not in `digests` (also when `torch.load` failed on it).
+        """
+        if kwargs.get("weights_only") is False or kwargs.get("mmap"):
+            return self._check_then_read(path, digests, **kwargs)
+        kwargs.setdefault("weights_only", True)  # nothing unpickled from bytes not yet verified can run code
+        with open(path, "rb", buffering=0) as raw, HashingReader(raw, os.fstat(raw.fileno()).st_size) as reader:
+            try:
+                loaded = torch.load(reader, **kwargs)
+            except Exception as error:  # what torch made of the bytes is moot when they are not the bytes saved
+                actual = reader.hexdigest()
+                if actual not in digests:
+                    raise DigestMismatch(actual) from error
+                raise
+            actual = reader.hexdigest()
+        if actual not in digests:
+            raise DigestMismatch(actual)
+        return loaded
+
+    def _check_then_read(self, path: str, digests: Collection[str], **kwargs: Any) -> Any:
+        with open(path, "rb", buffering=0) as raw:
+            actual = sha256_stream(raw)
+            if actual not in digests:
+                raise DigestMismatch(actual)
+            checked = os.fstat(raw.fileno())
+            loaded = torch.load(path, **kwargs)
+            now = os.stat(path)
+        if (now.st_dev, now.st_ino) != (checked.st_dev, checked.st_ino):  # replaced while it was read
+            raise FileNotFoundError(f"{path!r} was replaced while it was read")
+        return loaded
 
     def digest(self, path: str) -> str:
         return sha256_file(path)
 
     def copy(self, source: str, destination: str) -> None:
-        # A real copy, not a hard link: a bit flip in one file must leave the other a valid fallback.
+        r"""A full copy of the file (the manager links names instead; this is its fallback)."""
         shutil.copyfile(source, destination)

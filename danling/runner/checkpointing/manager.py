@@ -13,9 +13,25 @@ from collections.abc import Mapping
 from contextlib import suppress
 from typing import Any, Callable
 
-from .formats import CheckpointFormat, TorchFileFormat, free_space
-from .manifest import CheckpointError, checkpoint_problem, describe_problem, manifest_path, read_manifest
-from .temporaries import TEMPORARY_PATTERN, remove_stale_temporaries, write_atomically  # noqa: F401 (re-exported)
+from .formats import CheckpointFormat, DigestMismatch, TorchFileFormat, free_space
+from .links import collect_data, link_file, links_supported, read_pointer, resolve, store_data, write_pointer
+from .manifest import (
+    CheckpointError,
+    accepted_digests,
+    checkpoint_problem,
+    describe_problem,
+    digest_problem,
+    manifest_path,
+    read_manifest,
+    size_problem,
+)
+from .temporaries import (
+    TEMPORARY_PATTERN,  # noqa: F401 (re-exported)
+    remove_path,
+    remove_stale_temporaries,
+    temporary_path,
+    write_atomically,
+)
 
 LATEST = "latest"
 BEST = "best"
@@ -28,9 +44,11 @@ class CheckpointManager:
     r"""
     Owns the checkpoints of one directory: what they are called, how they are committed, which are kept.
 
-    Every save writes `{name}.pth` atomically, then its manifest (SHA-256 and size); a `latest` save also keeps a
-    step-stamped copy `step-{steps}.pth`, of which the newest `keep` survive, so a fallback always exists;
-    `epoch-{epochs}.pth` and `best.pth` copies are made on request. Retention never deletes `latest` or `best`.
+    Every save writes `{name}.pth` atomically, then its manifest (SHA-256, computed while the bytes are written, and
+    size); a `latest` save is also named `step-{steps}.pth`, of which the newest `keep` survive, so a fallback
+    always exists; `epoch-{epochs}.pth` and `best.pth` names are given on request. A save writes its bytes once: its
+    other names are hard links to them, or, where the file system has none, every name is a pointer to one data file
+    (see [`links`][danling.runner.checkpointing.links]). Retention never deletes `latest` or `best`.
     Temporary files left by killed saves (`.{name}.{pid}.{token}.tmp`) are removed before each save, unless their
     writer still runs. The bytes are the business of a
     [`CheckpointFormat`][danling.runner.checkpointing.CheckpointFormat] (`torch.save` files by default).
@@ -55,6 +73,13 @@ class CheckpointManager:
     def __init__(self, directory: str, fmt: CheckpointFormat | None = None) -> None:
         self.directory = os.fsdecode(directory)
         self.format: CheckpointFormat = TorchFileFormat() if fmt is None else fmt
+        self._links: bool | None = None
+
+    def links_supported(self) -> bool:
+        r"""Whether the directory's file system makes hard links (asked once, on the first save that needs one)."""
+        if self._links is None:
+            self._links = links_supported(self.directory)
+        return self._links
 
     def path(self, name: str) -> str:
         r"""Path of the checkpoint called `name` (without extension)."""
@@ -74,15 +99,16 @@ class CheckpointManager:
         epoch_copy: bool = False,
     ) -> str:
         r"""
-        Commit `state` as `{name}.pth` and its copies; every file is complete or absent after a crash.
+        Commit `state` as `{name}.pth` and its other names (the bytes written once); every file is complete or
+        absent after a crash.
 
         Args:
             state: The checkpoint.
             name: File name without extension.
-            steps: Optimizer steps of the state (stamped on the `latest` copy and recorded in manifests).
+            steps: Optimizer steps of the state (stamped on the `latest` name and recorded in manifests).
             epochs: Epoch of the state.
             best: Also commit it as `best.pth`.
-            keep: Step-stamped copies of `latest` to keep (0 keeps none).
+            keep: Step-stamped names of `latest` to keep (0 keeps none).
             epoch_copy: Also commit it as `epoch-{epochs}.pth`.
 
         Returns:
@@ -97,43 +123,75 @@ class CheckpointManager:
         self.remove_temporaries()
         info = {"steps": int(steps), "epochs": epochs, "format": self.format.name}
         primary = self.path(name)
-        digest = self._commit(primary, lambda tmp: self.format.write(state, tmp), info)
-        copies = []
-        if name == LATEST and keep > 0:
-            copies.append(f"step-{int(steps)}")
-        if epoch_copy and epochs is not None:
-            copies.append(f"epoch-{epochs}")
-        if best and name != BEST:
-            copies.append(BEST)
-        for copy in copies:
-            self._commit(self.path(copy), lambda tmp: self.format.copy(primary, tmp), info, digest)
+        names = [primary] + [self.path(copy) for copy in copy_names(name, steps, epochs, best, keep, epoch_copy)]
+        self._commit_once(names, lambda tmp: self.format.write(state, tmp), info)
         if name == LATEST:
             self.prune(keep)
+        collect_data(self.directory)
         return primary
+
+    def _commit_once(self, paths: list[str], writer: Callable[[str], Any], info: dict[str, Any]) -> None:
+        # The bytes are written once, as `paths[0]`; the other names are hard links to it. Where the file system
+        # makes no links, the bytes become a data file and every name a pointer to it.
+        if len(paths) == 1 or self.links_supported():
+            entry = self._commit(paths[0], writer, info)
+            for path in paths[1:]:
+                self._commit(path, lambda tmp: link_file(paths[0], tmp), info, entry)
+            return
+        staged = temporary_path(os.path.join(self.directory, "data" + self.format.suffix))
+        try:
+            written = writer(staged)
+            _fsync(staged)
+            digest = written if isinstance(written, str) else self.format.digest(staged)
+            entry = {"sha256": digest, "size": _size(staged)}
+            data = store_data(staged, entry["sha256"], self.format.suffix)
+        except BaseException as error:
+            remove_path(staged)
+            if isinstance(error, OSError):
+                raise _explain_write_error(error, paths[0]) from error
+            raise
+        for path in paths:
+            self._commit(path, lambda tmp: write_pointer(tmp, os.path.basename(data), entry), info, entry)
 
     def copy_to(self, source: str, name: str) -> str:
         r"""
-        Commit a copy of the checkpoint `source` (of this directory) as `name`, atomically, with its manifest's steps,
-        epoch and digest.
+        Commit the checkpoint `source` (of this directory) also as `name`, atomically, with its manifest's steps,
+        epoch and digest: a hard link to its bytes, a pointer to its data file, or, where neither can be made,
+        a copy.
 
         Returns:
             The path of `name`.
         """
         manifest = read_manifest(source) or {}
         info = {key: manifest.get(key) for key in ("steps", "epochs", "format")}
+        data = resolve(source)
+        entry = {"sha256": manifest.get("sha256") or self.format.digest(data), "size": _size(data)}
+        pointer = read_pointer(source)
         path = self.path(name)
-        self._commit(path, lambda tmp: self.format.copy(source, tmp), info, manifest.get("sha256"))
+        if pointer is not None:
+            self._commit(path, lambda tmp: write_pointer(tmp, pointer["target"], entry), info, entry)
+        else:
+            self._commit(path, lambda tmp: link_file(source, tmp), info, entry)
+        collect_data(self.directory)  # the data file `name` pointed to, if nothing else does
         return path
 
-    def _commit(self, path: str, writer: Callable[[str], None], info: dict[str, Any], digest: str | None = None) -> str:
+    def _commit(
+        self, path: str, writer: Callable[[str], Any], info: dict[str, Any], entry: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         # 1. write a temporary file; 2. record its digest as `pending` next to the current one; 3. rename it over
         # `path`; 4. make the new digest the only one. A kill at any instant leaves a file its manifest accepts.
+        # `entry` (digest and size) is given for links and pointers; else the writer returns the digest or it is
+        # computed from the temporary file.
         current = self._current_entry(path)
         new: dict[str, Any] = {}
 
         def write_and_announce(temporary: str) -> None:
-            writer(temporary)
-            new.update(sha256=digest or self.format.digest(temporary), size=_size(temporary))
+            written = writer(temporary)
+            if entry is not None:
+                new.update(sha256=entry["sha256"], size=entry["size"])
+            else:
+                digest = written if isinstance(written, str) else self.format.digest(temporary)
+                new.update(sha256=digest, size=_size(temporary))
             transition = {"file": os.path.basename(path), **info, **current, "pending": dict(new)}
             self._write_manifest(path, transition)
 
@@ -142,7 +200,7 @@ class CheckpointManager:
         except OSError as error:
             raise _explain_write_error(error, path) from error
         self._write_manifest(path, {"file": os.path.basename(path), **info, **new, "written": time.time()})
-        return new["sha256"]
+        return new
 
     def _current_entry(self, path: str) -> dict[str, Any]:
         # Digest and size of the file `path` holds now, as its manifest records them.
@@ -150,7 +208,7 @@ class CheckpointManager:
         if manifest is None:
             return {}
         if manifest.get("pending"):  # an interrupted save: find out which of the two the file holds
-            actual = self.format.digest(path)
+            actual = self.format.digest(resolve(path))
             for entry in (manifest, manifest["pending"]):
                 if entry.get("sha256") == actual:
                     return {"sha256": actual, "size": entry.get("size")}
@@ -274,22 +332,70 @@ class CheckpointManager:
 
 def read_verified(path: str, fmt: CheckpointFormat | None = None, **kwargs: Any) -> Any:
     r"""
-    Verify the checkpoint at `path` (see [`verify_checkpoint`][danling.runner.checkpointing.verify_checkpoint]),
-    then read it with `fmt`; every error names the file.
+    Read the checkpoint at `path` with `fmt`, verified (see
+    [`verify_checkpoint`][danling.runner.checkpointing.verify_checkpoint]); every error names the file.
+
+    A checkpoint with a manifest is verified while it is read, in one pass over the file, when the format can
+    (see [`TorchFileFormat.read_checked`][danling.runner.checkpointing.formats.TorchFileFormat.read_checked]); other
+    checkpoints are verified first, then read. A pointer file is followed.
     """
     fmt = TorchFileFormat() if fmt is None else fmt
+    path = os.fsdecode(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint is set to {path!r}, but no such file exists")
-    problem = checkpoint_problem(path, fmt)
-    if problem is not None:
-        raise CheckpointError(describe_problem(path, problem, fmt))
+    manifest = read_manifest(path)
     try:
-        return fmt.read(path, **kwargs)
+        if manifest is not None and hasattr(fmt, "read_checked"):
+            return _read_checked(path, fmt, accepted_digests(manifest), kwargs)
+        problem = checkpoint_problem(path, fmt)
+        if problem is not None:
+            raise CheckpointError(describe_problem(path, problem, fmt))
+        return fmt.read(resolve(path), **kwargs)
+    except CheckpointError:
+        raise
     except pickle.UnpicklingError as error:  # `weights_only`: it holds objects that only pickle can rebuild
         raise CheckpointError(refuse_pickle(path, error)) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as error:
         message = describe_problem(path, f"it cannot be read ({type(error).__name__}: {error})", fmt)
         raise CheckpointError(message) from error
+
+
+def _read_checked(path: str, fmt: Any, digests: dict[str, int | None], kwargs: dict[str, Any]) -> Any:
+    # One pass: the size from the file's metadata, the digest while it is loaded. A pointer may be replaced
+    # between reading it and opening its data file (whose old version is then deleted): read it again, once.
+    for attempt in (0, 1):
+        data = resolve(path)
+        try:
+            problem = size_problem(os.path.getsize(data), digests)
+            if problem is not None:
+                raise CheckpointError(describe_problem(path, problem, fmt))
+            return fmt.read_checked(data, set(digests), **kwargs)
+        except FileNotFoundError:
+            if attempt or not os.path.exists(path):
+                raise
+        except DigestMismatch as mismatch:
+            problem = digest_problem(mismatch.actual, digests, path)
+            raise CheckpointError(describe_problem(path, str(problem), fmt)) from mismatch.__cause__
+    raise AssertionError("unreachable")
+
+
+def copy_names(name: str, steps: int, epochs: int | None, best: bool, keep: int, epoch_copy: bool) -> list[str]:
+    r"""
+    The other names a save of `name` gets: `step-{steps}` (a `latest` save, when `keep` > 0), `epoch-{epochs}`
+    (with `epoch_copy`) and `best`.
+
+    Examples:
+        >>> copy_names("latest", 7, 2, best=True, keep=2, epoch_copy=True)
+        ['step-7', 'epoch-2', 'best']
+    """
+    copies = []
+    if name == LATEST and keep > 0:
+        copies.append(f"step-{int(steps)}")
+    if epoch_copy and epochs is not None:
+        copies.append(f"epoch-{epochs}")
+    if best and name != BEST:
+        copies.append(BEST)
+    return copies
 
 
 def refuse_pickle(path: str, error: BaseException) -> str:
@@ -310,6 +416,14 @@ def refuse_pickle(path: str, error: BaseException) -> str:
         "can run any code it carries: DanLing refuses it. A DanLing checkpoint holds tensors and plain values only; "
         "if you wrote this file yourself, save the state dicts (tensors) instead of the objects"
     )
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _size(path: str) -> int:

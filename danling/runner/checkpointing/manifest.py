@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from .formats import TorchFileFormat, zip_problem
+from .links import resolve
 
 MANIFEST_SUFFIX = ".manifest.json"
 
@@ -64,7 +65,8 @@ def checkpoint_problem(path: str, fmt: Any = None) -> str | None:
     What is wrong with the checkpoint at `path`, or `None` when it verifies.
 
     A checkpoint with a manifest must match one of its digests; one without (written by another tool) must be an
-    intact `torch.save` archive (zip CRCs).
+    intact `torch.save` archive (zip CRCs). A pointer file is checked through the data it names (see
+    [`links`][danling.runner.checkpointing.links]).
 
     Args:
         path: The checkpoint.
@@ -76,22 +78,47 @@ def checkpoint_problem(path: str, fmt: Any = None) -> str | None:
     fmt = TorchFileFormat() if fmt is None else fmt
     if not os.path.exists(path):
         return "it does not exist"
+    data = resolve(path)
+    if not os.path.exists(data):
+        return f"it points to {os.path.basename(data)}, which does not exist (deleted by hand?)"
     manifest = read_manifest(path)
     if manifest is None:
-        return zip_problem(path) if os.path.isfile(path) else None
+        return zip_problem(data) if os.path.isfile(data) else None
     digests = accepted_digests(manifest)
-    size = os.path.getsize(path) if os.path.isfile(path) else None
+    size = os.path.getsize(data) if os.path.isfile(data) else None
+    return size_problem(size, digests) or digest_problem(fmt.digest(data), digests, path)
+
+
+def size_problem(size: int | None, digests: dict[str, int | None]) -> str | None:
+    r"""
+    What is wrong with a file of `size` bytes under a manifest accepting `digests` (see
+    [`accepted_digests`][danling.runner.checkpointing.manifest.accepted_digests]), or `None`.
+
+    Examples:
+        >>> size_problem(10, {"a": 100})
+        'it is 10 bytes but its manifest says 100 (truncated or overwritten)'
+    """
     sizes = {value for value in digests.values() if value is not None}
-    if size is not None and sizes and size not in sizes:
-        expected = " or ".join(str(value) for value in sorted(sizes))
-        return f"it is {size} bytes but its manifest says {expected} (truncated or overwritten)"
-    actual = fmt.digest(path)
-    if actual not in digests:
-        return (
-            f"its SHA-256 {actual[:16]}... matches no digest in {os.path.basename(manifest_path(path))} "
-            "(corrupt: flipped bits or a partial copy; if you rewrote it on purpose, delete the manifest)"
-        )
-    return None
+    if size is None or not sizes or size in sizes:
+        return None
+    expected = " or ".join(str(value) for value in sorted(sizes))
+    return f"it is {size} bytes but its manifest says {expected} (truncated or overwritten)"
+
+
+def digest_problem(actual: str, digests: dict[str, int | None], path: str) -> str | None:
+    r"""
+    What is wrong with a checkpoint `path` whose bytes have the SHA-256 `actual`, or `None` when it is accepted.
+
+    Examples:
+        >>> digest_problem("ab" * 32, {"cd" * 32: 1}, "latest.pth")[:36]
+        'its SHA-256 abababababababab... matc'
+    """
+    if actual in digests:
+        return None
+    return (
+        f"its SHA-256 {actual[:16]}... matches no digest in {os.path.basename(manifest_path(path))} "
+        "(corrupt: flipped bits or a partial copy; if you rewrote it on purpose, delete the manifest)"
+    )
 
 
 def sibling_checkpoints(path: str, fmt: Any = None, limit: int = 8) -> list[str]:
@@ -105,8 +132,17 @@ def sibling_checkpoints(path: str, fmt: Any = None, limit: int = 8) -> list[str]
     except OSError:
         return []
     names = [name for name in names if os.path.join(directory, name) != os.path.abspath(path)]
+    names = [name for name in names if not _same_bytes(os.path.join(directory, name), path)]
     names.sort(key=lambda name: os.path.getmtime(os.path.join(directory, name)), reverse=True)
     return [name for name in names[:limit] if checkpoint_problem(os.path.join(directory, name), fmt) is None]
+
+
+def _same_bytes(first: str, second: str) -> bool:
+    # Two names of one file (hard links, or pointers to one data file): not a fallback for each other.
+    try:
+        return os.path.samefile(resolve(first), resolve(second))
+    except OSError:
+        return False
 
 
 def describe_problem(path: str, problem: str, fmt: Any = None) -> str:

@@ -10,15 +10,15 @@ so a checkpoint saved on N ranks (FSDP2, DDP or one process) loads on any other 
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import hashlib
 import importlib
 import os
 import shutil
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -27,7 +27,18 @@ from torch import nn
 
 from ..distributed.consensus import FailureConsensus
 from .formats import release_frames, sha256_file, write_failure
-from .manager import LATEST, CheckpointManager, _explain_write_error, _size
+from .links import (
+    collect_data,
+    fsync_file,
+    fsync_tree,
+    link_or_copy_tree,
+    read_pointer,
+    resolve,
+    store_data,
+    swap_into_place,
+    write_pointer,
+)
+from .manager import LATEST, CheckpointManager, _explain_write_error, _size, copy_names
 from .manifest import CheckpointError, checkpoint_problem, describe_problem, read_manifest
 from .temporaries import remove_path, temporary_path
 
@@ -40,10 +51,6 @@ def _dcp() -> Any:
     for submodule in ("state_dict", "state_dict_loader"):
         importlib.import_module(f"torch.distributed.checkpoint.{submodule}")
     return importlib.import_module("torch.distributed.checkpoint")
-
-
-RENAME_EXCHANGE = 2  # renameat2 flag: swap two paths atomically (Linux >= 3.15)
-AT_FDCWD = -100
 
 
 class ShardedFormat:
@@ -78,6 +85,7 @@ class ShardedFormat:
                 raise failure from error
 
     def read(self, path: str, state: dict | None = None, **kwargs: Any) -> Any:
+        path = resolve(path)  # a pointer file names the data directory
         with _single_process_quiet():
             if state is None:
                 return _dcp().state_dict_loader._load_state_dict_from_keys(kwargs.get("keys"), checkpoint_id=path)
@@ -85,11 +93,11 @@ class ShardedFormat:
         return state
 
     def digest(self, path: str) -> str:
-        return combined_digest(file_digests(path))
+        return combined_digest(file_digests(resolve(path)))
 
     def copy(self, source: str, destination: str) -> None:
-        # Real copies, not hard links: a bit flip in one checkpoint must leave the other a valid fallback.
-        shutil.copytree(source, destination)
+        r"""A full copy of the directory (the manager links names instead; this is its fallback)."""
+        shutil.copytree(resolve(source), destination)
         fsync_tree(destination)
 
 
@@ -138,51 +146,6 @@ def combined_digest(digests: Mapping[str, str]) -> str:
     """
     lines = "".join(f"{name} {digest}\n" for name, digest in sorted(digests.items()))
     return hashlib.sha256(lines.encode()).hexdigest()
-
-
-def fsync_tree(path: str) -> None:
-    r"""Make every file and directory under `path` durable (files first, then their directories)."""
-    for root, _, names in os.walk(path, topdown=False):
-        for name in [*names, None]:
-            target = root if name is None else os.path.join(root, name)
-            fd = os.open(target, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-
-def swap_into_place(temporary: str, target: str) -> None:
-    r"""
-    Make the directory `temporary` the directory `target`, atomically where the platform allows.
-
-    A new `target` is a rename. An existing one is exchanged with `temporary` by `renameat2(RENAME_EXCHANGE)` (one
-    atomic step on Linux), then the old one is deleted; elsewhere it is moved aside first (a crash in between
-    leaves no `target`, but its step-stamped copy).
-    """
-    if not os.path.exists(target):
-        os.rename(temporary, target)
-    elif _exchange(temporary, target):
-        shutil.rmtree(temporary)
-    else:
-        aside = temporary[: -len(".tmp")] + "-old.tmp"  # still a temporary of the same writer
-        os.rename(target, aside)
-        os.rename(temporary, target)
-        shutil.rmtree(aside)
-    fd = os.open(os.path.dirname(os.path.abspath(target)), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _exchange(first: str, second: str) -> bool:
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    code = renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE)
-    return code == 0
 
 
 def _distributed() -> bool:
@@ -279,48 +242,80 @@ class ShardedCheckpointManager(CheckpointManager):
             raise
 
     def copy_to(self, source: str, name: str) -> str:
-        r"""Commit a copy of the sharded checkpoint `source` (of this directory) as `name`, on this process."""
+        r"""
+        Commit the sharded checkpoint `source` (of this directory) also as `name`, on this process: a directory of
+        hard links to its files, a pointer to its data directory, or, where neither can be made, a copy.
+        """
         manifest = read_manifest(source) or {}
         info = {key: manifest.get(key) for key in ("steps", "epochs", "format")}
-        staging = temporary_path(self.path(name), token=str(int(info["steps"] or 0)), pid=self.writer_pid())
-        self._commit_staged(staging, self.path(name), info, source=source)
+        files = file_digests(resolve(source))
+        entry = {"sha256": combined_digest(files), "size": _size(resolve(source)), "files": files}
+        self._commit_names(source, [self.path(name)], info, entry)
+        collect_data(self.directory)
         return self.path(name)
 
     def _commit_all(self, temporary: str, name: str, info: dict[str, Any], **policy: Any) -> None:
-        # Rank 0, after every rank wrote its shards: the checkpoint, its copies, retention.
-        primary, steps, epochs = self.path(name), info["steps"], info["epochs"]
-        self._commit_staged(temporary, primary, info)
-        copies = [f"step-{steps}"] if name == LATEST and policy["keep"] > 0 else []
-        copies += [f"epoch-{epochs}"] if policy["epoch_copy"] and epochs is not None else []
-        copies += ["best"] if policy["best"] and name != "best" else []
-        for copy in copies:
-            staging = temporary_path(self.path(copy), token=str(steps), pid=self.writer_pid())
-            self._commit_staged(staging, self.path(copy), info, source=primary)
+        # Rank 0, after every rank wrote its shards: hash the files once, commit the checkpoint and its other
+        # names (hard links, or pointers to one data directory where there are none), retention.
+        primary = self.path(name)
+        steps, epochs = info["steps"], info["epochs"]
+        others = copy_names(name, steps, epochs, policy["best"], policy["keep"], policy["epoch_copy"])
+        fsync_tree(temporary)
+        files = file_digests(temporary)
+        entry = {"sha256": combined_digest(files), "size": _size(temporary), "files": files}
+        if not others or self.links_supported():
+            self._commit_staged(temporary, primary, info, entry)
+            self._commit_names(primary, [self.path(other) for other in others], info, entry)
+        else:
+            try:
+                data = store_data(temporary, entry["sha256"], self.format.suffix)
+            except OSError as error:
+                remove_path(temporary)
+                raise _explain_write_error(error, primary) from error
+            self._commit_names(data, [primary] + [self.path(other) for other in others], info, entry)
         if name == LATEST:
             self.prune(policy["keep"])
+        collect_data(self.directory)
 
-    def _commit_staged(self, staging: str, path: str, info: dict[str, Any], source: str | None = None) -> None:
-        # Copy `source` to `staging` when given, then commit `staging` as `path`; a failure removes `staging`.
+    def _commit_names(self, source: str, paths: list[str], info: dict[str, Any], entry: dict[str, Any]) -> None:
+        # Give the checkpoint `source` (a committed directory, a pointer file or a data directory) the names
+        # `paths`: pointers when it is data, else hard links (a copy where a link is refused).
+        pointer = read_pointer(source)
+        target = pointer["target"] if pointer is not None else None
+        if target is None and os.path.basename(source).endswith(".data"):
+            target = os.path.basename(source)
+        for path in paths:
+            staging = temporary_path(path, token=str(int(info["steps"] or 0)), pid=self.writer_pid())
+            if target is not None:
+                make = partial(write_pointer, staging, target, entry)
+            else:
+                make = partial(link_or_copy_tree, source, staging)
+            self._commit_staged(staging, path, info, entry, make)
+
+    def _commit_staged(
+        self, staging: str, path: str, info: dict[str, Any], entry: dict[str, Any], make: Callable | None = None
+    ) -> None:
+        # Build `staging` with `make` when given, then commit it as `path`; a failure removes `staging`.
         try:
-            if source is not None:
-                self.format.copy(source, staging)
-            self._commit_directory(staging, path, info)
+            if make is not None:
+                make()
+            self._commit_directory(staging, path, info, entry)
         except BaseException as error:
             remove_path(staging)
             if isinstance(error, OSError):
                 raise _explain_write_error(error, path) from error
             raise
 
-    def _commit_directory(self, temporary: str, path: str, info: dict[str, Any]) -> None:
-        # As `_commit` for files: digests of the new directory as `pending`, swap, then the only digest.
-        fsync_tree(temporary)
-        files = file_digests(temporary)
-        new = {"sha256": combined_digest(files), "size": _size(temporary)}
+    def _commit_directory(self, temporary: str, path: str, info: dict[str, Any], entry: dict[str, Any]) -> None:
+        # As `_commit` for files: the new digest as `pending`, swap, then the only digest (and each file's).
+        if os.path.isfile(temporary):
+            fsync_file(temporary)
         current = self._current_entry(path)
         name = os.path.basename(path)
-        self._write_manifest(path, {"file": name, **info, **current, "pending": dict(new)})
+        new = {"sha256": entry["sha256"], "size": entry["size"]}
+        self._write_manifest(path, {"file": name, **info, **current, "pending": new})
         swap_into_place(temporary, path)
-        self._write_manifest(path, {"file": name, **info, **new, "files": files})
+        self._write_manifest(path, {"file": name, **info, **new, "files": entry["files"]})
 
 
 def is_sharded_checkpoint(checkpoint: Any) -> bool:
@@ -333,7 +328,7 @@ def is_sharded_checkpoint(checkpoint: Any) -> bool:
     """
     if not isinstance(checkpoint, (str, bytes, os.PathLike)):
         return False
-    return os.path.isfile(os.path.join(os.fsdecode(checkpoint), ".metadata"))
+    return os.path.isfile(os.path.join(resolve(checkpoint), ".metadata"))
 
 
 def sharded_state(
@@ -376,7 +371,7 @@ def load_sharded(
         CheckpointError: If it fails verification (the message names the directory).
     """
     fmt = ShardedFormat()
-    if not os.path.isdir(path):
+    if not os.path.isdir(resolve(path)):
         raise FileNotFoundError(f"sharded checkpoint is set to {path!r}, but no such directory exists")
     problem = [checkpoint_problem(path, fmt) if _is_main() else None]
     if _distributed():
@@ -400,7 +395,8 @@ def load_sharded(
 
 def stored_keys(path: str) -> set[str]:
     r"""The top-level entries (`model`, `optimizer`, `runner`...) a sharded checkpoint holds, from its metadata."""
-    return {key.split(".", 1)[0] for key in _dcp().FileSystemReader(path).read_metadata().state_dict_metadata}
+    reader = _dcp().FileSystemReader(resolve(path))
+    return {key.split(".", 1)[0] for key in reader.read_metadata().state_dict_metadata}
 
 
 def read_sharded_entries(path: str, keys: set[str]) -> dict[str, Any]:
@@ -432,7 +428,7 @@ def read_sharded_model(path: str) -> dict[str, Any]:
     `pretrained`, inference or conversion). Collective when a process group is initialised.
     """
     fmt = ShardedFormat()
-    problem = checkpoint_problem(path, fmt) if os.path.isdir(path) else "it is not a directory"
+    problem = checkpoint_problem(path, fmt) if os.path.isdir(resolve(path)) else "it is not a directory"
     if problem is not None:
         raise CheckpointError(describe_problem(path, problem, fmt))
     return fmt.read(path, keys={MODEL})[MODEL]

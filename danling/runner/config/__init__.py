@@ -177,7 +177,8 @@ class Config(chanfig.Config):
         log_interval: Log every this many batches (`None`: `ceil(batches / 10)` of the longest loader).
         save_interval: Keep an `epoch-N.pth` copy every this many epochs (`None` to keep none).
         save_steps: Also save `latest.pth` every this many optimizer steps (`None`: at epoch ends only).
-        keep_checkpoints: Step-stamped `step-N.pth` copies kept besides `latest.pth`/`best.pth` (0: none).
+        keep_checkpoints: Step-stamped `step-N.pth` names kept besides `latest.pth`/`best.pth` (hard links to the
+            saved bytes, see the checkpoints guide; 0: none).
         auto_resume: Continue the newest valid checkpoint of the same run (name and id) when launched again.
         resume_schedule: When a resumed run's plan differs from its checkpoint's: `"rebuild"` (default) continues
             the schedule built for the new plan, `"keep"` keeps the checkpoint's.

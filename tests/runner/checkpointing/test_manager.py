@@ -52,12 +52,15 @@ def test_retention_keeps_the_newest_step_copies_and_never_latest_or_best(tmp_pat
     assert pth_files(tmp_path) == ["best.pth", "epoch-3.pth", "latest.pth"]
 
 
-def test_copies_are_independent_files(tmp_path: Path) -> None:
+def test_each_save_is_a_separate_file_and_a_flip_leaves_the_previous_one_valid(tmp_path: Path) -> None:
+    # The names of one save share its bytes (see test_checkpoint_links.py); the previous save is its own file.
     manager = CheckpointManager(str(tmp_path))
     manager.save(state(1), steps=1, keep=2)
+    manager.save(state(2), steps=2, keep=2)
     assert os.stat(tmp_path / "latest.pth").st_ino != os.stat(tmp_path / "step-1.pth").st_ino
     flip_byte(tmp_path / "latest.pth", 200)
     assert checkpoint_problem(str(tmp_path / "latest.pth")) is not None
+    assert checkpoint_problem(str(tmp_path / "step-2.pth")) is not None  # the same bytes
     assert checkpoint_problem(str(tmp_path / "step-1.pth")) is None
 
 
@@ -72,7 +75,7 @@ def test_bit_flip_is_an_error_naming_the_file_and_the_valid_fallbacks(tmp_path: 
     message = str(raised.value)
     assert str(latest) in message
     assert "SHA-256" in message
-    assert "step-2.pth" in message
+    assert "step-2.pth" not in message  # another name of the same bytes: no fallback
     assert "step-1.pth" in message
     assert isinstance(raised.value, ValueError)
 
@@ -80,9 +83,10 @@ def test_bit_flip_is_an_error_naming_the_file_and_the_valid_fallbacks(tmp_path: 
 @pytest.mark.parametrize("keep_bytes", [0, 10, 1000])
 def test_truncated_checkpoint_is_an_error(tmp_path: Path, keep_bytes: int) -> None:
     manager = CheckpointManager(str(tmp_path))
-    manager.save(state(1, size=1000), steps=1, keep=1)
+    manager.save(state(1, size=1000), steps=1, keep=2)
+    manager.save(state(2, size=1000), steps=2, keep=2)
     latest = tmp_path / "latest.pth"
-    os.truncate(latest, keep_bytes)
+    os.truncate(latest, keep_bytes)  # and step-2.pth, another name of the same file
     with pytest.raises(CheckpointError, match=r"truncated") as raised:
         verify_checkpoint(latest)
     assert str(latest) in str(raised.value)
@@ -142,9 +146,8 @@ def test_disk_full_names_the_path_and_free_space_and_keeps_the_previous_checkpoi
     manager = CheckpointManager(str(tmp_path))
     manager.save(state(1), steps=1, keep=1)
 
-    def full(obj, path, *args, **kwargs):
-        with open(path, "wb") as fp:
-            fp.write(b"partial")
+    def full(obj, file, *args, **kwargs):
+        file.write(b"partial")  # the file object danling streams the checkpoint into
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full)

@@ -74,10 +74,10 @@ def test_a_directory_skips_a_corrupt_newest_checkpoint_without_moving_it(tmp_pat
     latest = finished / "checkpoints" / "latest.pth"
     data = bytearray(latest.read_bytes())
     data[len(data) // 2] ^= 0xFF  # a bit flip the manifest's digest catches
-    latest.write_bytes(bytes(data))
+    latest.write_bytes(bytes(data))  # in place: step-12.pth, the same file, is flipped too
     runner = ScheduledRunner(config(tmp_path, "again", checkpoint=str(finished)))
-    assert runner.config.checkpoint == str(finished / "checkpoints" / "step-12.pth")
-    assert runner.steps == 12
+    assert runner.config.checkpoint == str(finished / "checkpoints" / "step-8.pth")
+    assert runner.steps == 8
     assert latest.exists()  # a directory the user named: skipped, not quarantined
 
 

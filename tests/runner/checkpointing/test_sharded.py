@@ -121,11 +121,14 @@ def test_single_process_commit_hygiene_and_retention(tmp_path):
     assert torch.equal(manager.load(manager.path("latest"))["model"]["w"], torch.full((3,), 4.0))
     # auto_resume's search finds sharded checkpoints too, skipping (and moving aside) a corrupt one.
     assert find_resumable([str(tmp_path)]) == str(tmp_path / "latest.dcp")
+    # Written in place, so step-4.dcp, whose files are the same files, is corrupt too; step-3.dcp is its own.
     (tmp_path / "latest.dcp" / "__0_0.distcp").write_bytes(b"flipped")
     notes = []
-    assert find_resumable([str(tmp_path)], warn=notes.append) == str(tmp_path / "step-4.dcp")
+    assert find_resumable([str(tmp_path)], warn=notes.append) == str(tmp_path / "step-3.dcp")
     assert (tmp_path / "latest.dcp.corrupt").is_dir()
+    assert (tmp_path / "step-4.dcp.corrupt").is_dir()
     assert "latest.dcp" in notes[0]
+    assert "step-4.dcp" in notes[1]
 
 
 # The runner under strategy="fsdp"

@@ -4,7 +4,7 @@ A run killed (SIGKILL) at a chosen instant of its epoch-`EPOCH` save, for `tests
     python best_kill_worker.py PROJECT_ROOT EPOCH INSTANT
 
 Every epoch is a best one (the validation loss falls), so each epoch's save commits `latest.pth` and then its
-`best.pth` copy, then the JSON files. `INSTANT` says where the process dies: `before-best` (after `latest.pth` was
+`best.pth` link, then the JSON files. `INSTANT` says where the process dies: `before-best` (after `latest.pth` was
 committed, before `best.pth`), `before-json` (after both checkpoints, before `results.json`), or `none`.
 """
 
@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import danling as dl
-from danling.runner.checkpointing import TorchFileFormat
+from danling.runner.checkpointing import manager
 
 
 def make_data(n: int, seed: int) -> TensorDataset:
@@ -55,20 +55,20 @@ def main() -> None:
     torch.set_num_threads(1)
     project_root, epoch, instant = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     runner = BestRunner(config(project_root))
-    copy = TorchFileFormat.copy
+    link = manager.link_file  # how a save gives its bytes the name best.pth
     save_result = runner.save_result
 
-    def killing_copy(self: Any, source: str, destination: str) -> None:
+    def killing_link(source: str, destination: str) -> None:
         if instant == "before-best" and runner.epochs == epoch and ".best.pth" in os.path.basename(destination):
             os.kill(os.getpid(), signal.SIGKILL)
-        copy(self, source, destination)
+        link(source, destination)
 
     def killing_save_result() -> None:
         if instant == "before-json" and runner.epochs == epoch:
             os.kill(os.getpid(), signal.SIGKILL)
         save_result()
 
-    TorchFileFormat.copy = killing_copy  # type: ignore[method-assign]
+    manager.link_file = killing_link
     runner.save_result = killing_save_result  # type: ignore[method-assign]
     runner.train()
 

@@ -54,9 +54,10 @@ class ActivationCheckpointing:
 
     `True` chooses the blocks `fsdp.shard_modules` finds (see
     [`shard_targets`][danling.runner.distributed.parallel.shard_targets]: those classes, else the model's
-    `_no_split_modules`, else every module held in an `nn.ModuleList`); a list of class names chooses every
-    submodule of those classes; `False` or `None` none. A chosen block inside another chosen block is left alone:
-    the outer one recomputes it already.
+    `_no_split_modules`, else every module held in an `nn.ModuleList`), and when there are none, the blocks of an
+    `nn.Sequential` ([`sequential_blocks`][danling.runner.distributed.recompute.sequential_blocks]); a list of class
+    names chooses every submodule of those classes; `False` or `None` none. A chosen block inside another chosen block
+    is left alone: the outer one recomputes it already.
 
     Args:
         setting: `True`, `False`, `None`, or a list of class names (or module classes).
@@ -99,11 +100,14 @@ class ActivationCheckpointing:
             from .parallel import shard_targets
 
             chosen = shard_targets(model, self.shard_modules)
+            if not chosen and self.shard_modules is None:
+                chosen = sequential_blocks(model)
             if not chosen:
                 raise ValueError(
                     "activation_checkpointing is True, but the model has no blocks to recompute: it sets no "
-                    "_no_split_modules, holds no nn.ModuleList and fsdp.shard_modules is not set; list the block "
-                    "classes instead, e.g. activation_checkpointing: ['Block']"
+                    "_no_split_modules, holds no nn.ModuleList nor an nn.Sequential of blocks, and "
+                    "fsdp.shard_modules is not set; list the block classes instead, e.g. "
+                    "activation_checkpointing: ['Block']"
                 )
         else:
             chosen = _of_classes(model, self.setting)
@@ -121,6 +125,26 @@ class ActivationCheckpointing:
             if not isinstance(block.__dict__.get("forward"), CheckpointedForward):
                 block.forward = CheckpointedForward(block.forward)  # type: ignore[method-assign]
         return blocks
+
+
+def sequential_blocks(model: nn.Module) -> list[nn.Module]:
+    r"""
+    The blocks of the `nn.Sequential` containers of `model` (the model itself included): their children that are
+    modules of modules with parameters, such as `nn.Sequential(nn.Linear(...), nn.ReLU(), nn.Linear(...))` or a
+    `Block`. A flat stack of layers has none: recomputing one layer alone saves nothing.
+
+    Examples:
+        >>> mlp = nn.Sequential(*[nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4)) for _ in range(3)])
+        >>> len(sequential_blocks(mlp)), sequential_blocks(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
+        (3, [])
+    """
+    return [
+        child
+        for module in model.modules()
+        if isinstance(module, nn.Sequential)
+        for child in module
+        if next(child.children(), None) is not None and next(child.parameters(), None) is not None
+    ]
 
 
 def _of_classes(model: nn.Module, names: list[str]) -> list[nn.Module]:

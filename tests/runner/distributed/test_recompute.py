@@ -167,6 +167,22 @@ def test_applying_twice_changes_nothing():
     assert [block.forward for block in model.blocks] == forwards
 
 
+def test_an_mlp_of_sequential_blocks_recomputes_each_block(tmp_path):
+    # Eight blocks stacked in an `nn.Sequential`, each a small `nn.Sequential` (no ModuleList, no class to name).
+    def mlp() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(*[nn.Sequential(nn.Linear(WIDTH, 64), nn.ReLU(), nn.Linear(64, WIDTH)) for _ in range(8)])
+
+    plain, recomputed = mlp(), mlp()
+    blocks = ActivationCheckpointing(True).apply(recomputed)
+    assert blocks == list(recomputed)
+    x = torch.randn(64, WIDTH)
+    kept, recomputing = saved_bytes(plain, x), saved_bytes(recomputed, x)
+    assert kept >= 2 * recomputing, (kept, recomputing)
+    for mine, theirs in zip(recomputed.parameters(), plain.parameters()):
+        torch.testing.assert_close(mine.grad, theirs.grad, atol=1e-6, rtol=0)
+
+
 def test_a_model_without_blocks_or_with_an_unknown_class_is_refused():
     with pytest.raises(ValueError, match="activation_checkpointing is True, but the model has no blocks"):
         ActivationCheckpointing(True).apply(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))

@@ -20,7 +20,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from .accumulation import AccumulationWindows
 from .finite import NonFiniteLossGuard, NonFiniteSteps, loss_guard_for, nonfinite_steps
-from .gradients import GradientNorms, gradients_of, total_norm
+from .gradients import GradientNorms, gradients_of, nonfinite_flag, total_norm
 from .precision import Precision
 from .tokens import TokenNormalization, token_normalization
 
@@ -390,10 +390,8 @@ def has_nan_inf_grad(model: nn.Module) -> bool:
         >>> has_nan_inf_grad(model)
         False
     """
-    grads = [p.grad.detach().reshape(-1) for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return False
-    return not bool(torch.isfinite(torch.cat(grads)).all())
+    gradients = gradients_of(model)  # tested in place, one reduction per device: no copy of every gradient
+    return bool(gradients) and bool(nonfinite_flag(gradients, gradients[0].device))
 
 
 def collapsed_scale_error(scale: float, steps: int) -> FloatingPointError:

@@ -126,10 +126,10 @@ class BaseRunner(metaclass=RunnerMeta):
         self._config = prepare_config(config)  # bad values stop the run here, before any directory or process group
         self._config_overrides: list[tuple[str, Any, Any]] = []
         self._run_dir_claim = RunDirectoryClaim()
-        self._checkpoints = self._checkpoints_type(self)
+        self._checkpoints = self._checkpoints_type()
         self.init_distributed()
         self.inited = True
-        self._checkpoints.prepare_resume()  # auto_resume, then the config of `config.checkpoint`
+        self._checkpoints.prepare_resume(self)  # auto_resume, then the config of `config.checkpoint`
         # Seed before the subclass's __init__ builds the model, so that its initial weights follow the seed.
         if self.config.get("seed") is not None:
             self.set_seed()
@@ -145,8 +145,8 @@ class BaseRunner(metaclass=RunnerMeta):
         with guard.cleanup_on_failure(self.close, discard=self.is_main_process):
             self.init_environment()
             self._log_run_dir_note()  # a stale lock of the run directory taken over, now that the log exists
-            self._checkpoints.log_notes()
-            self._checkpoints.remove_temporaries()  # left by killed saves
+            self._checkpoints.log_notes(self)
+            self._checkpoints.remove_temporaries(self)  # left by killed saves
             self.setup()
             self.init_resume()
 
@@ -173,7 +173,7 @@ class BaseRunner(metaclass=RunnerMeta):
         r"""
         Load `config.pretrained` (model weights) and resume from `config.checkpoint` when they are set.
         """
-        self._checkpoints.resume()
+        self._checkpoints.resume(self)
 
     def init_distributed(self) -> None:
         r"""
@@ -275,7 +275,7 @@ class BaseRunner(metaclass=RunnerMeta):
         Everything needed to resume, as a `cls` mapping: the config (plain types), the results and every stateful
         part.
         """
-        return cls(self._checkpoints.state_dict())
+        return cls(self._checkpoints.state_dict(self))
 
     def save_checkpoint(self, name: str = "latest", epochs: int | None = None, save_best: bool = True) -> None:
         r"""
@@ -285,7 +285,7 @@ class BaseRunner(metaclass=RunnerMeta):
         process writes; callbacks' `on_save_checkpoint` runs once committed. See
         [`CheckpointManager`][danling.runner.checkpointing.CheckpointManager] and the checkpoints guide.
         """
-        self._checkpoints.save(name, epochs, save_best)
+        self._checkpoints.save(self, name, epochs, save_best)
         self._checkpoint_saved(name)  # `on_save_checkpoint`, once committed
 
     def _checkpoint_saved(self, name: str) -> None:
@@ -300,21 +300,21 @@ class BaseRunner(metaclass=RunnerMeta):
         What a checkpoint save writes: [`state_dict`][danling.runner.BaseRunner.state_dict], or, with sharded
         checkpoints (`strategy="fsdp"` on several ranks), the model, optimizer and EMA as sharded state dicts.
         """
-        return self._checkpoints.checkpoint_state()
+        return self._checkpoints.checkpoint_state(self)
 
     @cached_property
     def async_saver(self) -> AsyncCheckpointWriter | None:
         r"""The background checkpoint writer when `async_save` is on, else `None` (`ValueError` if not a bool)."""
-        return self._checkpoints.build_async_saver()
+        return self._checkpoints.build_async_saver(self)
 
     def after_checkpoint(self, callback: Callable[[], None]) -> None:
         r"""Run `callback` once the checkpoint just saved is committed (now, or after a background save)."""
-        self._checkpoints.after_commit(callback)
+        self._checkpoints.after_commit(self, callback)
 
     @cached_property
     def checkpoint_manager(self) -> CheckpointManager:
         r"""The [`CheckpointManager`][danling.runner.checkpointing.CheckpointManager] of `checkpoint_dir`."""
-        return self._checkpoints.build_manager()
+        return self._checkpoints.build_manager(self)
 
     def load_config(self, checkpoint: ckpt.CheckpointLike, overwrite: bool = False, *args: Any, **kwargs: Any) -> None:
         r"""
@@ -322,18 +322,18 @@ class BaseRunner(metaclass=RunnerMeta):
         default take the checkpoint's; `overwrite=True` takes every value of the checkpoint. `*args`/`**kwargs` go to
         [`load`][danling.utils.io.load].
         """
-        self._checkpoints.load_config(checkpoint, overwrite, *args, **kwargs)
+        self._checkpoints.load_config(self, checkpoint, overwrite, *args, **kwargs)
 
     def load_checkpoint(self, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> None:
         r"""
         Restore model, optimizer, scheduler, results and progress from a checkpoint or its path (anything `--checkpoint`
         accepts); `*args`/`**kwargs` go to [`load`][danling.utils.io.load] (e.g. `map_location`).
         """
-        self._checkpoints.load_checkpoint(checkpoint, *args, **kwargs)
+        self._checkpoints.load_checkpoint(self, checkpoint, *args, **kwargs)
 
     def load_state_dict(self, state: Mapping) -> None:
         r"""Load every stateful part of a checkpoint; warn about parts the runner has but the checkpoint lacks."""
-        self._checkpoints.load_state_dict(state)
+        self._checkpoints.load_state_dict(self, state)
 
     @classmethod
     def from_checkpoint(
@@ -351,7 +351,7 @@ class BaseRunner(metaclass=RunnerMeta):
         Load only the model weights of a checkpoint (or a bare state dict); `*args`/`**kwargs` go to
         [`load`][danling.utils.io.load].
         """
-        self._checkpoints.load_pretrained(checkpoint, *args, **kwargs)
+        self._checkpoints.load_pretrained(self, checkpoint, *args, **kwargs)
 
     # Identity
 

@@ -76,7 +76,7 @@ class TorchRunner(BaseRunner):
 
     def __init__(self, config: Any) -> None:
         self._heartbeat = Heartbeat()  # this rank's step and phase, published while `train` runs (distributed)
-        self._recovery = Recovery(self)
+        self._recovery = Recovery()
         self._evaluations = EvaluationSchedule()  # `train()` reads `eval_steps` and `eval_at_epoch_end`
         self._callbacks = CallbackList(self._recovery.failures)  # failures agreed where recovery's are
         super().__init__(config)
@@ -86,6 +86,7 @@ class TorchRunner(BaseRunner):
         self._stepper = OptimizerStepper(Precision(self.config.get("precision"), self._device.type))
         self.telemetry = Telemetry(self._device, self.world_size, model_flops(self.config, self._device))
         self._parallel = build_parallelism(self.config, self._stepper.precision.dtype)
+        self._checkpoints.connect(self._recovery, self._parallel, self._stepper)
         if self.config.get("profile_steps") is not None:
             self._callbacks.add(ProfilerCallback(*self.config["profile_steps"]), builtin=True)
 
@@ -295,9 +296,10 @@ class TorchRunner(BaseRunner):
         best so far). Collective when distributed (every rank's RNG state, meters and metrics).
         """
         with self._heartbeat.during("save_checkpoint"):
-            state = self._recovery.mid_epoch_state(split, batches)
+            self._stepper.loss_guard.check(self.distributed)  # never checkpoint non-finite weights (every rank)
+            state = self._recovery.mid_epoch_state(self, split, batches)
             if self.is_main_process or self.checkpoint_manager.collective:
-                self._checkpoints.commit(state, "latest", self.epochs, best=best, epoch_copy=False)
+                self._checkpoints.commit(self, state, "latest", self.epochs, best=best, epoch_copy=False)
                 self._checkpoint_saved("latest")
 
     def export_model(self, path: str | None = None) -> str | None:
@@ -305,14 +307,14 @@ class TorchRunner(BaseRunner):
         Write the model's full state dict (clean names) with a manifest to `path` (default `checkpoint_dir/model.pth`)
         on rank 0 and return it (`None` elsewhere); under FSDP2 the shards are gathered (collective).
         """
-        return self._checkpoints.export_model(path)
+        return self._checkpoints.export_model(self, path)
 
     def verify_resume(self, steps: int = 2, split: str | None = None) -> ResumeCheck:
         r"""
         Check that this script resumes bit for bit (trains this runner: call it on a fresh one); see
         [`verify_resume`][danling.runner.checkpointing.verification.verify_resume].
         """
-        return verify_resume(self, steps, split)
+        return verify_resume(self, self._recovery, steps, split)
 
     # The schedule of epochs
 
@@ -344,13 +346,14 @@ class TorchRunner(BaseRunner):
             return self.results
         self.announce("train")
         recovery = self._recovery
-        recovery.check_world_size()
+        recovery.check_world_size(self)
         self._callbacks.dispatch("on_train_begin", self)  # distributed: every rank agrees on its failures here
         # Inside, a callback's failure on one rank waits for the loop's own agreements (see `CallbackList`).
         training = self._callbacks.training(self.world_size)
         progress, timeout = loop_progress(self.config, self.telemetry), self.config.get("dist_timeout")
         hangs = self._heartbeat.watch(self.dir, timeout, progress, self.logger)  # names a hung rank on a timeout
-        with training, recovery.catch_preemption(), recovery.explain_timeouts(), hangs, drained(self.async_saver):
+        preemption = recovery.catch_preemption(self.config, self.distributed)
+        with training, preemption, recovery.explain_timeouts(self), hangs, drained(self.async_saver):
             for epoch in epochs:
                 if step_end_reached(self.steps, self.step_end):
                     self.log(f"step_end ({self.step_end}) already reached at step {self.steps}: nothing left to train")
@@ -374,7 +377,7 @@ class TorchRunner(BaseRunner):
         """
         schedule = self._evaluations  # with `eval_steps`, the epoch end evaluates a step at most once
         done = lambda: step_end_reached(self.steps, self.step_end) or schedule.stop_requested  # noqa: E731
-        result = self._recovery.train_splits(train_splits, self.train_epoch, done)
+        result = self._recovery.train_splits(self.epochs, train_splits, self.train_epoch, done)
         final = done() or (self.epoch_end is not None and self.epochs + 1 >= self.epoch_end)
         if schedule.due_at_epoch_end(self.steps, final):
             for split in evaluate_splits:
@@ -397,7 +400,8 @@ class TorchRunner(BaseRunner):
             self.scheduler.step(self.latest_score)
         self.log(self.format_epoch_result(result))
         # Commit order: the checkpoint first, then the JSON files that describe it.
-        self._recovery.end_of_epoch()
+        self._stepper.loss_guard.check(self.distributed)  # every rank's losses, before the epoch's checkpoint
+        self._recovery.end_of_epoch(self)
         with self._recovery.contain(), self._heartbeat.during("save_checkpoint"):  # a failed save stops every rank
             self.save_checkpoint(epochs=epoch)
             if self.async_saver is None:
@@ -406,7 +410,7 @@ class TorchRunner(BaseRunner):
                 self.after_checkpoint(self.result_writer())
         if self.writer is not None:
             self.writer.flush()
-        self._recovery.stop_if_preempted()
+        self._recovery.stop_if_preempted(self)
 
     def should_stop(self) -> bool:
         r"""Whether to stop after this epoch: `step_end` reached, or `patience` epochs without improvement."""
@@ -500,15 +504,18 @@ class TorchRunner(BaseRunner):
         cursor.on_step_end = self._callbacks.hook("on_step_end")  # None unless a callback overrides it
         self._begin_accumulation(length)
         self._stepper.loss_guard.start(split, self.epochs, self.steps, self.accum_steps)
-        batches, start = self._recovery.enter_epoch(split, loader)
+        batches, start = self._recovery.enter_epoch(self, split, loader)
+        if start:  # resumed mid-epoch: windows of accum_steps from the first batch left
+            self._stepper.windows.resume_at(start)
+            self._loss_meter = self.meters.loss  # the meters the checkpoint restored
         cursor.iteration += start  # batches a resume replayed count toward log steps, as in an uninterrupted run
         self.telemetry.replayed = start
-        cursor.step_end, cursor.at_boundary = self.step_end, self._recovery.boundary_hook()
+        cursor.step_end, cursor.at_boundary = self.step_end, self._recovery.boundary_hook(self)
         # `self.steps`, read up to three times a batch, without a Python call each time.
         cursor.steps_now = partial(dict.__getitem__, self._config, "steps")
         cursor.stepped = cursor.steps_now()
         cursor.at_boundary = self._evaluations.around(
-            cursor.at_boundary, self._evaluate_at_step, cursor.steps_now, self.step_end
+            cursor.at_boundary, type(self)._evaluate_at_step, cursor.steps_now, self.step_end
         )
         return batches
 
@@ -523,7 +530,7 @@ class TorchRunner(BaseRunner):
         self.append_result(*schedule.place(result, self.epochs, self.steps))
         self.log(f"{schedule.describe(self.epochs, self.steps)}\n{self.format_result(result)}")
         if self.is_best:
-            self._recovery.save_position_agreed(split, batches, best=True)
+            self._recovery.save_position_agreed(self, split, batches, best=True)
         with self._recovery.contain():
             if self.async_saver is None:
                 self.save_result()
@@ -545,7 +552,7 @@ class TorchRunner(BaseRunner):
         if cursor.log_interval is not None and iteration % cursor.log_interval == 0:
             self._log_step(split, iteration, cursor.length)
         if cursor.at_boundary is not None and cursor.steps_now() != cursor.stepped:
-            cursor.at_boundary(split, iteration + cursor.offset, cursor.length)  # batches of this epoch so far
+            cursor.at_boundary(self, split, iteration + cursor.offset, cursor.length)  # batches of this epoch so far
             cursor.stepped = cursor.steps_now()
         if cursor.step_end is None or cursor.steps_now() < cursor.step_end:
             return False

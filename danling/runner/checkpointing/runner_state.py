@@ -40,22 +40,20 @@ class RunnerCheckpoints:
     The checkpointing of a runner: what a checkpoint holds, how a save is committed (in the background with
     `async_save`), which checkpoint `auto_resume` continues, and how a checkpoint is restored.
 
-    A runner builds one in `__init__` (its class's `_checkpoints_type`) and keeps it as `runner._checkpoints`.
-
-    Args:
-        runner: The runner whose state is saved and restored.
+    A runner builds one in `__init__` (its class's `_checkpoints_type`). It keeps no runner: each method takes the
+    runner it serves as its first argument and uses its public API only (calling back through the runner's public
+    methods, so that a subclass's override is the one that runs), as a [`Callback`][danling.runner.Callback] does.
 
     Examples:
         >>> import tempfile
         >>> from danling.runner import BaseRunner
         >>> runner = BaseRunner({"log": False, "dir": tempfile.mkdtemp(), "lr": 0.1})
-        >>> state = runner._checkpoints.state_dict()
+        >>> state = RunnerCheckpoints().state_dict(runner)
         >>> sorted(state), state["runner"]["lr"]
         (['results', 'runner'], 0.1)
     """
 
-    def __init__(self, runner: Any) -> None:
-        self.runner = runner
+    def __init__(self) -> None:
         # The checkpoint of `config.checkpoint`, read at construction and loaded once the model is set.
         self.pending: Mapping | None = None
         # What resuming decided (auto_resume's choice, config keys that override the checkpoint), logged once the
@@ -66,38 +64,39 @@ class RunnerCheckpoints:
 
     # Reading
 
-    def read(self, checkpoint: ckpt.CheckpointLike, *args: Any, what: str = "checkpoint", **kwargs: Any) -> Mapping:
+    def read(
+        self, runner: Any, checkpoint: ckpt.CheckpointLike, *args: Any, what: str = "checkpoint", **kwargs: Any
+    ) -> Mapping:
         r"""
         [`read_checkpoint`][danling.runner.checkpointing.files.read_checkpoint] with this runner's `map_location` (see
         [`map_location`][danling.runner.checkpointing.runner_state.RunnerCheckpoints.map_location]) unless the caller
         gives one.
         """
         if not args and "map_location" not in kwargs:
-            location = self.map_location()
+            location = self.map_location(runner)
             if location is not None:
                 kwargs["map_location"] = location
         return ckpt.read_checkpoint(checkpoint, *args, what=what, **kwargs)
 
-    def map_location(self) -> Any:
+    def map_location(self, runner: Any) -> Any:
         r"""Where tensors of a checkpoint file are read to: `None` leaves them where they were saved from."""
         return None
 
     # Saving
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, runner: Any) -> dict[str, Any]:
         r"""The runner config (plain types), the results, the unwrapped model, the optimizer and the scheduler."""
-        return {**self.host_parts(), **self.module_parts()}
+        return {**self.host_parts(runner), **self.module_parts(runner)}
 
-    def checkpoint_state(self) -> Mapping:
+    def checkpoint_state(self, runner: Any) -> Mapping:
         r"""What a save writes: the runner's `state_dict()` (through the runner: a subclass's override is used)."""
-        return self.runner.state_dict()
+        return runner.state_dict()
 
-    def host_parts(self) -> dict[str, Any]:
+    def host_parts(self, runner: Any) -> dict[str, Any]:
         r"""
         The parts of a checkpoint written whole by the main process: the config (plain types), the results and the
         scheduler. Framework runners add theirs (grad scaler, random states, position).
         """
-        runner = self.runner
         # Plain types only (an object in the config is stored as its repr): the file loads with weights_only=True.
         config, results = to_serializable(runner.config.dict())[0], to_serializable(runner.results)[0]
         state: dict[str, Any] = {ckpt.RUNNER: config, ckpt.RESULTS: results}
@@ -105,9 +104,8 @@ class RunnerCheckpoints:
             state[ckpt.SCHEDULER] = runner.scheduler.state_dict()
         return state
 
-    def module_parts(self) -> dict[str, Any]:
+    def module_parts(self, runner: Any) -> dict[str, Any]:
         r"""The parts that hold tensors of the model's size: the unwrapped model and the optimizer."""
-        runner = self.runner
         state: dict[str, Any] = {}
         if runner.model is not None:
             state[ckpt.MODEL] = runner.unwrap(runner.model).state_dict()
@@ -115,18 +113,17 @@ class RunnerCheckpoints:
             state[ckpt.OPTIMIZER] = runner.optimizer.state_dict()
         return state
 
-    def save(self, name: str, epochs: int | None, save_best: bool) -> None:
+    def save(self, runner: Any, name: str, epochs: int | None, save_best: bool) -> None:
         r"""The body of [`save_checkpoint`][danling.runner.BaseRunner.save_checkpoint]."""
-        runner = self.runner
         state = runner.checkpoint_state()
         if not runner.is_main_process and not runner.checkpoint_manager.collective:
             return
         epochs = runner.epochs if epochs is None else epochs
         interval = runner.config.get("save_interval")
         epoch_copy = interval is not None and interval > 0 and (epochs + 1) % interval == 0
-        self.commit(state, name, epochs, save_best and runner.is_best, epoch_copy)
+        self.commit(runner, state, name, epochs, save_best and runner.is_best, epoch_copy)
 
-    def commit(self, state: Mapping, name: str, epochs: int, best: bool, epoch_copy: bool) -> str:
+    def commit(self, runner: Any, state: Mapping, name: str, epochs: int, best: bool, epoch_copy: bool) -> str:
         r"""
         Hand `state` to the runner's checkpoint manager as `name` (with its step, best and epoch copies and the
         retention of `keep_checkpoints`), through the background writer when there is one.
@@ -137,7 +134,6 @@ class RunnerCheckpoints:
         Raises:
             ValueError: If `keep_checkpoints` is not a non-negative integer.
         """
-        runner = self.runner
         keep = runner.config.get("keep_checkpoints")
         keep = 2 if keep is None else keep
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
@@ -165,26 +161,25 @@ class RunnerCheckpoints:
         saver.submit(state, manager.path(name), commit)
         return manager.path(name)
 
-    def after_commit(self, callback: Callable[[], None]) -> None:
+    def after_commit(self, runner: Any, callback: Callable[[], None]) -> None:
         r"""The body of [`after_checkpoint`][danling.runner.BaseRunner.after_checkpoint]."""
-        saver = self.runner.async_saver
+        saver = runner.async_saver
         if saver is None:
             callback()
         else:
             saver.after_commit(callback)
 
-    def build_manager(self) -> CheckpointManager:
+    def build_manager(self, runner: Any) -> CheckpointManager:
         r"""The manager of the runner's `checkpoint_dir`."""
-        return CheckpointManager(self.runner.checkpoint_dir)
+        return CheckpointManager(runner.checkpoint_dir)
 
-    def build_async_saver(self) -> AsyncCheckpointWriter | None:
+    def build_async_saver(self, runner: Any) -> AsyncCheckpointWriter | None:
         r"""
         The background writer `async_save` asks for, else `None`.
 
         Raises:
             ValueError: If `async_save` is not a bool, or is on with sharded (collective) checkpoints.
         """
-        runner = self.runner
         enabled = runner.config.get("async_save", False)
         if not isinstance(enabled, bool):
             raise ValueError(f"async_save must be True or False, but got {enabled!r}")
@@ -199,32 +194,29 @@ class RunnerCheckpoints:
         fmt = manager.format
         return AsyncCheckpointWriter(verify=lambda path: checkpoint_problem(path, fmt))
 
-    def dir_path(self) -> str:
+    def dir_path(self, runner: Any) -> str:
         r"""Where the runner's `checkpoint_dir` points, without creating it."""
-        runner = self.runner
         return checkpoint_dir_of(runner.config, f"{runner.name}-{runner.id}", runner.timestamp)
 
-    def remove_temporaries(self) -> None:
+    def remove_temporaries(self, runner: Any) -> None:
         r"""
         Remove what killed saves left in the run's checkpoint directories that no live process writes: this
         launch's and, without an explicit `dir`, the run's other launches' (main process only).
         """
-        runner = self.runner
         if runner.is_main_process:
             sweep_run_directories(run_directories(runner.config, f"{runner.name}-{runner.id}", runner.timestamp))
 
     # Resuming
 
-    def prepare_resume(self) -> None:
+    def prepare_resume(self, runner: Any) -> None:
         r"""
         At construction: find the checkpoint `auto_resume` continues (when `config.checkpoint` is unset), then read
         `config.checkpoint` and restore its config, so that the model is built with the run's settings and seed.
         """
-        runner = self.runner
         if runner.config.get("auto_resume") is True and runner.config.get("checkpoint") is None:
-            self.discover()
+            self.discover(runner)
         if runner.config.get("checkpoint") is not None:
-            path = self.resolve(runner.config["checkpoint"])
+            path = self.resolve(runner, runner.config["checkpoint"])
             if isinstance(path, str) and is_sharded_dir(path):
                 # Sharded: read its config now; the shards load once the model is built (on any world size).
                 from .sharded import read_sharded_entries  # imports torch.distributed.checkpoint: only when used
@@ -234,13 +226,13 @@ class RunnerCheckpoints:
                 runner.load_config(saved)
                 runner.config["checkpoint"] = path
             else:
-                self.pending = saved = self.read(path, weights_only=True)
+                self.pending = saved = self.read(runner, path, weights_only=True)
                 if ckpt.RUNNER not in saved:  # a resume needs the run's config: weights alone are `pretrained`
                     ckpt.check_is_checkpoint(saved, os.fsdecode(path) if not isinstance(path, Mapping) else "mapping")
                 runner.load_config(self.pending)
-            self.note_renamed_run(saved.get(ckpt.RUNNER) or {})
+            self.note_renamed_run(runner, saved.get(ckpt.RUNNER) or {})
 
-    def resolve(self, checkpoint: Any) -> Any:
+    def resolve(self, runner: Any, checkpoint: Any) -> Any:
         r"""
         The checkpoint `config.checkpoint` stands for (see
         [`resolve_checkpoint`][danling.runner.checkpointing.discovery.resolve_checkpoint]); a mapping as it is.
@@ -248,40 +240,39 @@ class RunnerCheckpoints:
         """
         if not isinstance(checkpoint, (str, bytes, os.PathLike)) or not os.path.isdir(os.fsdecode(checkpoint)):
             return checkpoint
-        name = self.runner.config.get("checkpoint_dir_name") or "checkpoints"
+        name = runner.config.get("checkpoint_dir_name") or "checkpoints"
         path = resolve_checkpoint(checkpoint, name, warn=self.notes.append)
         if path != os.fsdecode(checkpoint):
             self.notes.append(f"checkpoint {os.fsdecode(checkpoint)!r}: resuming from {path}")
-            self.runner.config["checkpoint"] = path
+            runner.config["checkpoint"] = path
         return path
 
-    def log_notes(self) -> None:
+    def log_notes(self, runner: Any) -> None:
         r"""Log the notes of resuming: `auto_resume` skipping a checkpoint as a warning, the others as info."""
         for note in self.notes:
             warning = note.startswith(("auto_resume skips", "auto_resume: the run id changed"))
-            self.runner.log(note, logging.WARNING if warning else logging.INFO)
+            runner.log(note, logging.WARNING if warning else logging.INFO)
 
-    def resume(self) -> None:
+    def resume(self, runner: Any) -> None:
         r"""The body of [`init_resume`][danling.runner.BaseRunner.init_resume]."""
-        runner = self.runner
         if runner.config.get("pretrained") is not None and self.pending is None:
             runner.load_pretrained(runner.config["pretrained"])
         if self.pending is not None:
             checkpoint, self.pending = self.pending, None
             if runner.model is not None:
                 runner.load_checkpoint(checkpoint)  # a mapping, or the path of a sharded checkpoint
-                self.reconcile()
+                self.reconcile(runner)
 
-    def reconcile(self) -> None:
+    def reconcile(self, runner: Any) -> None:
         r"""
         A run that continues in the directory of its checkpoint: make `best.pth` and the JSON files agree with the
         results it restored, whatever instant a kill of the last save landed at (main process).
         """
-        runner, path = self.runner, self.runner.config.get("checkpoint")
+        path = runner.config.get("checkpoint")
         if not runner.is_main_process or path is None or not runner.results:
             return
         directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(self.dir_path()) or not os.path.samefile(directory, self.dir_path()):
+        if not os.path.isdir(self.dir_path(runner)) or not os.path.samefile(directory, self.dir_path(runner)):
             return  # a new directory: the old one is not this launch's to touch
         best, record = runner.best_index, runner.best_result or {}
         # A record of `eval_steps` names its step: best.pth is the checkpoint saved at that step.
@@ -292,7 +283,7 @@ class RunnerCheckpoints:
             header = {"name": runner.name, "id": runner.id, "timestamp": runner.timestamp}
             dl_io.save({**header, **to_plain(runner.best_result)}, os.path.join(runner.dir, "best.json"), indent=4)
 
-    def discover(self) -> None:
+    def discover(self, runner: Any) -> None:
         r"""
         `auto_resume`: rank 0 looks for the newest valid checkpoint of this run (its experiment and run name, any
         id) and every rank adopts its answer (a collective when distributed); sets `config.checkpoint` when one is
@@ -301,10 +292,9 @@ class RunnerCheckpoints:
         Raises:
             CheckpointError: If checkpoints of the run exist but none verifies (each file and why).
         """
-        runner = self.runner
         found = None
         if runner.is_main_process:
-            found = self._find_resumable()
+            found = self._find_resumable(runner)
         found = dist_utils.broadcast_object(found) if runner.distributed else found
         self.notes.extend(found["notes"])
         if found["path"] is None:
@@ -319,11 +309,10 @@ class RunnerCheckpoints:
         self.notes.append(f"auto_resume: resuming from {found['path']}")
         runner.config["checkpoint"] = found["path"]
         if runner.config.get("dir") is None and runner.config.get("checkpoint_dir") is None:
-            self.continue_in(os.path.dirname(os.path.dirname(found["path"])))
+            self.continue_in(runner, os.path.dirname(os.path.dirname(found["path"])))
 
-    def continue_in(self, launch: str) -> None:
+    def continue_in(self, runner: Any, launch: str) -> None:
         r"""Write into `launch`, the launch directory of the checkpoint `auto_resume` chose: one run, one directory."""
-        runner = self.runner
         run_dir_name = os.path.basename(os.path.dirname(launch))
         if run_dir_name == f"{runner.name}-{runner.id}":
             runner.timestamp = os.path.basename(launch)
@@ -331,9 +320,9 @@ class RunnerCheckpoints:
         runner.config["dir"] = launch
         self.renamed_from = run_dir_name
 
-    def note_renamed_run(self, saved: Mapping) -> None:
+    def note_renamed_run(self, runner: Any, saved: Mapping) -> None:
         r"""After `auto_resume` crossed run ids: note at WARNING what differs (config keys and git revision)."""
-        runner, record = self.runner, self.runner.resume_record or {}
+        record = runner.resume_record or {}
         if self.renamed_from is None:
             return
         changes = [change for change in record.get("changes") or [] if not change.startswith(("run_id", "dir"))]
@@ -346,20 +335,21 @@ class RunnerCheckpoints:
             + (", ".join(changes) if changes else "nothing but the id")
         )
 
-    def _find_resumable(self) -> dict[str, Any]:
+    def _find_resumable(self, runner: Any) -> dict[str, Any]:
         notes: list[str] = []
         problems: list[str] = []
-        path = find_run_checkpoint(self.runner.config, self.runner.name, warn=notes.append, problems=problems)
+        path = find_run_checkpoint(runner.config, runner.name, warn=notes.append, problems=problems)
         for note in notes:
             warn(note, RuntimeWarning, stacklevel=5)  # to the caller of the runner's `__init__`
         return {"path": path, "notes": notes, "problems": problems}
 
     # Loading
 
-    def load_config(self, checkpoint: ckpt.CheckpointLike, overwrite: bool, *args: Any, **kwargs: Any) -> None:
+    def load_config(
+        self, runner: Any, checkpoint: ckpt.CheckpointLike, overwrite: bool, *args: Any, **kwargs: Any
+    ) -> None:
         r"""The body of [`load_config`][danling.runner.BaseRunner.load_config]."""
-        runner = self.runner
-        loaded = self.read(checkpoint, *args, **kwargs)
+        loaded = self.read(runner, checkpoint, *args, **kwargs)
         config = dict(loaded.get(ckpt.RUNNER, loaded))
         config.pop("checkpoint", None)
         for key in RUN_LOCATION_KEYS:
@@ -369,29 +359,27 @@ class RunnerCheckpoints:
         if overwrite:
             runner.config.merge(config, overwrite=True)
         else:
-            self._keep_user_overrides(config)
+            self._keep_user_overrides(runner, config)
         if runner.config.getattr("auto_run_id", False):
             runner.config.refresh_run_id()
         runner.steps = runner.step_begin = int(config.get("steps", 0))
         runner.epochs = int(config.get("epochs", 0))
         runner.epoch_begin = runner.epochs + 1
 
-    def _keep_user_overrides(self, config: Mapping) -> None:
+    def _keep_user_overrides(self, runner: Any, config: Mapping) -> None:
         # Take the saved values of keys left at their default; log each key the user set that wins over them.
-        runner = self.runner
         for key, saved, kept in merge_saved_config(runner.config, config):
             note = f"config.{key} overrides the checkpoint: it was {saved!r} there, now {kept!r}"
             if note not in self.notes:
                 self.notes.append(note)
                 runner.log(note)
 
-    def load_checkpoint(self, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> None:
+    def load_checkpoint(self, runner: Any, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> None:
         r"""The body of [`load_checkpoint`][danling.runner.BaseRunner.load_checkpoint]."""
-        runner = self.runner
         if runner.model is None:
             raise ValueError("cannot load a checkpoint before the model is set: assign self.model first")
-        checkpoint = self.resolve(checkpoint)
-        loaded = self.read(checkpoint, *args, **kwargs)
+        checkpoint = self.resolve(runner, checkpoint)
+        loaded = self.read(runner, checkpoint, *args, **kwargs)
         if not isinstance(checkpoint, Mapping):
             model_keys = runner.unwrap(runner.model).state_dict().keys()
             ckpt.check_is_checkpoint(loaded, os.fsdecode(checkpoint), model_keys)
@@ -401,19 +389,18 @@ class RunnerCheckpoints:
         if not isinstance(checkpoint, Mapping):
             runner.config["checkpoint"] = os.fsdecode(checkpoint)
 
-    def load_state_dict(self, state: Mapping) -> None:
+    def load_state_dict(self, runner: Any, state: Mapping) -> None:
         r"""The body of [`load_state_dict`][danling.runner.BaseRunner.load_state_dict]."""
-        runner = self.runner
         runner.unwrap(runner.model).load_state_dict(ckpt.extract_model_state(state))
         self.load_part(state, ckpt.OPTIMIZER, runner.optimizer)
-        self.restore_host_parts(state)
+        self.restore_host_parts(runner, state)
 
-    def restore_host_parts(self, state: Mapping) -> None:
+    def restore_host_parts(self, runner: Any, state: Mapping) -> None:
         r"""
         Restore what [`host_parts`][danling.runner.checkpointing.runner_state.RunnerCheckpoints.host_parts] saved.
         """
-        self.load_scheduler(state)
-        self.load_results(state)
+        self.load_scheduler(runner, state)
+        self.load_results(runner, state)
 
     def load_part(self, state: Mapping, key: str, part: Any) -> None:
         r"""Load `state[key]` into `part` when both exist; warn when the runner has `part` but `state` lacks it."""
@@ -425,22 +412,21 @@ class RunnerCheckpoints:
             # stacklevel: past this object and the runner's delegates, to the caller of `load_checkpoint`
             warn(f"{key} state is not in the checkpoint; {key} starts fresh", RuntimeWarning, stacklevel=6)
 
-    def load_scheduler(self, state: Mapping) -> None:
+    def load_scheduler(self, runner: Any, state: Mapping) -> None:
         r"""Restore the scheduler's state (framework runners may continue a schedule rebuilt for a new plan)."""
-        self.load_part(state, ckpt.SCHEDULER, self.runner.scheduler)
+        self.load_part(state, ckpt.SCHEDULER, runner.scheduler)
 
-    def load_results(self, state: Mapping) -> None:
+    def load_results(self, runner: Any, state: Mapping) -> None:
         r"""Restore the runner's results from `state`, when it has them."""
         if ckpt.RESULTS in state:
             results = state[ckpt.RESULTS].items()
-            self.runner.results = NestedDict({index: NestedDict(result) for index, result in results})
+            runner.results = NestedDict({index: NestedDict(result) for index, result in results})
 
-    def load_pretrained(self, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> None:
+    def load_pretrained(self, runner: Any, checkpoint: ckpt.CheckpointLike, *args: Any, **kwargs: Any) -> None:
         r"""The body of [`load_pretrained`][danling.runner.BaseRunner.load_pretrained]."""
-        runner = self.runner
         if runner.model is None:
             raise ValueError("cannot load pretrained weights before the model is set: assign self.model first")
-        loaded = self.read(checkpoint, *args, what="pretrained", **kwargs)
+        loaded = self.read(runner, checkpoint, *args, what="pretrained", **kwargs)
         runner.unwrap(runner.model).load_state_dict(ckpt.extract_model_state(loaded))
 
 

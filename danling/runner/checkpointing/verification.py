@@ -46,7 +46,7 @@ class ResumeCheck:
         return self.ok
 
 
-def verify_resume(runner: Any, steps: int = 2, split: str | None = None) -> ResumeCheck:
+def verify_resume(runner: Any, recovery: Any, steps: int = 2, split: str | None = None) -> ResumeCheck:
     r"""
     Run `steps` optimizer steps, save a mid-epoch checkpoint, run `steps` more; rebuild a fresh runner of the
     same class from that checkpoint, run `steps` there too, and compare both bitwise.
@@ -57,6 +57,8 @@ def verify_resume(runner: Any, steps: int = 2, split: str | None = None) -> Resu
 
     Args:
         runner: A [`TorchRunner`][danling.runner.TorchRunner] with a model, optimizer and a train dataset.
+        recovery: Its [`Recovery`][danling.runner.loop.interruptions.Recovery], which puts the mid-epoch checkpoint
+            together.
         steps: Optimizer steps before and after the checkpoint.
         split: Train split to use (default: the first train split).
 
@@ -72,7 +74,7 @@ def verify_resume(runner: Any, steps: int = 2, split: str | None = None) -> Resu
     batches = _open_epoch(runner, split, steps)
     consumed = _run_steps(runner, batches, steps)
     with tempfile.TemporaryDirectory(prefix="danling-verify-") as directory:
-        path = _save_mid_epoch(runner, split, consumed, directory)
+        path = _save_mid_epoch(runner, recovery, split, consumed, directory)
         _run_steps(runner, batches, steps)
         reference = _snapshot(runner)
         config = to_plain(runner.config.dict())
@@ -86,18 +88,16 @@ def verify_resume(runner: Any, steps: int = 2, split: str | None = None) -> Resu
 
 
 def _open_epoch(runner: Any, split: str, steps: int) -> Any:
-    loader = runner._start_epoch(split, RunnerMode.train)
+    # The public start of a training epoch: a resumed runner continues after the checkpoint's batches.
+    loader = runner.dataloaders.get(split)
     length = len(loader) if hasattr(loader, "__len__") else None
-    runner._begin_accumulation(length)
-    runner._stepper.loss_guard.start(split, runner.epochs, runner.steps, runner.accum_steps)
     needed = 2 * steps * runner.accum_steps
     if length is not None and length < needed:
         raise ValueError(
             f"verify_resume needs {needed} batches of {split!r} in one epoch (2 x {steps} steps x accum_steps "
             f"{runner.accum_steps}), but its loader has {length}: use fewer steps or a smaller batch size"
         )
-    batches, _ = runner._recovery.enter_epoch(split, loader)
-    return iter(batches)
+    return runner.begin_epoch(split, RunnerMode.train)
 
 
 def _run_steps(runner: Any, batches: Any, steps: int) -> int:
@@ -109,8 +109,8 @@ def _run_steps(runner: Any, batches: Any, steps: int) -> int:
     return consumed
 
 
-def _save_mid_epoch(runner: Any, split: str, consumed: int, directory: str) -> str:
-    state = runner._recovery.mid_epoch_state(split, consumed)
+def _save_mid_epoch(runner: Any, recovery: Any, split: str, consumed: int, directory: str) -> str:
+    state = recovery.mid_epoch_state(runner, split, consumed)
     path = CheckpointManager(directory).path("verify")
     if runner.is_main_process:
         CheckpointManager(directory).save(state, "verify", steps=runner.steps, keep=0)

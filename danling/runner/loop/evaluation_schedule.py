@@ -34,7 +34,7 @@ from ..checkpointing.restore import load_metrics_state, metrics_state
 # Bookkeeping keys of a record made with `eval_steps`.
 EPOCH, STEP = "epoch", "step"
 
-BoundaryHook = Callable[[str, int, "int | None"], None]
+BoundaryHook = Callable[[Any, str, int, "int | None"], None]
 
 
 class EvaluationSchedule:
@@ -192,13 +192,13 @@ class EvaluationSchedule:
         self, hook: BoundaryHook | None, evaluate: BoundaryHook, steps_now: Callable[[], int], step_end: int | None
     ) -> BoundaryHook | None:
         r"""
-        The step-boundary hook of a training epoch with step evaluations: `evaluate(split, batches, length)` when
-        one is due at the boundary, then `hook` (saves, preemption). The evaluation comes first, so a checkpoint
+        The step-boundary hook of a training epoch with step evaluations: `evaluate(runner, split, batches, length)`
+        when one is due at the boundary, then `hook` (saves, preemption). The evaluation comes first, so a checkpoint
         saved at the same boundary holds its record. `hook` itself when nothing is evaluated by step.
 
         Args:
             hook: What the boundary does otherwise (`None`: nothing).
-            evaluate: Evaluates and records at the boundary (the runner's).
+            evaluate: Evaluates and records at the boundary (a function of the runner: none is kept here).
             steps_now: Reads the optimizer steps taken so far (the host counter).
             step_end: The step training stops at (its evaluation is the epoch end's).
         """
@@ -206,11 +206,11 @@ class EvaluationSchedule:
             return hook
         due = self.due_at_step
 
-        def at_boundary(split: str, batches: int, length: int | None) -> None:
+        def at_boundary(runner: Any, split: str, batches: int, length: int | None) -> None:
             if due(steps_now(), split, batches, length, step_end):
-                evaluate(split, batches, length)
+                evaluate(runner, split, batches, length)
             if hook is not None:
-                hook(split, batches, length)
+                hook(runner, split, batches, length)
 
         return at_boundary
 

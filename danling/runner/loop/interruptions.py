@@ -37,6 +37,7 @@ from ..distributed.consensus import FailureConsensus, RankFailedError, cpu_chann
 from ..distributed.hangs import RankHungError
 from ..distributed.preemption import DEFAULT_SIGNALS, Preempted, PreemptionHandler
 from ..distributed.processes import process_group_timeout
+from .evaluation_schedule import BoundaryHook
 from .feed import begin_feed, loader_states, resume_feed, resume_note, resume_refusal
 
 DEFAULT_CHECK_STEPS = 16  # `preemption_check_steps`: optimizer steps between two agreements of the ranks
@@ -46,12 +47,19 @@ class Recovery:
     r"""
     Interruption handling of one [`TorchRunner`][danling.runner.TorchRunner]: position, resume, preemption.
 
+    It keeps no runner: the methods that read the run's config, ranks, meters or loop state take the runner as
+    their first argument and use its public API only, as a [`Callback`][danling.runner.Callback] does.
+
     Args:
-        runner: The runner it serves (read for its config, ranks, meters and loop state).
+        failures: Where rank-local failures are kept until the ranks agree on them (shared with the callbacks).
+
+    Examples:
+        >>> recovery = Recovery()
+        >>> recovery.position.split is None, recovery.channel is None
+        (True, True)
     """
 
-    def __init__(self, runner: Any) -> None:
-        self.runner = runner
+    def __init__(self, failures: FailureConsensus | None = None) -> None:
         self.position = EpochPosition()
         self.collected: list[dict[str, Any]] | None = None
         self.collected_at: tuple | None = None
@@ -60,48 +68,52 @@ class Recovery:
         self.saved_world_size: int | None = None
         self.loader_states: dict[str, Any] = {}  # this rank's saved states of stateful loaders, by split
         self.preemption: PreemptionHandler | None = None
-        self.failures = FailureConsensus()
+        self.failures = FailureConsensus() if failures is None else failures
         self.channel: Any = None  # the CPU process group the ranks agree over (`None`: one process)
         self.saved_step: int | None = None  # the step of the latest mid-epoch save
 
     # Around the loop
 
-    def catch_preemption(self) -> PreemptionHandler:
-        r"""A handler of `config.preemption_signals`, installed for the duration of a `with` block."""
-        runner = self.runner
-        signals = runner.config.get("preemption_signals", DEFAULT_SIGNALS)
-        grace = runner.config.get("dist_timeout") if runner.distributed else None
-        self.preemption = PreemptionHandler(signals, "cpu", grace, self.open_channel())
+    def catch_preemption(self, config: Mapping, distributed: bool) -> PreemptionHandler:
+        r"""
+        A handler of `config.preemption_signals`, installed for the duration of a `with` block; distributed, it also
+        opens the CPU channel the ranks agree over (collective: call it on every rank).
+        """
+        signals = config.get("preemption_signals", DEFAULT_SIGNALS)
+        grace = config.get("dist_timeout") if distributed else None
+        channel = self.open_channel(config.get("dist_timeout")) if distributed else None
+        self.preemption = PreemptionHandler(signals, "cpu", grace, channel)
         return self.preemption
 
-    def open_channel(self) -> Any:
+    def open_channel(self, timeout: Any) -> Any:
         r"""
         The CPU process group every agreement runs over (see
-        [`cpu_channel`][danling.runner.distributed.consensus.cpu_channel]),
-        made the first time; `None` in a single process. Collective the first time: call it on every rank.
+        [`cpu_channel`][danling.runner.distributed.consensus.cpu_channel]), made the first time with `timeout`
+        (`dist_timeout`, seconds). Collective the first time: call it on every rank of a distributed run.
         """
-        if self.channel is None and self.runner.distributed:
-            self.channel = cpu_channel(process_group_timeout(self.runner.config.get("dist_timeout")))
+        if self.channel is None:
+            self.channel = cpu_channel(process_group_timeout(timeout))
         return self.channel
 
     def agree_failures(self, signum: int = 0) -> int:
-        r"""[`FailureConsensus.agree`][danling.runner.distributed.consensus.FailureConsensus.agree] over the CPU
-        channel."""
-        channel = self.open_channel()
-        if channel is None:
+        r"""
+        [`FailureConsensus.agree`][danling.runner.distributed.consensus.FailureConsensus.agree] over the CPU
+        channel once [`catch_preemption`][danling.runner.loop.interruptions.Recovery.catch_preemption] opened it
+        (distributed), else in this process.
+        """
+        if self.channel is None:
             return self.failures.agree(signum)
-        return self.failures.agree(signum, "cpu", channel)
+        return self.failures.agree(signum, "cpu", self.channel)
 
     @contextmanager
-    def explain_timeouts(self) -> Iterator[None]:
+    def explain_timeouts(self, runner: Any) -> Iterator[None]:
         r"""Log a collective that timed out (`dist_timeout`) as what it means: another rank hung or died."""
         try:
             yield
         except (RankFailedError, RankHungError) as error:  # they name the rank(s) already
-            self.runner.log(f"rank {self.runner.rank}: {error} (at step {self.runner.steps})", logging.ERROR)
+            runner.log(f"rank {runner.rank}: {error} (at step {runner.steps})", logging.ERROR)
             raise
         except RuntimeError as error:
-            runner = self.runner
             if runner.distributed and "timed out" in str(error).lower():
                 runner.log(
                     f"rank {runner.rank}: a collective timed out after {runner.config.get('dist_timeout')} s "
@@ -111,13 +123,13 @@ class Recovery:
             raise
 
     def train_splits(
-        self, splits: list[str], train_epoch: Callable[[str], NestedDict], done: Callable[[], bool]
+        self, epoch: int, splits: list[str], train_epoch: Callable[[str], NestedDict], done: Callable[[], bool]
     ) -> NestedDict:
         r"""
-        Train `splits` for the current epoch (until `done()`); splits a mid-epoch checkpoint had finished keep
-        their results. A split cut short by `step_end` marks the result `partial`.
+        Train `splits` for `epoch` (until `done()`); splits a mid-epoch checkpoint had finished keep their results.
+        A split cut short by `step_end` marks the result `partial`.
         """
-        resume = self.resume if self.resume is not None and self.resume.epoch == self.runner.epochs else None
+        resume = self.resume if self.resume is not None and self.resume.epoch == epoch else None
         self.resume = resume
         self.position.finished = dict(resume.finished) if resume is not None else {}
         result = NestedDict()
@@ -134,13 +146,13 @@ class Recovery:
         self.resume = None
         return result
 
-    def end_of_epoch(self) -> None:
+    def end_of_epoch(self, runner: Any) -> None:
         r"""
-        Check every rank's training losses and gather every rank's state for the epoch's checkpoint. Collective
-        when distributed.
+        Gather every rank's state for the epoch's checkpoint (check every rank's losses first: a checkpoint never
+        holds non-finite weights). Collective when distributed.
         """
-        self.runner._stepper.loss_guard.check(self.runner.distributed)
-        self.collected, self.collected_at = gather_to_main(self.rank_state(mid_epoch=False)), self.moment()
+        self.collected = gather_to_main(self.rank_state(runner, mid_epoch=False))
+        self.collected_at = self.moment(runner)
 
     def contain(self) -> AbstractContextManager:
         r"""
@@ -154,13 +166,13 @@ class Recovery:
         """
         return self.failures.contain()
 
-    def stop_if_preempted(self) -> None:
+    def stop_if_preempted(self, runner: Any) -> None:
         r"""
         After the epoch's checkpoint: raise a failure of any rank (on every rank), then stop when any rank was
         signalled. Collective when distributed (one all-reduce).
         """
         if self.agree_to_stop():
-            self.exit_preempted()
+            self.exit_preempted(runner)
 
     def agree_to_stop(self) -> bool:
         r"""
@@ -178,16 +190,16 @@ class Recovery:
 
     # Inside an epoch
 
-    def enter_epoch(self, split: str, loader: Any) -> tuple[Iterable, int]:
+    def enter_epoch(self, runner: Any, split: str, loader: Any) -> tuple[Iterable, int]:
         r"""
         Start `split`'s epoch: note the random state its loader starts from; when resuming into it, continue the
         loader after the samples the checkpoint had consumed (see
-        [`resume_feed`][danling.runner.loop.feed.resume_feed]) and restore meters, metrics, window and random state.
+        [`resume_feed`][danling.runner.loop.feed.resume_feed]) and restore meters, metrics and random state (the
+        caller moves the accumulation window to the batch returned).
 
         Returns:
             The batches to iterate and the index of the first one.
         """
-        runner = self.runner
         resume = self.resume if self.resume is not None and self.resume.split == split else None
         state, world_size = self.loader_states.pop(split, None), runner.world_size
         if resume is None:
@@ -204,26 +216,23 @@ class Recovery:
         )
         if resume.meters is not None:
             runner.meters.load_state_dict(resume.meters)
-            runner._loss_meter = runner.meters.loss
         load_metrics_state(runner.current_metrics, resume.metrics)
-        runner._stepper.windows.resume_at(start)
         if resume.rng is not None:
             set_rng_state(resume.rng)
         runner.log(f"resuming epoch {runner.epochs} of {split} at batch {start}")
         return iterator, start
 
-    def boundary_hook(self) -> Callable[[str, int, int | None], None] | None:
+    def boundary_hook(self, runner: Any) -> BoundaryHook | None:
         r"""
         What to do at each optimizer-step boundary (`save_steps`, preemption, the failure of a background save),
-        or `None` when nothing is needed. Distributed, the ranks agree on signals and failures every
-        `preemption_check_steps` optimizer steps only (and at epoch ends), so a signal stops every rank at the
-        next multiple of it: up to that many steps after the signal.
+        or `None` when nothing is needed: called as `hook(runner, split, batches, length)`. Distributed, the ranks
+        agree on signals and failures every `preemption_check_steps` optimizer steps only (and at epoch ends), so a
+        signal stops every rank at the next multiple of it: up to that many steps after the signal.
 
         Raises:
             ValueError: If `save_steps` is not a positive integer or `None`, or `preemption_check_steps` is not a
                 positive integer.
         """
-        runner = self.runner
         save_steps = runner.config.get("save_steps")
         invalid = isinstance(save_steps, bool) or not isinstance(save_steps, int) or save_steps < 1
         if save_steps is not None and invalid:
@@ -235,33 +244,32 @@ class Recovery:
             return None
         if save_steps is None and saver is None and not runner.distributed:
             return self._signal_hook(preemption)  # the default of one process: one attribute read per step
-        return self._boundary_hook(save_steps, preemption, saver, every)
+        if runner.distributed and (preemption is not None or saver is not None):
+            self.open_channel(runner.config.get("dist_timeout"))  # opened by `catch_preemption` inside `train`
+        return self._boundary_hook(runner.distributed, save_steps, preemption, saver, every)
 
-    def _signal_hook(self, preemption: PreemptionHandler) -> Callable[[str, int, int | None], None]:
+    def _signal_hook(self, preemption: PreemptionHandler) -> BoundaryHook:
         # One process that only catches signals: nothing to agree on, so the signal handler's own record is read.
-        def at_boundary(split: str, batches: int, length: int | None) -> None:
+        def at_boundary(runner: Any, split: str, batches: int, length: int | None) -> None:
             if preemption.received is not None and preemption.should_stop():
-                self.save_position_agreed(split, batches, wait=True)
-                self.exit_preempted()
+                self.save_position_agreed(runner, split, batches, wait=True)
+                self.exit_preempted(runner)
 
         return at_boundary
 
     def _boundary_hook(
-        self, save_steps: int | None, preemption: PreemptionHandler | None, saver: Any, every: int
-    ) -> Callable[[str, int, int | None], None]:
-        runner = self.runner
+        self, distributed: bool, save_steps: int | None, preemption: PreemptionHandler | None, saver: Any, every: int
+    ) -> BoundaryHook:
         # Distributed, a background save failing on rank 0 must reach every rank: agree every `every` steps (the
         # preemption all-reduce carries it when signals are caught; else a background save adds that one). The
         # steps are in lockstep, so every rank reaches the same checks. One process asks the handler every step.
-        distributed = runner.distributed
         if distributed and (preemption is not None or saver is not None):
-            self.open_channel()
             should_stop: Callable[[], bool] | None = self.agree_to_stop
         else:  # one process: a failure is raised where it happens, nothing to agree on
             should_stop, every = None if preemption is None else preemption.should_stop, 1
         failures = self.failures
 
-        def at_boundary(split: str, batches: int, length: int | None) -> None:
+        def at_boundary(runner: Any, split: str, batches: int, length: int | None) -> None:
             if saver is not None:
                 if distributed:
                     with failures.contain():
@@ -273,15 +281,17 @@ class Recovery:
             stop = should_stop is not None and runner.steps % every == 0 and should_stop()
             due = save_steps is not None and runner.steps % save_steps == 0 and (length is None or batches < length)
             if (stop or due) and self.saved_step != runner.steps:  # a step evaluation may have saved this step
-                self.save_position_agreed(split, batches, wait=stop)
+                self.save_position_agreed(runner, split, batches, wait=stop)
             elif stop and saver is not None:
                 saver.wait()
             if stop:
-                self.exit_preempted()
+                self.exit_preempted(runner)
 
         return at_boundary
 
-    def save_position_agreed(self, split: str, batches: int, wait: bool = False, best: bool = False) -> None:
+    def save_position_agreed(
+        self, runner: Any, split: str, batches: int, wait: bool = False, best: bool = False
+    ) -> None:
         r"""
         Save the mid-epoch checkpoint, then agree on every rank that it was written before any rank goes on
         (`RankFailedError` on every rank when rank 0's write failed). Collective when distributed.
@@ -292,7 +302,6 @@ class Recovery:
             wait: Also wait for a background save (`async_save`) to commit: before a preemption exit.
             best: Also keep it as `best.pth` (a step evaluation that is the best so far).
         """
-        runner = self.runner
         self.saved_step = runner.steps
         with self.failures.contain():
             if best:
@@ -303,19 +312,22 @@ class Recovery:
                 runner.async_saver.wait()
         self.agree_failures()
 
-    def mid_epoch_state(self, split: str, batches: int) -> Mapping:
-        r"""The checkpoint after `batches` micro-batches of `split`. Collective when distributed."""
-        self.runner._stepper.loss_guard.check(self.runner.distributed)  # never checkpoint non-finite weights
+    def mid_epoch_state(self, runner: Any, split: str, batches: int) -> Mapping:
+        r"""
+        The checkpoint after `batches` micro-batches of `split` (`runner.checkpoint_state()` with every rank's
+        position). Collective when distributed.
+        """
         self.position.split, self.position.batches = split, batches
         try:
-            self.collected, self.collected_at = gather_to_main(self.rank_state(mid_epoch=True)), self.moment()
-            return self.runner.checkpoint_state()
+            self.collected = gather_to_main(self.rank_state(runner, mid_epoch=True))
+            self.collected_at = self.moment(runner)
+            return runner.checkpoint_state()
         finally:
             self.position.split, self.position.batches = None, 0
 
-    def exit_preempted(self) -> None:
+    def exit_preempted(self, runner: Any) -> None:
         r"""Log why the run stops, then raise [`Preempted`][danling.runner.distributed.preemption.Preempted]."""
-        runner, handler = self.runner, self.preemption
+        handler = self.preemption
         signum = handler.received if handler is not None and handler.received is not None else 15
         name = handler.signal_name if handler is not None else "a signal"
         latest = runner.checkpoint_manager.path("latest")  # latest.pth, or latest.dcp when sharded
@@ -329,27 +341,27 @@ class Recovery:
 
     # Checkpoint contents
 
-    def rank_state(self, mid_epoch: bool) -> dict[str, Any]:
+    def rank_state(self, runner: Any, mid_epoch: bool) -> dict[str, Any]:
         r"""
         This rank's part of a checkpoint: its random state, the state of the loaders that keep their own, and in
         mid-epoch the random state its loader started from, its meters and metrics.
         """
         state: dict[str, Any] = {"rng": get_rng_state()}
-        loaders = loader_states(self.runner.dataloaders)
+        loaders = loader_states(runner.dataloaders)
         if loaders:
             state[LOADERS] = loaders
         if mid_epoch:
             state["epoch_rng"] = self.position.epoch_rng
-            state["meters"] = self.runner.meters.state_dict()
-            state["metrics"] = metrics_state(self.runner.current_metrics)
+            state["meters"] = runner.meters.state_dict()
+            state["metrics"] = metrics_state(runner.current_metrics)
         return state
 
-    def plan(self) -> dict[str, Any]:
+    @staticmethod
+    def plan(runner: Any) -> dict[str, Any]:
         r"""
-        The training plan: `epoch_end`, `step_end`, world size, the length of each train dataset, `total_steps` and
-        the global batch (`batch_size x world_size x accum_steps`); `None` for what the runner cannot tell.
+        The training plan of `runner`: `epoch_end`, `step_end`, world size, the length of each train dataset,
+        `total_steps` and the global batch (`batch_size x world_size x accum_steps`); `None` for what it cannot tell.
         """
-        runner = self.runner
         lengths = {}
         for split in runner.train_splits if runner.datasets else []:
             dataset = runner.datasets.get(split)
@@ -367,31 +379,30 @@ class Recovery:
             plan["global_batch"] = None
         return plan
 
-    def moment(self) -> tuple:
+    def moment(self, runner: Any) -> tuple:
         r"""Where the run is: steps, epoch, and the split and batch of a mid-epoch save."""
-        return (self.runner.steps, self.runner.epochs, self.position.split, self.position.batches)
+        return (runner.steps, runner.epochs, self.position.split, self.position.batches)
 
-    def add_to(self, state: dict[str, Any]) -> None:
+    def add_to(self, runner: Any, state: dict[str, Any]) -> None:
         r"""Put the `rng` of every rank gathered (else this rank's) and the `position` into a checkpoint."""
         position = self.position
         # Every rank's state when it was gathered at this very moment (no side effect: two calls agree).
-        ranks = self.collected if self.collected_at == self.moment() else None
+        ranks = self.collected if self.collected_at == self.moment(runner) else None
         if ranks is None:
-            ranks = [self.rank_state(mid_epoch=position.split is not None)]
+            ranks = [self.rank_state(runner, mid_epoch=position.split is not None)]
         state["rng"] = [rank["rng"] for rank in ranks]
-        saved = {"world_size": self.runner.world_size, "epoch": self.runner.epochs, "split": position.split}
-        saved.update(batches=position.batches, plan=self.plan())
+        saved = {"world_size": runner.world_size, "epoch": runner.epochs, "split": position.split}
+        saved.update(batches=position.batches, plan=self.plan(runner))
         if position.split is not None or any(LOADERS in rank for rank in ranks):
             saved[RANKS] = [{key: value for key, value in rank.items() if key != "rng"} for rank in ranks]
-        saved["run_batches"] = dict(self.runner.telemetry.run_batches)  # where the log steps fall
+        saved["run_batches"] = dict(runner.telemetry.run_batches)  # where the log steps fall
         if position.split is not None:
             saved["finished"] = to_plain(position.finished)
             saved[DATA] = position.feed.record(position.batches) if position.feed is not None else None
         state[POSITION] = saved
 
-    def restore(self, state: Mapping) -> None:
+    def restore(self, runner: Any, state: Mapping) -> None:
         r"""Take this rank's random state, resume point and loader states from a checkpoint."""
-        runner = self.runner
         position = state.get(POSITION) or {}
         rng_states = state.get("rng") or []
         self.saved_world_size = int(position.get("world_size", len(rng_states) or 1))
@@ -406,7 +417,7 @@ class Recovery:
             seed_derived_stream(rng_states[0], runner.rank)
         self.saved_plan = position.get("plan")
 
-    def check_world_size(self) -> None:
+    def check_world_size(self, runner: Any) -> None:
         r"""
         When training resumes a checkpoint saved on another world size: warn, or stop for a mid-epoch checkpoint whose
         loader cannot continue the epoch on it (see [`resume_refusal`][danling.runner.loop.feed.resume_refusal]).
@@ -415,7 +426,7 @@ class Recovery:
         Raises:
             ValueError: If a mid-epoch checkpoint cannot continue its epoch on this world size.
         """
-        runner, saved_world, resume = self.runner, self.saved_world_size, self.resume
+        saved_world, resume = self.saved_world_size, self.resume
         if saved_world is None or saved_world == runner.world_size:
             return
         loader = runner.dataloaders.get(resume.split) if resume is not None else None
@@ -432,34 +443,34 @@ class Recovery:
         warn(message, RuntimeWarning, stacklevel=5)
         runner.log(message, logging.WARNING)
 
-    def loaded_position(self) -> dict[str, Any]:
+    def loaded_position(self, runner: Any) -> dict[str, Any]:
         r"""
         Where the checkpoint just loaded stands, as `runner.resume_record["position"]` holds it for what continues
         the run's records (`metrics.jsonl`, the trackers): `steps`, `epoch`, and for a mid-epoch checkpoint the
         train `split` it stopped in, the `batches` of it consumed and the train splits of the epoch `finished`
         before it (`split` is `None` at an epoch boundary).
         """
-        runner, resume = self.runner, self.resume
+        resume = self.resume
         position = {"steps": runner.steps, "epoch": runner.epochs, "split": None, "batches": 0, "finished": []}
         if resume is not None:
             position.update(split=resume.split, batches=resume.batches, finished=list(resume.finished))
         return position
 
-    def after_load(self, replanned: Any = None) -> None:
+    def after_load(self, runner: Any, replanned: Any = None) -> None:
         r"""
         Continue a mid-epoch checkpoint's epoch (noting where it stands in `runner.resume_record["position"]`, see
         [`loaded_position`][danling.runner.loop.interruptions.Recovery.loaded_position]), and say how the plan
         differs from the saved one: how the schedule was rebuilt for it (`replanned`, a
         [`Replan`][danling.runner.checkpointing.replan.Replan]), else that it was kept.
         """
-        runner, resume = self.runner, self.resume
+        resume = self.resume
         if resume is not None:
             runner.epoch_begin = resume.epoch
-            note = resume_note(resume.split, resume.epoch, resume.data, self.saved_plan, self.plan())
+            note = resume_note(resume.split, resume.epoch, resume.data, self.saved_plan, self.plan(runner))
             if note is not None:  # another world size or global batch: the start banner says so
                 runner.resume_record = {**(runner.resume_record or {}), DATA: note}
-        runner.resume_record = {**(runner.resume_record or {}), "position": self.loaded_position()}
-        changes = plan_changes(self.saved_plan, self.plan())
+        runner.resume_record = {**(runner.resume_record or {}), "position": self.loaded_position(runner)}
+        changes = plan_changes(self.saved_plan, self.plan(runner))
         if replanned is not None:
             message = replanned.describe() + (f" ({'; '.join(changes)})" if changes else "")
             runner.resume_record = {**(runner.resume_record or {}), "schedule": message}

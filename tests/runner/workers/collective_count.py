@@ -81,7 +81,7 @@ class CountingRunner(dl.TorchRunner):
         self.boundary_groups: list[str] = []
         self.counter = HostSyncCounter()
         hook = self._recovery.boundary_hook
-        self._recovery.boundary_hook = lambda: self._wrap_hook(hook())
+        self._recovery.boundary_hook = lambda runner: self._wrap_hook(hook(runner))
 
     @contextmanager
     def counting(self, phase: str, host_reads: bool = False) -> Iterator[None]:

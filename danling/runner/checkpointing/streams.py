@@ -18,6 +18,8 @@ from typing import Any, BinaryIO
 
 # Bytes moved and hashed at a time when a block is large enough to overlap the two.
 PART = 2 << 20
+# The first and the last part of a large block: short waits at its two ends (see `part_bounds`).
+EDGE = 1 << 18
 # Writes smaller than this (zip headers, the pickle) are gathered into one buffer before they reach the file.
 SMALL_WRITE = 1 << 16
 # A read that starts at most this far past the bytes hashed so far reads and hashes the bytes in between first
@@ -39,6 +41,31 @@ def parallel_hashing() -> bool:
         return len(os.sched_getaffinity(0)) > 1
     except AttributeError:  # no affinity on this platform
         return (os.cpu_count() or 1) > 1
+
+
+def part_bounds(length: int) -> list[tuple[int, int]]:
+    r"""
+    Where a block of `length` bytes is cut for hashing beside the I/O: parts of `PART` bytes, but the first and the
+    last of `EDGE` bytes. The worker idles while the first part moves and the caller waits while the last part is
+    hashed; small parts at both ends keep those waits short for every large block (a tensor's storage).
+
+    Examples:
+        >>> sizes = [end - start for start, end in part_bounds(5 * PART)]
+        >>> sizes[0] == sizes[-1] == EDGE, max(sizes) == PART, sum(sizes) == 5 * PART
+        (True, True, True)
+        >>> sum(end - start for start, end in part_bounds(5 * PART + 7)) == 5 * PART + 7
+        True
+    """
+    bounds, start = [(0, min(EDGE, length))], min(EDGE, length)
+    while length - start > PART + EDGE:
+        bounds.append((start, start + PART))
+        start += PART
+    if length - start > EDGE:
+        bounds.append((start, length - EDGE))
+        start = length - EDGE
+    if start < length:
+        bounds.append((start, length))
+    return bounds
 
 
 def read_sequentially(raw: BinaryIO) -> None:
@@ -101,8 +128,8 @@ class Digest:
         pending: Future | None = None
         total = 0
         try:
-            for start in range(0, len(view), PART):
-                part = view[start : start + PART]
+            for start, end in part_bounds(len(view)):
+                part = view[start:end]
                 moved = move(part)
                 if pending is not None:
                     pending.result()

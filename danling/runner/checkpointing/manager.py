@@ -27,6 +27,7 @@ from .manifest import (
 )
 from .temporaries import (
     TEMPORARY_PATTERN,  # noqa: F401 (re-exported)
+    remove_file_freeing_later,
     remove_path,
     remove_stale_temporaries,
     temporary_path,
@@ -74,6 +75,7 @@ class CheckpointManager:
         self.directory = os.fsdecode(directory)
         self.format: CheckpointFormat = TorchFileFormat() if fmt is None else fmt
         self._links: bool | None = None
+        self._freeing: list[Any] = []  # threads freeing the blocks of files retention removed
 
     def links_supported(self) -> bool:
         r"""Whether the directory's file system makes hard links (asked once, on the first save that needs one)."""
@@ -120,6 +122,7 @@ class CheckpointManager:
                 device"), also when `torch.save` reports it as a `RuntimeError`.
         """
         os.makedirs(self.directory, exist_ok=True)
+        self.wait_freed()
         self.remove_temporaries()
         info = {"steps": int(steps), "epochs": epochs, "format": self.format.name}
         primary = self.path(name)
@@ -251,13 +254,23 @@ class CheckpointManager:
         return removed
 
     def remove(self, name: str) -> None:
-        r"""Delete the checkpoint `name` (without extension) and its manifest."""
+        r"""
+        Delete the checkpoint `name` (without extension) and its manifest. The names are gone on return; the blocks
+        of a file whose last name this was are freed in the background (see
+        [`remove_file_freeing_later`][danling.runner.checkpointing.temporaries.remove_file_freeing_later]), done
+        before the next save starts.
+        """
         for path in (manifest_path(self.path(name)), self.path(name)):
             with suppress(FileNotFoundError):
                 if os.path.isdir(path):
                     shutil.rmtree(path)
-                else:
-                    os.remove(path)
+                elif (freeing := remove_file_freeing_later(path)) is not None:
+                    self._freeing.append(freeing)
+
+    def wait_freed(self) -> None:
+        r"""Wait until the blocks of the checkpoints removed so far are freed (before a save counts on the space)."""
+        while self._freeing:
+            self._freeing.pop().join()
 
     def quarantine(self, path: str) -> str:
         r"""

@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import shutil
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
 
@@ -108,6 +109,44 @@ def remove_path(path: str) -> None:
     else:
         with suppress(FileNotFoundError):
             os.remove(path)
+
+
+def remove_file_freeing_later(path: str) -> threading.Thread | None:
+    r"""
+    Remove the name `path` now, and when it was the file's last name, free its blocks in a background thread.
+
+    Freeing a large file's blocks takes a while on some file systems (about 80 ms for 576 MiB on ext4 mounted with
+    `discard` here); the name is gone when this returns, and the blocks are freed once the thread closes the last
+    descriptor (or when the process exits). Where an open file cannot be removed, it is closed and removed here.
+
+    Returns:
+        The thread freeing the blocks (join it before counting on the space), or `None` when nothing is left to free.
+
+    Examples:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "x.pth")
+        >>> _ = open(path, "wb").write(b"x" * 10)
+        >>> freeing = remove_file_freeing_later(path)
+        >>> os.path.exists(path), freeing is None or freeing.join() is None
+        (False, True)
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:  # gone already (FileNotFoundError propagates from the removal), or not readable: remove it
+        os.remove(path)
+        return None
+    try:
+        os.remove(path)
+    except OSError:
+        os.close(descriptor)
+        os.remove(path)  # a platform that refuses to remove an open file; still raises if the name cannot go
+        return None
+    if os.fstat(descriptor).st_nlink > 0:  # other names keep the file: nothing to free
+        os.close(descriptor)
+        return None
+    freeing = threading.Thread(target=os.close, args=(descriptor,), name="danling-free", daemon=True)
+    freeing.start()
+    return freeing
 
 
 def sweep_run_directories(directories: Iterable[tuple[str, str]]) -> list[str]:

@@ -314,7 +314,7 @@ class TorchRunner(BaseRunner):
         Check that this script resumes bit for bit (trains this runner: call it on a fresh one); see
         [`verify_resume`][danling.runner.checkpointing.verification.verify_resume].
         """
-        return verify_resume(self, self._recovery, steps, split)
+        return verify_resume(self, self._recovery, steps, split, self._stepper)
 
     # The schedule of epochs
 

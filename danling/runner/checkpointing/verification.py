@@ -46,7 +46,9 @@ class ResumeCheck:
         return self.ok
 
 
-def verify_resume(runner: Any, recovery: Any, steps: int = 2, split: str | None = None) -> ResumeCheck:
+def verify_resume(
+    runner: Any, recovery: Any, steps: int = 2, split: str | None = None, stepper: Any = None
+) -> ResumeCheck:
     r"""
     Run `steps` optimizer steps, save a mid-epoch checkpoint, run `steps` more; rebuild a fresh runner of the
     same class from that checkpoint, run `steps` there too, and compare both bitwise.
@@ -59,6 +61,9 @@ def verify_resume(runner: Any, recovery: Any, steps: int = 2, split: str | None 
         runner: A [`TorchRunner`][danling.runner.TorchRunner] with a model, optimizer and a train dataset.
         recovery: Its [`Recovery`][danling.runner.loop.interruptions.Recovery], which puts the mid-epoch checkpoint
             together.
+        stepper: Its [`OptimizerStepper`][danling.runner.loop.stepping.OptimizerStepper], whose loss guard checks
+            every rank's losses before the checkpoint (`FloatingPointError` on every rank), as a save in training
+            does.
         steps: Optimizer steps before and after the checkpoint.
         split: Train split to use (default: the first train split).
 
@@ -74,6 +79,8 @@ def verify_resume(runner: Any, recovery: Any, steps: int = 2, split: str | None 
     batches = _open_epoch(runner, split, steps)
     consumed = _run_steps(runner, batches, steps)
     with tempfile.TemporaryDirectory(prefix="danling-verify-") as directory:
+        if stepper is not None:
+            stepper.loss_guard.check(runner.distributed)
         path = _save_mid_epoch(runner, recovery, split, consumed, directory)
         _run_steps(runner, batches, steps)
         reference = _snapshot(runner)

@@ -250,17 +250,24 @@ def write_atomic(file: str, writer: Callable[[str], None], temporary: str | None
         finally:
             os.close(fd)
         writer(temporary)
-        _fsync(temporary)
+        fsync_path(temporary)
         os.replace(temporary, file)
     except BaseException:
         with suppress(FileNotFoundError):
             os.remove(temporary)
         raise
     with suppress(OSError):  # make the rename itself durable; not every platform can open a directory
-        _fsync(directory)
+        fsync_path(directory)
 
 
-def _fsync(path: str) -> None:
+def fsync_path(path: str) -> None:
+    r"""
+    Make the file or directory `path` durable (`os.fsync` of a descriptor opened for it).
+
+    Examples:
+        >>> import tempfile
+        >>> fsync_path(tempfile.mkdtemp())
+    """
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

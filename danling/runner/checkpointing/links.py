@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from contextlib import suppress
 from typing import Any
 
+from danling.utils.io import fsync_path
+
 from .temporaries import remove_path, temporary_path
 
 RENAME_EXCHANGE = 2  # renameat2 flag: swap two paths atomically (Linux >= 3.15)
@@ -247,25 +249,11 @@ def link_or_copy_tree(source: str, destination: str) -> None:
         fsync_tree(destination)
 
 
-def fsync_file(path: str) -> None:
-    r"""Make the file `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_tree(path: str) -> None:
     r"""Make every file and directory under `path` durable (files first, then their directories)."""
     for root, _, names in os.walk(path, topdown=False):
         for name in [*names, None]:
-            target = root if name is None else os.path.join(root, name)
-            fd = os.open(target, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(root if name is None else os.path.join(root, name))
 
 
 def swap_into_place(temporary: str, target: str) -> None:

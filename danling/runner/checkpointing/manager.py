@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from contextlib import suppress
 from typing import Any, Callable
 
+from danling.utils.io import fsync_path
+
 from .formats import CheckpointFormat, DigestMismatch, TorchFileFormat, free_space
 from .links import collect_data, link_file, links_supported, read_pointer, resolve, store_data, write_pointer
 from .manifest import (
@@ -144,7 +146,7 @@ class CheckpointManager:
         staged = temporary_path(os.path.join(self.directory, "data" + self.format.suffix))
         try:
             written = writer(staged)
-            _fsync(staged)
+            fsync_path(staged)
             digest = written if isinstance(written, str) else self.format.digest(staged)
             entry = {"sha256": digest, "size": _size(staged)}
             data = store_data(staged, entry["sha256"], self.format.suffix)
@@ -429,14 +431,6 @@ def refuse_pickle(path: str, error: BaseException) -> str:
         "can run any code it carries: DanLing refuses it. A DanLing checkpoint holds tensors and plain values only; "
         "if you wrote this file yourself, save the state dicts (tensors) instead of the objects"
     )
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _size(path: str) -> int:

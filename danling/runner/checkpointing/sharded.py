@@ -25,11 +25,12 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
+from danling.utils.io import fsync_path
+
 from ..distributed.consensus import FailureConsensus
 from .formats import release_frames, sha256_file, write_failure
 from .links import (
     collect_data,
-    fsync_file,
     fsync_tree,
     link_or_copy_tree,
     read_pointer,
@@ -309,7 +310,7 @@ class ShardedCheckpointManager(CheckpointManager):
     def _commit_directory(self, temporary: str, path: str, info: dict[str, Any], entry: dict[str, Any]) -> None:
         # As `_commit` for files: the new digest as `pending`, swap, then the only digest (and each file's).
         if os.path.isfile(temporary):
-            fsync_file(temporary)
+            fsync_path(temporary)
         current = self._current_entry(path)
         name = os.path.basename(path)
         new = {"sha256": entry["sha256"], "size": entry["size"]}

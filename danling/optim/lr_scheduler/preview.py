@@ -177,9 +177,6 @@ class _StandInOptimizer:
             for group in optimizer.param_groups
         ]
         self.state: dict = {}
-        self._opt_called = True  # so that the copy's first step() does not warn about the call order
 
     def step(self, *args: Any, **kwargs: Any) -> None:
-        """Do nothing: the stand-in has no parameters."""
-
-    step._wrapped_by_lr_sched = True  # type: ignore[attr-defined]  # what torch looks for on optimizer.step
+        """Do nothing: the stand-in has no parameters (the scheduler's warnings about it are silenced)."""

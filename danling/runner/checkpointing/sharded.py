@@ -49,7 +49,7 @@ MODEL, OPTIMIZER = "model", "optimizer"
 def _dcp() -> Any:
     # `torch.distributed.checkpoint` takes over a second to import (it pulls in sympy): load it on first use, so
     # that `import danling` stays cheap for the runs that never write a sharded checkpoint.
-    for submodule in ("state_dict", "state_dict_loader"):
+    for submodule in ("state_dict", "metadata"):
         importlib.import_module(f"torch.distributed.checkpoint.{submodule}")
     return importlib.import_module("torch.distributed.checkpoint")
 
@@ -89,7 +89,7 @@ class ShardedFormat:
         path = resolve(path)  # a pointer file names the data directory
         with _single_process_quiet():
             if state is None:
-                return _dcp().state_dict_loader._load_state_dict_from_keys(kwargs.get("keys"), checkpoint_id=path)
+                return read_whole(path, kwargs.get("keys"))
             _dcp().load(state, checkpoint_id=path)
         return state
 
@@ -100,6 +100,56 @@ class ShardedFormat:
         r"""A full copy of the directory (the manager links names instead; this is its fallback)."""
         shutil.copytree(resolve(source), destination)
         fsync_tree(destination)
+
+
+def read_whole(path: str, keys: Any = None) -> dict[str, Any]:
+    r"""
+    A `torch.distributed.checkpoint` directory read whole into this process: full tensors and objects, nested as
+    they were saved (collective when a process group is initialised).
+
+    Built from DCP's public reader: the checkpoint's metadata gives every entry's full size and dtype, so an empty
+    tensor of that size (or a placeholder for an object) stands for each, and `load` fills them in place.
+
+    Args:
+        path: The checkpoint directory.
+        keys: A top-level key or set of them to read (the rest is left out), or `None` for everything.
+
+    Examples:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "x.dcp")
+        >>> ShardedFormat().write({"model": {"w": torch.ones(2)}, "runner": {"steps": 3}}, path)
+        >>> read_whole(path, keys="runner")
+        {'runner': {'steps': 3}}
+    """
+    dcp = _dcp()
+    metadata = dcp.FileSystemReader(path).read_metadata()
+    wanted = {keys} if isinstance(keys, str) else keys
+    flat: dict[str, Any] = {}
+    for name, entry in metadata.state_dict_metadata.items():
+        if wanted is None or metadata.planner_data[name][0] in wanted:
+            tensor = isinstance(entry, dcp.metadata.TensorStorageMetadata)
+            flat[name] = torch.empty(entry.size, dtype=entry.properties.dtype) if tensor else None
+    with _single_process_quiet():
+        dcp.load(flat, checkpoint_id=path, no_dist=not _distributed())
+    state: dict[str, Any] = {}
+    for name, value in flat.items():
+        _place(state, metadata.planner_data[name], value)
+    return state
+
+
+def _place(state: dict, location: Any, value: Any) -> None:
+    # Put `value` at `location` (keys, and indices into lists) in the nested `state`, making what is missing.
+    *parents, last = location
+    node: Any = state
+    for key, after in zip(parents, [*parents[1:], last]):
+        if isinstance(node, list):
+            node.extend([None] * (key + 1 - len(node)))
+        if (node[key] if isinstance(node, list) else node.get(key)) is None:
+            node[key] = [] if isinstance(after, int) else {}
+        node = node[key]
+    if isinstance(node, list):
+        node.extend([None] * (last + 1 - len(node)))
+    node[last] = value
 
 
 @contextmanager

@@ -7,13 +7,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 
 class ExponentialMovingAverage(nn.Module):
     r"""
     Exponential moving average of a model: after every optimizer step,
-    `ema = decay * ema + (1 - decay) * weight` for each parameter, in one fused `torch._foreach_lerp_`; buffers
-    (e.g. batch-norm statistics) are copied.
+    `ema = decay * ema + (1 - decay) * weight` for each parameter, fused over the parameters by torch's own
+    `torch.optim.swa_utils.get_ema_multi_avg_fn`; buffers (e.g. batch-norm statistics) are copied.
 
     Unlike `torch.optim.swa_utils.AveragedModel`, which keeps its update count in a tensor and tests it on the
     host every step (a device sync), the decay is a Python float and nothing is read back, so the training loop
@@ -62,6 +63,6 @@ class ExponentialMovingAverage(nn.Module):
         if len(averages) != len(weights):
             raise ValueError(f"the EMA holds {len(averages)} parameters but the model has {len(weights)}")
         if averages:
-            torch._foreach_lerp_(averages, weights, 1.0 - self.decay)
+            get_ema_multi_avg_fn(self.decay)(averages, weights, None)
         for average, buffer in zip(self.module.buffers(), model.buffers()):
             average.copy_(buffer)

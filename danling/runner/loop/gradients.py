@@ -50,7 +50,7 @@ def local_tensors(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
 
 def by_device(tensors: Iterable[torch.Tensor]) -> dict[torch.device, list[torch.Tensor]]:
     r"""
-    The tensors grouped by device, in order (a fused `torch._foreach_*` call takes the tensors of one device).
+    The tensors grouped by device, in order (a fused multi-tensor call takes the tensors of one device).
 
     Examples:
         >>> groups = by_device([torch.ones(1), torch.zeros(2)])
@@ -68,6 +68,9 @@ def scale_(gradients: list[torch.Tensor], factor: Any) -> None:
     r"""
     Multiply every gradient by `factor` in place, without reading it on the host.
 
+    Torch has no public fused multiply over a list of tensors (its optimizers use a private one), so this is one
+    `mul_` per gradient: once per optimizer step, under `loss_normalization: tokens` only.
+
     Args:
         gradients: The gradients (plain tensors or `DTensor`s).
         factor: A Python number or a 0-d tensor (copied to the gradients' device when it is on another).
@@ -79,10 +82,9 @@ def scale_(gradients: list[torch.Tensor], factor: Any) -> None:
         [tensor([0.5000, 0.5000]), tensor([2.])]
     """
     for device, group in by_device(local_tensors(gradients)).items():
-        if isinstance(factor, torch.Tensor):
-            torch._foreach_mul_(group, factor.to(device))
-        else:
-            torch._foreach_mul_(group, factor)
+        on_device = factor.to(device) if isinstance(factor, torch.Tensor) else factor
+        for gradient in group:
+            gradient.mul_(on_device)
 
 
 @torch.no_grad()
@@ -90,9 +92,10 @@ def nonfinite_flag(gradients: list[torch.Tensor], device: torch.device) -> torch
     r"""
     A 0-d `int32` tensor on `device`: 1 when a gradient holds NaN or infinity, else 0 (not read on the host).
 
-    Each gradient is tested through its largest absolute value (its infinity norm, one fused kernel per device):
-    NaN and infinity propagate into it, and no finite gradient overflows it. A `DTensor` is tested on its local
-    shard: reduce the flag across ranks to learn about the whole gradient.
+    The gradients are tested through their largest absolute value (their infinity norm, fused over the tensors
+    of each device by `torch.nn.utils.get_total_norm`): NaN and infinity propagate into it, and no finite gradient
+    overflows it. A `DTensor` is tested on its local shard: reduce the flag across ranks to learn about the whole
+    gradient.
 
     Examples:
         >>> cpu = torch.device("cpu")
@@ -106,10 +109,23 @@ def nonfinite_flag(gradients: list[torch.Tensor], device: torch.device) -> torch
     flag = torch.zeros((), dtype=torch.int32, device=device)
     # An empty tensor (a rank's shard of a small parameter) holds nothing to test, and has no infinity norm.
     for group in by_device(tensor for tensor in local_tensors(gradients) if tensor.numel()).values():
-        norms = torch._foreach_norm(group, float("inf"))
-        bad = torch.stack([norm.float() for norm in norms]).isfinite().logical_not().any()
+        bad = largest_magnitude(group).isfinite().logical_not()
         flag = flag.logical_or(bad.to(device)).to(torch.int32)
     return flag
+
+
+def largest_magnitude(tensors: list[torch.Tensor]) -> torch.Tensor:
+    r"""
+    The largest absolute value in non-empty `tensors` of one device, in float32 on it (NaN when any holds NaN).
+
+    Examples:
+        >>> largest_magnitude([torch.tensor([1.0, -3.0]), torch.tensor([2.0])])
+        tensor(3.)
+    """
+    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+    if get_total_norm is not None:
+        return get_total_norm(tensors, float("inf"), foreach=True).float()
+    return torch.stack([tensor.detach().abs().max().float() for tensor in tensors]).max()
 
 
 def total_norm(parameters: Iterable[torch.Tensor]) -> torch.Tensor:

@@ -464,8 +464,7 @@ def write_hparams(writer: Any, hparams: Mapping[str, Any], metrics: Mapping[str,
     from torch.utils.tensorboard.summary import hparams as hparams_summary
 
     experiment, start, end = hparams_summary(dict(hparams), dict(metrics))
-    file_writer = writer._get_file_writer()
-    for summary in (experiment, start, end):
-        file_writer.add_summary(summary)
-    for tag, value in metrics.items():
+    for tag, value in metrics.items():  # (re)opens the writer's event file when it was closed
         writer.add_scalar(tag, value, step)
+    for summary in (experiment, start, end):  # in the run's own event file, not a run of its own as `add_hparams`
+        writer.file_writer.add_summary(summary)

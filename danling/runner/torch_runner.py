@@ -511,8 +511,7 @@ class TorchRunner(BaseRunner):
         cursor.iteration += start  # batches a resume replayed count toward log steps, as in an uninterrupted run
         self.telemetry.replayed = start
         cursor.step_end, cursor.at_boundary = self.step_end, self._recovery.boundary_hook(self)
-        # `self.steps`, read up to three times a batch, without a Python call each time.
-        cursor.steps_now = partial(dict.__getitem__, self._config, "steps")
+        cursor.steps_now = partial(self._config.get, "steps")  # `self.steps`, read through the config's own API
         cursor.stepped = cursor.steps_now()
         cursor.at_boundary = self._evaluations.around(
             cursor.at_boundary, type(self)._evaluate_at_step, cursor.steps_now, self.step_end

@@ -53,7 +53,7 @@ def loop_progress(config: Mapping, telemetry: Any) -> Callable[[], tuple[int, in
         >>> loop_progress({"steps": 3}, Telemetry())()
         (3, 4)
     """
-    return lambda: (dict.get(config, "steps"), getattr(telemetry, "batches", None))
+    return lambda: (config.get("steps"), getattr(telemetry, "batches", None))
 
 
 def beat_interval(timeout: float | None) -> float:

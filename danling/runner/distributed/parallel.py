@@ -25,9 +25,6 @@ from .recompute import ActivationCheckpointing
 
 STRATEGIES = ("ddp", "fsdp")
 
-# One shared no-op context (reusable and reentrant).
-_NULL_CONTEXT = nullcontext()
-
 
 def build_parallelism(config: Mapping, precision_dtype: torch.dtype | None = None) -> DataParallel:
     r"""
@@ -175,7 +172,7 @@ class DataParallel:
     def no_sync(self, model: nn.Module) -> AbstractContextManager:
         r"""Context for a micro-step that must not synchronise gradients: `model.no_sync()` when it has one (DDP)."""
         # Looked up on the class: a plain module's `__getattr__` would raise (and catch) an AttributeError per call.
-        return _NULL_CONTEXT if getattr(type(model), "no_sync", None) is None else model.no_sync()
+        return nullcontext() if getattr(type(model), "no_sync", None) is None else model.no_sync()
 
     @staticmethod
     def evaluation_module(model: nn.Module) -> nn.Module:
@@ -286,7 +283,7 @@ class FullyShardedDataParallel(DataParallel):
     def no_sync(self, model: nn.Module) -> AbstractContextManager:
         r"""Context for a non-final micro-step: no gradient reduce-scatter and no resharding after backward."""
         if not self.sharded:
-            return _NULL_CONTEXT
+            return nullcontext()
         return _SkipGradientSync(_orig_module(model))
 
     @staticmethod

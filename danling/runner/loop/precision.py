@@ -6,8 +6,6 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-_NULL_CONTEXT = nullcontext()  # reusable and reentrant
-
 # Accepted spellings of each precision; `None` (or any "full" spelling) trains in float32.
 PRECISION_ALIASES = {
     "fp16": torch.float16,
@@ -64,8 +62,8 @@ class Precision:
 
     def autocast(self) -> AbstractContextManager:
         r"""
-        A context manager for one `with` block: a new `torch.autocast` for mixed precision, else a shared
-        `nullcontext` (it holds no state, so sharing it is safe).
+        A context manager for one `with` block: a new `torch.autocast` for mixed precision, else a new
+        `nullcontext`.
 
         Each call builds its own `torch.autocast`, which saves the autocast state on entering and restores it on
         leaving: blocks nest, and each thread gets its own.
@@ -82,5 +80,5 @@ class Precision:
             False
         """
         if self.dtype is None:
-            return _NULL_CONTEXT
+            return nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)

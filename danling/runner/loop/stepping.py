@@ -28,9 +28,6 @@ from .tokens import TokenNormalization, token_normalization
 # the default initial scale (2**16) it takes 30 overflows in a row (halving it each time) to fall below.
 MIN_LOSS_SCALE = 1e-4
 
-# One shared no-op context (reusable and reentrant): cheaper than a new nullcontext per micro-step.
-_NULL_CONTEXT = nullcontext()
-
 
 def count_step(config: Any) -> None:
     r"""
@@ -211,7 +208,7 @@ class OptimizerStepper:
         windows = self.windows
         if windows.accum_steps > 1 and not windows.is_last() and (windows.length or parallel.reduces_cut_windows):
             return parallel.no_sync(model)
-        return _NULL_CONTEXT
+        return nullcontext()
 
     def backward(self, loss: torch.Tensor, tokens: Any = None) -> bool:
         r"""

@@ -154,11 +154,12 @@ def test_autocast_contexts_in_two_threads_do_not_share_state():
     assert not seen["b after"]
 
 
-def test_fp32_autocast_is_a_shared_no_op():
+def test_fp32_autocast_is_a_fresh_no_op_that_nests():
     precision = Precision(None, "cpu")
-    assert precision.autocast() is precision.autocast()
-    with precision.autocast():
+    assert precision.autocast() is not precision.autocast()  # nothing pooled, even when it holds no state
+    with precision.autocast(), precision.autocast():
         assert not torch.is_autocast_enabled("cpu")
+    assert not torch.is_autocast_enabled("cpu")
 
 
 def test_fp16_uses_an_enabled_grad_scaler_saved_in_checkpoints(make_runner):

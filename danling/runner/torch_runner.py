@@ -550,10 +550,11 @@ class TorchRunner(BaseRunner):
             cursor.on_step_end(self, split)
         if cursor.log_interval is not None and iteration % cursor.log_interval == 0:
             self._log_step(split, iteration, cursor.length)
-        if cursor.at_boundary is not None and cursor.steps_now() != cursor.stepped:
+        steps = cursor.steps_now()
+        if cursor.at_boundary is not None and steps != cursor.stepped:  # an optimizer step was taken
             cursor.at_boundary(self, split, iteration + cursor.offset, cursor.length)  # batches of this epoch so far
-            cursor.stepped = cursor.steps_now()
-        if cursor.step_end is None or cursor.steps_now() < cursor.step_end:
+            cursor.stepped = steps
+        if cursor.step_end is None or steps < cursor.step_end:
             return False
         cursor.partial = cursor.cut_short()
         return True

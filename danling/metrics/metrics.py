@@ -128,6 +128,34 @@ class Metrics:
         self._input = self._target = None
         self._inputs, self._targets = [], []
 
+    def state_dict(self) -> dict[str, Tensor | None]:
+        r"""
+        This process's stored batches, concatenated: `{"inputs": ..., "targets": ...}` (`None` without a batch).
+        What a mid-epoch checkpoint keeps of an epoch's metrics; restore it with `load_state_dict`.
+
+        Examples:
+            >>> from danling.metrics.functional import accuracy
+            >>> metrics = Metrics(acc=accuracy)
+            >>> metrics.update([0.9, 0.2], [1, 1])
+            >>> restored = Metrics(acc=accuracy)
+            >>> restored.load_state_dict(metrics.state_dict())
+            >>> restored.update([0.7], [1])
+            >>> round(restored.average()["acc"], 4)  # 2 of the 3 batches' samples
+            0.6667
+        """
+        inputs, targets = self._local_all()
+        return {"inputs": inputs, "targets": targets}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        r"""
+        Replace the stored batches with those of [`state_dict`][danling.metrics.Metrics.state_dict]; the latest batch
+        is unset until the next `update`.
+        """
+        self.reset()
+        if state_dict.get("inputs") is not None:
+            inputs, targets = flatten_batch(state_dict["inputs"], state_dict["targets"])
+            self._inputs, self._targets = [inputs], [targets]
+
     @torch.no_grad()
     def calculate(self, input: Tensor | None, target: Tensor | None) -> FlatDict:
         r"""
@@ -417,6 +445,23 @@ class MultiTaskMetrics(NestedDict):
         r"""Reset every task."""
         for metric in self.tasks().values():
             metric.reset()
+
+    def state_dict(self) -> dict[str, Any]:
+        r"""Every task's `state_dict()`, keyed by dotted name: what a mid-epoch checkpoint keeps of them."""
+        return {name: metric.state_dict() for name, metric in self.tasks().items()}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        r"""
+        Restore every task from [`state_dict`][danling.metrics.MultiTaskMetrics.state_dict].
+
+        Raises:
+            ValueError: If the tasks named in `state_dict` are not this object's tasks, naming both.
+        """
+        tasks = self.tasks()
+        if set(state_dict) != set(tasks):
+            raise ValueError(f"the state holds tasks {sorted(state_dict)}, but these metrics have {sorted(tasks)}")
+        for name, metric in tasks.items():
+            metric.load_state_dict(state_dict[name])
 
     def value(self) -> NestedDict:
         r"""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,15 +102,23 @@ def merge_saved_config(config: Any, saved: Mapping) -> list[tuple[str, Any, Any]
 
 
 def metrics_state(metrics: Any) -> Any:
-    r"""State of a partial epoch's metrics: `state_dict()` when they have one, else the stored batches."""
+    r"""
+    State of a partial epoch's metrics: their `state_dict()` (every metrics type of `danling.metrics` has one).
+
+    Metrics without one cannot be kept: a warning names their type, since after a resume from this checkpoint the
+    epoch's metrics would cover only the batches read after it.
+    """
     if metrics is None:
         return None
-    if hasattr(metrics, "state_dict"):
-        return metrics.state_dict()
-    if hasattr(metrics, "_local_all"):
-        inputs, targets = metrics._local_all()
-        return {"inputs": inputs, "targets": targets}
-    return None
+    if not hasattr(metrics, "state_dict"):
+        warnings.warn(
+            f"metrics of type {type(metrics).__name__} have no state_dict(): a mid-epoch checkpoint cannot keep the "
+            "epoch's partial metrics, so after resuming from it the epoch's metrics cover only the later batches",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    return metrics.state_dict()
 
 
 def load_metrics_state(metrics: Any, state: Any) -> None:
@@ -118,10 +127,6 @@ def load_metrics_state(metrics: Any, state: Any) -> None:
         return
     if hasattr(metrics, "load_state_dict"):
         metrics.load_state_dict(state)
-    elif isinstance(state, Mapping) and "inputs" in state:
-        metrics.reset()
-        if state["inputs"] is not None:
-            metrics.update(state["inputs"], state["targets"])
 
 
 def gather_to_main(obj: Any) -> list[Any] | None:

@@ -91,6 +91,40 @@ def test_mid_epoch_resume_is_bit_identical_to_a_straight_run(make_runner, num_wo
     assert resumed.optimizer.state_dict()["state"].keys() == straight.optimizer.state_dict()["state"].keys()
 
 
+class MultiTaskRunner(ShufflingRunner):
+    """The same, with its metrics in a `MultiTaskMetrics` (one task), updated by its own `record`."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.metrics = dl.metrics.MultiTaskMetrics()
+        self.metrics["cls"] = dl.metrics.multiclass_metrics(num_classes=3)
+
+    def record(self, pred, target, loss, tokens=None):
+        self.meters.loss.update(loss, n=target.shape[0])
+        self.current_metrics.update({"cls": (pred.detach(), target)})
+
+
+class CrashingMultiTaskRunner(MultiTaskRunner):
+    def save_position(self, split, batches):
+        super().save_position(split, batches)
+        if self.steps == self.config.crash_at:
+            raise Crash
+
+
+def test_mid_epoch_resume_keeps_multi_task_metrics_of_the_partial_epoch(make_runner):
+    settings = {"seed": 3, "epoch_end": 1, "save_steps": 2, "dataloader": {"batch_size": 4}}
+    straight = make_runner(MultiTaskRunner, **settings)
+    straight.train()
+    first = make_runner(CrashingMultiTaskRunner, crash_at=6, **settings)
+    with pytest.raises(Crash):
+        first.train()
+    resumed = make_runner(MultiTaskRunner, checkpoint=os.path.join(first.checkpoint_dir, "latest.pth"), **settings)
+    resumed.train()
+    ours, reference = without_telemetry(resumed.results), without_telemetry(straight.results)
+    assert ours[0]["train"]["cls"] == reference[0]["train"]["cls"]  # over all 10 batches, not the 4 after the resume
+    assert ours == reference
+
+
 def test_save_steps_writes_mid_epoch_checkpoints_and_validates(make_runner):
     runner = make_runner(ShufflingRunner, seed=1, epoch_end=1, save_steps=3, keep_checkpoints=5)
     runner.train()
@@ -206,3 +240,15 @@ def test_new_ranks_get_derived_streams_not_rank_zeros(make_runner, monkeypatch):
     runner.load_state_dict(state)
     assert torch.equal(torch.rand(4), rank1_draw)
     set_rng_state(before)
+
+
+def test_metrics_without_a_state_dict_are_named_when_a_checkpoint_cannot_keep_them():
+    from danling.runner.checkpointing.restore import metrics_state
+
+    class Counting:
+        def update(self, pred, target):
+            pass
+
+    with pytest.warns(RuntimeWarning, match="Counting have no state_dict"):
+        assert metrics_state(Counting()) is None
+    assert metrics_state(dl.metrics.Metrics())["inputs"] is None

@@ -25,7 +25,7 @@ from .checkpointing.rng import SEED_RANGE, biased_seed, seed_of, seed_python_and
 from .checkpointing.runner_state import RUN_LOCATION_KEYS, RunnerCheckpoints, runner_from_checkpoint
 from .config import Config, scaling
 from .config.attributes import config_attribute, runner_repr, write_config_attribute
-from .config.checks import prepare_config
+from .config.checks import check_config_value, prepare_config
 from .loop import progress
 from .loop.data import loader_length
 from .loop.progress import ConfigCounter
@@ -589,12 +589,12 @@ class BaseRunner(metaclass=RunnerMeta):
 
     # Progress: counters live in the config, so checkpoints hold them
 
-    steps = ConfigCounter("steps", "Optimizer steps taken so far.")
-    epochs = ConfigCounter("epochs", "Index of the current (or last finished) epoch.")
-    step_begin = ConfigCounter("step_begin", "Step this run started from.")
-    step_end = ConfigCounter("step_end", "Step to stop at (`None` for no limit).", optional=True)
-    epoch_begin = ConfigCounter("epoch_begin", "First epoch of this run.")
-    epoch_end = ConfigCounter("epoch_end", "Epoch to stop before (`None` for no limit).", optional=True)
+    steps = ConfigCounter("steps", "Optimizer steps taken so far.", check=check_config_value)
+    epochs = ConfigCounter("epochs", "Index of the current (or last finished) epoch.", check=check_config_value)
+    step_begin = ConfigCounter("step_begin", "Step this run started from.", check=check_config_value)
+    step_end = ConfigCounter("step_end", "Step to stop at (`None`: no limit).", True, check_config_value)
+    epoch_begin = ConfigCounter("epoch_begin", "First epoch of this run.", check=check_config_value)
+    epoch_end = ConfigCounter("epoch_end", "Epoch to stop before (`None`: no limit).", True, check_config_value)
     accum_steps = property(lambda self: progress.accum_steps_of(self.config), doc="Micro-batches per optimizer step.")
 
     @property
@@ -782,7 +782,9 @@ class BaseRunner(metaclass=RunnerMeta):
         # config key is written; otherwise a new runner attribute is created (see `write_config_attribute`).
         if name.startswith("_"):  # private state is never a config key
             object.__setattr__(self, name, value)
-        elif write_config_attribute(type(self), self.__dict__, self.__dict__.get("_config"), name, value):
+        elif write_config_attribute(
+            type(self), self.__dict__, self.__dict__.get("_config"), name, value, check_config_value
+        ):
             self.config_changed(name)
         else:
             object.__setattr__(self, name, value)

@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Mapping
 from functools import cached_property
 from types import FunctionType
-from typing import Any
+from typing import Any, Callable
 
 from chanfig import Variable
 
@@ -64,7 +64,27 @@ def is_method(cls: type, name: str) -> bool:
     return isinstance(inspect.getattr_static(cls, name, None), (FunctionType, staticmethod, classmethod))
 
 
-def write_config_attribute(runner_type: type, instance: Mapping, config: Any, name: str, value: Any) -> bool:
+def is_read_only(cls: type, name: str) -> bool:
+    r"""
+    Whether `name` is a property of `cls` without a setter.
+
+    Examples:
+        >>> from danling.runner import BaseRunner
+        >>> is_read_only(BaseRunner, "accum_steps"), is_read_only(BaseRunner, "mode"), is_read_only(BaseRunner, "lr")
+        (True, False, False)
+    """
+    attribute = inspect.getattr_static(cls, name, None)
+    return isinstance(attribute, property) and attribute.fset is None
+
+
+def write_config_attribute(
+    runner_type: type,
+    instance: Mapping,
+    config: Any,
+    name: str,
+    value: Any,
+    check: Callable[[str, Any], None] | None = None,
+) -> bool:
     r"""
     What `runner.<name> = value` does for a public `name`, by one precedence: an attribute of the runner (in its
     instance dict `instance` or on its class) stays on the runner; otherwise an existing config key is written
@@ -79,12 +99,15 @@ def write_config_attribute(runner_type: type, instance: Mapping, config: Any, na
         config: The runner's config, or `None` before it has one.
         name: The name assigned.
         value: The value assigned.
+        check: Called with `(name, value)` before a config key is written; raises to refuse the value (the runner
+            passes [`check_config_value`][danling.runner.config.checks.check_config_value]).
 
     Returns:
         Whether the config key was written; otherwise the value belongs on the runner.
 
     Raises:
         AttributeError: If a value that is not callable is assigned to a method's name that is no config key.
+        ValueError: If `check` refuses the value (the config is left as it was).
 
     Examples:
         >>> from danling.runner import BaseRunner, Config
@@ -100,7 +123,14 @@ def write_config_attribute(runner_type: type, instance: Mapping, config: Any, na
                 f"cannot assign {value!r} to {name!r}: it is a method of {runner_type.__name__}, not a config key"
             )
     elif name in instance or name in runner_type._class_attribute_names or config is None or name not in config:
+        if config is not None and name in config and is_read_only(runner_type, name):
+            raise AttributeError(
+                f"cannot assign {value!r} to {name!r}: runner.{name} is read-only, derived from config key {name!r}; "
+                f"give that key to the runner's constructor (or the command line) instead"
+            )
         return False
+    if check is not None:
+        check(name, value)
     if isinstance(config[name], Variable):
         config[name].set(value)
     else:

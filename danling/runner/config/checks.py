@@ -39,6 +39,8 @@ POSITIVE_KEYS = ("max_grad_norm", "max_grad_value", "dist_timeout", "flops_per_s
 REQUIRED_KEYS = frozenset({"steps", "epochs", "step_begin", "epoch_begin", "accum_steps", "max_nonfinite_steps"})
 # Keys that take one of a few values.
 CHOICES: dict[str, tuple] = {"loss_normalization": LOSS_NORMALIZATIONS}
+# Every key with a rule of its own.
+RULED_KEYS = (*INTEGER_MINIMUMS, *POSITIVE_KEYS, *CHOICES, "ignore_index")
 # `DataLoader` options under `dataloader.` and `dataloader.<split>.` with a range (`None`: DataLoader's default).
 DATALOADER_MINIMUMS: dict[str, int] = {"batch_size": 1, "num_workers": 0, "prefetch_factor": 1}
 
@@ -70,13 +72,7 @@ def validate_config(config: Mapping) -> None:
           step_end: got -1; accepted values are integers >= 0, or None
           dataloader.batch_size: got 0; accepted values are integers >= 1, or None
     """
-    problems = [
-        _integer_problem(key, config[key], minimum) for key, minimum in INTEGER_MINIMUMS.items() if key in config
-    ]
-    problems += [_positive_problem(key, config[key]) for key in POSITIVE_KEYS if key in config]
-    problems += [_choice_problem(key, config[key], choices) for key, choices in CHOICES.items() if key in config]
-    if "ignore_index" in config and not _is_integer(config["ignore_index"]):
-        problems.append(f"ignore_index: got {config['ignore_index']!r}; accepted values are integers")
+    problems = [value_problem(key, config[key]) for key in RULED_KEYS if key in config]
     if config.get("eval_at_epoch_end") is False and config.get("eval_steps") is None:
         problems.append(
             "eval_at_epoch_end: got False without eval_steps (the run would never evaluate); accepted "
@@ -91,6 +87,46 @@ def validate_config(config: Mapping) -> None:
     problems = [problem for problem in problems if problem is not None]
     if problems:
         raise ValueError("invalid config values:\n  " + "\n  ".join(problems))
+
+
+def value_problem(key: str, value: Any) -> str | None:
+    r"""
+    What is wrong with `value` for config key `key` by the rules of that key alone, or `None` (also for a key
+    without a rule).
+
+    Examples:
+        >>> value_problem("max_grad_norm", -1.0)
+        'max_grad_norm: got -1.0; accepted values are numbers > 0, or None'
+        >>> value_problem("max_grad_norm", 1.0) is None, value_problem("lr", -1) is None
+        (True, True)
+    """
+    if key in INTEGER_MINIMUMS:
+        return _integer_problem(key, value, INTEGER_MINIMUMS[key])
+    if key in POSITIVE_KEYS:
+        return _positive_problem(key, value)
+    if key in CHOICES:
+        return _choice_problem(key, value, CHOICES[key])
+    if key == "ignore_index" and not _is_integer(value):
+        return f"ignore_index: got {value!r}; accepted values are integers"
+    return None
+
+
+def check_config_value(key: str, value: Any) -> None:
+    r"""
+    Refuse `value` for config key `key` when its rule does not accept it: what `runner.<key> = value` checks before
+    writing the config.
+
+    Raises:
+        ValueError: Naming the key, the value and the accepted values.
+
+    Examples:
+        >>> check_config_value("accum_steps", 0)
+        Traceback (most recent call last):
+        ValueError: invalid config value: accum_steps: got 0; accepted values are integers >= 1
+    """
+    problem = value_problem(key, value)
+    if problem is not None:
+        raise ValueError(f"invalid config value: {problem}")
 
 
 def _integer_problem(key: str, value: Any, minimum: int, optional: bool | None = None) -> str | None:

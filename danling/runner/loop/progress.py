@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sized
 from math import ceil
-from typing import Any
+from typing import Any, Callable
 
 from .data import loader_length, split_options
 
@@ -22,6 +22,7 @@ class ConfigCounter:
         key: The config key.
         doc: The attribute's docstring.
         optional: Read with `config.get(key)` (`None` when unset) instead of `config[key]`.
+        check: Called with `(key, value)` before an assignment writes the config; raises to refuse the value.
 
     Examples:
         >>> class Holder:
@@ -33,9 +34,12 @@ class ConfigCounter:
         (3, 3)
     """
 
-    def __init__(self, key: str, doc: str, optional: bool = False) -> None:
+    def __init__(
+        self, key: str, doc: str, optional: bool = False, check: Callable[[str, Any], None] | None = None
+    ) -> None:
         self.key = key
         self.optional = optional
+        self.check = check
         self.__doc__ = doc
 
     def __get__(self, runner: Any, owner: type | None = None) -> Any:
@@ -44,6 +48,8 @@ class ConfigCounter:
         return runner.config.get(self.key) if self.optional else runner.config[self.key]
 
     def __set__(self, runner: Any, value: Any) -> None:
+        if self.check is not None:
+            self.check(self.key, value)
         runner.config[self.key] = value
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from ..config.checks import check_config_value
 from .accumulation import AccumulationWindows
 from .finite import NonFiniteLossGuard, NonFiniteSteps, loss_guard_for, nonfinite_steps
 from .gradients import GradientNorms, gradients_of, nonfinite_flag, total_norm
@@ -172,7 +173,14 @@ class OptimizerStepper:
         self.clips = False
 
     def configure_clipping(self, config: Mapping) -> None:
-        r"""Read `max_grad_norm` and `max_grad_value` (at each epoch, and when the runner writes either)."""
+        r"""
+        Read `max_grad_norm` and `max_grad_value` (at each epoch, and when the runner writes either).
+
+        Raises:
+            ValueError: If either is set to a value that is not a number > 0 (written to the config directly).
+        """
+        for key in ("max_grad_norm", "max_grad_value"):
+            check_config_value(key, config.get(key))
         self.max_grad_norm = config.get("max_grad_norm")
         self.max_grad_value = config.get("max_grad_value")
         self.clips = self.max_grad_norm is not None or self.max_grad_value is not None

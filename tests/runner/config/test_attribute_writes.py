@@ -59,3 +59,45 @@ def test_state_dict_has_no_side_effects(make_runner):
         assert torch.equal(a["torch"], b["torch"])
     assert first["position"] == second["position"]
     assert first["runner"] == second["runner"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "accepted"),
+    [
+        ("max_grad_norm", -1.0, "numbers > 0"),  # a negative norm would flip every clipped gradient
+        ("max_grad_value", 0, "numbers > 0"),
+        ("epoch_end", -2, "integers >= 0"),
+        ("step_end", 2.5, "integers >= 0"),
+        ("patience", -1, "integers >= 0"),
+        ("loss_normalization", "mean", "'batch', 'tokens'"),
+    ],
+)
+def test_a_value_the_key_does_not_accept_is_refused_and_the_config_kept(make_runner, key, value, accepted):
+    runner = make_runner(max_grad_norm=1.0, max_grad_value=1.0, epoch_end=2, step_end=5, patience=2)
+    before = runner.config.get(key)
+    with pytest.raises(ValueError, match=f"{key}: got {value!r}; accepted values are {accepted}"):
+        setattr(runner, key, value)
+    assert runner.config.get(key) == before
+
+
+def test_an_accepted_value_is_written(make_runner):
+    runner = make_runner(epoch_end=2)
+    runner.epoch_end, runner.max_grad_value = 4, 0.5
+    assert (runner.config.epoch_end, runner.config.max_grad_value) == (4, 0.5)
+
+
+@pytest.mark.parametrize("key", ["accum_steps", "precision", "device", "score_mode"])
+def test_a_read_only_property_that_is_a_config_key_says_where_to_set_it(make_runner, key):
+    runner = make_runner(accum_steps=1, precision=None, device="cpu", score_mode="min")
+    before = runner.config[key]
+    with pytest.raises(AttributeError, match=f"runner.{key} is read-only, derived from config key '{key}'"):
+        setattr(runner, key, "x")
+    assert runner.config[key] == before
+
+
+def test_a_bad_clipping_value_written_to_the_config_directly_stops_the_next_epoch(make_runner):
+    runner = make_runner(epoch_end=2)
+    runner.config.max_grad_norm = -1.0  # the config itself does not check; the optimizer step's set-up does
+    with pytest.raises(ValueError, match="max_grad_norm: got -1.0; accepted values are numbers > 0"):
+        runner.train()
+    assert runner.steps == 0

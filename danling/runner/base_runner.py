@@ -534,9 +534,12 @@ class BaseRunner(metaclass=RunnerMeta):
         return self.format_step_result(result, split, *self._log_position, format_spec)
 
     def print_result(self) -> None:
-        r"""Log the latest and the best result."""
-        self.log(f"latest result: {self.latest_result}")
-        self.log(f"best result: {self.best_result}")
+        r"""Log the latest and the best result; print them (main process) when logging is off."""
+        for line in (f"latest result: {self.latest_result}", f"best result: {self.best_result}"):
+            if self.logger is not None:
+                self.log(line)
+            elif self.is_main_process:
+                print(line)
 
     def write_result(self, result: Mapping, split: str, steps: int | None = None) -> None:
         r"""Write every number of `result` to TensorBoard as `{split}/{metric}` at `steps` (default: `steps`)."""

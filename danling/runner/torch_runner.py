@@ -396,6 +396,8 @@ class TorchRunner(BaseRunner):
         """
         self._heartbeat.phase = "end_epoch"
         self.append_result(*self._evaluations.place(result, epoch, self.steps))  # keyed by step with eval_steps
+        if not result.get("partial"):  # a later `train()` goes on after it, as a resume from its checkpoint does
+            self.epoch_begin = epoch + 1
         if isinstance(self.scheduler, ReduceLROnPlateau) and self.latest_score is not None:
             self.scheduler.step(self.latest_score)
         self.log(self.format_epoch_result(result))
@@ -608,15 +610,15 @@ class TorchRunner(BaseRunner):
         return NestedDict({split: self.evaluate_epoch(split) for split in splits})
 
     @evaluation_context
-    def infer(self, data: Any = "infer") -> torch.Tensor:
+    def infer(self, split: Any = "infer") -> torch.Tensor:
         r"""
-        Predictions of the model for `data` (a split name, a dataset, a `DataLoader` or a tensor whose rows are samples,
-        batched with `config.dataloader` overlaid with `config.dataloader.infer`), in order, gathered from all ranks and
-        concatenated on the CPU.
+        Predictions of the model for `split`: a split name, or data (a dataset, a `DataLoader` or a tensor whose rows
+        are samples, batched with `config.dataloader` overlaid with `config.dataloader.infer`), in order, gathered from
+        all ranks and concatenated on the CPU.
         """
-        split, loader = data, None
-        if not isinstance(data, str):  # batched with config.dataloader (and its `infer` section)
-            split, loader = "infer", self._loaders.inference_loader(data, self.config.get("dataloader"))
+        loader = None
+        if not isinstance(split, str):  # data, batched with config.dataloader (and its `infer` section)
+            split, loader = "infer", self._loaders.inference_loader(split, self.config.get("dataloader"))
         batches = self.begin_epoch(split, RunnerMode.infer, loader)
         model = self._parallel.evaluation_module(self.model)
         outputs = []

@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from danling.metrics import Metrics, MetricMeters, MultiTaskMetricMeters, MultiTaskMetrics
+from danling.metrics import MetricMeters, Metrics, MultiTaskMetricMeters, MultiTaskMetrics
 from danling.metrics.functional import accuracy, auroc
 
 
@@ -29,7 +29,8 @@ def test_metrics_resumed_from_their_state_average_over_every_batch():
     for score, label in data[:2]:
         before.update(score, label)
     state = before.state_dict()
-    assert state["inputs"].shape == (32,) and state["targets"].shape == (32,)
+    assert state["inputs"].shape == (32,)
+    assert state["targets"].shape == (32,)
     after = Metrics(auroc=auroc, acc=accuracy)
     after.load_state_dict(state)
     for score, label in data[2:]:

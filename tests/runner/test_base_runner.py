@@ -637,3 +637,15 @@ def test_public_api() -> None:
     assert dl.BaseRunner is BaseRunner
     for name in ("on_main_process", "on_local_main_process", "RunnerMode", "Config", "BaseRunner"):
         assert hasattr(dl.runner, name)
+
+
+def test_print_result_prints_when_logging_is_off(new_runner: MakeRunner, capsys) -> None:
+    runner = new_runner(log=False)
+    runner.append_result({"val": {"loss": 0.5}}, index=0)
+    runner.append_result({"val": {"loss": 0.7}}, index=1)
+    runner.print_result()
+    out = capsys.readouterr().out
+    latest, best = out.split("best result:")
+    assert latest.startswith("latest result:")
+    assert "0.7" in latest
+    assert "0.5" in best

@@ -261,3 +261,11 @@ def test_distributed_step_result_averages_the_metrics_in_one_collective_and_not_
     assert result["lr"] == plain["lr"]
     for key in metric_keys:
         assert result[key] == pytest.approx(2 * plain[key], nan_ok=True)
+
+
+def test_infer_takes_the_split_by_keyword_as_the_reference_does(make_runner):
+    runner = make_runner(epoch_end=1)
+    runner.train()
+    by_keyword, by_position = runner.infer(split="val"), runner.infer("val")
+    assert by_keyword.shape[0] == len(runner.datasets.val)
+    assert torch.equal(by_keyword, by_position)

@@ -54,18 +54,21 @@ def step_end_reached(steps: int, step_end: int | None) -> bool:
 def patience_exhausted(patience: int | None, scores: Mapping | None, best_fn: Callable = min) -> int | None:
     r"""
     The epochs without improvement when `patience` is set and they reached it, else `None` (also without results,
-    `scores=None`).
+    `scores=None`). An epoch that improves never stops the run: `patience: 0` stops at the first one that does not
+    (as Keras's `EarlyStopping`).
 
     Examples:
         >>> patience_exhausted(2, {0: 0.5, 1: 0.6, 2: 0.7}), patience_exhausted(3, {0: 0.5, 1: 0.6, 2: 0.7})
         (2, None)
+        >>> patience_exhausted(0, {0: 0.5, 1: 0.4}), patience_exhausted(0, {0: 0.5, 1: 0.6})
+        (None, 1)
         >>> patience_exhausted(None, {0: 0.5, 1: 0.6}), patience_exhausted(0, None)
         (None, None)
     """
     if patience is None or scores is None:
         return None
     waited = epochs_without_improvement(scores, best_fn)
-    return waited if waited >= patience else None
+    return waited if waited >= max(patience, 1) else None
 
 
 def completion_reason(

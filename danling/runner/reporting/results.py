@@ -88,13 +88,15 @@ def append_result(results: NestedDict, result: Mapping, index: Any) -> NestedDic
     return results[index]
 
 
-def infer_score_split(result: Mapping, score_split: str | None = None) -> str:
+def infer_score_split(result: Mapping, score_split: str | None = None, unscored: Collection[str] = ()) -> str:
     r"""
-    Split whose score ranks results: `score_split` if given, else `val`, `validate`, then the second split.
+    Split whose score ranks results: `score_split` if given, else `val`, `validate`, then the first split not in
+    `unscored` (the train splits), else the second split.
 
     Args:
         result: A result, `split -> metric -> value`.
         score_split: Explicit choice.
+        unscored: Splits passed over while another is there (the train splits).
 
     Returns:
         The split name.
@@ -109,6 +111,8 @@ def infer_score_split(result: Mapping, score_split: str | None = None) -> str:
         'test'
         >>> infer_score_split({"train": {}})
         'train'
+        >>> infer_score_split({"pretrain": {}, "finetune": {}, "dev": {}}, unscored=["pretrain", "finetune"])
+        'dev'
     """
     if score_split is not None:
         return score_split
@@ -118,6 +122,9 @@ def infer_score_split(result: Mapping, score_split: str | None = None) -> str:
             return candidate
     if not splits:
         raise ValueError(f"cannot choose a score split: the result has no splits ({list(result.keys())})")
+    evaluated = [split for split in splits if split not in unscored]
+    if unscored and evaluated:
+        return evaluated[0]
     return splits[1] if len(splits) > 1 else splits[0]
 
 
@@ -172,7 +179,7 @@ def check_score_split(
                 f"score_split is {score_split!r}, but the results have no such split; available splits are {available}"
             )
         return score_split, None
-    split = infer_score_split(reference_result(results, unscored) or {})
+    split = infer_score_split(reference_result(results, unscored) or {}, None, unscored)
     if split in ("val", "validate"):
         return split, None
     message = (
@@ -206,7 +213,7 @@ def get_scores(
     scores = NestedDict()
     if not results:
         return scores
-    split = infer_score_split(reference_result(results, unscored) or {}, score_split)
+    split = infer_score_split(reference_result(results, unscored) or {}, score_split, unscored)
     for index, result in results.items():
         section = result.get(split) if isinstance(result, Mapping) else None
         if isinstance(section, Mapping) and score_name in section:

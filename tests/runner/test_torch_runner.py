@@ -269,3 +269,35 @@ def test_infer_takes_the_split_by_keyword_as_the_reference_does(make_runner):
     by_keyword, by_position = runner.infer(split="val"), runner.infer("val")
     assert by_keyword.shape[0] == len(runner.datasets.val)
     assert torch.equal(by_keyword, by_position)
+
+
+def test_a_second_train_trains_nothing_and_keeps_the_results(make_runner):
+    runner = make_runner(epoch_end=2)
+    first = {index: dict(result["train"]) for index, result in runner.train().items()}
+    weights, steps = parameters_of(runner), runner.steps
+    second = runner.train()
+    assert runner.steps == steps
+    assert all(torch.equal(a, b) for a, b in zip(parameters_of(runner), weights))
+    assert {index: dict(result["train"]) for index, result in second.items()} == first
+
+
+def test_raising_epoch_end_and_training_again_goes_on_like_a_longer_run(make_runner):
+    straight = make_runner(epoch_end=4)
+    straight.train()
+    runner = make_runner(epoch_end=2)
+    runner.train()
+    runner.epoch_end = 4
+    runner.train()
+    assert runner.steps == straight.steps
+    assert sorted(runner.results) == [0, 1, 2, 3]
+    assert all(torch.equal(a, b) for a, b in zip(parameters_of(runner), parameters_of(straight)))
+
+
+def test_patience_zero_stops_at_the_first_epoch_without_improvement(make_runner):
+    full = make_runner(epoch_end=6, score_split="val")
+    full.train()
+    losses = [result["val"]["loss"] for result in full.results.values()]
+    first_worse = next(i for i in range(1, 6) if losses[i] >= min(losses[:i]))  # 2 with this data and seed
+    runner = make_runner(epoch_end=6, patience=0, score_split="val")
+    runner.train()
+    assert [result["val"]["loss"] for result in runner.results.values()] == losses[: first_worse + 1]

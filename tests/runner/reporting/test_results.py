@@ -211,3 +211,17 @@ def test_best_index_and_epochs_without_improvement() -> None:
     assert res.epochs_without_improvement(scores, min) == 2
     assert res.epochs_without_improvement({}, min) == 0
     assert res.is_best({}) is True
+
+
+def test_with_two_train_splits_the_inferred_score_split_is_the_evaluated_one(new_runner):
+    runner = new_runner(train_splits=["pretrain", "finetune"])
+    results = {
+        0: {"pretrain": {"loss": 1.7}, "finetune": {"loss": 1.0}, "dev": {"loss": 0.5}},
+        1: {"pretrain": {"loss": 3.0}, "finetune": {"loss": 2.0}, "dev": {"loss": 1.1}},
+        2: {"pretrain": {"loss": 3.7}, "finetune": {"loss": 6.2}, "dev": {"loss": 0.4}},
+    }
+    for index, result in results.items():
+        runner.append_result(result, index=index)
+    with pytest.warns(RuntimeWarning, match="chosen on 'dev'"):
+        assert dict(runner.scores) == {0: 0.5, 1: 1.1, 2: 0.4}
+    assert runner.best_index == 2

@@ -344,6 +344,12 @@ class TorchRunner(BaseRunner):
         if complete is not None:
             self.log(f"the run is already complete ({complete}): nothing to train; returning its results")
             return self.results
+        if self._recovery.cut_pending:
+            raise ValueError(
+                f"epoch {self.epochs} stopped at step {self.steps} in the middle of its data; this runner cannot go "
+                f"on from there in place: build one with config.checkpoint set to its latest checkpoint "
+                f"({self.checkpoint_manager.path('latest')}) and the new step_end, which resumes at the next batch"
+            )
         self.announce("train")
         recovery = self._recovery
         recovery.check_world_size(self)
@@ -559,6 +565,8 @@ class TorchRunner(BaseRunner):
         if cursor.step_end is None or steps < cursor.step_end:
             return False
         cursor.partial = cursor.cut_short()
+        if cursor.partial and self.mode == RunnerMode.train:  # the epoch's checkpoint resumes at the next batch
+            self._recovery.cut(self, split, iteration + cursor.offset)
         return True
 
     def end_epoch(self, split: str) -> NestedDict:

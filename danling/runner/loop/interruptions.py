@@ -131,6 +131,7 @@ class Recovery:
         """
         resume = self.resume if self.resume is not None and self.resume.epoch == epoch else None
         self.resume = resume
+        self.position.split, self.position.batches = None, 0  # the cut of an earlier epoch, saved with it
         self.position.finished = dict(resume.finished) if resume is not None else {}
         result = NestedDict()
         for split in splits:
@@ -140,8 +141,9 @@ class Recovery:
             if done():
                 break
             result[split] = train_epoch(split)
-            if result[split].get("partial"):
+            if result[split].get("partial"):  # resumed from its cut, not finished
                 result["partial"] = True
+                continue
             self.position.finished[split] = to_serializable(result[split])[0]
         self.resume = None
         return result
@@ -149,10 +151,27 @@ class Recovery:
     def end_of_epoch(self, runner: Any) -> None:
         r"""
         Gather every rank's state for the epoch's checkpoint (check every rank's losses first: a checkpoint never
-        holds non-finite weights). Collective when distributed.
+        holds non-finite weights); after a [`cut`][danling.runner.loop.interruptions.Recovery.cut], the states
+        gathered there. Collective when distributed.
         """
-        self.collected = gather_to_main(self.rank_state(runner, mid_epoch=False))
+        if self.position.split is None:
+            self.collected = gather_to_main(self.rank_state(runner, mid_epoch=False))
+            self.collected_at = self.moment(runner)
+
+    def cut(self, runner: Any, split: str, batches: int) -> None:
+        r"""
+        The epoch stops after `batches` micro-batches of the train split `split` (`step_end`): gather every rank's
+        mid-epoch state now, before the epoch's end and evaluation move its random state, so that the epoch's
+        checkpoint resumes at the next batch, as a `save_steps` checkpoint does. Collective when distributed.
+        """
+        self.position.split, self.position.batches = split, batches
+        self.collected = gather_to_main(self.rank_state(runner, mid_epoch=True))
         self.collected_at = self.moment(runner)
+
+    @property
+    def cut_pending(self) -> bool:
+        r"""Whether the last epoch stopped at a cut its checkpoint resumes from (see `cut`)."""
+        return self.position.split is not None
 
     def contain(self) -> AbstractContextManager:
         r"""

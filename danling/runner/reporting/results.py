@@ -65,7 +65,8 @@ def resolve_score_mode(score_mode: str | None, score_name: str) -> str:
 
 def append_result(results: NestedDict, result: Mapping, index: Any) -> NestedDict:
     r"""
-    Store `result` under `index`, merging into a result already stored there.
+    Store `result` under `index`, merging into a result already stored there (a result without `partial` clears
+    the `partial` flag of the one it completes).
 
     Args:
         results: All results (modified in place).
@@ -80,9 +81,17 @@ def append_result(results: NestedDict, result: Mapping, index: Any) -> NestedDic
         >>> _ = append_result(results, {"train": {"loss": 1.0}}, 0)
         >>> append_result(results, {"val": {"loss": 2.0}}, 0).dict()
         {'train': {'loss': 1.0}, 'val': {'loss': 2.0}}
+        >>> _ = append_result(results, {"train": {"loss": 0.5, "partial": True}, "partial": True}, 1)
+        >>> append_result(results, {"train": {"loss": 0.4}}, 1).dict()  # the whole epoch, resumed from its cut
+        {'train': {'loss': 0.4}}
     """
     if index in results:
-        results[index].merge(NestedDict(result))
+        stored = results[index]
+        stored.merge(NestedDict(result))
+        for key, value in [(None, result), *result.items()]:  # a complete result clears the flag of a partial one
+            section = stored if key is None else stored.get(key)
+            if isinstance(value, Mapping) and "partial" not in value and isinstance(section, Mapping):
+                section.pop("partial", None)
     else:
         results[index] = NestedDict(result)
     return results[index]

@@ -252,3 +252,44 @@ def test_metrics_without_a_state_dict_are_named_when_a_checkpoint_cannot_keep_th
     with pytest.warns(RuntimeWarning, match="Counting have no state_dict"):
         assert metrics_state(Counting()) is None
     assert metrics_state(dl.metrics.Metrics())["inputs"] is None
+
+
+class UnscheduledRunner(ShufflingRunner):
+    """Without the cosine schedule, which follows `total_steps` (its first lr too): other budgets train alike."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=0.01)
+        self.scheduler = None
+
+
+@pytest.mark.parametrize(("num_workers", "accum_steps"), [(0, 1), (2, 2)])
+def test_a_step_budget_cut_mid_epoch_resumes_at_the_next_batch(make_runner, num_workers, accum_steps):
+    # 40 samples in batches of 4: 10 batches an epoch. A budget of 13 (or 3 with accumulation 2) steps stops epoch
+    # 1 (or 0) in its middle; raised on resume, the run must go on as one that had the larger budget all along.
+    first_budget, budget = (13, 17) if accum_steps == 1 else (3, 8)
+    settings = {"seed": 3, "accum_steps": accum_steps, "dataloader": {"batch_size": 4, "num_workers": num_workers}}
+    straight = make_runner(UnscheduledRunner, step_end=budget, **settings)
+    straight.train()
+    cut = make_runner(UnscheduledRunner, step_end=first_budget, **settings)
+    cut.train()
+    assert without_telemetry(cut.results)[cut.epochs]["partial"] is True
+    latest = os.path.join(cut.checkpoint_dir, "latest.pth")
+    position = torch.load(latest, weights_only=True)["position"]
+    assert position["split"] == "train"
+    assert 0 < position["batches"] < 10
+    resumed = make_runner(UnscheduledRunner, checkpoint=latest, step_end=budget, **settings)
+    resumed.train()
+    assert resumed.steps == straight.steps == budget
+    for ours, reference in zip(parameters_of(resumed), parameters_of(straight)):
+        assert torch.equal(ours, reference)
+    assert without_telemetry(resumed.results) == without_telemetry(straight.results)
+
+
+def test_a_runner_cut_by_its_step_budget_says_how_to_go_on(make_runner):
+    runner = make_runner(ShufflingRunner, step_end=7, dataloader={"batch_size": 4})
+    runner.train()
+    runner.step_end = 12
+    with pytest.raises(ValueError, match=r"epoch 0 stopped at step 7 in the middle.*config.checkpoint.*latest.pth"):
+        runner.train()
+    assert runner.steps == 7

@@ -39,6 +39,7 @@ from ..distributed.preemption import DEFAULT_SIGNALS, Preempted, PreemptionHandl
 from ..distributed.processes import process_group_timeout
 from .evaluation_schedule import BoundaryHook
 from .feed import begin_feed, loader_states, resume_feed, resume_note, resume_refusal
+from .progress import infer_batch_size
 
 DEFAULT_CHECK_STEPS = 16  # `preemption_check_steps`: optimizer steps between two agreements of the ranks
 
@@ -381,8 +382,8 @@ class Recovery:
         The training plan of `runner`: `epoch_end`, `step_end`, world size, the length of each train dataset,
         `total_steps` and the global batch (`batch_size x world_size x accum_steps`); `None` for what it cannot tell.
         """
-        lengths = {}
-        for split in runner.train_splits if runner.datasets else []:
+        lengths, train_splits = {}, runner.train_splits if runner.datasets else []
+        for split in train_splits:
             dataset = runner.datasets.get(split)
             if dataset is not None and hasattr(dataset, "__len__"):
                 lengths[split] = len(dataset)
@@ -392,8 +393,9 @@ class Recovery:
             plan["total_steps"] = runner.total_steps
         except (ValueError, TypeError, AttributeError):
             plan["total_steps"] = None
-        try:
-            plan["global_batch"] = runner.batch_size_equivalent
+        try:  # the train loaders' batch, whichever split runs now (an evaluation's may differ)
+            batch_size = infer_batch_size(runner.config, runner.dataloaders, train_splits)
+            plan["global_batch"] = batch_size * runner.world_size * runner.accum_steps
         except (ValueError, TypeError, AttributeError):
             plan["global_batch"] = None
         return plan

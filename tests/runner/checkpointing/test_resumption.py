@@ -293,3 +293,19 @@ def test_a_runner_cut_by_its_step_budget_says_how_to_go_on(make_runner):
     with pytest.raises(ValueError, match=r"epoch 0 stopped at step 7 in the middle.*config.checkpoint.*latest.pth"):
         runner.train()
     assert runner.steps == 7
+
+
+def test_the_saved_plan_holds_the_train_batch_whatever_split_ran_last(make_runner):
+    # The epoch's checkpoint is written after the val split ran, with batches of 8 against the train split's 4.
+    settings = {"epoch_end": 1, "dataloader": {"batch_size": 4, "val": {"batch_size": 8}}}
+    first = make_runner(ShufflingRunner, **settings)
+    first.train()
+    latest = os.path.join(first.checkpoint_dir, "latest.pth")
+    assert torch.load(latest, weights_only=True)["position"]["plan"]["global_batch"] == 4
+    with pytest.warns(RuntimeWarning) as caught:
+        resumed = make_runner(ShufflingRunner, checkpoint=latest, **{**settings, "epoch_end": 2})
+    messages = [str(warning.message) for warning in caught]
+    assert any("continues at step 10 of 20" in message for message in messages), messages  # not "20 of 20"
+    assert not any("global_batch" in message for message in messages), messages
+    resumed.train()
+    assert resumed.steps == 20

@@ -336,6 +336,12 @@ class TorchRunner(BaseRunner):
         """
         train_splits = self.train_splits if train_splits is None else train_splits
         evaluate_splits = self.evaluate_splits if evaluate_splits is None else evaluate_splits
+        both = [split for split in evaluate_splits if split in train_splits]
+        if both:  # one result per split and epoch: the evaluation would replace the training result
+            raise ValueError(
+                f"splits {both} are both trained on and evaluated in train(); an epoch keeps one result per split. "
+                f"Evaluate them after training with runner.evaluate({both}), or give the evaluation its own split name"
+            )
         epochs = epoch_range(self.epoch_begin, self.epoch_end, self.step_end)
         self.check_score_split([*train_splits, *evaluate_splits])
         self._evaluations = EvaluationSchedule.from_config(self.config)

@@ -301,3 +301,11 @@ def test_patience_zero_stops_at_the_first_epoch_without_improvement(make_runner)
     runner = make_runner(epoch_end=6, patience=0, score_split="val")
     runner.train()
     assert [result["val"]["loss"] for result in runner.results.values()] == losses[: first_worse + 1]
+
+
+def test_a_split_both_trained_and_evaluated_is_refused_before_training(make_runner):
+    runner = make_runner(epoch_end=1)
+    with pytest.raises(ValueError, match=r"splits \['train'\] are both trained on and evaluated"):
+        runner.train(evaluate_splits=["val", "train"])
+    assert runner.steps == 0
+    assert not runner.results

@@ -113,6 +113,31 @@ def group_lrs(optimizer: Any) -> list[dict[str, Any]]:
     return [{key: group[key] for key in ("lr", "initial_lr") if key in group} for group in optimizer.param_groups]
 
 
+def kept_lr_note(
+    fresh_lrs: list[dict[str, Any]], loaded_lrs: list[dict[str, Any]], scheduled: bool = False
+) -> str | None:
+    r"""
+    What to tell a user whose optimizer was built with other base learning rates than the checkpoint's state holds
+    (a new `lr` in the config on resume): the loaded state wins. Compares `initial_lr` (the base a scheduler keeps)
+    where both have it, else `lr` unless a scheduler moves it (`scheduled`); `None` when they agree.
+
+    Examples:
+        >>> kept_lr_note([{"lr": 0.01}], [{"lr": 0.1}])
+        "the optimizer was built with lr 0.01 (param group 0) but the checkpoint's optimizer state has 0.1; ...
+        >>> kept_lr_note([{"lr": 0.5, "initial_lr": 1.0}], [{"lr": 0.2, "initial_lr": 1.0}]) is None  # a schedule
+        True
+    """
+    for index, (fresh, loaded) in enumerate(zip(fresh_lrs, loaded_lrs)):
+        key = "initial_lr" if "initial_lr" in fresh and "initial_lr" in loaded else None if scheduled else "lr"
+        if key is not None and key in fresh and key in loaded and fresh[key] != loaded[key]:
+            return (
+                f"the optimizer was built with {key} {fresh[key]} (param group {index}) but the checkpoint's "
+                f"optimizer state has {loaded[key]}; training goes on with the checkpoint's. To train with the new "
+                "value, set it in optimizer.param_groups after the runner is built (or start from pretrained weights)"
+            )
+    return None
+
+
 def continue_schedule(scheduler: Any, optimizer: Any, fresh_lrs: list[dict[str, Any]], position: int) -> None:
     r"""
     Advance a scheduler built for the new plan (never stepped) to `position`, from the learning rates it set when

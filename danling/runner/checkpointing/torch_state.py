@@ -6,14 +6,16 @@ training adds to a checkpoint, and with sharded (`torch.distributed.checkpoint`)
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
+from warnings import warn
 
 from ..distributed.processes import resolve_device
 from . import files as ckpt
 from .manager import CheckpointManager
-from .replan import check_resume_schedule, continue_schedule, follows_plan, group_lrs, replan
+from .replan import check_resume_schedule, continue_schedule, follows_plan, group_lrs, kept_lr_note, replan
 from .restore import POSITION
 from .runner_state import RunnerCheckpoints
 from .sharded import (
@@ -165,6 +167,11 @@ class TorchRunnerCheckpoints(RunnerCheckpoints):
             self.replanned = replan(saved_plan, self.recovery.plan(runner), steps)
         if self.replanned is None:
             super().load_scheduler(runner, state)
+            scheduled = scheduler is not None
+            note = None if fresh_lrs is None else kept_lr_note(fresh_lrs, group_lrs(runner.optimizer), scheduled)
+            if note is not None:
+                warn(note, RuntimeWarning, stacklevel=2)
+                runner.log(note, logging.WARNING)
             return
         continue_schedule(scheduler, runner.optimizer, fresh_lrs, self.replanned.position)
 

@@ -309,3 +309,27 @@ def test_the_saved_plan_holds_the_train_batch_whatever_split_ran_last(make_runne
     assert not any("global_batch" in message for message in messages), messages
     resumed.train()
     assert resumed.steps == 20
+
+
+def test_a_new_lr_on_resume_is_named_where_the_checkpoint_state_wins(make_runner):
+    first = make_runner(epoch_end=1, lr=0.1)
+    first.train()
+    latest = os.path.join(first.checkpoint_dir, "latest.pth")
+    with pytest.warns(RuntimeWarning, match=r"built with lr 0.01 \(param group 0\) but the checkpoint's .* has 0.1"):
+        resumed = make_runner(epoch_end=2, lr=0.01, checkpoint=latest)
+    assert resumed.optimizer.param_groups[0]["lr"] == 0.1
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="the optimizer was built", category=RuntimeWarning)
+        same = make_runner(epoch_end=2, lr=0.1, checkpoint=latest)  # the same lr: nothing to say
+    assert same.optimizer.param_groups[0]["lr"] == 0.1
+
+
+def test_a_schedule_that_moved_the_lr_is_not_mistaken_for_a_new_lr(make_runner):
+    first = make_runner(ShufflingRunner, epoch_end=1)  # cosine: the saved lr is not the one it starts from
+    first.train()
+    latest = os.path.join(first.checkpoint_dir, "latest.pth")
+    saved_lr = torch.load(latest, weights_only=True)["optimizer"]["param_groups"][0]["lr"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="the optimizer was built", category=RuntimeWarning)
+        resumed = make_runner(ShufflingRunner, epoch_end=1, checkpoint=latest)
+    assert resumed.optimizer.param_groups[0]["lr"] == saved_lr != 0.01

@@ -25,7 +25,7 @@ from .checkpointing.rng import SEED_RANGE, biased_seed, seed_of, seed_python_and
 from .checkpointing.runner_state import RUN_LOCATION_KEYS, RunnerCheckpoints, runner_from_checkpoint
 from .config import Config, scaling
 from .config.attributes import config_attribute, runner_repr, write_config_attribute
-from .config.checks import check_config_value, prepare_config
+from .config.checks import check_build_time_write, check_config_value, prepare_config
 from .loop import progress
 from .loop.data import loader_length
 from .loop.progress import ConfigCounter
@@ -149,6 +149,7 @@ class BaseRunner(metaclass=RunnerMeta):
             self._checkpoints.remove_temporaries(self)  # left by killed saves
             self.setup()
             self.init_resume()
+        self._built = True  # from now on, keys read while building cannot be written through the runner
 
     def init_environment(self) -> None:
         r"""
@@ -786,11 +787,17 @@ class BaseRunner(metaclass=RunnerMeta):
         if name.startswith("_"):  # private state is never a config key
             object.__setattr__(self, name, value)
         elif write_config_attribute(
-            type(self), self.__dict__, self.__dict__.get("_config"), name, value, check_config_value
+            type(self), self.__dict__, self.__dict__.get("_config"), name, value, self._check_config_write
         ):
             self.config_changed(name)
         else:
             object.__setattr__(self, name, value)
+
+    def _check_config_write(self, name: str, value: Any) -> None:
+        # `runner.<key> = value`: the key's own rule; once built, no key that only building reads.
+        if self.__dict__.get("_built") is True:
+            check_build_time_write(name, value)
+        check_config_value(name, value)
 
     def config_changed(self, name: str) -> None:
         r"""Called after `runner.<name> = value` wrote config key `name`; framework runners re-read what they cache."""

@@ -39,6 +39,24 @@ POSITIVE_KEYS = ("max_grad_norm", "max_grad_value", "dist_timeout", "flops_per_s
 REQUIRED_KEYS = frozenset({"steps", "epochs", "step_begin", "epoch_begin", "accum_steps", "max_nonfinite_steps"})
 # Keys that take one of a few values.
 CHOICES: dict[str, tuple] = {"loss_normalization": LOSS_NORMALIZATIONS}
+# Keys read once, while the runner is built (its loaders, model wrapping, seed, writers): writing one through the
+# runner afterwards would change the config, and its checkpoints, without changing the run.
+BUILD_TIME_KEYS = frozenset(
+    {
+        "activation_checkpointing",
+        "backend",
+        "compile",
+        "compile_options",
+        "dataloader",
+        "deterministic",
+        "fsdp",
+        "profile_steps",
+        "seed",
+        "strategy",
+        "tensorboard",
+        "trackers",
+    }
+)
 # Every key with a rule of its own.
 RULED_KEYS = (*INTEGER_MINIMUMS, *POSITIVE_KEYS, *CHOICES, "ignore_index")
 # `DataLoader` options under `dataloader.` and `dataloader.<split>.` with a range (`None`: DataLoader's default).
@@ -109,6 +127,29 @@ def value_problem(key: str, value: Any) -> str | None:
     if key == "ignore_index" and not _is_integer(value):
         return f"ignore_index: got {value!r}; accepted values are integers"
     return None
+
+
+def check_build_time_write(key: str, value: Any) -> None:
+    r"""
+    Refuse to write a key of `BUILD_TIME_KEYS` through a runner that is built: it would not change the run.
+
+    Raises:
+        AttributeError: Naming the key and where to set it.
+
+    Examples:
+        >>> check_build_time_write("max_grad_norm", 1.0)
+        >>> try:
+        ...     check_build_time_write("compile", True)
+        ... except AttributeError as error:
+        ...     print(str(error)[:64])
+        cannot assign True to 'compile': config key 'compile' is read wh
+    """
+    if key in BUILD_TIME_KEYS:
+        raise AttributeError(
+            f"cannot assign {value!r} to {key!r}: config key {key!r} is read while the runner is built, so a later "
+            "write would not change this run; give it to the constructor (or the command line), or set it in your "
+            "__init__ before the runner finishes building"
+        )
 
 
 def check_config_value(key: str, value: Any) -> None:

@@ -101,3 +101,22 @@ def test_a_bad_clipping_value_written_to_the_config_directly_stops_the_next_epoc
     with pytest.raises(ValueError, match="max_grad_norm: got -1.0; accepted values are numbers > 0"):
         runner.train()
     assert runner.steps == 0
+
+
+@pytest.mark.parametrize(("key", "value"), [("compile", True), ("strategy", "fsdp"), ("seed", 7), ("dataloader", {})])
+def test_a_key_read_while_building_cannot_be_written_once_built(make_runner, key, value):
+    runner = make_runner(seed=1, strategy="ddp", compile=False, dataloader={"batch_size": 8})
+    before = runner.config[key]
+    with pytest.raises(AttributeError, match=f"config key '{key}' is read while the runner is built"):
+        setattr(runner, key, value)
+    assert runner.config[key] == before
+
+
+class SeedsInInit(ClassifierRunner):
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.seed = 5  # in `__init__`, before the runner finishes building: a plain config write
+
+
+def test_a_key_read_while_building_can_be_written_in_init(make_runner):
+    assert make_runner(SeedsInInit, seed=1).config.seed == 5

@@ -38,7 +38,7 @@ def step_result(meter_values: Mapping, metrics: Any) -> NestedDict:
     result = nested_result(meter_values)
     if metrics is not None:
         local_value = getattr(metrics, "local_value", None)  # meters have none: their `value()` is local
-        result.merge(_flatten_single(metrics.value() if local_value is None else local_value()))
+        result.merge(metrics.value() if local_value is None else local_value())
     return result
 
 
@@ -68,7 +68,7 @@ def epoch_result(meters: Any, metrics: Any) -> NestedDict:
     """
     result = NestedDict(meters.average(skip_empty=True))
     if metrics is not None:
-        result.merge(_flatten_single(metrics.average()))
+        result.merge(metrics.average())
     return result
 
 
@@ -216,8 +216,3 @@ def nested_result(values: Mapping) -> NestedDict:
     else:
         result.merge(values)
     return result
-
-
-def _flatten_single(result: Mapping) -> dict:
-    # Metrics of a single task come back as {"task": {...}}: lift them so results read result["acc"].
-    return {key: next(iter(v.values())) if isinstance(v, Mapping) and len(v) == 1 else v for key, v in result.items()}

@@ -285,3 +285,21 @@ def test_a_step_result_is_built_like_the_nested_dict_constructor_would(values):
     assert type(built) is NestedDict
     assert built.dict() == reference.dict()
     assert list(built.all_keys()) == list(reference.all_keys())
+
+
+def test_a_task_with_one_metric_keeps_its_metric_name():
+    from sklearn.metrics import roc_auc_score
+
+    from danling.metrics import AverageMeters, Metrics, MultiTaskMetrics
+    from danling.metrics.functional import accuracy, auroc
+    from danling.runner.reporting.reporter import epoch_result
+
+    metrics = MultiTaskMetrics()
+    metrics["cls"] = Metrics(auroc=auroc)
+    metrics["other"] = Metrics(auroc=auroc, acc=accuracy)
+    scores, labels = torch.tensor([0.2, 0.8, 0.6, 0.3]), torch.tensor([0, 1, 0, 1])
+    metrics.update({"cls": (scores, labels), "other": (scores, labels)})
+    result = epoch_result(AverageMeters(), metrics)
+    assert set(result["cls"]) == {"auroc"}  # not lifted to result["cls"] = value
+    assert result["cls"]["auroc"] == pytest.approx(roc_auc_score(labels.numpy(), scores.numpy()))
+    assert result["cls.auroc"] == result["other"]["auroc"]

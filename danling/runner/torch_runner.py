@@ -336,12 +336,6 @@ class TorchRunner(BaseRunner):
         """
         train_splits = self.train_splits if train_splits is None else train_splits
         evaluate_splits = self.evaluate_splits if evaluate_splits is None else evaluate_splits
-        both = [split for split in evaluate_splits if split in train_splits]
-        if both:  # one result per split and epoch: the evaluation would replace the training result
-            raise ValueError(
-                f"splits {both} are both trained on and evaluated in train(); an epoch keeps one result per split. "
-                f"Evaluate them after training with runner.evaluate({both}), or give the evaluation its own split name"
-            )
         epochs = epoch_range(self.epoch_begin, self.epoch_end, self.step_end)
         self.check_score_split([*train_splits, *evaluate_splits])
         self._evaluations = EvaluationSchedule.from_config(self.config)
@@ -350,12 +344,7 @@ class TorchRunner(BaseRunner):
         if complete is not None:
             self.log(f"the run is already complete ({complete}): nothing to train; returning its results")
             return self.results
-        if self._recovery.cut_pending:
-            raise ValueError(
-                f"epoch {self.epochs} stopped at step {self.steps} in the middle of its data; this runner cannot go "
-                f"on from there in place: build one with config.checkpoint set to its latest checkpoint "
-                f"({self.checkpoint_manager.path('latest')}) and the new step_end, which resumes at the next batch"
-            )
+        self._check_trainable(train_splits, evaluate_splits)
         self.announce("train")
         recovery = self._recovery
         recovery.check_world_size(self)
@@ -365,6 +354,7 @@ class TorchRunner(BaseRunner):
         progress, timeout = loop_progress(self.config, self.telemetry), self.config.get("dist_timeout")
         hangs = self._heartbeat.watch(self.dir, timeout, progress, self.logger)  # names a hung rank on a timeout
         preemption = recovery.catch_preemption(self.config, self.distributed)
+        finished = None
         with training, preemption, recovery.explain_timeouts(self), hangs, drained(self.async_saver):
             for epoch in epochs:
                 if step_end_reached(self.steps, self.step_end):
@@ -372,10 +362,29 @@ class TorchRunner(BaseRunner):
                     break
                 self.epochs = epoch
                 self.record_epoch(epoch, self.run_epoch(train_splits, evaluate_splits))
+                finished = None if recovery.cut_pending else epoch
                 if self.should_stop():
                     break
+        if finished is not None:  # a later `train()` goes on after it, as a resume from its checkpoint does
+            self.epoch_begin = finished + 1
         self._callbacks.dispatch("on_train_end", self)  # after the last save committed; agreed here too
         return self.results
+
+    def _check_trainable(self, train_splits: list[str], evaluate_splits: list[str]) -> None:
+        # What `train()` refuses before it starts: a split both trained and evaluated (an epoch keeps one result
+        # per split), and going on in place from an epoch a step budget cut short (its loader position is gone).
+        both = [split for split in evaluate_splits if split in train_splits]
+        if both:
+            raise ValueError(
+                f"splits {both} are both trained on and evaluated in train(); an epoch keeps one result per split. "
+                f"Evaluate them after training with runner.evaluate({both}), or give the evaluation its own split name"
+            )
+        if self._recovery.cut_pending:
+            raise ValueError(
+                f"epoch {self.epochs} stopped at step {self.steps} in the middle of its data; this runner cannot go "
+                f"on from there in place: build one with config.checkpoint set to its latest checkpoint "
+                f"({self.checkpoint_manager.path('latest')}) and the new step_end, which resumes at the next batch"
+            )
 
     def run_epoch(self, train_splits: list[str], evaluate_splits: list[str]) -> NestedDict:
         r"""
@@ -408,8 +417,6 @@ class TorchRunner(BaseRunner):
         """
         self._heartbeat.phase = "end_epoch"
         self.append_result(*self._evaluations.place(result, epoch, self.steps))  # keyed by step with eval_steps
-        if not result.get("partial"):  # a later `train()` goes on after it, as a resume from its checkpoint does
-            self.epoch_begin = epoch + 1
         if isinstance(self.scheduler, ReduceLROnPlateau) and self.latest_score is not None:
             self.scheduler.step(self.latest_score)
         self.log(self.format_epoch_result(result))

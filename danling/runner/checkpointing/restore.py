@@ -191,16 +191,19 @@ class ResumePoint:
     data: Any = None
 
 
-def resume_point(state: Mapping, rank: int) -> ResumePoint | None:
+def resume_point(state: Mapping, rank: int, world_size: int = 1) -> ResumePoint | None:
     r"""
-    The [`ResumePoint`][danling.runner.checkpointing.restore.ResumePoint] of `rank` in a checkpoint, or `None` when the
-    checkpoint was saved at an epoch boundary.
+    The [`ResumePoint`][danling.runner.checkpointing.restore.ResumePoint] of `rank` (of `world_size`) in a checkpoint,
+    or `None` when the checkpoint was saved at an epoch boundary. Saved on more ranks than there are now, rank `r`
+    also takes the meters and metrics of the saved ranks `r + world_size`, `r + 2 * world_size`...: no rank's share
+    of the partial epoch is lost.
     """
     position = state.get(POSITION) or {}
     if position.get("split") is None:
         return None
     ranks = position.get(RANKS) or [{}]
     own = ranks[rank] if rank < len(ranks) else {}
+    folded = ranks[rank::world_size] if len(ranks) > world_size else [own]
     rng_states = state.get("rng") or [None]
     return ResumePoint(
         epoch=int(position["epoch"]),
@@ -209,10 +212,46 @@ def resume_point(state: Mapping, rank: int) -> ResumePoint | None:
         finished=dict(position.get("finished") or {}),
         rng=rng_states[rank] if rank < len(rng_states) else None,
         epoch_rng=own.get("epoch_rng"),
-        meters=own.get("meters"),
-        metrics=own.get("metrics"),
+        meters=merge_partial_states([saved.get("meters") for saved in folded]),
+        metrics=merge_partial_states([saved.get("metrics") for saved in folded]),
         data=position.get(DATA),
     )
+
+
+def merge_partial_states(states: list[Any]) -> Any:
+    r"""
+    One state of a partial epoch's meters or metrics from those of several ranks: meters add their sums and counts,
+    `Metrics` concatenate their stored batches, nested states merge key by key. A single state is returned as it is
+    (a meter then folds its pending updates in the same blocks as before).
+
+    Examples:
+        >>> merge_partial_states([{"loss": {"val": 1.0, "n": 2, "sum": 2.0, "count": 2}},
+        ...                       {"loss": {"val": 3.0, "n": 2, "sum": 6.0, "count": 2}}])
+        {'loss': {'val': 1.0, 'n': 2, 'sum': 8.0, 'count': 4}}
+        >>> merge_partial_states([{"inputs": torch.ones(2), "targets": torch.zeros(2)},
+        ...                       {"inputs": None, "targets": None}])["inputs"]
+        tensor([1., 1.])
+    """
+    present = [state for state in states if state is not None]
+    if len(present) <= 1:
+        return present[0] if present else None
+    first = present[0]
+    if not isinstance(first, Mapping):
+        return first
+    if "inputs" in first and "targets" in first:  # `Metrics`: this rank's stored batches
+        kept = [state for state in present if state.get("inputs") is not None]
+        if not kept:
+            return dict(first)
+        return {key: torch.cat([state[key] for state in kept]) for key in ("inputs", "targets")}
+    if "sum" in first and "count" in first:  # a meter: the pending block is folded into the sum
+        return {
+            "val": first["val"],
+            "n": first.get("n", 1),
+            "sum": sum(float(state["sum"]) for state in present),
+            "count": sum(state["count"] for state in present),
+        }
+    keys = list(dict.fromkeys(key for state in present if isinstance(state, Mapping) for key in state))
+    return {key: merge_partial_states([state.get(key) for state in present]) for key in keys}
 
 
 def saved_loader_states(state: Mapping, rank: int) -> dict[str, Any]:

@@ -427,7 +427,7 @@ class Recovery:
         position = state.get(POSITION) or {}
         rng_states = state.get("rng") or []
         self.saved_world_size = int(position.get("world_size", len(rng_states) or 1))
-        self.resume = resume_point(state, runner.rank)
+        self.resume = resume_point(state, runner.rank, runner.world_size)
         # Per-rank loader states mean nothing on other ranks: at an epoch boundary they are left out then.
         same_world = self.saved_world_size == runner.world_size
         self.loader_states = saved_loader_states(state, runner.rank) if same_world or self.resume else {}

@@ -253,6 +253,9 @@ def test_two_ranks_preempted_continue_on_one_process_with_the_same_global_batch(
     assert resumed.steps == reports["straight"][0]["steps"] == 12
     for ours, reference in zip(parameters(resumed), reports["straight"][0]["parameters"]):
         torch.testing.assert_close(ours.flatten(), torch.tensor(reference), rtol=0, atol=1e-6)
+    # The partial epoch's loss counts both ranks' batches before the checkpoint, not only rank 0's.
+    losses = {str(index): result["train"]["loss"] for index, result in resumed.results.items()}
+    assert losses == pytest.approx(reports["straight"][0]["train_loss"], rel=1e-6)
     epoch0, epoch1 = torch_order(SEED), torch_order(SEED + 1)
     before = [report["asked"] for report in reports["preempted"]]
     assert before == [epoch0[0:24:2], epoch0[1:24:2]]  # each rank every other sample of the steps' blocks

@@ -84,6 +84,7 @@ def run(out_dir: str, name: str, signal_at: int | None = None) -> None:
     finally:
         report["asked"] = runner.datasets.train.asked
         report["steps"] = runner.steps
+        report["train_loss"] = {str(index): result["train"]["loss"] for index, result in runner.results.items()}
         report["parameters"] = [p.detach().flatten().tolist() for p in runner.unwrap(runner.model).parameters()]
         path = os.path.join(out_dir, f"{name}-rank{runner.rank}.json")
         with open(path, "w", encoding="utf-8") as fp:

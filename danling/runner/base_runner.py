@@ -25,7 +25,7 @@ from .checkpointing.rng import SEED_RANGE, biased_seed, seed_of, seed_python_and
 from .checkpointing.runner_state import RUN_LOCATION_KEYS, RunnerCheckpoints, runner_from_checkpoint
 from .config import Config, scaling
 from .config.attributes import config_attribute, runner_repr, write_config_attribute
-from .config.checks import check_build_time_write, check_config_value, prepare_config
+from .config.checks import BUILD_TIME_KEYS, check_build_time_write, check_config_value, prepare_config
 from .loop import progress
 from .loop.data import loader_length
 from .loop.progress import ConfigCounter
@@ -786,6 +786,8 @@ class BaseRunner(metaclass=RunnerMeta):
         # config key is written; otherwise a new runner attribute is created (see `write_config_attribute`).
         if name.startswith("_"):  # private state is never a config key
             object.__setattr__(self, name, value)
+        elif self.__dict__.get("_built") is True and name not in self.__dict__ and name in BUILD_TIME_KEYS:
+            check_build_time_write(name, value)  # raises: a key only building reads, set or not in the config
         elif write_config_attribute(
             type(self), self.__dict__, self.__dict__.get("_config"), name, value, self._check_config_write
         ):

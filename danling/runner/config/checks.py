@@ -38,7 +38,7 @@ POSITIVE_KEYS = ("max_grad_norm", "max_grad_value", "dist_timeout", "flops_per_s
 # Keys that must hold a value (their defaults are not `None`).
 REQUIRED_KEYS = frozenset({"steps", "epochs", "step_begin", "epoch_begin", "accum_steps", "max_nonfinite_steps"})
 # Keys that take one of a few values.
-CHOICES: dict[str, tuple] = {"loss_normalization": LOSS_NORMALIZATIONS}
+CHOICES: dict[str, tuple] = {"loss_normalization": LOSS_NORMALIZATIONS, "resume_schedule": (None, "rebuild", "keep")}
 # Keys read once, while the runner is built (its loaders, model wrapping, seed, writers): writing one through the
 # runner afterwards would change the config, and its checkpoints, without changing the run.
 BUILD_TIME_KEYS = frozenset(

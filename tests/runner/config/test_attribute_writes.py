@@ -120,3 +120,16 @@ class SeedsInInit(ClassifierRunner):
 
 def test_a_key_read_while_building_can_be_written_in_init(make_runner):
     assert make_runner(SeedsInInit, seed=1).config.seed == 5
+
+
+def test_a_key_read_while_building_is_refused_even_when_the_config_lacks_it(make_runner):
+    runner = make_runner()
+    assert "fsdp" not in runner.config
+    with pytest.raises(AttributeError, match="config key 'fsdp' is read while the runner is built"):
+        runner.fsdp = {"shard_modules": ["Linear"]}
+    assert "fsdp" not in runner.__dict__
+
+
+def test_resume_schedule_is_checked_when_the_runner_is_built(make_runner):
+    with pytest.raises(ValueError, match="resume_schedule: got 'foo'; accepted values are None, 'rebuild', 'keep'"):
+        make_runner(resume_schedule="foo")

@@ -14,7 +14,7 @@ against float targets of the same shape `(N,)`; `dl.metrics.binary_metrics()` ta
 they are. The 569 samples are split 60/20/20 into train, val and test; the features are standardised with the
 mean and standard deviation of the train split only. Reaches about 0.99 validation AUROC in a few seconds on a
 laptop CPU. The run directory (printed at the end) holds `run.log`, `results.json`, `best.json`, TensorBoard
-event files and `checkpoints/{latest,best}.pth`.
+event files and `checkpoints/{latest,best,step-N}.pth`.
 
 `main()` trains, then loads the best weights and scores the held-out test split (`evaluate`), predicts it
 (`infer`), and finally rebuilds a runner from `latest.pth` (`from_checkpoint`) to show what a resume restores.

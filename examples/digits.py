@@ -7,7 +7,7 @@ Run:
     python examples/digits.py --config <run dir>/config.yaml   # rerun a run
 
 Reaches about 96% validation accuracy in a few seconds on a laptop CPU. The run directory (printed at the end)
-holds `run.log`, `results.json`, `best.json`, TensorBoard event files and `checkpoints/{latest,best}.pth`.
+holds `run.log`, `results.json`, `best.json`, TensorBoard event files and `checkpoints/{latest,best,step-N}.pth`.
 Resume an interrupted run with `--checkpoint <run dir>/checkpoints/latest.pth`.
 """
 

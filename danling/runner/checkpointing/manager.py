@@ -340,7 +340,7 @@ class CheckpointManager:
         Raises:
             FileNotFoundError: If it does not exist.
             CheckpointError: If it fails verification or cannot be read; the message names the file, the problem
-                and the valid checkpoints next to it.
+                and the intact files next to it.
         """
         return read_verified(path, self.format, **kwargs)
 

@@ -15,7 +15,7 @@ MANIFEST_SUFFIX = ".manifest.json"
 class CheckpointError(ValueError):
     r"""
     A checkpoint that cannot be used: corrupt, truncated, or not a checkpoint. The message names the file,
-    what is wrong and the valid checkpoints next to it.
+    what is wrong and the intact files next to it.
     """
 
 
@@ -150,7 +150,7 @@ def describe_problem(path: str, problem: str, fmt: Any = None) -> str:
     The message of a [`CheckpointError`][danling.runner.checkpointing.CheckpointError]: file, problem, fallbacks.
     """
     valid = sibling_checkpoints(path, fmt)
-    hint = f"valid checkpoints next to it: {', '.join(valid)}" if valid else "no valid checkpoint is next to it"
+    hint = f"intact files next to it: {', '.join(valid)}" if valid else "no intact checkpoint file is next to it"
     return f"checkpoint {path!r} cannot be used: {problem}; {hint}"
 
 

@@ -13,6 +13,7 @@ from numbers import Integral, Real
 from typing import Any
 
 from ..callbacks.trackers import check_trackers
+from ..checkpointing.replan import check_resume_schedule
 from ..loop.tokens import LOSS_NORMALIZATIONS
 from . import Config
 from .parsing import DATALOADER_TYPES
@@ -38,7 +39,7 @@ POSITIVE_KEYS = ("max_grad_norm", "max_grad_value", "dist_timeout", "flops_per_s
 # Keys that must hold a value (their defaults are not `None`).
 REQUIRED_KEYS = frozenset({"steps", "epochs", "step_begin", "epoch_begin", "accum_steps", "max_nonfinite_steps"})
 # Keys that take one of a few values.
-CHOICES: dict[str, tuple] = {"loss_normalization": LOSS_NORMALIZATIONS, "resume_schedule": (None, "rebuild", "keep")}
+CHOICES: dict[str, tuple] = {"loss_normalization": LOSS_NORMALIZATIONS}
 # Keys read once, while the runner is built (its loaders, model wrapping, seed, writers): writing one through the
 # runner afterwards would change the config, and its checkpoints, without changing the run.
 BUILD_TIME_KEYS = frozenset(
@@ -58,7 +59,7 @@ BUILD_TIME_KEYS = frozenset(
     }
 )
 # Every key with a rule of its own.
-RULED_KEYS = (*INTEGER_MINIMUMS, *POSITIVE_KEYS, *CHOICES, "ignore_index")
+RULED_KEYS = (*INTEGER_MINIMUMS, *POSITIVE_KEYS, *CHOICES, "ignore_index", "resume_schedule")
 # `DataLoader` options under `dataloader.` and `dataloader.<split>.` with a range (`None`: DataLoader's default).
 DATALOADER_MINIMUMS: dict[str, int] = {"batch_size": 1, "num_workers": 0, "prefetch_factor": 1}
 
@@ -126,6 +127,11 @@ def value_problem(key: str, value: Any) -> str | None:
         return _choice_problem(key, value, CHOICES[key])
     if key == "ignore_index" and not _is_integer(value):
         return f"ignore_index: got {value!r}; accepted values are integers"
+    if key == "resume_schedule":
+        try:
+            check_resume_schedule(value)
+        except ValueError as error:
+            return str(error)
     return None
 
 

@@ -80,6 +80,11 @@ class BaseRunner(metaclass=RunnerMeta):
         metrics: Metrics computed on the predictions.
         writer: TensorBoard writer, when enabled.
 
+    Attributes: State:
+        inited: Whether `BaseRunner.__init__` has run (config, process group and resume preparation are set up).
+        resume_record: What a resume restored: the checkpoint file, the config keys that changed and where training
+            continues (`None` for a fresh run); the start banner reads it.
+
     Examples:
         >>> import tempfile
         >>> runner = BaseRunner({"log": False, "dir": tempfile.mkdtemp(), "lr": 0.1})

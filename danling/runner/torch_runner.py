@@ -577,9 +577,12 @@ class TorchRunner(BaseRunner):
             cursor.stepped = steps
         if cursor.step_end is None or steps < cursor.step_end:
             return False
-        cursor.partial = cursor.cut_short()
-        if cursor.partial and self.mode == RunnerMode.train:  # the epoch's checkpoint resumes at the next batch
+        training = self.mode == RunnerMode.train
+        if training:  # this moment's state, taken before a stream is asked whether a batch is left
             self._recovery.cut(self, split, iteration + cursor.offset)
+        cursor.partial = cursor.cut_short()
+        if training and not cursor.partial:  # the epoch ended with the budget: an epoch-end checkpoint
+            self._recovery.uncut()
         return True
 
     def end_epoch(self, split: str) -> NestedDict:

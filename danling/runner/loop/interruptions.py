@@ -169,6 +169,10 @@ class Recovery:
         self.collected = gather_to_main(self.rank_state(runner, mid_epoch=True))
         self.collected_at = self.moment(runner)
 
+    def uncut(self) -> None:
+        r"""Forget the [`cut`][danling.runner.loop.interruptions.Recovery.cut]: the epoch had no batch left."""
+        self.position.split, self.position.batches = None, 0
+
     @property
     def cut_pending(self) -> bool:
         r"""Whether the last epoch stopped at a cut its checkpoint resumes from (see `cut`)."""

@@ -333,3 +333,38 @@ def test_a_schedule_that_moved_the_lr_is_not_mistaken_for_a_new_lr(make_runner):
         warnings.filterwarnings("error", message="the optimizer was built", category=RuntimeWarning)
         resumed = make_runner(ShufflingRunner, epoch_end=1, checkpoint=latest)
     assert resumed.optimizer.param_groups[0]["lr"] == saved_lr != 0.01
+
+
+class AugmentedStream(torch.utils.data.IterableDataset):
+    """The train samples as a stream without a length, augmented from the global generator as they are read."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __iter__(self):
+        for index in range(len(self.base)):
+            x, y = self.base[index]
+            yield x + 0.1 * torch.randn_like(x), y
+
+
+class StreamRunner(UnscheduledRunner):
+    def __init__(self, config):
+        super().__init__(config)
+        self.datasets.train = AugmentedStream(self.datasets.train.base)
+
+
+def test_a_step_budget_cut_in_a_stream_resumes_at_the_next_batch(make_runner):
+    # Without a length, the runner asks the stream for one more batch to know the epoch was cut: the checkpoint
+    # holds the state from before that question, so the resumed run reads (and augments) that batch as a straight run.
+    settings = {"seed": 3, "dataloader": {"batch_size": 4}}
+    straight = make_runner(StreamRunner, step_end=14, **settings)
+    straight.train()
+    cut = make_runner(StreamRunner, step_end=6, **settings)
+    cut.train()
+    resumed = make_runner(
+        StreamRunner, checkpoint=os.path.join(cut.checkpoint_dir, "latest.pth"), step_end=14, **settings
+    )
+    resumed.train()
+    for ours, reference in zip(parameters_of(resumed), parameters_of(straight)):
+        assert torch.equal(ours, reference)
+    assert without_telemetry(resumed.results) == without_telemetry(straight.results)

@@ -794,17 +794,11 @@ class BaseRunner(metaclass=RunnerMeta):
         elif self.__dict__.get("_built") is True and name not in self.__dict__ and name in BUILD_TIME_KEYS:
             check_build_time_write(name, value)  # raises: a key only building reads, set or not in the config
         elif write_config_attribute(
-            type(self), self.__dict__, self.__dict__.get("_config"), name, value, self._check_config_write
+            type(self), self.__dict__, self.__dict__.get("_config"), name, value, check_config_value
         ):
             self.config_changed(name)
         else:
             object.__setattr__(self, name, value)
-
-    def _check_config_write(self, name: str, value: Any) -> None:
-        # `runner.<key> = value`: the key's own rule; once built, no key that only building reads.
-        if self.__dict__.get("_built") is True:
-            check_build_time_write(name, value)
-        check_config_value(name, value)
 
     def config_changed(self, name: str) -> None:
         r"""Called after `runner.<name> = value` wrote config key `name`; framework runners re-read what they cache."""

@@ -571,7 +571,9 @@ class TorchRunner(BaseRunner):
             cursor.on_step_end(self, split)
         if cursor.log_interval is not None and iteration % cursor.log_interval == 0:
             self._log_step(split, iteration, cursor.length)
-        steps = cursor.steps_now()
+        if cursor.at_boundary is None and cursor.step_end is None:
+            return False
+        steps = cursor.steps_now()  # one read of the config a batch, only when something follows the steps
         if cursor.at_boundary is not None and steps != cursor.stepped:  # an optimizer step was taken
             cursor.at_boundary(self, split, iteration + cursor.offset, cursor.length)  # batches of this epoch so far
             cursor.stepped = steps
